@@ -1,0 +1,2 @@
+//! placeholder, replaced by the crate owner
+pub mod netfilter;
