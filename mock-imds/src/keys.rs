@@ -8,9 +8,13 @@
 //! All keys are RSA-2048 like Azure's. With a seed every key is derived from a ChaCha20 stream of that seed,
 //! so the same seed gives the same keys, the same `kid` and the same JWKS; without one the OS RNG is used.
 //! Certificates carry fixed validity windows so that a seeded chain is byte-for-byte reproducible too.
-//! Key generation is the slow part of starting a mock (four RSA-2048 keys, generated on parallel threads),
-//! so seeded key sets are cached for the life of the process: they are deterministic, caching changes
-//! nothing observable except start-up time.
+//!
+//! RSA key generation is the slow part of starting a mock (≈0.3–0.7 s per RSA-2048 key with dependencies at
+//! opt-level 2 on an idle core, several times that on a loaded machine), so: the keys of a set are generated
+//! on parallel threads; seeded sets are cached for the life of the process (they are deterministic, so
+//! caching changes nothing observable but start-up time); and unseeded sets share one process-wide attested
+//! chain — as every Azure VM shares the `metadata.azure.com` chain — while each gets a fresh token key, so
+//! two unseeded mocks still reject each other's tokens.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -89,7 +93,7 @@ struct Inner {
     token_cert_der: Vec<u8>,
     token_public: RsaPublicKey,
     encoding_key: EncodingKey,
-    attested: AttestedChain,
+    attested: Arc<AttestedChain>,
 }
 
 /// The attested-document chain: the leaf signs, root and intermediate are published for verification.
@@ -134,39 +138,53 @@ fn generate_rsa(source: KeySource, what: &'static str) -> Result<RsaPrivateKey, 
     result.map_err(|source| KeyError::Rsa { what, source })
 }
 
-/// Generates the four RSA keys (token, root, intermediate, leaf) on parallel threads: RSA prime search
-/// dominates start-up time and the machine usually has more than one core.
-fn generate_key_set(seed: Option<u64>) -> Result<[RsaPrivateKey; 4], KeyError> {
-    const NAMES: [&str; 4] = [
-        "token signing",
-        "attested root CA",
-        "attested intermediate CA",
-        "attested leaf",
-    ];
-    let sources: [KeySource; 4] = std::array::from_fn(|i| match seed {
-        None => KeySource::Os,
-        // Stream 0 is left unused on purpose: streams start at 1 so they read as "key #n".
-        Some(seed) => KeySource::Seeded {
-            seed,
-            stream: i as u64 + 1,
-        },
-    });
+/// Generates RSA keys on parallel threads: RSA prime search dominates start-up time and the machine
+/// usually has more than one core.
+fn generate_keys<const N: usize>(
+    specs: [(KeySource, &'static str); N],
+) -> Result<[RsaPrivateKey; N], KeyError> {
     let results: Vec<Result<RsaPrivateKey, KeyError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = sources
+        let handles: Vec<_> = specs
             .iter()
-            .zip(NAMES)
-            .map(|(source, name)| scope.spawn(move || generate_rsa(*source, name)))
+            .map(|&(source, name)| scope.spawn(move || generate_rsa(source, name)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(KeyError::ThreadPanicked)))
             .collect()
     });
-    let mut keys = Vec::with_capacity(4);
-    for r in results {
-        keys.push(r?);
-    }
+    let keys = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     keys.try_into().map_err(|_| KeyError::ThreadPanicked)
+}
+
+/// ChaCha20 stream of each key of a seeded set. Stream 0 is left unused so streams read as "key #n"; the
+/// numbers are part of the seed's meaning and must never change.
+const TOKEN_STREAM: u64 = 1;
+const ROOT_STREAM: u64 = 2;
+const INTERMEDIATE_STREAM: u64 = 3;
+const LEAF_STREAM: u64 = 4;
+
+/// The attested chain shared by every unseeded key set of this process, generated on first use.
+/// Sharing it is faithful (every Azure VM's attested document is signed by the same `metadata.azure.com`
+/// chain) and saves three RSA key generations per unseeded mock. The token key is never shared, so two
+/// unseeded mocks still reject each other's tokens.
+fn os_random_chain() -> Result<(Arc<AttestedChain>, Option<RsaPrivateKey>), KeyError> {
+    static CHAIN: Mutex<Option<Arc<AttestedChain>>> = Mutex::new(None);
+    // Held across generation so concurrent first callers wait instead of each generating a chain.
+    let mut guard = CHAIN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(chain) = guard.as_ref() {
+        return Ok((chain.clone(), None));
+    }
+    // First unseeded set of the process: draw its token key in parallel with the chain's keys.
+    let [root, intermediate, leaf, token] = generate_keys([
+        (KeySource::Os, "attested root CA"),
+        (KeySource::Os, "attested intermediate CA"),
+        (KeySource::Os, "attested leaf"),
+        (KeySource::Os, "token signing"),
+    ])?;
+    let chain = Arc::new(build_chain(&root, &intermediate, leaf)?);
+    *guard = Some(chain.clone());
+    Ok((chain, Some(token)))
 }
 
 /// Imports an RSA key into rcgen (ring) so it can sign certificates.
@@ -305,7 +323,8 @@ impl SigningKeys {
     /// Generates the token signing key and the attested-document chain.
     ///
     /// `Some(seed)` is deterministic: the same seed yields the same keys, `kid`, JWKS and certificates (and is
-    /// served from a process-wide cache after the first call). `None` draws fresh keys from the OS RNG.
+    /// served from a process-wide cache after the first call). `None` draws a fresh token key from the OS RNG
+    /// and uses the process-wide attested chain (itself drawn from the OS RNG on first use).
     pub fn generate(seed: Option<u64>) -> Result<Self, KeyError> {
         if let Some(seed) = seed {
             // A poisoned lock only means another thread panicked mid-insert; the map itself is still valid.
@@ -329,7 +348,22 @@ impl SigningKeys {
     }
 
     fn generate_uncached(seed: Option<u64>) -> Result<Self, KeyError> {
-        let [token_key, root_key, intermediate_key, leaf_key] = generate_key_set(seed)?;
+        let (token_key, attested) = match seed {
+            Some(seed) => {
+                let seeded = |stream| KeySource::Seeded { seed, stream };
+                let [token, root, intermediate, leaf] = generate_keys([
+                    (seeded(TOKEN_STREAM), "token signing"),
+                    (seeded(ROOT_STREAM), "attested root CA"),
+                    (seeded(INTERMEDIATE_STREAM), "attested intermediate CA"),
+                    (seeded(LEAF_STREAM), "attested leaf"),
+                ])?;
+                (token, Arc::new(build_chain(&root, &intermediate, leaf)?))
+            }
+            None => match os_random_chain()? {
+                (chain, Some(token)) => (token, chain),
+                (chain, None) => (generate_rsa(KeySource::Os, "token signing")?, chain),
+            },
+        };
 
         let token_public = token_key.to_public_key();
         let n_b64 = URL_SAFE_NO_PAD.encode(token_public.n().to_bytes_be());
@@ -346,8 +380,6 @@ impl SigningKeys {
                 message: e.to_string(),
             })?;
         let encoding_key = EncodingKey::from_rsa_der(pkcs1.as_bytes());
-
-        let attested = build_chain(&root_key, &intermediate_key, leaf_key)?;
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -486,10 +518,13 @@ mod tests {
     }
 
     #[test]
-    fn os_random_keys_differ() {
+    fn os_random_token_keys_differ_and_share_the_chain() {
         let a = SigningKeys::generate(None).expect("keys");
         let b = SigningKeys::generate(None).expect("keys");
         assert_ne!(a.kid(), b.kid());
+        assert_eq!(a.attested_chain_pem(), b.attested_chain_pem());
+        // The shared chain is not a seeded one.
+        assert_ne!(a.attested_chain_pem(), seeded().attested_chain_pem());
     }
 
     #[test]
