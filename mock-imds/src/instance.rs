@@ -1,0 +1,272 @@
+//! `/metadata/instance` (REFERENCE B.3): the compute/network document for the requested api-version, with
+//! fields present only from the version that introduced them ([`INTRODUCED`], the single table of those
+//! facts), path-based queries into the document, `format=text`, and cloud-init's `extended=true`. Request
+//! validation (header, api-version) already happened in `rules`; this module only renders and navigates.
+
+use axum::extract::{Extension, State};
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::{ErrorKind, ImdsError};
+use crate::rules::{ImdsQuery, TEXT_CONTENT_TYPE};
+use crate::state::AppState;
+
+/// When each field of the instance document appeared (REFERENCE B.3). Paths name object keys only (array
+/// indexes are transparent); a field absent here exists since the first instance version (2017-04-02) or
+/// since its parent appeared.
+pub const INTRODUCED: &[(&str, &str)] = &[
+    ("compute/additionalCapabilities", "2021-11-01"),
+    ("compute/azEnvironment", "2018-10-01"),
+    ("compute/customData", "2019-02-01"),
+    ("compute/evictionPolicy", "2020-12-01"),
+    ("compute/extendedLocation", "2021-03-01"),
+    ("compute/host", "2021-11-15"),
+    ("compute/hostGroup", "2021-11-15"),
+    ("compute/isHostCompatibilityLayerVm", "2020-06-01"),
+    ("compute/licenseType", "2020-09-01"),
+    ("compute/osProfile", "2020-07-15"),
+    (
+        "compute/osProfile/disablePasswordAuthentication",
+        "2020-10-01",
+    ),
+    ("compute/physicalZone", "2023-11-15"),
+    ("compute/placementGroupId", "2017-08-01"),
+    ("compute/plan", "2018-04-02"),
+    ("compute/platformSubFaultDomain", "2021-10-01"),
+    ("compute/priority", "2020-12-01"),
+    ("compute/provider", "2018-10-01"),
+    ("compute/publicKeys", "2018-04-02"),
+    ("compute/resourceGroupName", "2017-08-01"),
+    ("compute/resourceId", "2019-03-11"),
+    ("compute/securityProfile", "2020-06-01"),
+    ("compute/securityProfile/encryptionAtHost", "2021-11-01"),
+    ("compute/securityProfile/securityType", "2021-12-13"),
+    ("compute/storageProfile", "2019-06-01"),
+    (
+        "compute/storageProfile/imageReference/communityGalleryImageId",
+        "2023-07-01",
+    ),
+    (
+        "compute/storageProfile/imageReference/exactVersion",
+        "2023-07-01",
+    ),
+    (
+        "compute/storageProfile/imageReference/sharedGalleryImageId",
+        "2023-07-01",
+    ),
+    ("compute/storageProfile/resourceDisk", "2021-02-01"),
+    ("compute/subscriptionId", "2017-08-01"),
+    ("compute/tags", "2017-08-01"),
+    ("compute/tagsList", "2019-06-04"),
+    ("compute/userData", "2021-01-01"),
+    ("compute/virtualMachineScaleSet", "2021-03-01"),
+    ("compute/vmScaleSetName", "2017-12-01"),
+    ("compute/zone", "2017-12-01"),
+];
+
+/// `GET /metadata/instance[/<path>]`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/metadata/instance", get(instance))
+        .route("/metadata/instance/{*rest}", get(instance))
+}
+
+/// The full document for `version` (keys sorted as the real service sorts them: byte order).
+pub fn document(config: &Config, version: &str, extended: bool) -> Value {
+    let mut compute = serde_json::to_value(&config.compute).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut compute {
+        let tags = config
+            .compute
+            .tags_list
+            .iter()
+            .map(|t| format!("{}:{}", t.name, t.value))
+            .collect::<Vec<_>>()
+            .join(";");
+        m.insert("tags".into(), Value::String(tags));
+    }
+    let network = serde_json::to_value(&config.network).unwrap_or(Value::Null);
+    let mut root = Map::new();
+    root.insert("compute".into(), compute);
+    root.insert("network".into(), network);
+    let mut doc = Value::Object(root);
+    strip_newer(&mut doc, "", version);
+    if extended {
+        let ext = serde_json::json!({ "compute": &config.extended });
+        if let Value::Object(m) = &mut doc {
+            m.insert("extended".into(), ext);
+        }
+    }
+    sort_keys(&mut doc);
+    doc
+}
+
+fn introduced(path: &str) -> Option<&'static str> {
+    INTRODUCED.iter().find(|(p, _)| *p == path).map(|(_, v)| *v)
+}
+
+fn strip_newer(value: &mut Value, path: &str, version: &str) {
+    match value {
+        Value::Object(m) => {
+            m.retain(|k, _| {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}/{k}")
+                };
+                introduced(&child).is_none_or(|v| v <= version)
+            });
+            for (k, v) in m.iter_mut() {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}/{k}")
+                };
+                strip_newer(v, &child, version);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| strip_newer(v, path, version)),
+        _ => {}
+    }
+}
+
+fn sort_keys(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, mut v) in entries {
+                sort_keys(&mut v);
+                m.insert(k, v);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
+}
+
+/// Navigates `segments` (object keys and array indexes) into the document.
+pub fn navigate<'a>(doc: &'a Value, segments: &[&str]) -> Option<&'a Value> {
+    segments.iter().try_fold(doc, |node, seg| match node {
+        Value::Object(m) => m.get(*seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+fn is_leaf(v: &Value) -> bool {
+    !matches!(v, Value::Object(_) | Value::Array(_))
+}
+
+/// `format=text` rendering: a leaf is its bare value; a container lists its keys (or indexes), one per line,
+/// with a trailing `/` on children that are containers themselves (README, decision on open question 3).
+pub fn text(v: &Value) -> String {
+    let child = |name: String, c: &Value| if is_leaf(c) { name } else { format!("{name}/") };
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, c)| child(k.clone(), c))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, c)| child(i.to_string(), c))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+async fn instance(
+    State(state): State<AppState>,
+    Extension(q): Extension<ImdsQuery>,
+    uri: Uri,
+) -> Result<Response, ImdsError> {
+    let version = q.get("api-version").unwrap_or_default();
+    let as_text = match q.get("format") {
+        None => false,
+        Some(f) if f.eq_ignore_ascii_case("json") => false,
+        Some(f) if f.eq_ignore_ascii_case("text") => true,
+        Some(f) => return Err(ImdsError::metadata(ErrorKind::InvalidFormat(f.to_string()))),
+    };
+    let extended = q
+        .get("extended")
+        .is_some_and(|e| e.eq_ignore_ascii_case("true"));
+    let doc = document(&state.config, version, extended);
+    let rest = uri
+        .path()
+        .strip_prefix("/metadata/instance")
+        .unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let node = navigate(&doc, &segments).ok_or(ImdsError::metadata(ErrorKind::NotFound))?;
+    if as_text {
+        let mut response = text(node).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(TEXT_CONTENT_TYPE),
+        );
+        return Ok(response);
+    }
+    if is_leaf(node) {
+        return Err(ImdsError::metadata(ErrorKind::LeafRequiresText));
+    }
+    Ok(Json(node.clone()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_appear_with_their_version() {
+        let c = Config::generate(Some(1));
+        let old = document(&c, "2017-04-02", false);
+        assert!(old["compute"].get("subscriptionId").is_none());
+        assert!(old["compute"].get("vmId").is_some());
+        let v = document(&c, "2021-01-01", false);
+        assert!(v["compute"]["storageProfile"].get("resourceDisk").is_none());
+        assert!(v["compute"].get("userData").is_some());
+        let new = document(&c, "2025-04-07", false);
+        assert!(
+            new["compute"]["storageProfile"]["imageReference"]
+                .get("exactVersion")
+                .is_some()
+        );
+        assert!(
+            new["compute"]["securityProfile"]
+                .get("securityType")
+                .is_some()
+        );
+        assert_eq!(
+            new["compute"]["tags"],
+            "environment:test;owner:imds-conformance"
+        );
+    }
+
+    #[test]
+    fn every_introduced_path_exists_in_the_newest_document() {
+        let c = Config::generate(Some(1));
+        let new = document(&c, "2025-04-07", false);
+        for (path, _) in INTRODUCED {
+            let segs: Vec<&str> = path.split('/').collect();
+            assert!(
+                navigate(&new, &segs).is_some(),
+                "{path} missing from the newest document"
+            );
+        }
+    }
+
+    #[test]
+    fn text_listing() {
+        let v = serde_json::json!({"a": "1", "b": {"c": "2"}, "d": ["x", {"y": "z"}]});
+        assert_eq!(text(&v), "a\nb/\nd/");
+        assert_eq!(text(&v["d"]), "0\n1/");
+        assert_eq!(text(&v["a"]), "1");
+    }
+}

@@ -1,0 +1,349 @@
+//! The cross-cutting request rules of the real service (REFERENCE B.1, B.2), applied once as a single tower
+//! layer around every IMDS route: fault injection and start-up unavailability, 405 for unsupported verbs,
+//! header size limit, the `Metadata: true` header, `X-Forwarded-For` rejection, strict query parsing (malformed
+//! percent-encoding, length limit, duplicate keys), api-version validation per category, rate limits, the
+//! exact response headers, and the journal entry. Handlers behind it may assume a well-formed request and read
+//! the decoded query from the [`ImdsQuery`] extension. Control-API requests never pass through here.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiVersionStyle, ErrorKind, ImdsError, Surface};
+use crate::faults::Bucket;
+use crate::journal::JournalEntry;
+use crate::server::ConnInfo;
+use crate::state::{AppState, lock};
+use crate::versions::Category;
+
+/// Content type of every JSON answer, exactly as the real service sends it.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+/// Content type of `format=text` answers.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// Longest accepted query string (bytes, raw). Longer → 400 (beyond ~64 KiB hyper answers 414 first).
+pub const MAX_QUERY_BYTES: usize = 32 * 1024;
+/// Largest accepted header block (sum of names and values). Larger → 400 (beyond the server's buffer hyper
+/// answers 431 first; see `server`).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The decoded query string of an IMDS request: pairs in order, keys unique (duplicates were rejected).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImdsQuery {
+    pairs: Vec<(String, String)>,
+}
+
+impl ImdsQuery {
+    /// Parses a raw query strictly: `+` is a space, every `%` must start a two-hex-digit escape, decoded bytes
+    /// must be UTF-8, and a key may appear once. Empty segments (`a=1&&b=2`) are ignored.
+    pub fn parse(raw: &str) -> Result<ImdsQuery, ErrorKind> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for segment in raw.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = segment.split_once('=').unwrap_or((segment, ""));
+            let key = decode(k)?;
+            let value = decode(v)?;
+            if pairs.iter().any(|(existing, _)| *existing == key) {
+                return Err(ErrorKind::DuplicateQuery(key));
+            }
+            pairs.push((key, value));
+        }
+        Ok(ImdsQuery { pairs })
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+}
+
+fn decode(s: &str) -> Result<String, ErrorKind> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(ErrorKind::MalformedQuery)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| ErrorKind::MalformedQuery)?;
+                let byte = u8::from_str_radix(hex, 16).map_err(|_| ErrorKind::MalformedQuery)?;
+                out.push(byte);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ErrorKind::MalformedQuery)
+}
+
+/// `/metadata/instance/` and `/metadata/identity/oauth2/token/` (Node's spelling) route like their
+/// slash-less forms.
+pub fn normalize_path(path: &str) -> &str {
+    if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    }
+}
+
+/// Whether the `Metadata` header allows the request on this surface.
+fn metadata_ok(headers: &HeaderMap, surface: Surface, identity_case_sensitive: bool) -> bool {
+    let Some(value) = headers.get("metadata").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let value = value.trim();
+    if surface == Surface::Identity && identity_case_sensitive {
+        value == "true"
+    } else {
+        value.eq_ignore_ascii_case("true")
+    }
+}
+
+fn looks_like_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
+/// Validation that needs no state besides the behaviour switches: returns the decoded query on success.
+pub fn validate(
+    method: &Method,
+    path: &str,
+    raw_query: &str,
+    headers: &HeaderMap,
+    surface: Surface,
+    behavior: &crate::config::Behavior,
+) -> Result<ImdsQuery, ImdsError> {
+    let err = |kind| ImdsError::new(surface, kind);
+    let category = Category::of_path(path);
+    let allowed = *method == Method::GET
+        || (*method == Method::POST && category == Some(Category::ScheduledEvents));
+    if !allowed {
+        return Err(err(ErrorKind::MethodNotAllowed {
+            path: path.to_string(),
+            method: method.to_string(),
+        }));
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(err(ErrorKind::HeadersTooLarge(MAX_HEADER_BYTES)));
+    }
+    if !metadata_ok(headers, surface, behavior.identity_metadata_case_sensitive) {
+        return Err(err(ErrorKind::MissingMetadataHeader));
+    }
+    if headers.contains_key("x-forwarded-for") {
+        return Err(err(ErrorKind::ForwardedFor));
+    }
+    if raw_query.len() > MAX_QUERY_BYTES {
+        return Err(err(ErrorKind::QueryTooLong(MAX_QUERY_BYTES)));
+    }
+    let query = ImdsQuery::parse(raw_query).map_err(err)?;
+    if let Some(category) = category {
+        if category.introduced().is_some() {
+            match query.get("api-version") {
+                None | Some("") => return Err(err(ErrorKind::ApiVersionMissing)),
+                Some(v) if !category.accepts(v) => {
+                    let style = if looks_like_version(v) {
+                        behavior.api_version_style
+                    } else {
+                        ApiVersionStyle::NewestVersions
+                    };
+                    return Err(err(ErrorKind::ApiVersionInvalid(v.to_string(), style)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// The layer body (used with `axum::middleware::from_fn_with_state`).
+pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let arrival = state.now();
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let raw_query = req.uri().query().unwrap_or("").to_string();
+    let path = normalize_path(&raw_path).to_string();
+    let surface = Surface::of_path(&path);
+    let mut entry = JournalEntry {
+        seq: 0,
+        time: arrival.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        method: method.to_string(),
+        path: raw_path.clone(),
+        query: raw_query.clone(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        source: conn
+            .as_ref()
+            .map_or_else(|| "unknown".to_string(), |c| c.peer.to_string()),
+        status: 0,
+    };
+
+    // Faults first: a broken or starting service is broken for every request.
+    let decision = lock(&state.faults).decide(&path, arrival, state.started);
+    if decision.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(decision.latency_ms)).await;
+    }
+    if decision.reset {
+        if let Some(conn) = &conn {
+            state.journal.record(entry);
+            conn.reset.notify_one();
+            // The connection task drops this future together with the socket.
+            return std::future::pending().await;
+        }
+        // In-process (no socket to drop): the closest observable answer.
+        let response =
+            ImdsError::new(surface, ErrorKind::Internal("connection reset".into())).into_response();
+        return finish(&state, response, entry);
+    }
+    if let Some((status, retry_after)) = decision.status {
+        let response = ImdsError::new(
+            surface,
+            ErrorKind::Injected {
+                status,
+                retry_after,
+            },
+        )
+        .into_response();
+        return finish(&state, response, entry);
+    }
+
+    let query = match validate(
+        &method,
+        &path,
+        &raw_query,
+        req.headers(),
+        surface,
+        &state.config.behavior,
+    ) {
+        Ok(q) => q,
+        Err(e) => return finish(&state, e.into_response(), entry),
+    };
+    let bucket = if surface == Surface::Identity {
+        Bucket::Identity
+    } else {
+        Bucket::General
+    };
+    let _slot = match state.limiter.admit(bucket, arrival) {
+        Ok(slot) => slot,
+        Err(()) => {
+            let e = ImdsError::new(
+                surface,
+                ErrorKind::TooManyRequests {
+                    retry_after: state.limiter.retry_after(),
+                },
+            );
+            return finish(&state, e.into_response(), entry);
+        }
+    };
+
+    let normalized = if raw_query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{raw_query}")
+    };
+    if let Ok(uri) = normalized.parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    req.extensions_mut().insert(query);
+    let response = next.run(req).await;
+    entry.status = response.status().as_u16();
+    finish(&state, response, entry)
+}
+
+/// Adds the headers every IMDS response carries and journals the request.
+fn finish(state: &AppState, mut response: Response, mut entry: JournalEntry) -> Response {
+    entry.status = response.status().as_u16();
+    apply_headers(state, response.headers_mut());
+    state.journal.record(entry);
+    response
+}
+
+/// `Content-Type` (JSON unless the handler chose text), `Server: IMDS/...`, `x-ms-request-id`, `Date`.
+pub fn apply_headers(state: &AppState, headers: &mut HeaderMap) {
+    // axum's `Json` says `application/json`; the real service always adds `; charset=utf-8`.
+    let is_text = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !is_text {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(JSON_CONTENT_TYPE),
+        );
+    }
+    headers.insert(header::SERVER, state.server_header.clone());
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-ms-request-id", v);
+    }
+    let date = httpdate::fmt_http_date(std::time::SystemTime::from(state.now()));
+    if let Ok(v) = HeaderValue::from_str(&date) {
+        headers.insert(header::DATE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn strict_decoding() {
+        let q = ImdsQuery::parse("api-version=2018-02-01&resource=https://management.azure.com/")
+            .expect("ok");
+        assert_eq!(q.get("resource"), Some("https://management.azure.com/"));
+        let q = ImdsQuery::parse("resource=https%3A%2F%2Fvault.azure.net&x=a+b").expect("ok");
+        assert_eq!(q.get("resource"), Some("https://vault.azure.net"));
+        assert_eq!(q.get("x"), Some("a b"));
+        assert_eq!(ImdsQuery::parse("a=%zz"), Err(ErrorKind::MalformedQuery));
+        assert_eq!(ImdsQuery::parse("a=%4"), Err(ErrorKind::MalformedQuery));
+        assert_eq!(ImdsQuery::parse("a=%ff"), Err(ErrorKind::MalformedQuery));
+        assert_eq!(
+            ImdsQuery::parse("a=1&a=2"),
+            Err(ErrorKind::DuplicateQuery("a".into()))
+        );
+        assert_eq!(ImdsQuery::parse("a=1&&b").expect("ok").get("b"), Some(""));
+    }
+
+    proptest! {
+        /// Percent-encoding any string and parsing it back yields the string.
+        #[test]
+        fn decode_inverts_encode(s in ".*") {
+            let enc = percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC).to_string();
+            prop_assert_eq!(decode(&enc), Ok(s));
+        }
+
+        /// Parsing never panics on arbitrary input.
+        #[test]
+        fn parse_total(s in "[ -~]{0,200}") {
+            let _ = ImdsQuery::parse(&s);
+        }
+    }
+}

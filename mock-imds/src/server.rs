@@ -1,0 +1,285 @@
+//! The HTTP/1.1 server under the router: accept loop, per-connection hyper settings with explicit limits,
+//! graceful shutdown, the connection-reset fault (a real RST: `SO_LINGER` 0, then close), and the rewrite of
+//! hyper's own parse-error answers into IMDS-shaped JSON. Owns sockets and connections only; what a request
+//! means is the router's business.
+//!
+//! Limits (README "Limits"): the request line plus headers must fit in [`MAX_HEAD_BYTES`] and at most
+//! [`MAX_HEADERS`] header fields; a request target longer than ~64 KiB (the `http` crate's URI limit) is
+//! refused. hyper answers those itself (414/431/400); [`ImdsShapedErrors`] replaces its empty body with an IMDS
+//! JSON error and the usual headers. Smaller violations are answered by the rules layer with 400.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderValue;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+/// Largest request head (request line + headers) hyper buffers.
+pub const MAX_HEAD_BYTES: usize = 128 * 1024;
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 128;
+/// A client must send its complete request head within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// On shutdown, in-flight requests get this long to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Per-connection facts handed to the router as a request extension.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Notified by the rules layer to drop this connection with a reset.
+    pub reset: Arc<Notify>,
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true (or its sender is dropped).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    server_header: HeaderValue,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    conns.spawn(connection(stream, peer, app.clone(), server_header.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        conns.abort_all();
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    server_header: HeaderValue,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    // A second descriptor of the same socket, so the reset fault can set SO_LINGER 0 after hyper owns the
+    // stream; closing both descriptors then sends an RST instead of a FIN.
+    let (stream, twin) = match stream
+        .into_std()
+        .and_then(|s| s.try_clone().map(|t| (s, t)))
+    {
+        Ok((s, t)) => match TcpStream::from_std(s) {
+            Ok(s) => (s, t),
+            Err(e) => return tracing::warn!(error = %e, "cannot re-register connection"),
+        },
+        Err(e) => return tracing::warn!(error = %e, "cannot duplicate connection socket"),
+    };
+    let reset = Arc::new(Notify::new());
+    let info = ConnInfo {
+        peer,
+        reset: reset.clone(),
+    };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        app.clone().oneshot(req)
+    });
+    let io = TokioIo::new(ImdsShapedErrors::new(stream, server_header));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+        }
+        () = reset.notified() => {
+            let _ = socket2::SockRef::from(&twin).set_linger(Some(Duration::ZERO));
+            // Returning drops `conn` (hyper's descriptor) and `twin`: the kernel sends RST.
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Wraps the connection's stream and replaces the bare error answers hyper writes for requests it cannot
+/// parse (no `Server: IMDS/...` header, empty body) with an IMDS-shaped JSON error of the same status.
+/// Relies on hyper flattening each response head into one write (we report no vectored-write support).
+pub struct ImdsShapedErrors {
+    inner: TcpStream,
+    server_header: HeaderValue,
+    /// Replacement bytes still to write, how many are written, and the length of hyper's buffer to report.
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl ImdsShapedErrors {
+    pub fn new(inner: TcpStream, server_header: HeaderValue) -> Self {
+        ImdsShapedErrors {
+            inner,
+            server_header,
+            pending: None,
+        }
+    }
+}
+
+/// If `buf` starts with a response head lacking our `Server` header, the IMDS-shaped replacement.
+pub fn rewrite_parse_error(buf: &[u8], server_header: &[u8]) -> Option<Vec<u8>> {
+    if !(buf.starts_with(b"HTTP/1.1 4")
+        || buf.starts_with(b"HTTP/1.1 5")
+        || buf.starts_with(b"HTTP/1.0 4"))
+    {
+        return None;
+    }
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if head.contains("\r\nserver:") {
+        return None;
+    }
+    let status: u16 = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
+    let (reason, text) = match status {
+        400 => (
+            "Bad Request",
+            "Bad request. The request could not be parsed",
+        ),
+        408 => (
+            "Request Timeout",
+            "Bad request. The request was not received in time",
+        ),
+        413 => ("Payload Too Large", "Bad request. The request is too large"),
+        414 => ("URI Too Long", "Bad request. The request URI is too long"),
+        431 => (
+            "Request Header Fields Too Large",
+            "Bad request. The request headers are too large",
+        ),
+        505 => (
+            "HTTP Version Not Supported",
+            "Bad request. The HTTP version is not supported",
+        ),
+        _ => ("Bad Request", "Bad request"),
+    };
+    let body = serde_json::json!({ "error": text }).to_string();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    out.extend_from_slice(b"content-type: ");
+    out.extend_from_slice(crate::rules::JSON_CONTENT_TYPE.as_bytes());
+    out.extend_from_slice(b"\r\nserver: ");
+    out.extend_from_slice(server_header);
+    out.extend_from_slice(format!("\r\nx-ms-request-id: {}", uuid::Uuid::new_v4()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "\r\ndate: {}",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(
+        format!(
+            "\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
+impl AsyncRead for ImdsShapedErrors {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ImdsShapedErrors {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_none() {
+            match rewrite_parse_error(buf, this.server_header.as_bytes()) {
+                Some(replacement) => this.pending = Some((replacement, 0, buf.len())),
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        loop {
+            let Some((data, written, reported)) = this.pending.as_mut() else {
+                return Poll::Ready(Ok(0));
+            };
+            if *written >= data.len() {
+                let n = *reported;
+                this.pending = None;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut this.inner).poll_write(cx, &data[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_foreign_error_heads_are_rewritten() {
+        let hyper_414 = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = rewrite_parse_error(hyper_414, b"IMDS/150.870.65.1103").expect("rewritten");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+        assert!(text.ends_with(r#"{"error":"Bad request. The request URI is too long"}"#));
+        let ours = b"HTTP/1.1 400 Bad Request\r\nserver: IMDS/150.870.65.1103\r\n\r\n{}";
+        assert!(rewrite_parse_error(ours, b"IMDS").is_none());
+        assert!(rewrite_parse_error(b"HTTP/1.1 200 OK\r\n\r\n", b"IMDS").is_none());
+    }
+}

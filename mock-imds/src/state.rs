@@ -1,0 +1,182 @@
+//! Shared state of one running mock: the immutable base configuration, the mutable parts the control API and
+//! the library handle change (identities, faults, scheduled events, journal, token cache), the clock and the
+//! signing keys. Handlers receive it as axum state. This module holds data and small accessors only; the
+//! behaviour lives in the surface modules.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::http::HeaderValue;
+use chrono::{DateTime, Utc};
+use tokio::sync::OnceCell;
+
+use crate::clock::Clock;
+use crate::config::{Config, ScheduledEvent, UserAssignedIdentity};
+use crate::error::{ErrorKind, ImdsError, Surface};
+use crate::events::EventsState;
+use crate::faults::{FaultState, RateLimiter};
+use crate::journal::Journal;
+use crate::keys::SigningKeys;
+use crate::token::CachedToken;
+
+/// Cheaply clonable handle to the shared state.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// An identity currently assigned to the VM and when it was assigned (for the assignment delay).
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub identity: UserAssignedIdentity,
+    pub assigned_at: DateTime<Utc>,
+}
+
+/// The identities the VM has right now.
+#[derive(Debug, Clone)]
+pub struct IdentityRegistry {
+    pub system_assigned: Option<DateTime<Utc>>,
+    pub user_assigned: Vec<Assigned>,
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub started: DateTime<Utc>,
+    pub server_header: HeaderValue,
+    keys: OnceCell<SigningKeys>,
+    pub identities: Mutex<IdentityRegistry>,
+    pub tokens: Mutex<HashMap<(String, String), CachedToken>>,
+    pub faults: Mutex<FaultState>,
+    pub limiter: RateLimiter,
+    pub journal: Journal,
+    pub events: Mutex<EventsState>,
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AppState {
+    pub fn new(config: Config, clock: Arc<dyn Clock>, keys: Option<SigningKeys>) -> AppState {
+        let started = clock.now();
+        let server_header =
+            HeaderValue::from_str(&format!("IMDS/150.870.65.{}", config.server.server_build))
+                .unwrap_or_else(|_| HeaderValue::from_static("IMDS/150.870.65.1103"));
+        let keys_cell = OnceCell::new();
+        if let Some(k) = keys {
+            // A fresh cell cannot already be set.
+            let _ = keys_cell.set(k);
+        }
+        let shared = Shared {
+            identities: Mutex::new(IdentityRegistry::from_config(&config, started)),
+            tokens: Mutex::new(HashMap::new()),
+            faults: Mutex::new(FaultState::new(config.faults.clone())),
+            limiter: RateLimiter::new(config.rate_limits.clone()),
+            journal: Journal::new(config.server.journal_capacity),
+            events: Mutex::new(EventsState::new(&config, started)),
+            keys: keys_cell,
+            server_header,
+            started,
+            clock,
+            config,
+        };
+        AppState(Arc::new(shared))
+    }
+
+    /// The signing keys, generated on first use (RSA generation is slow; most tests never need it).
+    pub async fn keys(&self, surface: Surface) -> Result<&SigningKeys, ImdsError> {
+        let seed = self.config.server.seed;
+        self.keys
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || SigningKeys::generate(seed))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| ImdsError::new(surface, ErrorKind::Internal(e)))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Back to the configured state: identities, faults, events, token cache, rate windows, journal.
+    pub fn reset(&self) {
+        let now = self.now();
+        *lock(&self.identities) = IdentityRegistry::from_config(&self.config, now);
+        lock(&self.tokens).clear();
+        lock(&self.faults).replace(self.config.faults.clone());
+        *lock(&self.events) = EventsState::new(&self.config, now);
+        self.limiter.reset();
+        self.journal.clear();
+    }
+
+    /// Assigns (or re-assigns) a user-assigned identity; fills generated fields.
+    pub fn assign_identity(&self, mut identity: UserAssignedIdentity) -> UserAssignedIdentity {
+        let now = self.now();
+        let mut reg = lock(&self.identities);
+        let index = reg.user_assigned.len();
+        crate::config::complete_identity(
+            &mut identity,
+            &self.config.compute.subscription_id,
+            &self.config.compute.resource_group_name,
+            index,
+        );
+        reg.user_assigned.retain(|a| {
+            !a.identity
+                .client_id
+                .eq_ignore_ascii_case(&identity.client_id)
+        });
+        reg.user_assigned.push(Assigned {
+            identity: identity.clone(),
+            assigned_at: now,
+        });
+        identity
+    }
+
+    /// Removes a user-assigned identity; `false` when it was not assigned.
+    pub fn unassign_identity(&self, client_id: &str) -> bool {
+        let mut reg = lock(&self.identities);
+        let before = reg.user_assigned.len();
+        reg.user_assigned
+            .retain(|a| !a.identity.client_id.eq_ignore_ascii_case(client_id));
+        let removed = reg.user_assigned.len() != before;
+        drop(reg);
+        if removed {
+            lock(&self.tokens).retain(|(cid, _), _| !cid.eq_ignore_ascii_case(client_id));
+        }
+        removed
+    }
+
+    pub fn add_event(&self, event: ScheduledEvent) -> ScheduledEvent {
+        let now = self.now();
+        lock(&self.events).add(event, &self.config, now)
+    }
+}
+
+impl IdentityRegistry {
+    pub fn from_config(config: &Config, now: DateTime<Utc>) -> Self {
+        IdentityRegistry {
+            system_assigned: config.identities.system_assigned.then_some(now),
+            user_assigned: config
+                .identities
+                .user_assigned
+                .iter()
+                .map(|i| Assigned {
+                    identity: i.clone(),
+                    assigned_at: now,
+                })
+                .collect(),
+        }
+    }
+}

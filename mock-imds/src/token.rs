@@ -1,0 +1,360 @@
+//! Managed-identity tokens (REFERENCE B.4, B.5): `/metadata/identity/oauth2/token` and
+//! `/metadata/identity/info`. Owns identity selection (a pure function: [`select_identity`]), the
+//! per-(identity, resource) token cache, the claims of the RS256 access token and the response document.
+//! Signing itself is `keys::SigningKeys`'s business; request validation happened in `rules`.
+
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+
+use crate::config::Config;
+use crate::error::{ErrorKind, ImdsError};
+use crate::rules::ImdsQuery;
+use crate::state::{AppState, IdentityRegistry, lock};
+
+/// A token the service handed out and will hand out again until it nears expiry.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    pub access_token: String,
+    pub not_before: i64,
+    pub expires_on: i64,
+}
+
+/// How the caller chose an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// No selector: the system-assigned identity, or the only user-assigned one.
+    Default,
+    ClientId(String),
+    ObjectId(String),
+    /// `msi_res_id` (MSAL, Swagger) or `mi_res_id` (adal): ARM resource id of a user-assigned identity.
+    ResourceId(String),
+}
+
+impl Selector {
+    /// Reads the selector from the query; more than one is refused (open question 6).
+    pub fn from_query(q: &ImdsQuery) -> Result<Selector, ErrorKind> {
+        let present = |k: &str| q.get(k).filter(|v| !v.is_empty()).map(str::to_string);
+        let found: Vec<Selector> = [
+            present("client_id").map(Selector::ClientId),
+            present("object_id").map(Selector::ObjectId),
+            present("msi_res_id").map(Selector::ResourceId),
+            present("mi_res_id").map(Selector::ResourceId),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match found.len() {
+            0 => Ok(Selector::Default),
+            1 => Ok(found.into_iter().next().unwrap_or(Selector::Default)),
+            _ => Err(ErrorKind::ConflictingSelectors),
+        }
+    }
+}
+
+/// The identity a token is issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub client_id: String,
+    pub object_id: String,
+    /// ARM id for `xms_mirid`: the UAMI's id, or the VM's id for the system-assigned identity.
+    pub resource_id: String,
+    pub system: bool,
+}
+
+/// Chooses the identity for a token request. Identities assigned less than `delay_secs` ago are invisible
+/// (identity-assignment delay fault). GUIDs and ARM ids compare case-insensitively, as Azure treats them.
+pub fn select_identity(
+    reg: &IdentityRegistry,
+    config: &Config,
+    selector: &Selector,
+    now: DateTime<Utc>,
+    delay_secs: u64,
+) -> Result<Chosen, ErrorKind> {
+    let delay = chrono::Duration::seconds(i64::try_from(delay_secs).unwrap_or(i64::MAX / 1000));
+    let visible = |at: DateTime<Utc>| now >= at + delay;
+    let system = reg
+        .system_assigned
+        .filter(|at| visible(*at))
+        .map(|_| Chosen {
+            client_id: config.identities.system_client_id.clone(),
+            object_id: config.identities.system_object_id.clone(),
+            resource_id: config.compute.resource_id.clone(),
+            system: true,
+        });
+    let users: Vec<Chosen> = reg
+        .user_assigned
+        .iter()
+        .filter(|a| visible(a.assigned_at))
+        .map(|a| Chosen {
+            client_id: a.identity.client_id.clone(),
+            object_id: a.identity.object_id.clone(),
+            resource_id: a.identity.resource_id.clone(),
+            system: false,
+        })
+        .collect();
+    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let mut all = system.iter().chain(users.iter());
+    let found = match selector {
+        Selector::Default => {
+            if let Some(s) = system.clone() {
+                return Ok(s);
+            }
+            return match users.len() {
+                0 => Err(ErrorKind::IdentityNotFound),
+                1 => Ok(users[0].clone()),
+                _ => Err(ErrorKind::MultipleUserAssigned),
+            };
+        }
+        Selector::ClientId(id) => all.find(|c| eq(&c.client_id, id)),
+        Selector::ObjectId(id) => all.find(|c| eq(&c.object_id, id)),
+        Selector::ResourceId(id) => users.iter().find(|c| eq(&c.resource_id, id)),
+    };
+    found.cloned().ok_or(ErrorKind::IdentityNotFound)
+}
+
+/// Claims of the access token, in the order Entra ID v1 tokens carry them.
+#[derive(Debug, Serialize)]
+struct Claims<'a> {
+    aud: &'a str,
+    iss: String,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    aio: String,
+    appid: &'a str,
+    appidacr: &'static str,
+    idp: String,
+    idtyp: &'static str,
+    oid: &'a str,
+    sub: &'a str,
+    tid: &'a str,
+    uti: String,
+    ver: &'static str,
+    xms_mirid: &'a str,
+}
+
+/// `/metadata/identity/oauth2/token` and `/metadata/identity/info`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/metadata/identity/oauth2/token", get(token))
+        .route("/metadata/identity/info", get(info))
+}
+
+fn b64url_hash(parts: &[&str]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h.finalize()[..16])
+}
+
+async fn token(
+    State(state): State<AppState>,
+    Extension(q): Extension<ImdsQuery>,
+) -> Result<Response, ImdsError> {
+    let resource = q
+        .get("resource")
+        .filter(|r| !r.is_empty())
+        .ok_or(ImdsError::identity(ErrorKind::MissingResource))?;
+    let selector = Selector::from_query(&q).map_err(ImdsError::identity)?;
+    let ids = &state.config.identities;
+    if ids.unknown_resources.iter().any(|r| r == resource) {
+        return Err(ImdsError::identity(ErrorKind::UnknownResource {
+            resource: resource.to_string(),
+            tenant: ids.tenant_id.clone(),
+        }));
+    }
+    let now = state.now();
+    let delay = lock(&state.faults).faults().identity_assignment_delay_secs;
+    let chosen = {
+        let reg = lock(&state.identities);
+        select_identity(&reg, &state.config, &selector, now, delay).map_err(ImdsError::identity)?
+    };
+    let keys = state.keys(crate::error::Surface::Identity).await?;
+    let key = (chosen.client_id.to_ascii_lowercase(), resource.to_string());
+    let bypass = q
+        .get("bypass_cache")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let lifetime = i64::try_from(ids.token_lifetime_secs).unwrap_or(86_399);
+    let margin = i64::try_from(ids.token_refresh_margin_secs).unwrap_or(300);
+    let t = now.timestamp();
+    let cached = if bypass {
+        None
+    } else {
+        lock(&state.tokens)
+            .get(&key)
+            .filter(|c| t < c.expires_on - margin && t >= c.not_before)
+            .cloned()
+    };
+    let cached = match cached {
+        Some(c) => c,
+        None => {
+            let iss = format!("https://sts.windows.net/{}/", ids.tenant_id);
+            let claims = Claims {
+                aud: resource,
+                iss: iss.clone(),
+                iat: t,
+                nbf: t,
+                exp: t + lifetime,
+                aio: b64url_hash(&["aio", &chosen.client_id, resource, &t.to_string()]),
+                appid: &chosen.client_id,
+                appidacr: "2",
+                idp: iss,
+                idtyp: "app",
+                oid: &chosen.object_id,
+                sub: &chosen.object_id,
+                tid: &ids.tenant_id,
+                uti: b64url_hash(&["uti", &chosen.client_id, resource, &t.to_string()]),
+                ver: "1.0",
+                xms_mirid: &chosen.resource_id,
+            };
+            let access_token = keys
+                .sign_jwt(&claims)
+                .map_err(|e| ImdsError::identity(ErrorKind::Internal(e.to_string())))?;
+            let c = CachedToken {
+                access_token,
+                not_before: t,
+                expires_on: t + lifetime,
+            };
+            lock(&state.tokens).insert(key, c.clone());
+            c
+        }
+    };
+    let mut body = Map::new();
+    body.insert("access_token".into(), Value::String(cached.access_token));
+    if ids.include_refresh_token {
+        body.insert("refresh_token".into(), Value::String(String::new()));
+    }
+    body.insert("client_id".into(), Value::String(chosen.client_id));
+    body.insert(
+        "expires_in".into(),
+        Value::String((cached.expires_on - t).to_string()),
+    );
+    body.insert(
+        "expires_on".into(),
+        Value::String(cached.expires_on.to_string()),
+    );
+    body.insert("ext_expires_in".into(), Value::String(lifetime.to_string()));
+    body.insert(
+        "not_before".into(),
+        Value::String(cached.not_before.to_string()),
+    );
+    body.insert("resource".into(), Value::String(resource.to_string()));
+    body.insert("token_type".into(), Value::String("Bearer".into()));
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+async fn info(State(state): State<AppState>) -> Result<Response, ImdsError> {
+    let reg = lock(&state.identities);
+    if reg.system_assigned.is_none() && reg.user_assigned.is_empty() {
+        return Err(ImdsError::identity(ErrorKind::IdentityNotFound));
+    }
+    drop(reg);
+    let mut body = Map::new();
+    body.insert(
+        "tenantId".into(),
+        Value::String(state.config.identities.tenant_id.clone()),
+    );
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UserAssignedIdentity;
+    use crate::state::Assigned;
+    use proptest::prelude::*;
+
+    fn uami(n: u8) -> UserAssignedIdentity {
+        UserAssignedIdentity {
+            client_id: format!("00000000-0000-0000-0000-0000000000{n:02}"),
+            object_id: format!("10000000-0000-0000-0000-0000000000{n:02}"),
+            resource_id: format!(
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id{n}"
+            ),
+            name: format!("id{n}"),
+        }
+    }
+
+    fn reg(system: bool, users: u8, at: DateTime<Utc>) -> IdentityRegistry {
+        IdentityRegistry {
+            system_assigned: system.then_some(at),
+            user_assigned: (0..users)
+                .map(|n| Assigned {
+                    identity: uami(n),
+                    assigned_at: at,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn default_selection_follows_the_real_service() {
+        let c = Config::generate(Some(1));
+        let now = Utc::now();
+        assert!(
+            select_identity(&reg(true, 3, now), &c, &Selector::Default, now, 0)
+                .is_ok_and(|x| x.system)
+        );
+        assert_eq!(
+            select_identity(&reg(false, 1, now), &c, &Selector::Default, now, 0)
+                .map(|x| x.name_free()),
+            Ok(uami(0).client_id)
+        );
+        assert_eq!(
+            select_identity(&reg(false, 2, now), &c, &Selector::Default, now, 0),
+            Err(ErrorKind::MultipleUserAssigned)
+        );
+        assert_eq!(
+            select_identity(&reg(false, 0, now), &c, &Selector::Default, now, 0),
+            Err(ErrorKind::IdentityNotFound)
+        );
+    }
+
+    impl Chosen {
+        fn name_free(self) -> String {
+            self.client_id
+        }
+    }
+
+    #[test]
+    fn selectors_are_case_insensitive_and_delay_hides() {
+        let c = Config::generate(Some(1));
+        let now = Utc::now();
+        let r = reg(false, 2, now);
+        let sel = Selector::ResourceId(uami(1).resource_id.to_uppercase());
+        assert_eq!(
+            select_identity(&r, &c, &sel, now, 0).map(|x| x.object_id),
+            Ok(uami(1).object_id)
+        );
+        let sel = Selector::ObjectId(uami(0).object_id);
+        assert!(select_identity(&r, &c, &sel, now, 0).is_ok());
+        assert_eq!(
+            select_identity(&r, &c, &sel, now, 10),
+            Err(ErrorKind::IdentityNotFound)
+        );
+        assert!(select_identity(&r, &c, &sel, now + chrono::Duration::seconds(10), 10).is_ok());
+    }
+
+    proptest! {
+        /// A client_id selector only ever returns the identity with that client id (never another one).
+        #[test]
+        fn client_id_selection_is_exact(users in 0u8..5, system: bool, pick in 0u8..8) {
+            let c = Config::generate(Some(2));
+            let now = Utc::now();
+            let wanted = uami(pick).client_id;
+            match select_identity(&reg(system, users, now), &c, &Selector::ClientId(wanted.clone()), now, 0) {
+                Ok(chosen) => prop_assert!(chosen.client_id.eq_ignore_ascii_case(&wanted)),
+                Err(e) => { prop_assert_eq!(e, ErrorKind::IdentityNotFound); prop_assert!(pick >= users); }
+            }
+        }
+    }
+}
