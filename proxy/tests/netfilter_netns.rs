@@ -1,0 +1,873 @@
+//! Root-only integration tests of `imds_proxy::netfilter` against the real kernel, each inside a network
+//! namespace it creates (`ipxt-<pid>-<n>`) and deletes on success, failure and panic (a guard's `Drop`);
+//! namespaces left by a killed run (Ctrl-C) are swept by the next run when their pid is gone.
+//!
+//! Shown here (issue 3 acceptance, REFERENCE A.1): the chain listing equals A.1's three lines and the
+//! jump sits at `PREROUTING` position 1; reconcile restores a flushed/edited/foreign-ruled chain and
+//! reports `Repaired`; the `imds-proxy` binary installs the chain and removes it on SIGTERM; conntrack
+//! deletion removes only TCP flows to the IMDS address and port. Also the `route_localnet` diagnosis and
+//! the AKS restriction rule the harness reuses.
+//!
+//! Safety: every mutating command carries `ip netns exec <our ns>`; the root namespace is never changed,
+//! and 169.254.169.254 exists only on the `lo` of a namespace created here. Without root, `ip netns`,
+//! `iptables` or `conntrack` the tests print `SKIP: <reason>` and return.
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use imds_proxy::netfilter::aks::{AksRestriction, AksTable};
+use imds_proxy::netfilter::conntrack::{self, Flow};
+use imds_proxy::netfilter::{
+    self, Iptables, Netfilter, NetfilterConfig, Reconciled, Table, route_localnet_enabled,
+};
+use nix::sched::CloneFlags;
+
+/// REFERENCE A.1, verbatim: `iptables -t nat -S aad-metadata` with NMI's defaults.
+const A1_LISTING: [&str; 3] = [
+    "-N aad-metadata",
+    "-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579",
+    "-A aad-metadata -j RETURN",
+];
+const NS_PREFIX: &str = "ipxt-";
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment checks and the namespace guard
+// ---------------------------------------------------------------------------------------------------------
+
+fn tool_works(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason(need_conntrack: bool) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(
+            "not root: network namespaces and iptables need CAP_SYS_ADMIN/CAP_NET_ADMIN".into(),
+        );
+    }
+    if !tool_works("ip", &["netns", "list"]) {
+        return Some("`ip netns` (iproute2) is not available".into());
+    }
+    if !tool_works("iptables", &["--version"]) {
+        return Some("`iptables` is not installed (apt-get install -y iptables)".into());
+    }
+    if need_conntrack && !tool_works("conntrack", &["--version"]) {
+        return Some("`conntrack` is not installed (apt-get install -y conntrack)".into());
+    }
+    None
+}
+
+macro_rules! skip_unless_ready {
+    ($need_conntrack:expr) => {
+        if let Some(reason) = skip_reason($need_conntrack) {
+            eprintln!("SKIP: {reason}");
+            eprintln!("SKIP: {} did not run", module_path!());
+            return;
+        }
+    };
+}
+
+/// A network namespace owned by this test; deleted (with everything in it) on drop, including on panic.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        sweep_stale();
+        let name = format!(
+            "{NS_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec <ns> argv...`, output captured.
+    fn exec(&self, argv: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run ip netns exec {} {argv:?}: {e}", self.name))
+    }
+
+    /// Like [`Self::exec`], panicking with stderr unless it succeeds; returns stdout.
+    fn ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert!(
+            out.status.success(),
+            "ip netns exec {} {argv:?} failed ({}): {}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace: sockets it creates live in the
+    /// namespace for their whole life, whichever thread uses them later.
+    fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path)?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("thread inside the namespace panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: ip netns del {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
+        }
+    }
+}
+
+/// Deletes `ipxt-<pid>-<n>` namespaces whose creating process no longer exists (a run killed by Ctrl-C).
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing stale namespace {name} of dead test process {pid}");
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn netfilter_in(ns: &Netns) -> Netfilter {
+    Netfilter::new(NetfilterConfig {
+        netns: Some(ns.name().to_owned()),
+        ..NetfilterConfig::default()
+    })
+}
+
+/// `iptables -t nat -S PREROUTING` rules (without the policy line), read independently of the library.
+fn prerouting_rules(ns: &Netns) -> Vec<String> {
+    lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S", "PREROUTING"]))
+        .into_iter()
+        .filter(|l| l.starts_with("-A "))
+        .collect()
+}
+
+fn chain_listing(ns: &Netns) -> Vec<String> {
+    lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S", "aad-metadata"]))
+}
+
+/// The chain and the jump are gone, as NMI's e2e checks them after removal (REFERENCE A.1).
+fn assert_removed(ns: &Netns) {
+    let table = lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"]));
+    assert!(
+        !table.iter().any(|l| l.contains("aad-metadata")),
+        "nat table still mentions aad-metadata: {table:#?}"
+    );
+    let check = ns.exec(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "--check",
+        "PREROUTING",
+        "-j",
+        "aad-metadata",
+    ]);
+    assert!(
+        !check.status.success(),
+        "`iptables -t nat --check PREROUTING -j aad-metadata` must fail after removal"
+    );
+    let list = ns.exec(&["iptables", "-w", "5", "-t", "nat", "-L", "aad-metadata"]);
+    assert!(
+        !list.status.success(),
+        "`iptables -t nat -L aad-metadata` must fail after removal"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (a) chain content and jump position
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a1_reconcile_installs_exact_chain_with_jump_at_prerouting_position_1() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    // A rule that is already in PREROUTING (kube-proxy's, say): the jump must go in front of it.
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "RETURN",
+    ]);
+    let nf = netfilter_in(&ns);
+
+    assert_eq!(
+        nf.reconcile().expect("first reconcile"),
+        Reconciled::Repaired
+    );
+    assert_eq!(
+        chain_listing(&ns),
+        A1_LISTING,
+        "chain must equal REFERENCE A.1's listing exactly"
+    );
+    assert_eq!(
+        prerouting_rules(&ns),
+        [
+            "-A PREROUTING -j aad-metadata",
+            "-A PREROUTING -p udp -m udp --dport 53 -j RETURN"
+        ],
+        "jump must be PREROUTING rule 1"
+    );
+    assert_eq!(nf.list_rules().expect("list"), A1_LISTING);
+    assert_eq!(nf.jump_positions().expect("positions"), [1]);
+
+    // Nothing to do the second time, and nothing is touched.
+    assert_eq!(
+        nf.reconcile().expect("second reconcile"),
+        Reconciled::Unchanged
+    );
+    assert_eq!(chain_listing(&ns), A1_LISTING);
+    assert_eq!(prerouting_rules(&ns).len(), 2);
+
+    // NMI checks the jump's existence, not its position: a jump moved to rule 2 is left alone.
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-j",
+        "aad-metadata",
+    ]);
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-j",
+        "aad-metadata",
+    ]);
+    assert_eq!(nf.reconcile().expect("reconcile"), Reconciled::Unchanged);
+    assert_eq!(nf.jump_positions().expect("positions"), [2]);
+
+    nf.remove().expect("remove");
+    assert_removed(&ns);
+    assert_eq!(
+        prerouting_rules(&ns),
+        ["-A PREROUTING -p udp -m udp --dport 53 -j RETURN"],
+        "removal must leave foreign rules alone"
+    );
+    nf.remove().expect("remove is idempotent");
+    assert!(nf.list_rules().expect("list").is_empty());
+}
+
+#[test]
+fn a1_listen_on_all_addresses_dnats_to_localhost_and_custom_values_are_rendered() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    let nf = Netfilter::new(NetfilterConfig {
+        metadata_ip: Ipv4Addr::new(169, 254, 169, 254),
+        metadata_port: 8080,
+        target_ip: Ipv4Addr::UNSPECIFIED,
+        target_port: 12579,
+        netns: Some(ns.name().to_owned()),
+        ..NetfilterConfig::default()
+    });
+    assert_eq!(nf.reconcile().expect("reconcile"), Reconciled::Repaired);
+    assert_eq!(
+        chain_listing(&ns),
+        [
+            "-N aad-metadata",
+            "-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 127.0.0.1:12579",
+            "-A aad-metadata -j RETURN",
+        ]
+    );
+    assert_eq!(nf.reconcile().expect("reconcile"), Reconciled::Unchanged);
+    nf.remove().expect("remove");
+    assert_removed(&ns);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (b) reconcile repairs every kind of drift
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a1_reconcile_repairs_flushed_edited_and_foreign_ruled_chain() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    let nf = netfilter_in(&ns);
+    assert_eq!(nf.reconcile().expect("install"), Reconciled::Repaired);
+
+    let ipt = |args: &[&str]| {
+        let mut argv = vec!["iptables", "-w", "5", "-t", "nat"];
+        argv.extend_from_slice(args);
+        ns.ok(&argv);
+    };
+    let drifts: Vec<(&str, Box<dyn Fn() + '_>)> = vec![
+        ("flushed chain", Box::new(|| ipt(&["-F", "aad-metadata"]))),
+        (
+            "DNAT rule deleted",
+            Box::new(|| ipt(&["-D", "aad-metadata", "1"])),
+        ),
+        (
+            "RETURN rule deleted",
+            Box::new(|| ipt(&["-D", "aad-metadata", "2"])),
+        ),
+        (
+            "foreign rule inserted first",
+            Box::new(|| ipt(&["-I", "aad-metadata", "1", "-p", "udp", "-j", "RETURN"])),
+        ),
+        (
+            "foreign rule appended",
+            Box::new(|| ipt(&["-A", "aad-metadata", "-p", "tcp", "-j", "ACCEPT"])),
+        ),
+        (
+            "DNAT target changed",
+            Box::new(|| {
+                ipt(&[
+                    "-R",
+                    "aad-metadata",
+                    "1",
+                    "!",
+                    "-s",
+                    "127.0.0.1/32",
+                    "-d",
+                    "169.254.169.254/32",
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "tcp",
+                    "--dport",
+                    "80",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    "127.0.0.1:9999",
+                ])
+            }),
+        ),
+        (
+            "jump deleted",
+            Box::new(|| ipt(&["-D", "PREROUTING", "-j", "aad-metadata"])),
+        ),
+        (
+            "chain and jump deleted",
+            Box::new(|| {
+                ipt(&["-D", "PREROUTING", "-j", "aad-metadata"]);
+                ipt(&["-F", "aad-metadata"]);
+                ipt(&["-X", "aad-metadata"]);
+            }),
+        ),
+    ];
+    for (what, drift) in drifts {
+        drift();
+        assert_ne!(
+            (chain_listing_or_empty(&ns), prerouting_rules(&ns)),
+            (
+                A1_LISTING.map(str::to_owned).to_vec(),
+                vec!["-A PREROUTING -j aad-metadata".to_owned()]
+            ),
+            "drift `{what}` did not change anything (test bug)"
+        );
+        assert_eq!(
+            nf.reconcile()
+                .unwrap_or_else(|e| panic!("reconcile after {what}: {e}")),
+            Reconciled::Repaired,
+            "reconcile after `{what}` must report Repaired"
+        );
+        assert_eq!(
+            chain_listing(&ns),
+            A1_LISTING,
+            "chain after repairing `{what}`"
+        );
+        assert_eq!(
+            prerouting_rules(&ns),
+            ["-A PREROUTING -j aad-metadata"],
+            "jump after repairing `{what}`"
+        );
+        assert_eq!(
+            nf.reconcile().expect("reconcile"),
+            Reconciled::Unchanged,
+            "a repaired chain (`{what}`) needs no further change"
+        );
+    }
+    nf.remove().expect("remove");
+    assert_removed(&ns);
+}
+
+fn chain_listing_or_empty(ns: &Netns) -> Vec<String> {
+    let table = lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"]));
+    if table.iter().any(|l| l == "-N aad-metadata") {
+        chain_listing(ns)
+    } else {
+        Vec::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (c) the binary installs the chain and removes it on SIGTERM
+// ---------------------------------------------------------------------------------------------------------
+
+/// Kills (SIGKILL, by PID) a child that is still running when the test ends, e.g. after a failed assert.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a1_proxy_binary_installs_chain_and_removes_it_on_sigterm() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The test API server runs in this process on a socket bound inside the namespace, so the proxy (also
+    // inside) reaches it at 127.0.0.1 and nothing is exposed in the root namespace.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let listener = ns
+        .enter(|| {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .expect("bind the API server inside the namespace");
+    let api = runtime
+        .block_on(imds_conformance::apiserver::ApiServer::start_on(listener))
+        .expect("start the test API server");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "node-1")
+        .expect("kubeconfig");
+    let log_path = dir.path().join("imds-proxy.log");
+    let log = File::create(&log_path).expect("log file");
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Ports are NMI's defaults: the namespace is ours, so nothing else can hold them.
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_imds-proxy")])
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["--node=node-1", "--kubelet-config=/nonexistent/kubelet"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn imds-proxy inside the namespace");
+    let mut guard = ChildGuard(Some(child));
+    let pid = guard.0.as_ref().map(Child::id).expect("child");
+
+    // Wait (bounded) for the chain; fail early with the proxy's log if it exits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if chain_listing_or_empty(&ns) == A1_LISTING
+            && prerouting_rules(&ns).first().map(String::as_str)
+                == Some("-A PREROUTING -j aad-metadata")
+        {
+            break;
+        }
+        if let Some(child) = guard.0.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "imds-proxy exited early ({status}) without installing the chain; log:\n{}",
+                log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "imds-proxy did not install the A.1 chain within 60 s; nat table: {:#?}\nlog:\n{}",
+            lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"])),
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // `imds-proxy ready` is logged once the first reconcile is done (INTERFACES §3).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_text().contains("imds-proxy ready") {
+        assert!(
+            Instant::now() < deadline,
+            "no `imds-proxy ready` in the log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the proxy");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(child) = guard.0.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "imds-proxy did not exit within 60 s of SIGTERM; log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "imds-proxy must exit 0 after a clean SIGTERM shutdown, got {status}; log:\n{}",
+        log_text()
+    );
+    assert_removed(&ns);
+    assert!(
+        prerouting_rules(&ns).is_empty(),
+        "PREROUTING must be empty again"
+    );
+
+    runtime.block_on(api.shutdown());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (d) conntrack deletion removes only TCP flows to IMDS ip:port
+// ---------------------------------------------------------------------------------------------------------
+
+/// The sockets of the flows under test, kept open (idle keep-alive connections) until the test ends.
+struct Flows {
+    _listeners: Vec<TcpListener>,
+    _servers: Vec<TcpStream>,
+    clients: Vec<TcpStream>,
+    _udp: Vec<UdpSocket>,
+    udp_src: SocketAddr,
+}
+
+#[test]
+fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
+    skip_unless_ready!(true);
+    let ns = Netns::create();
+    // Addresses exist only on this namespace's loopback.
+    ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    ns.ok(&["ip", "addr", "add", "10.213.0.1/32", "dev", "lo"]);
+    // A stateful rule makes the kernel track flows in this namespace (on a node, kube-proxy/CNI rules do).
+    ns.ok(&[
+        "iptables",
+        "-w",
+        "5",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ]);
+
+    let imds: SocketAddr = "169.254.169.254:80".parse().expect("literal");
+    let targets: [SocketAddr; 3] = [
+        imds,                                             // the IMDS flow: must go
+        "10.213.0.1:80".parse().expect("literal"),        // same port, other address: must stay
+        "169.254.169.254:8080".parse().expect("literal"), // same address, other port: must stay
+    ];
+    let flows = ns
+        .enter(move || {
+            let (mut listeners, mut servers, mut clients) = (Vec::new(), Vec::new(), Vec::new());
+            for target in targets {
+                let l = TcpListener::bind(target)?;
+                clients.push(TcpStream::connect_timeout(&target, Duration::from_secs(5))?);
+                servers.push(l.accept()?.0);
+                listeners.push(l);
+            }
+            // Same address and port over UDP: must stay (the filter is TCP only).
+            let udp_server = UdpSocket::bind(imds)?;
+            let udp_client = UdpSocket::bind("0.0.0.0:0")?;
+            udp_client.send_to(b"ping", imds)?;
+            let mut buf = [0u8; 8];
+            udp_server.recv_from(&mut buf)?;
+            let udp_src = udp_client.local_addr()?;
+            Ok(Flows {
+                _listeners: listeners,
+                _servers: servers,
+                clients,
+                _udp: vec![udp_server, udp_client],
+                udp_src,
+            })
+        })
+        .expect("open the flows inside the namespace");
+
+    let ours = |list: &[Flow]| -> Vec<(String, SocketAddr, u16)> {
+        let mut found: Vec<_> = list
+            .iter()
+            .filter(|f| {
+                flows
+                    .clients
+                    .iter()
+                    .any(|c| c.local_addr().is_ok_and(|a| a.port() == f.sport))
+                    || f.sport == flows.udp_src.port()
+            })
+            .map(|f| (f.protocol.clone(), SocketAddr::new(f.dst, f.dport), f.sport))
+            .collect();
+        found.sort();
+        found
+    };
+    let before = conntrack::list_flows(false, Some(ns.name())).expect("conntrack -L");
+    let before = ours(&before);
+    let expect_before: Vec<(String, SocketAddr, u16)> = {
+        let mut v: Vec<_> = flows
+            .clients
+            .iter()
+            .map(|c| {
+                let local = c.local_addr().expect("local addr");
+                (
+                    "tcp".to_owned(),
+                    c.peer_addr().expect("peer addr"),
+                    local.port(),
+                )
+            })
+            .chain(std::iter::once((
+                "udp".to_owned(),
+                imds,
+                flows.udp_src.port(),
+            )))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        before, expect_before,
+        "every flow must be tracked before deletion"
+    );
+
+    let deleted = conntrack::delete_imds_flows(
+        IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+        80,
+        Some(ns.name()),
+    )
+    .expect("delete IMDS flows");
+    assert_eq!(
+        deleted, 1,
+        "exactly the one TCP flow to 169.254.169.254:80 is deleted"
+    );
+
+    let after = ours(&conntrack::list_flows(false, Some(ns.name())).expect("conntrack -L"));
+    let expect_after: Vec<_> = expect_before
+        .iter()
+        .filter(|(proto, dst, _)| !(proto == "tcp" && *dst == imds))
+        .cloned()
+        .collect();
+    assert_eq!(
+        after, expect_after,
+        "only the TCP flow to IMDS may disappear"
+    );
+    assert_eq!(after.len(), 3);
+
+    // Nothing left to delete: conntrack exits 1 with "0 flow entries", which is Ok(0) for us.
+    assert_eq!(
+        conntrack::delete_imds_flows(
+            IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+            80,
+            Some(ns.name())
+        )
+        .expect("second deletion"),
+        0
+    );
+    // The IPv6 family is selected from the address (and finds nothing here).
+    assert_eq!(
+        conntrack::delete_imds_flows(
+            "fd00:ec2::254".parse().expect("literal"),
+            80,
+            Some(ns.name())
+        )
+        .expect("IPv6 deletion"),
+        0
+    );
+    // Through the Netfilter handle (the proxy's call), same filter.
+    assert_eq!(
+        netfilter_in(&ns)
+            .delete_imds_flows()
+            .expect("handle deletion"),
+        0
+    );
+    drop(flows);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// route_localnet diagnosis and the AKS restriction rule
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn route_localnet_off_yields_the_fix_message_and_on_yields_none() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    let nf = netfilter_in(&ns);
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0"]);
+    assert!(!route_localnet_enabled(Some(ns.name())).expect("read sysctl"));
+    let msg = nf
+        .route_localnet_problem()
+        .expect("check")
+        .expect("DNAT to 127.0.0.1 with route_localnet=0 is a problem");
+    assert!(
+        msg.contains("sysctl -w net.ipv4.conf.all.route_localnet=1"),
+        "{msg}"
+    );
+
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"]);
+    assert!(route_localnet_enabled(Some(ns.name())).expect("read sysctl"));
+    assert_eq!(nf.route_localnet_problem().expect("check"), None);
+
+    // A non-loopback DNAT target never needs route_localnet.
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0"]);
+    let node_ip = Netfilter::new(NetfilterConfig {
+        target_ip: Ipv4Addr::new(10, 0, 0, 4),
+        netns: Some(ns.name().to_owned()),
+        ..NetfilterConfig::default()
+    });
+    assert_eq!(node_ip.route_localnet_problem().expect("check"), None);
+}
+
+#[test]
+fn aks_restriction_rule_is_inserted_first_in_forward_idempotently_and_deleted() {
+    skip_unless_ready!(false);
+    let ns = Netns::create();
+    let ipt = Iptables::new(Some(ns.name().to_owned()));
+    for table in [AksTable::Filter, AksTable::Mangle] {
+        let t = match table {
+            AksTable::Filter => "filter",
+            AksTable::Mangle => "mangle",
+        };
+        // An existing FORWARD rule: the AKS rule must be inserted in front of it.
+        ns.ok(&[
+            "iptables", "-w", "5", "-t", t, "-A", "FORWARD", "-p", "udp", "-j", "ACCEPT",
+        ]);
+        let rule = AksRestriction {
+            primary_nic_ip: Ipv4Addr::new(10, 224, 0, 4),
+            table,
+        };
+        assert!(rule.insert(&ipt).expect("insert"), "{t}: first insert");
+        assert!(
+            !rule.insert(&ipt).expect("insert again"),
+            "{t}: second insert is a no-op"
+        );
+        let forward: Vec<String> =
+            lines(&ns.ok(&["iptables", "-w", "5", "-t", t, "-S", "FORWARD"]))
+                .into_iter()
+                .filter(|l| l.starts_with("-A "))
+                .collect();
+        assert_eq!(
+            forward,
+            [
+                "-A FORWARD ! -s 10.224.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment \"AKS managed: added by AgentBaker ensureIMDSRestriction for IMDS restriction feature\" -j DROP",
+                "-A FORWARD -p udp -j ACCEPT",
+            ],
+            "{t}: REFERENCE C rule at FORWARD position 1"
+        );
+        let whole = netfilter::list_table(table.table(), Some(ns.name())).expect("list table");
+        assert!(
+            whole.contains(&rule.listing_line()),
+            "{t}: -S of the table shows the rule"
+        );
+        assert_eq!(rule.delete(&ipt).expect("delete"), 1, "{t}");
+        assert_eq!(rule.delete(&ipt).expect("delete again"), 0, "{t}");
+        assert!(
+            !netfilter::list_table(table.table(), Some(ns.name()))
+                .expect("list table")
+                .contains(&rule.listing_line())
+        );
+        // The other table is untouched by this table's rule.
+        let other = if table == AksTable::Filter {
+            Table::Mangle
+        } else {
+            Table::Filter
+        };
+        assert!(
+            netfilter::list_table(other, Some(ns.name()))
+                .expect("list")
+                .iter()
+                .all(|l| !l.contains("AKS managed"))
+        );
+    }
+}
