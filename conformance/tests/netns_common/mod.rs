@@ -1,0 +1,103 @@
+//! Shared helpers of the netns_* integration tests: the SKIP guard, the 2-node topology the tests build,
+//! and a tiny "who answered, and whom did it see" TCP server standing in for IMDS / NMI / the API server.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{net::SocketAddr, time::Duration};
+
+use imds_conformance::netns::{self, NetnsError, NodeSpec, TopologySpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// True when the netns backend can run; otherwise prints a loud SKIP with the reason.
+pub fn supported(test: &str) -> bool {
+    match netns::netns_supported() {
+        Ok(()) => true,
+        Err(reason) => {
+            eprintln!("SKIP: {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// 2 nodes × 2 pods, plus a host-network pod on n1.
+pub fn two_by_two() -> TopologySpec {
+    TopologySpec::new()
+        .node(NodeSpec::new("n1").pod("p1").pod("p2").host_pod("h1"))
+        .node(NodeSpec::new("n2").pod("p3").pod("p4"))
+}
+
+/// Serves `listener` (bound in some namespace) forever: each connection gets one line
+/// `"<tag> <peer address>\n"` and is closed. The task ends when its handle is aborted or dropped with
+/// the runtime.
+pub fn serve_tag(
+    listener: std::net::TcpListener,
+    tag: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(format!("{tag} {peer}\n").as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Connects from namespace `ns` to `addr`, reads the tag server's line and returns (tag, peer it saw).
+pub async fn ask(
+    ns: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(String, SocketAddr), NetnsError> {
+    let mut stream = netns::connect_in(ns, addr, timeout).await?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(timeout, stream.read_to_string(&mut line)).await;
+    let parse_err = || NetnsError::Parse {
+        what: "tag server reply",
+        line: line.clone(),
+    };
+    match read {
+        Ok(Ok(_)) => {}
+        _ => return Err(parse_err()),
+    }
+    let mut parts = line.split_whitespace();
+    let tag = parts.next().ok_or_else(parse_err)?.to_string();
+    let peer = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(parse_err)?;
+    Ok((tag, peer))
+}
+
+/// Names in `ip netns list`, root links and root `iptables-save` lines that mention `prefix`.
+pub async fn leftovers(prefix: &str) -> Vec<String> {
+    let mut found: Vec<String> = netns::netns_list()
+        .await
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.contains(prefix))
+        .map(|ns| format!("netns {ns}"))
+        .collect();
+    found.extend(
+        netns::root_link_names()
+            .await
+            .expect("ip link")
+            .into_iter()
+            .filter(|l| l.contains(prefix))
+            .map(|l| format!("root link {l}")),
+    );
+    found.extend(
+        netns::root_iptables_save()
+            .await
+            .expect("iptables-save")
+            .lines()
+            .filter(|l| l.contains(prefix))
+            .map(|l| format!("root rule {l}")),
+    );
+    found
+}
