@@ -378,7 +378,7 @@ fn a1_reconcile_repairs_flushed_edited_and_foreign_ruled_chain() {
         argv.extend_from_slice(args);
         ns.ok(&argv);
     };
-    let drifts: Vec<(&str, Box<dyn Fn() + '_>)> = vec![
+    let drifts: Vec<Drift<'_>> = vec![
         ("flushed chain", Box::new(|| ipt(&["-F", "aad-metadata"]))),
         (
             "DNAT rule deleted",
@@ -469,6 +469,9 @@ fn a1_reconcile_repairs_flushed_edited_and_foreign_ruled_chain() {
     nf.remove().expect("remove");
     assert_removed(&ns);
 }
+
+/// A named way of disturbing the chain from outside.
+type Drift<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
 fn chain_listing_or_empty(ns: &Netns) -> Vec<String> {
     let table = lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"]));

@@ -247,9 +247,13 @@ impl Netfilter {
     }
 
     /// Makes the kernel state match REFERENCE A.1 and says whether anything had to change:
-    /// 1. create the chain if missing; 2. insert the jump at `PREROUTING` position 1 if no identical jump
-    /// exists (NMI checks existence, not position); 3. compare the chain listing with
-    /// [`expected_chain_listing`] and, on any difference, flush and append the DNAT and RETURN rules.
+    ///
+    /// 1. create the chain if missing;
+    /// 2. insert the jump at `PREROUTING` position 1 if no identical jump exists (NMI checks existence,
+    ///    not position);
+    /// 3. compare the chain listing with [`expected_chain_listing`] and, on any difference, flush and
+    ///    append the DNAT and RETURN rules.
+    ///
     /// After a rewrite the listing is read back: if it still differs (an iptables that prints rules
     /// differently) this is an error rather than a rewrite every interval.
     pub fn reconcile(&self) -> Result<Reconciled, NetfilterError> {
