@@ -1,1 +1,31 @@
-//! placeholder, replaced by the crate owner
+//! imds-conformance: a conformance harness for IMDS interceptors (aad-pod-identity NMI and compatibles,
+//! the AKS IMDS restriction) and for IMDS itself.
+//!
+//! It builds a node — network namespaces, veths, real iptables and conntrack (`netns` backend, root) or
+//! distinct 127.0.0.0/8 source addresses (`loopback`, any user) — with one mock-imds per VM and a test
+//! Kubernetes API server, starts the interceptor under test inside it, and judges it case by case from the
+//! outside: what pods get back, what each VM's IMDS journal saw, what the API server sent to whom, what
+//! the kernel's tables hold.
+//!
+//! Map of the crate:
+//! - [`case`] — the case model (ids, levels, features, outcomes, profiles);
+//! - [`ctx`] — what a case body gets (the case-author API);
+//! - [`catalog`] — the cases, one module per area;
+//! - [`backend`] — the environment trait and its loopback / netns implementations;
+//! - [`scenario`], [`cluster`] — scenario files and the Kubernetes objects they imply;
+//! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
+//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
+//! - [`apiserver`] — the test Kubernetes API server; [`netns`] — namespaces, veths, cleanup.
+
+pub mod apiserver;
+pub mod backend;
+pub mod case;
+pub mod catalog;
+pub mod cli;
+pub mod cluster;
+pub mod ctx;
+pub mod http;
+pub mod netns;
+pub mod report;
+pub mod runner;
+pub mod scenario;

@@ -1,0 +1,323 @@
+//! The case model: what a conformance case is (data + one async function) and what it can conclude.
+//!
+//! Owns [`Case`], [`Level`], [`Outcome`], [`Feature`], [`Profile`] and [`BackendKind`]. It knows nothing
+//! about how requests are sent (that is [`crate::backend`]) nor how results are printed ([`crate::report`]).
+//!
+//! A case is a `static` value in one of the `catalog/` files:
+//!
+//! ```ignore
+//! pub static HDR_001: Case = Case {
+//!     id: "HDR-001",
+//!     title: "token path without Metadata header is refused with 400 and nothing is forwarded",
+//!     level: Level::Must,
+//!     features: &[Feature::MetadataHeaderRequired],
+//!     unless: &[],                         // features that must NOT be claimed (off-behaviour cases)
+//!     backends: &[BackendKind::Loopback, BackendKind::Netns],
+//!     profiles: &[Profile::Nmi, Profile::Hardened],
+//!     spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
+//!     run: hdr_001,                        // fn(&mut Ctx) -> BoxFut<'_, Outcome>
+//! };
+//! ```
+//!
+//! The runner decides UNCLAIMED / SKIP before calling `run` (feature not claimed, backend cannot run it);
+//! inside `run` a case returns PASS, FAIL (expected vs observed), SKIP (a precondition discovered at run
+//! time) or INFO.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::Ctx;
+
+/// A boxed, sendable future: the return type of case functions and backend operations.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How much a case matters. Only a failing MUST case makes the run fail (exit 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    /// Required for conformance with the profile.
+    Must,
+    /// Recommended; a FAIL is reported but does not fail the run.
+    Should,
+    /// Documents behaviour; never fails.
+    Info,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Must => "MUST",
+            Level::Should => "SHOULD",
+            Level::Info => "INFO",
+        })
+    }
+}
+
+/// The conclusion of one case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "UPPERCASE")]
+pub enum Outcome {
+    /// The interceptor behaved as specified.
+    Pass,
+    /// It did not: what the case expected, what it observed.
+    Fail {
+        /// What the specification requires.
+        expected: String,
+        /// What the harness saw from outside.
+        observed: String,
+    },
+    /// The case could not run here (backend, privileges, precondition); the reason says which.
+    Skip {
+        /// Why the case did not run.
+        reason: String,
+    },
+    /// The interceptor does not claim a feature the case needs.
+    Unclaimed {
+        /// The features that were needed and not claimed.
+        features: Vec<Feature>,
+    },
+    /// Behaviour documented, not judged.
+    Info {
+        /// What was observed.
+        note: String,
+    },
+}
+
+impl Outcome {
+    /// Shorthand for [`Outcome::Fail`].
+    pub fn fail(expected: impl Into<String>, observed: impl Into<String>) -> Self {
+        Outcome::Fail {
+            expected: expected.into(),
+            observed: observed.into(),
+        }
+    }
+
+    /// Shorthand for [`Outcome::Skip`].
+    pub fn skip(reason: impl Into<String>) -> Self {
+        Outcome::Skip {
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Outcome::Info`].
+    pub fn info(note: impl Into<String>) -> Self {
+        Outcome::Info { note: note.into() }
+    }
+
+    /// The upper-case status word used in every report.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail { .. } => "FAIL",
+            Outcome::Skip { .. } => "SKIP",
+            Outcome::Unclaimed { .. } => "UNCLAIMED",
+            Outcome::Info { .. } => "INFO",
+        }
+    }
+
+    /// One-line human explanation (empty for PASS).
+    pub fn detail(&self) -> String {
+        match self {
+            Outcome::Pass => String::new(),
+            Outcome::Fail { expected, observed } => {
+                format!("expected {expected}; observed {observed}")
+            }
+            Outcome::Skip { reason } => reason.clone(),
+            Outcome::Unclaimed { features } => {
+                let names: Vec<&str> = features.iter().map(|f| f.name()).collect();
+                format!("feature not claimed: {}", names.join(", "))
+            }
+            Outcome::Info { note } => note.clone(),
+        }
+    }
+}
+
+/// A capability an interceptor may claim (`--features`, scenario `interceptor.features`). Names follow the
+/// NMI flag / feature names so vendors recognise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Feature {
+    /// `--metadata-header-required`: requests without `Metadata: true` get 400 and are not forwarded.
+    #[serde(rename = "metadataHeaderRequired")]
+    MetadataHeaderRequired,
+    /// `--block-instance-metadata`: non-host pods get 403 on `/metadata/instance`.
+    #[serde(rename = "blockInstanceMetadata")]
+    BlockInstanceMetadata,
+    /// `--set-retry-after-header`: identity not (yet) assigned → 503 + `Retry-After: 20`.
+    #[serde(rename = "setRetryAfterHeader")]
+    SetRetryAfterHeader,
+    /// `--enable-conntrack-deletion`: pre-existing IMDS flows are deleted when the interceptor starts.
+    #[serde(rename = "enableConntrackDeletion")]
+    EnableConntrackDeletion,
+    /// `--enableScaleFeatures`: AzureAssignedIdentities are watched with `nodename=<node>`.
+    #[serde(rename = "enableScaleFeatures")]
+    EnableScaleFeatures,
+    /// The interceptor redirects pod traffic with iptables (NMI's `aad-metadata` chain).
+    #[serde(rename = "iptables")]
+    Iptables,
+    /// Identity selection and token issuance as NMI does (standard mode).
+    #[serde(rename = "tokens")]
+    Tokens,
+    /// NMI's `/host/token` endpoint for host-network callers.
+    #[serde(rename = "hostToken")]
+    HostToken,
+    /// Pass-through of the other IMDS endpoints.
+    #[serde(rename = "passthrough")]
+    Passthrough,
+    /// Fails closed when the cluster view is unavailable.
+    #[serde(rename = "failClosed")]
+    FailClosed,
+    /// AKS IMDS restriction: non-host pods cannot reach IMDS at all.
+    #[serde(rename = "imdsRestriction")]
+    ImdsRestriction,
+}
+
+impl Feature {
+    /// Every feature, in display order.
+    pub const ALL: &'static [Feature] = &[
+        Feature::MetadataHeaderRequired,
+        Feature::BlockInstanceMetadata,
+        Feature::SetRetryAfterHeader,
+        Feature::EnableConntrackDeletion,
+        Feature::EnableScaleFeatures,
+        Feature::Iptables,
+        Feature::Tokens,
+        Feature::HostToken,
+        Feature::Passthrough,
+        Feature::FailClosed,
+        Feature::ImdsRestriction,
+    ];
+
+    /// The wire / CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::MetadataHeaderRequired => "metadataHeaderRequired",
+            Feature::BlockInstanceMetadata => "blockInstanceMetadata",
+            Feature::SetRetryAfterHeader => "setRetryAfterHeader",
+            Feature::EnableConntrackDeletion => "enableConntrackDeletion",
+            Feature::EnableScaleFeatures => "enableScaleFeatures",
+            Feature::Iptables => "iptables",
+            Feature::Tokens => "tokens",
+            Feature::HostToken => "hostToken",
+            Feature::Passthrough => "passthrough",
+            Feature::FailClosed => "failClosed",
+            Feature::ImdsRestriction => "imdsRestriction",
+        }
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Feature {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Feature::ALL
+            .iter()
+            .copied()
+            .find(|f| f.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown feature {s:?}; known: {}", names.join(", "))
+            })
+    }
+}
+
+/// A selection of cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// aad-pod-identity NMI compatibility.
+    Nmi,
+    /// AKS IMDS restriction (the AgentBaker FORWARD DROP rule).
+    AksRestriction,
+    /// Header + block + conntrack + isolation.
+    Hardened,
+    /// Endpoint fidelity of an IMDS (mock-imds, or the real service from an Azure VM).
+    Imds,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::Nmi => "nmi",
+            Profile::AksRestriction => "aks-restriction",
+            Profile::Hardened => "hardened",
+            Profile::Imds => "imds",
+        })
+    }
+}
+
+/// Where cases can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Unprivileged: pods are 127.0.0.0/8 source addresses, no kernel redirect.
+    Loopback,
+    /// Root: network namespaces, real iptables and conntrack.
+    Netns,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Loopback => "loopback",
+            BackendKind::Netns => "netns",
+        })
+    }
+}
+
+/// Both backends.
+pub const ANY_BACKEND: &[BackendKind] = &[BackendKind::Loopback, BackendKind::Netns];
+/// Only the kernel backend.
+pub const NETNS_ONLY: &[BackendKind] = &[BackendKind::Netns];
+
+/// The signature of a case body.
+pub type CaseFn = for<'a> fn(&'a mut Ctx) -> BoxFut<'a, Outcome>;
+
+/// One conformance case: data plus a function.
+pub struct Case {
+    /// Stable id, `AREA-NNN`.
+    pub id: &'static str,
+    /// One line: what is checked.
+    pub title: &'static str,
+    /// MUST / SHOULD / INFO.
+    pub level: Level,
+    /// Features the interceptor must claim for the case to apply (else UNCLAIMED).
+    pub features: &'static [Feature],
+    /// Features that must NOT be claimed (cases checking the feature-off behaviour; else SKIP).
+    pub unless: &'static [Feature],
+    /// Backends able to run the case (else SKIP with the reason).
+    pub backends: &'static [BackendKind],
+    /// Profiles that include the case.
+    pub profiles: &'static [Profile],
+    /// Where the rule comes from.
+    pub spec: &'static str,
+    /// Longer explanation for `imds-conformance explain`.
+    pub explain: &'static str,
+    /// The check.
+    pub run: CaseFn,
+}
+
+impl Case {
+    /// The area prefix (`HDR` of `HDR-001`).
+    pub fn area(&self) -> &'static str {
+        self.id.split('-').next().unwrap_or(self.id)
+    }
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("id", &self.id)
+            .field("title", &self.title)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}

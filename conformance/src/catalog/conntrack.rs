@@ -1,0 +1,187 @@
+//! CT — conntrack deletion (`enableConntrackDeletion`, REFERENCE A.1, A.12): netns only.
+//!
+//! Owns the conntrack cases: a keep-alive connection a pod opened to IMDS before the interceptor started
+//! must not keep reaching IMDS once the interceptor is ready (with deletion); without deletion the bypass is
+//! recorded as INFO; flows unrelated to IMDS survive the deletion.
+
+use std::time::Duration;
+
+use crate::backend::Target;
+use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
+use crate::case_fn;
+use crate::catalog::has_token;
+use crate::catalog::interception::remove_redirects;
+use crate::ctx::{Ctx, Sent, token_target};
+use crate::http::Request;
+
+/// The cases of this area.
+pub static CASES: &[&Case] = &[&CT_001, &CT_002, &CT_003];
+
+const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+
+/// What the old connection did after the interceptor became ready.
+enum After {
+    /// The request on the old connection got a token and IMDS journalled it: direct bypass.
+    Bypass(String),
+    /// Reset / no answer / answered without token: no bypass.
+    Cut(String),
+}
+
+/// Stops the interceptor (and its rules), opens a pod connection straight to IMDS, restarts the
+/// interceptor, sends again on the old connection.
+async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
+    let pod = ctx.plain_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod without identity on the first node")
+    })?;
+    let node = pod.node.clone();
+    ctx.touched_interceptor();
+    ctx.backend
+        .stop_interceptor(&node, false)
+        .await
+        .map_err(|e| Outcome::skip(e.to_string()))?;
+    remove_redirects(ctx, &node).await?;
+    let mut conn = ctx
+        .open(&pod.name, Target::Imds)
+        .await
+        .map_err(|e| Outcome::skip(format!("pod cannot reach IMDS without interceptor: {e}")))?;
+    let first = ctx
+        .send_on(&mut conn, Request::get(token_target("")).metadata())
+        .await;
+    if !first.response().is_some_and(has_token) {
+        return Err(Outcome::skip(format!(
+            "precondition: without interceptor the pod reaches IMDS directly (got {})",
+            first.summary()
+        )));
+    }
+    ctx.backend
+        .start_interceptor(&node)
+        .await
+        .map_err(|e| Outcome::fail("the interceptor to start", e.to_string()))?;
+    let second: Sent = ctx
+        .send_on(&mut conn, Request::get(token_target("")).metadata())
+        .await;
+    let in_journal = !ctx.tagged(&node, &second.tag).await.is_empty();
+    Ok(match second.response() {
+        Some(r) if has_token(r) && in_journal => After::Bypass(format!(
+            "the old connection still reached IMDS directly after the interceptor was ready: {}",
+            r.summary()
+        )),
+        _ => After::Cut(second.summary()),
+    })
+}
+
+case_fn!(ct_001, |ctx| {
+    match old_connection(ctx).await? {
+        After::Bypass(s) => Err(Outcome::fail(
+            "pre-existing IMDS flows deleted at start: nothing from the old connection reaches IMDS",
+            s,
+        )),
+        After::Cut(_) => {
+            // And a new connection is intercepted.
+            let pod = ctx.plain_pod().map(|p| p.name).unwrap_or_default();
+            let sent = ctx
+                .send(
+                    &pod,
+                    Target::Imds,
+                    Request::get(token_target("")).metadata(),
+                )
+                .await;
+            match sent.response() {
+                Some(r) if has_token(r) => Err(Outcome::fail(
+                    "a new connection after the restart is intercepted",
+                    r.summary(),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+});
+
+case_fn!(ct_002, |ctx| {
+    match old_connection(ctx).await? {
+        After::Bypass(s) => Err(Outcome::info(format!(
+            "bypass without conntrack deletion: {s}"
+        ))),
+        After::Cut(s) => Err(Outcome::info(format!(
+            "the old connection did not reach IMDS after the restart: {s}"
+        ))),
+    }
+});
+
+case_fn!(ct_003, |ctx| {
+    let pod = ctx.plain_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod without identity on the first node")
+    })?;
+    let node = pod.node.clone();
+    let mut conn = ctx
+        .open(&pod.name, Target::ApiServer)
+        .await
+        .map_err(|e| Outcome::skip(format!("pod cannot reach the API server: {e}")))?;
+    let before = ctx.send_on(&mut conn, Request::get("/version")).await;
+    if before.status() != Some(200) {
+        return Err(Outcome::skip(format!(
+            "precondition: GET /version on the API server from the pod (got {})",
+            before.summary()
+        )));
+    }
+    ctx.touched_interceptor();
+    ctx.backend
+        .stop_interceptor(&node, false)
+        .await
+        .map_err(|e| Outcome::skip(e.to_string()))?;
+    ctx.backend
+        .start_interceptor(&node)
+        .await
+        .map_err(|e| Outcome::fail("the interceptor to start", e.to_string()))?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = ctx.send_on(&mut conn, Request::get("/version")).await;
+    if after.status() != Some(200) {
+        return Err(Outcome::fail(
+            "a keep-alive connection unrelated to IMDS survives the conntrack deletion",
+            after.summary(),
+        ));
+    }
+    Ok(())
+});
+
+/// CT-001.
+pub static CT_001: Case = Case {
+    id: "CT-001",
+    title: "a connection opened before the interceptor started no longer reaches IMDS once it is ready",
+    level: Level::Must,
+    features: &[Feature::EnableConntrackDeletion, Feature::Iptables],
+    unless: &[],
+    backends: NETNS_ONLY,
+    profiles: P,
+    spec: "SPEC §3 Conntrack; REFERENCE A.1 (conntrack deletion after the first reconcile), A.12",
+    explain: "With no interceptor, a pod opens a keep-alive connection to 169.254.169.254 and gets the VM's token directly. The interceptor starts; after it is ready, a request on the old connection must not reach IMDS (reset or intercepted), and a new connection is intercepted.",
+    run: ct_001,
+};
+
+/// CT-002.
+pub static CT_002: Case = Case {
+    id: "CT-002",
+    title: "without conntrack deletion the pre-existing connection's bypass is recorded",
+    level: Level::Info,
+    features: &[Feature::Iptables],
+    unless: &[Feature::EnableConntrackDeletion],
+    backends: NETNS_ONLY,
+    profiles: P,
+    spec: "SPEC §3 Conntrack (feature off)",
+    explain: "Same procedure as CT-001 with the feature off: reports whether the old connection keeps reaching IMDS directly (the known NMI issue).",
+    run: ct_002,
+};
+
+/// CT-003.
+pub static CT_003: Case = Case {
+    id: "CT-003",
+    title: "flows unrelated to IMDS survive the deletion",
+    level: Level::Must,
+    features: &[Feature::EnableConntrackDeletion],
+    unless: &[],
+    backends: NETNS_ONLY,
+    profiles: P,
+    spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
+    explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",
+    run: ct_003,
+};

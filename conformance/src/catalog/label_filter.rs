@@ -1,0 +1,297 @@
+//! LBL — label filtering of AzureAssignedIdentities (`enableScaleFeatures`, REFERENCE A.8).
+//!
+//! Owns the label cases, observed through the API server's per-client accounting (each node's
+//! interceptor authenticates with its node name as token): an interceptor receives only AAIs labelled
+//! `nodename=<its node>`; unlabelled AAIs are ignored when on and served when off; field selectors on CRDs
+//! are refused as Kubernetes does and the interceptor still works; per-node watch traffic ≈ 1/N.
+
+use std::time::Duration;
+
+use crate::backend::{PodView, Target};
+use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
+use crate::case_fn;
+use crate::catalog::{has_token, response};
+use crate::cluster;
+use crate::ctx::{Ctx, token_target};
+use crate::http::Request;
+use crate::scenario::IdentityDef;
+
+/// The cases of this area.
+pub static CASES: &[&Case] = &[&LBL_001, &LBL_002, &LBL_003, &LBL_004, &LBL_005, &LBL_006];
+
+const P: &[Profile] = &[Profile::Nmi];
+const AAI: &str = "azureassignedidentities";
+
+fn setup(ctx: &Ctx) -> Result<(PodView, IdentityDef), Outcome> {
+    let pod = ctx.plain_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod without identity on the first node")
+    })?;
+    let id = ctx
+        .scenario
+        .identities
+        .iter()
+        .find(|i| i.on_vm)
+        .cloned()
+        .ok_or_else(|| Outcome::skip("scenario has no identity assigned to the VM"))?;
+    Ok((pod, id))
+}
+
+case_fn!(lbl_001, |ctx| {
+    let (pod, id) = setup(ctx)?;
+    let node = ctx.first_node();
+    let before = ctx.api().stats().objects_sent(&node, AAI);
+    // An AAI for a pod on another node (a ghost node if the scenario has one node only).
+    let mut ghost = pod.clone();
+    ghost.name = "ghost".into();
+    ghost.node = ctx
+        .world()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| n != &node)
+        .unwrap_or_else(|| "ghost-node".into());
+    ctx.apply(cluster::aai_object(&ghost, &id, "Assigned", true))
+        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = ctx.api().stats().objects_sent(&node, AAI);
+    if after != before {
+        return Err(Outcome::fail(
+            format!(
+                "the interceptor of {node} receives no AzureAssignedIdentity labelled for {}",
+                ghost.node
+            ),
+            format!(
+                "{} more AAI objects sent to {node}",
+                after.saturating_sub(before)
+            ),
+        ));
+    }
+    // And the positive control: an AAI for its own node does reach it.
+    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
+        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let own = ctx.api().stats().objects_sent(&node, AAI);
+    if own <= after {
+        return Err(Outcome::fail(
+            format!(
+                "the interceptor of {node} watches AzureAssignedIdentities (its own node's arrive)"
+            ),
+            "no AAI object was sent to it (is it authenticating with the kubeconfig's token?)",
+        ));
+    }
+    Ok(())
+});
+
+case_fn!(lbl_002, |ctx| {
+    let (pod, id) = setup(ctx)?;
+    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", false))
+        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = ctx
+        .send(
+            &pod.name,
+            Target::Imds,
+            Request::get(token_target("")).metadata(),
+        )
+        .await;
+    let r = response(&sent, "a refusal")?;
+    if has_token(r) {
+        return Err(Outcome::fail(
+            "an AzureAssignedIdentity without the nodename label is ignored (no token)",
+            r.summary(),
+        ));
+    }
+    Ok(())
+});
+
+case_fn!(lbl_003, |ctx| {
+    let (pod, id) = setup(ctx)?;
+    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", false))
+        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    let req = Request::get(token_target("")).metadata();
+    let sent = ctx
+        .poll(&pod.name, &req, Duration::from_secs(10), |s| {
+            s.status() == Some(200)
+        })
+        .await;
+    let r = response(&sent, "a token")?;
+    if r.status != 200 {
+        return Err(Outcome::fail(
+            "with label filtering off, an unlabelled AzureAssignedIdentity is served (200 within 10 s)",
+            r.summary(),
+        ));
+    }
+    Ok(())
+});
+
+case_fn!(lbl_004, |ctx| {
+    // Kubernetes refuses field selectors on CRDs other than metadata.name/namespace.
+    let node = ctx.first_node();
+    let mut conn = ctx
+        .open(&node, Target::ApiServer)
+        .await
+        .map_err(|e| Outcome::skip(format!("cannot reach the API server from {node}: {e}")))?;
+    let sent = ctx
+        .send_on(
+            &mut conn,
+            Request::get(format!(
+                "/apis/aadpodidentity.k8s.io/v1/{AAI}?fieldSelector=spec.nodename%3D{node}"
+            ))
+            .header("Authorization", "Bearer harness"),
+        )
+        .await;
+    let r = response(&sent, "400 from the API server")?;
+    if r.status != 400 {
+        return Err(Outcome::skip(format!(
+            "the test API server does not refuse CRD field selectors (got {}); cannot check",
+            r.status
+        )));
+    }
+    // The interceptor (which must use labels) still serves tokens.
+    let pod = ctx.identity_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod with an Assigned identity on the first node")
+    })?;
+    let req = Request::get(token_target("")).metadata();
+    let sent = ctx
+        .poll(&pod.name, &req, Duration::from_secs(5), |s| {
+            s.status() == Some(200)
+        })
+        .await;
+    let r = response(&sent, "a token")?;
+    if r.status != 200 {
+        return Err(Outcome::fail(
+            "tokens are served while CRD field selectors are refused (the interceptor filters by label)",
+            r.summary(),
+        ));
+    }
+    Ok(())
+});
+
+case_fn!(lbl_005, |ctx| {
+    let (pod, id) = setup(ctx)?;
+    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
+        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    let req = Request::get(token_target("")).metadata();
+    let sent = ctx
+        .poll(&pod.name, &req, Duration::from_secs(10), |s| {
+            s.status() == Some(200)
+        })
+        .await;
+    let r = response(&sent, "a token")?;
+    if r.status != 200 {
+        return Err(Outcome::fail(
+            "an AzureAssignedIdentity labelled nodename=<node> is served (200 within 10 s)",
+            r.summary(),
+        ));
+    }
+    Ok(())
+});
+
+case_fn!(lbl_006, |ctx| {
+    let nodes: Vec<String> = ctx.world().nodes.iter().map(|n| n.name.clone()).collect();
+    if nodes.len() < 2 {
+        return Err(Outcome::skip("needs a scenario with at least 2 nodes"));
+    }
+    let stats = ctx.api().stats();
+    let total_aais = ctx
+        .api()
+        .list(cluster::AAD_API, "AzureAssignedIdentity", None)
+        .len();
+    let mut parts = Vec::new();
+    for n in &nodes {
+        let c = stats.client(n).resource(AAI);
+        parts.push(format!(
+            "{n}: {} objects / {} bytes",
+            c.objects_sent, c.bytes_sent
+        ));
+    }
+    Err(Outcome::info(format!(
+        "AAI traffic per node with {} AAIs in the cluster: {}",
+        total_aais,
+        parts.join("; ")
+    )))
+});
+
+/// LBL-001.
+pub static LBL_001: Case = Case {
+    id: "LBL-001",
+    title: "the interceptor receives only its node's AzureAssignedIdentities",
+    level: Level::Must,
+    features: &[Feature::EnableScaleFeatures],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering; REFERENCE A.8 enableScaleFeatures",
+    explain: "An AAI labelled for another node is applied: the API server's accounting shows no AAI object sent to this node's interceptor; an AAI for its own node is sent (positive control).",
+    run: lbl_001,
+};
+
+/// LBL-002.
+pub static LBL_002: Case = Case {
+    id: "LBL-002",
+    title: "unlabelled AzureAssignedIdentities are ignored when filtering is on",
+    level: Level::Must,
+    features: &[Feature::EnableScaleFeatures, Feature::Tokens],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering; REFERENCE A.8 (AAIs created before 1.5.3 lack labels)",
+    explain: "An Assigned AAI without the nodename label is invisible to a label-filtering interceptor: the pod gets no token.",
+    run: lbl_002,
+};
+
+/// LBL-003.
+pub static LBL_003: Case = Case {
+    id: "LBL-003",
+    title: "unlabelled AzureAssignedIdentities are served when filtering is off",
+    level: Level::Should,
+    features: &[Feature::Tokens],
+    unless: &[Feature::EnableScaleFeatures],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering (feature off)",
+    explain: "Without label filtering the interceptor watches all AAIs, so an unlabelled Assigned AAI yields a token.",
+    run: lbl_003,
+};
+
+/// LBL-004.
+pub static LBL_004: Case = Case {
+    id: "LBL-004",
+    title: "CRD field selectors are refused (as Kubernetes) and the interceptor still serves tokens",
+    level: Level::Must,
+    features: &[Feature::EnableScaleFeatures, Feature::Tokens],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering; REFERENCE A.8 (CRDs lack field selectors)",
+    explain: "The test API server refuses field selectors on CRDs with Kubernetes' 400; an interceptor that relied on them would not work. Tokens for an Assigned identity are still served.",
+    run: lbl_004,
+};
+
+/// LBL-005.
+pub static LBL_005: Case = Case {
+    id: "LBL-005",
+    title: "an AzureAssignedIdentity labelled for the node is picked up live",
+    level: Level::Must,
+    features: &[Feature::EnableScaleFeatures, Feature::Tokens],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering",
+    explain: "Applying an Assigned AAI labelled nodename=<node> for a pod without identity makes the pod's token request succeed within 10 s (watch, not restart).",
+    run: lbl_005,
+};
+
+/// LBL-006.
+pub static LBL_006: Case = Case {
+    id: "LBL-006",
+    title: "AAI watch traffic per node (≈ 1/N of unfiltered)",
+    level: Level::Info,
+    features: &[Feature::EnableScaleFeatures],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §3 Label filtering",
+    explain: "Reports the AAI objects and bytes the API server sent to each node's interceptor; with filtering each node receives only its own share.",
+    run: lbl_006,
+};

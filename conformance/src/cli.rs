@@ -1,0 +1,468 @@
+//! The `imds-conformance` command line (clap derive): `run`, `list`, `explain`, `env up|exec|down`,
+//! `apiserver`. Owns argument parsing, exit codes and the `env` state file; everything else is delegated
+//! (runner, catalog, backends, apiserver).
+//!
+//! Exit codes: 0 = every selected MUST case passed; 1 = a MUST case failed; 2 = usage or environment
+//! error (bad flags, scenario, missing binary, no root for netns); 130/143 = interrupted by SIGINT/SIGTERM
+//! after tearing everything down.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use regex::Regex;
+
+use crate::backend::interceptor::{self, InterceptorSpec};
+use crate::case::{BackendKind, Feature, Profile};
+use crate::catalog;
+use crate::report::ReportTargets;
+use crate::runner::{self, BackendChoice, RunError, RunOptions};
+use crate::scenario::Scenario;
+
+/// The scenario used when `--scenario` is not given (also embedded so the binary works anywhere).
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/nmi-default.yaml");
+
+/// Conformance harness for IMDS interceptors (aad-pod-identity NMI and compatibles, AKS IMDS restriction):
+/// builds a node from network namespaces (or loopback addresses), runs the interceptor under test inside
+/// it, and judges it case by case from the outside.
+#[derive(Debug, Parser)]
+#[command(name = "imds-conformance", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the catalogue against an interceptor and report (exit 0 all MUST pass, 1 a MUST fails, 2 error).
+    Run(RunArgs),
+    /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
+    List {
+        /// Only cases of this profile.
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
+    },
+    /// Explain one case: what it checks, how, and where the rule comes from.
+    Explain {
+        /// Case id, e.g. HDR-001.
+        id: String,
+    },
+    /// Leave an environment standing for debugging (netns backend, root).
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Run the test Kubernetes API server alone (develop an interceptor against it).
+    Apiserver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// Where to write a kubeconfig for it.
+        #[arg(long, default_value = "kubeconfig.yaml")]
+        kubeconfig_out: PathBuf,
+    },
+}
+
+/// `env` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Build the scenario's environment and keep it standing until Ctrl-C or `env down`.
+    Up {
+        /// Scenario file (default: the built-in nmi-default).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        #[command(flatten)]
+        interceptor: InterceptorArgs,
+    },
+    /// Run a command inside a pod's (or node's) network namespace, e.g. `env exec app -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions`.
+    Exec {
+        /// Pod or node name.
+        pod: String,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop the standing environment (the `env up` process tears everything down).
+    Down,
+}
+
+/// How to pick and start the interceptor.
+#[derive(Debug, Clone, Args)]
+pub struct InterceptorArgs {
+    /// Interceptor under test: `builtin` (imds-proxy), `aks-rule` (AgentBaker's FORWARD DROP rule), `none`,
+    /// or `cmd:TEMPLATE` — a shell command started inside each node with placeholders {node}, {node_ip},
+    /// {kubeconfig}, {imds_ip}, {imds_port}, {listen_port}, {probe_port}, {metrics_port}. It must listen
+    /// on 127.0.0.1:{listen_port} and, on netns, install its own redirect rules.
+    /// Default: the scenario's `interceptor.kind`, else `builtin`.
+    #[arg(long, env = "IMDS_CONFORMANCE_INTERCEPTOR")]
+    pub interceptor: Option<String>,
+    /// Path to the imds-proxy binary (default: next to this executable, then PATH).
+    #[arg(long, env = "IMDS_PROXY_BIN")]
+    pub proxy_bin: Option<PathBuf>,
+    /// Extra flag for the built-in interceptor, appended after the scenario's flags (repeatable),
+    /// e.g. `--proxy-flag=--metadata-header-required=false`.
+    #[arg(long = "proxy-flag", allow_hyphen_values = true)]
+    pub proxy_flags: Vec<String>,
+}
+
+/// `run` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Profile to run (default: the scenario's).
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
+    /// Backend: auto = netns when root and supported, else loopback (listing what it skips).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    #[command(flatten)]
+    pub interceptor: InterceptorArgs,
+    /// Features the interceptor claims, comma-separated (replaces the scenario's list); unclaimed
+    /// features make their cases UNCLAIMED instead of FAIL. `none` claims nothing.
+    #[arg(long)]
+    pub features: Option<String>,
+    /// Scenario file (default: the built-in nmi-default).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Only cases whose "ID title" matches this regex.
+    #[arg(long)]
+    pub focus: Option<String>,
+    /// Skip cases whose "ID title" matches this regex.
+    #[arg(long)]
+    pub skip: Option<String>,
+    /// Reports to write: junit=PATH,json=PATH,md=PATH (repeatable; md appends, e.g. to $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    pub report: Vec<String>,
+    /// Base URL of a real IMDS for the `imds` profile (e.g. http://169.254.169.254 on an Azure VM); default:
+    /// each run's own mock-imds.
+    #[arg(long)]
+    pub imds_url: Option<String>,
+    /// No live per-case lines (reports only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `--interceptor`.
+pub fn interceptor_spec(
+    args: &InterceptorArgs,
+    scenario: &Scenario,
+) -> Result<InterceptorSpec, String> {
+    let s = args
+        .interceptor
+        .as_deref()
+        .or(scenario.interceptor.kind.as_deref())
+        .unwrap_or("builtin")
+        .trim();
+    if let Some(t) = s.strip_prefix("cmd:") {
+        if t.trim().is_empty() {
+            return Err("--interceptor cmd: needs a command template".into());
+        }
+        return Ok(InterceptorSpec::Cmd {
+            template: t.to_string(),
+        });
+    }
+    match s {
+        "builtin" => {
+            let bin = interceptor::find_proxy_bin(args.proxy_bin.as_deref()).ok_or_else(|| {
+                "imds-proxy binary not found (build it with `cargo build -p imds-proxy`, or pass --proxy-bin)".to_string()
+            })?;
+            let mut flags = scenario.interceptor.flags.clone();
+            flags.extend(args.proxy_flags.iter().cloned());
+            Ok(InterceptorSpec::Builtin { bin, flags })
+        }
+        "aks-rule" => Ok(InterceptorSpec::AksRule),
+        "none" => Ok(InterceptorSpec::None),
+        other => Err(format!(
+            "unknown --interceptor {other:?}: builtin, aks-rule, none or cmd:TEMPLATE"
+        )),
+    }
+}
+
+/// Parses `--features`.
+pub fn parse_features(s: &str) -> Result<BTreeSet<Feature>, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(BTreeSet::new());
+    }
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// Loads `--scenario` or the built-in default.
+pub fn load_scenario(path: Option<&Path>) -> Result<Scenario, String> {
+    match path {
+        Some(p) => Scenario::load(p).map_err(|e| e.to_string()),
+        None => {
+            Scenario::parse(DEFAULT_SCENARIO, "built-in nmi-default").map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("imds-conformance: {msg}");
+    2
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn main_with(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => run_cmd(args).await,
+        Command::List { profile } => {
+            for c in catalog::all()
+                .into_iter()
+                .filter(|c| profile.is_none_or(|p| c.profiles.contains(&p)))
+            {
+                let feats: Vec<&str> = c.features.iter().map(|f| f.name()).collect();
+                let backends = if c.backends.contains(&BackendKind::Loopback) {
+                    "any"
+                } else {
+                    "netns"
+                };
+                let profiles: Vec<String> = c.profiles.iter().map(|p| p.to_string()).collect();
+                println!(
+                    "{:<9} {:<6} {:<6} {:<28} {:<32} {}",
+                    c.id,
+                    c.level.to_string(),
+                    backends,
+                    profiles.join(","),
+                    feats.join(","),
+                    c.title
+                );
+            }
+            0
+        }
+        Command::Explain { id } => match catalog::find(&id) {
+            Some(c) => {
+                let feats: Vec<&str> = c.features.iter().map(|f| f.name()).collect();
+                let unless: Vec<&str> = c.unless.iter().map(|f| f.name()).collect();
+                let backends: Vec<String> = c.backends.iter().map(|b| b.to_string()).collect();
+                let profiles: Vec<String> = c.profiles.iter().map(|p| p.to_string()).collect();
+                println!("{} — {}\n", c.id, c.title);
+                println!("level:     {}", c.level);
+                println!(
+                    "features:  {}",
+                    if feats.is_empty() {
+                        "-".into()
+                    } else {
+                        feats.join(", ")
+                    }
+                );
+                if !unless.is_empty() {
+                    println!("only when NOT claimed: {}", unless.join(", "));
+                }
+                println!("backends:  {}", backends.join(", "));
+                println!("profiles:  {}", profiles.join(", "));
+                println!("spec:      {}\n", c.spec);
+                println!("{}", c.explain);
+                0
+            }
+            None => usage(format!("no case {id:?}; see `imds-conformance list`")),
+        },
+        Command::Apiserver {
+            listen,
+            kubeconfig_out,
+        } => {
+            let shutdown = async {
+                runner::shutdown_signal().await;
+            };
+            match crate::apiserver::run_standalone(listen, &kubeconfig_out, shutdown).await {
+                Ok(()) => 0,
+                Err(e) => usage(format!("apiserver: {e}")),
+            }
+        }
+        Command::Env(cmd) => env_cmd(cmd).await,
+    }
+}
+
+async fn run_cmd(args: RunArgs) -> i32 {
+    let scenario = match load_scenario(args.scenario.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let features = match &args.features {
+        Some(f) => match parse_features(f) {
+            Ok(f) => f,
+            Err(e) => return usage(e),
+        },
+        None => scenario.interceptor.features.clone(),
+    };
+    let interceptor = match interceptor_spec(&args.interceptor, &scenario) {
+        Ok(i) => i,
+        Err(e) => return usage(e),
+    };
+    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
+        s.as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    let (focus, skip) = match (re(&args.focus, "--focus"), re(&args.skip, "--skip")) {
+        (Ok(f), Ok(s)) => (f, s),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    };
+    let mut targets = ReportTargets::default();
+    for r in &args.report {
+        match r.parse::<ReportTargets>() {
+            Ok(t) => targets.merge(t),
+            Err(e) => return usage(format!("--report: {e}")),
+        }
+    }
+    let opts = RunOptions {
+        profile: args.profile.unwrap_or(scenario.profile),
+        scenario,
+        backend: args.backend,
+        interceptor,
+        features,
+        focus,
+        skip,
+        imds_url: args.imds_url.clone(),
+        live: !args.quiet,
+    };
+    match runner::run(opts).await {
+        Ok(report) => {
+            if let Err(e) = targets.write(&report) {
+                return usage(format!("writing reports: {e}"));
+            }
+            report.exit_code()
+        }
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("imds-conformance: interrupted by {sig}; environment torn down");
+            if sig == "SIGTERM" { 143 } else { 130 }
+        }
+        Err(e) => usage(e),
+    }
+}
+
+/// Where `env up` records what it built.
+fn env_state_path() -> PathBuf {
+    std::env::temp_dir().join("imds-conformance-env.json")
+}
+
+/// What `env up` records for `env exec` / `env down`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct EnvState {
+    pid: u32,
+    prefix: String,
+    namespaces: std::collections::BTreeMap<String, String>,
+}
+
+async fn env_cmd(cmd: EnvCommand) -> i32 {
+    match cmd {
+        EnvCommand::Up {
+            scenario,
+            interceptor,
+        } => {
+            let scenario = match load_scenario(scenario.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return usage(e),
+            };
+            let spec = match interceptor_spec(&interceptor, &scenario) {
+                Ok(s) => s,
+                Err(e) => return usage(e),
+            };
+            if let Err(e) = runner::resolve_backend(BackendChoice::Netns) {
+                return usage(e);
+            }
+            let run_dir =
+                std::env::temp_dir().join(format!("imds-conformance-env-{}", runner::run_id()));
+            if let Err(e) = std::fs::create_dir_all(&run_dir) {
+                return usage(format!("creating {}: {e}", run_dir.display()));
+            }
+            let _ = crate::netns::sweep_stale(crate::netns::ROOT_PREFIX);
+            let prefix = crate::netns::new_run_prefix();
+            let env = tokio::select! {
+                r = crate::backend::netns::Netns::start(&scenario, spec, &prefix, &run_dir) => match r {
+                    Ok(e) => e,
+                    Err(e) => return usage(e),
+                },
+                _ = runner::shutdown_signal() => {
+                    let _ = tokio::task::spawn_blocking(crate::netns::cleanup_all_live_blocking).await;
+                    return 130;
+                }
+            };
+            let mut namespaces = std::collections::BTreeMap::new();
+            for n in env.topology().nodes() {
+                namespaces.insert(n.name.clone(), n.ns.clone());
+            }
+            for p in env.topology().pods() {
+                namespaces.insert(p.name.clone(), p.ns.clone());
+            }
+            let state = EnvState {
+                pid: std::process::id(),
+                prefix: prefix.clone(),
+                namespaces: namespaces.clone(),
+            };
+            let _ = std::fs::write(
+                env_state_path(),
+                serde_json::to_string_pretty(&state).unwrap_or_default(),
+            );
+            println!("environment {prefix} is up (scenario {}):", scenario.name);
+            for (name, ns) in &namespaces {
+                println!("  {name:<14} ip netns exec {ns} ...");
+            }
+            println!(
+                "  API server    {}",
+                crate::backend::Backend::api(&env).url()
+            );
+            println!("  logs          {}", run_dir.display());
+            println!(
+                "try: imds-conformance env exec <pod> -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions"
+            );
+            println!("stop with Ctrl-C or `imds-conformance env down`");
+            let sig = runner::shutdown_signal().await;
+            eprintln!("imds-conformance: {sig}: tearing the environment down");
+            crate::backend::Backend::teardown(&env).await;
+            let _ = std::fs::remove_file(env_state_path());
+            let _ = std::fs::remove_dir_all(&run_dir);
+            0
+        }
+        EnvCommand::Exec { pod, cmd } => {
+            let state: EnvState = match std::fs::read_to_string(env_state_path())
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+            {
+                Some(s) => s,
+                None => return usage("no environment is up (run `imds-conformance env up` first)"),
+            };
+            let Some(ns) = state.namespaces.get(&pod) else {
+                let names: Vec<&String> = state.namespaces.keys().collect();
+                return usage(format!("no pod or node {pod:?}; known: {names:?}"));
+            };
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let mut c = crate::netns::command_in(ns, args[0]);
+            c.args(&args[1..]).kill_on_drop(false);
+            match c.status().await {
+                Ok(s) => s.code().unwrap_or(1),
+                Err(e) => usage(format!("running {:?} in {ns}: {e}", args[0])),
+            }
+        }
+        EnvCommand::Down => {
+            let state: EnvState = match std::fs::read_to_string(env_state_path())
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+            {
+                Some(s) => s,
+                None => return usage("no environment is up"),
+            };
+            // The PID is the `env up` process recorded in our own state file; it tears down on SIGTERM.
+            let pid = nix::unistd::Pid::from_raw(state.pid as i32);
+            if crate::netns::pid_alive(state.pid as i32) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                for _ in 0..300 {
+                    if !crate::netns::pid_alive(state.pid as i32) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            // Whatever is left (the up process died without cleaning): remove by prefix.
+            if let Err(e) = crate::netns::cleanup_prefix(&state.prefix).await {
+                return usage(format!("cleanup of {}: {e}", state.prefix));
+            }
+            let _ = std::fs::remove_file(env_state_path());
+            println!("environment {} removed", state.prefix);
+            0
+        }
+    }
+}
