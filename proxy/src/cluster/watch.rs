@@ -1,0 +1,368 @@
+//! `KubeView`: the cluster view kept current by kube-rs `watcher` + `reflector` stores.
+//!
+//! One watcher per resource: pods with field selector `spec.nodeName=<node>`; in standard mode
+//! AzureAssignedIdentities (label selector `nodename=<node>` when scale features are on, else unfiltered);
+//! in managed mode AzureIdentityBindings and AzureIdentities; AzurePodIdentityExceptions in both. Each watcher
+//! tracks its own health: it is healthy once it has completed a list (`InitDone`) or delivered a watch event,
+//! and unhealthy after any error until it recovers, so an API server outage turns into fail-closed answers
+//! rather than answers from a stale cache. The tasks end when the `KubeView` (all clones) is dropped.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use super::crd::{
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+    BEHAVIOR_ANNOTATION, EmbeddedIdentity,
+};
+use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
+use super::{ClusterView, WatchPlan};
+use crate::metrics::Metrics;
+
+/// Health of one watcher.
+#[derive(Debug)]
+struct Health {
+    what: &'static str,
+    synced: AtomicBool,
+    healthy: AtomicBool,
+}
+
+impl Health {
+    fn new(what: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            synced: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
+        })
+    }
+}
+
+struct Inner {
+    pods: Store<Pod>,
+    aais: Option<Store<AzureAssignedIdentity>>,
+    exceptions: Store<AzurePodIdentityException>,
+    bindings: Option<Store<AzureIdentityBinding>>,
+    identities: Option<Store<AzureIdentity>>,
+    health: Vec<Arc<Health>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The live cluster view. Clones share the stores and the watcher tasks.
+#[derive(Clone)]
+pub struct KubeView {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KubeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeView")
+            .field("health", &self.inner.health)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    metrics: Metrics,
+    health_list: &mut Vec<Arc<Health>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let health = Health::new(what);
+    health_list.push(health.clone());
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    health.synced.store(true, Ordering::SeqCst);
+                    health.healthy.store(true, Ordering::SeqCst);
+                }
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    health.healthy.store(true, Ordering::SeqCst);
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(err) => {
+                    if health.healthy.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(resource = what, error = %err, "watch failed; failing closed until it recovers");
+                    } else {
+                        tracing::debug!(resource = what, error = %err, "watch still failing");
+                    }
+                    metrics.kubernetes_api_error(what);
+                }
+            }
+        }
+    }));
+    store
+}
+
+impl KubeView {
+    /// Starts the watchers the plan asks for. Returns at once; `ready()` says when the view is usable.
+    pub fn start(client: Client, plan: &WatchPlan, metrics: Metrics) -> Self {
+        let mut health = Vec::new();
+        let mut tasks = Vec::new();
+        let pods = spawn_watch(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={}", plan.node_name)),
+            "pods",
+            metrics.clone(),
+            &mut health,
+            &mut tasks,
+        );
+        let aais = plan.assigned_identities.then(|| {
+            let mut cfg = watcher::Config::default();
+            if let Some(sel) = &plan.aai_label_selector {
+                cfg = cfg.labels(sel);
+            }
+            spawn_watch(
+                Api::<AzureAssignedIdentity>::all(client.clone()),
+                cfg,
+                "azureassignedidentities",
+                metrics.clone(),
+                &mut health,
+                &mut tasks,
+            )
+        });
+        let exceptions = spawn_watch(
+            Api::<AzurePodIdentityException>::all(client.clone()),
+            watcher::Config::default(),
+            "azurepodidentityexceptions",
+            metrics.clone(),
+            &mut health,
+            &mut tasks,
+        );
+        let (bindings, identities) = if plan.bindings_and_identities {
+            (
+                Some(spawn_watch(
+                    Api::<AzureIdentityBinding>::all(client.clone()),
+                    watcher::Config::default(),
+                    "azureidentitybindings",
+                    metrics.clone(),
+                    &mut health,
+                    &mut tasks,
+                )),
+                Some(spawn_watch(
+                    Api::<AzureIdentity>::all(client),
+                    watcher::Config::default(),
+                    "azureidentities",
+                    metrics,
+                    &mut health,
+                    &mut tasks,
+                )),
+            )
+        } else {
+            (None, None)
+        };
+        Self {
+            inner: Arc::new(Inner {
+                pods,
+                aais,
+                exceptions,
+                bindings,
+                identities,
+                health,
+                tasks,
+            }),
+        }
+    }
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Converts a core/v1 pod.
+pub fn pod_info(pod: &Pod) -> PodInfo {
+    let (namespace, name) = ns_name(&pod.metadata);
+    let status = pod.status.as_ref();
+    PodInfo {
+        namespace,
+        name,
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        replicaset: pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.kind.eq_ignore_ascii_case("ReplicaSet"))
+            })
+            .map(|r| r.name.clone()),
+        host_network: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
+    }
+}
+
+fn identity_info(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: &super::crd::AzureIdentitySpec,
+) -> IdentityInfo {
+    let (namespace, name) = ns_name(meta);
+    IdentityInfo {
+        namespace,
+        name,
+        identity_type: spec.identity_type,
+        client_id: spec.client_id.clone(),
+        resource_id: spec.resource_id.clone(),
+        namespaced: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(BEHAVIOR_ANNOTATION))
+            .is_some_and(|v| v == "namespaced"),
+    }
+}
+
+/// Converts an AzureAssignedIdentity (a missing `azureIdentityRef` gives an identity with empty ids, which
+/// matches nothing and makes no token request succeed).
+pub fn aai_info(aai: &AzureAssignedIdentity) -> AssignedIdentityInfo {
+    let (namespace, name) = ns_name(&aai.metadata);
+    let embedded: EmbeddedIdentity = aai.spec.azure_identity_ref.clone().unwrap_or_default();
+    AssignedIdentityInfo {
+        namespace,
+        name,
+        pod: aai.spec.pod.clone(),
+        pod_namespace: aai.spec.pod_namespace.clone(),
+        node: aai.spec.node_name.clone(),
+        status: aai
+            .status
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_default(),
+        identity: identity_info(&embedded.metadata, &embedded.spec),
+    }
+}
+
+impl ClusterView for KubeView {
+    fn ready(&self) -> Result<(), String> {
+        for h in &self.inner.health {
+            if !h.synced.load(Ordering::SeqCst) {
+                return Err(format!("cluster view not yet synced ({})", h.what));
+            }
+            if !h.healthy.load(Ordering::SeqCst) {
+                return Err(format!(
+                    "cluster view unavailable: watch of {} is failing",
+                    h.what
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
+        let want = ip.to_string();
+        self.inner
+            .pods
+            .state_filter(|p| {
+                p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(want.as_str())
+            })
+            .iter()
+            .map(|p| pod_info(p))
+            .collect()
+    }
+
+    fn pod_named(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.inner
+            .pods
+            .state_filter(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .first()
+            .map(|p| pod_info(p))
+    }
+
+    fn assigned_identities_for(&self, namespace: &str, name: &str) -> Vec<AssignedIdentityInfo> {
+        let Some(store) = &self.inner.aais else {
+            return Vec::new();
+        };
+        store
+            .state_filter(|a| a.spec.pod == name && a.spec.pod_namespace == namespace)
+            .iter()
+            .map(|a| aai_info(a))
+            .collect()
+    }
+
+    fn exceptions_in(&self, namespace: &str) -> Vec<ExceptionInfo> {
+        self.inner
+            .exceptions
+            .state_filter(|e| e.metadata.namespace.as_deref() == Some(namespace))
+            .iter()
+            .map(|e| {
+                let (namespace, name) = ns_name(&e.metadata);
+                ExceptionInfo {
+                    namespace,
+                    name,
+                    pod_labels: e.spec.pod_labels.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn bindings_in(&self, namespace: &str) -> Vec<BindingInfo> {
+        let Some(store) = &self.inner.bindings else {
+            return Vec::new();
+        };
+        store
+            .state_filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
+            .iter()
+            .map(|b| {
+                let (namespace, name) = ns_name(&b.metadata);
+                BindingInfo {
+                    namespace,
+                    name,
+                    azure_identity: b.spec.azure_identity.clone(),
+                    selector: b.spec.selector.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn identities_in(&self, namespace: &str) -> Vec<IdentityInfo> {
+        let Some(store) = &self.inner.identities else {
+            return Vec::new();
+        };
+        store
+            .state_filter(|i| i.metadata.namespace.as_deref() == Some(namespace))
+            .iter()
+            .map(|i| identity_info(&i.metadata, &i.spec))
+            .collect()
+    }
+}

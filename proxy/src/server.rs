@@ -1,0 +1,572 @@
+//! HTTP front ends: the IMDS-facing listener (token, host token, invalid token path, instance block,
+//! pass-through — REFERENCE A.2/A.3 in NMI's order), the health probe and the metrics endpoint.
+//!
+//! Handlers gather data (caller address, headers, query, cluster view) and apply `policy` decisions; every
+//! answer's status, content type and body follow NMI byte for byte, errors rendered like Go's `http.Error`
+//! (`text/plain; charset=utf-8`, `X-Content-Type-Options: nosniff`, message + `\n`). Each request runs in a
+//! tracing span naming caller, pod, decision, status and latency, and is counted in `metrics`. Handlers
+//! never panic and never return another pod's identity: any doubt about the caller or the cluster view is a
+//! refusal. Listener lifecycles belong to `lib.rs`, kernel rules to `netfilter`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::cluster::ClusterView;
+use crate::cluster::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
+use crate::config::{OperationMode, Settings};
+use crate::metrics::Metrics;
+use crate::policy::{self, IdentityRequest, RetryBudget, Route, StandardStep};
+use crate::upstream::{MAX_BODY, MsiToken, Upstream};
+
+/// Pod lookups by IP: NMI tries 5 times, 300 ms apart, so a pod that just started is found (A.5).
+const POD_LOOKUP_ATTEMPTS: u32 = 5;
+const POD_LOOKUP_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub view: Arc<dyn ClusterView>,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    /// Health: true once the first reconcile (and sync) is done.
+    pub initialized: Arc<AtomicBool>,
+}
+
+/// A response plus what to log and count about it.
+struct Outcome {
+    response: Response,
+    decision: &'static str,
+    pod: Option<String>,
+    namespace: String,
+}
+
+impl Outcome {
+    fn new(response: Response, decision: &'static str) -> Self {
+        Self {
+            response,
+            decision,
+            pod: None,
+            namespace: String::new(),
+        }
+    }
+    fn pod(mut self, pod: &PodInfo) -> Self {
+        self.pod = Some(format!("{}/{}", pod.namespace, pod.name));
+        self.namespace = pod.namespace.clone();
+        self
+    }
+    fn host_pod(mut self, ns: &str, name: &str) -> Self {
+        self.pod = Some(format!("{ns}/{name}"));
+        self.namespace = ns.to_string();
+        self
+    }
+}
+
+/// Go's `http.Error`.
+pub fn go_error(status: u16, msg: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, policy::go_error_body(msg)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn metadata_required() -> Response {
+    let mut resp = (StatusCode::BAD_REQUEST, policy::METADATA_REQUIRED_BODY).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_ok<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = (StatusCode::OK, body).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => go_error(500, &e.to_string()),
+    }
+}
+
+/// First value of query parameter `key`, form-decoded (Go `url.Values.Get`).
+pub fn query_get(query: &str, key: &str) -> String {
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        if decode(k) == key {
+            return decode(v);
+        }
+    }
+    String::new()
+}
+
+fn identity_request(query: &str) -> IdentityRequest {
+    let mut resource_id = query_get(query, "msi_res_id");
+    if resource_id.is_empty() {
+        resource_id = query_get(query, "mi_res_id");
+    }
+    IdentityRequest {
+        client_id: query_get(query, "client_id"),
+        resource_id,
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The IMDS-facing router: one fallback handler, because routing happens on the canonical path.
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+) -> Response {
+    let started = Instant::now();
+    let raw_path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let routed = policy::route(&raw_path, st.settings.block_instance_metadata);
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %raw_path,
+        route = ?routed.route,
+        caller = %peer,
+        pod = tracing::field::Empty,
+        decision = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let resource = query_get(&query, "resource");
+    let outcome = async {
+        match routed.route {
+            Route::Token => token(&st, peer, req.headers(), &query).await,
+            Route::InvalidTokenPath => Outcome::new(
+                go_error(400, policy::INVALID_REQUEST_MESSAGE),
+                "invalid_token_path",
+            ),
+            Route::HostToken => host_token(&st, peer, req.headers(), &query).await,
+            Route::BlockedInstance => {
+                Outcome::new(go_error(403, policy::BLOCKED_MESSAGE), "blocked_instance")
+            }
+            Route::PassThrough => pass_through(&st, req, &routed.forward_path, &query).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let status = outcome.response.status().as_u16();
+    let latency = started.elapsed();
+    span.record("pod", outcome.pod.as_deref().unwrap_or("-"));
+    span.record("decision", outcome.decision);
+    span.record("status", status);
+    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+    span.in_scope(|| tracing::info!("handled"));
+    let route_name = match routed.route {
+        Route::Token => "token",
+        Route::InvalidTokenPath => "invalid_token_path",
+        Route::HostToken => "host_token",
+        Route::BlockedInstance => "instance_block",
+        Route::PassThrough => "pass_through",
+    };
+    st.metrics.request(
+        &raw_path,
+        status,
+        &outcome.namespace,
+        &resource,
+        route_name,
+        outcome.decision,
+        latency.as_secs_f64(),
+    );
+    outcome.response
+}
+
+/// The caller address as NMI sees it: IPv4 only (NMI's `parseRemoteAddr` yields "" for `[v6]:port`).
+fn caller_ip(peer: SocketAddr) -> Option<IpAddr> {
+    match peer.ip() {
+        IpAddr::V4(v4) => Some(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+    }
+}
+
+async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, String> {
+    let mut last = String::new();
+    for attempt in 0..POD_LOOKUP_ATTEMPTS {
+        st.view.ready()?;
+        match policy::match_pod(&st.view.pods_with_ip(ip), ip) {
+            Ok(p) => return Ok(p),
+            Err(e) => last = e,
+        }
+        if attempt + 1 < POD_LOOKUP_ATTEMPTS {
+            tokio::time::sleep(POD_LOOKUP_INTERVAL).await;
+        }
+    }
+    Err(last)
+}
+
+/// Identity selection for `pod` in the configured mode (A.6). `Err` carries the message of the 404/503.
+async fn select_identity(
+    st: &AppState,
+    pod: &PodInfo,
+    req: &IdentityRequest,
+) -> Result<IdentityInfo, SelectError> {
+    let s = &st.settings;
+    if s.operation_mode == OperationMode::Managed {
+        st.view.ready().map_err(SelectError::View)?;
+        let bindings = st.view.bindings_in(&pod.namespace);
+        let identities = st.view.identities_in(&pod.namespace);
+        return policy::pick_managed(&bindings, &identities, pod, req)
+            .map_err(SelectError::NotFound);
+    }
+    let budget = RetryBudget {
+        attempts_for_created: s.retry_attempts_for_created,
+        attempts_for_assigned: s.retry_attempts_for_assigned,
+        interval_secs: s.find_identity_retry_interval,
+    };
+    for attempt in 0..budget.total_attempts() {
+        // Re-checked every round: an outage during the wait must not let a stale cache answer.
+        st.view.ready().map_err(SelectError::View)?;
+        let aais = st.view.assigned_identities_for(&pod.namespace, &pod.name);
+        match policy::standard_step(&aais, pod, req, attempt, &budget) {
+            StandardStep::Found(candidates) => {
+                return policy::pick_standard(&candidates, pod, req, s.force_namespaced)
+                    .map_err(SelectError::NotFound);
+            }
+            StandardStep::Fail(msg) => return Err(SelectError::NotFound(msg)),
+            StandardStep::Wait => {
+                tracing::debug!(attempt, "no assigned identity yet; waiting");
+                tokio::time::sleep(Duration::from_secs(budget.interval_secs)).await;
+            }
+        }
+    }
+    Err(SelectError::NotFound(policy::assigned_failure(
+        pod, &budget,
+    )))
+}
+
+enum SelectError {
+    /// The cluster view cannot be trusted: 500, never a token.
+    View(String),
+    /// No identity (404, or 503 + Retry-After on the token path when enabled).
+    NotFound(String),
+}
+
+async fn fetch_token(
+    st: &AppState,
+    identity: &IdentityInfo,
+    resource: &str,
+) -> Result<MsiToken, (u16, String)> {
+    match identity.identity_type {
+        IDENTITY_TYPE_USER_ASSIGNED_MSI => st
+            .upstream
+            .token(Some(&identity.client_id), resource)
+            .await
+            .map_err(|e| (e.status(), format!("failed to refresh token, error: {e}"))),
+        1 | 2 => Err((
+            403,
+            format!(
+                "identity {}/{} is a service principal (type {}); imds-proxy serves managed identities only",
+                identity.namespace, identity.name, identity.identity_type
+            ),
+        )),
+        other => Err((403, format!("unsupported identity type {other}"))),
+    }
+}
+
+/// Token handler, A.3.1 steps 1–9.
+async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str) -> Outcome {
+    let s = &st.settings;
+    // 1. Metadata header.
+    if s.metadata_header_required
+        && !policy::metadata_header_ok(headers.get_all("metadata").iter().map(|v| v.as_bytes()))
+    {
+        return Outcome::new(metadata_required(), "metadata_header_missing");
+    }
+    // 2. Caller address.
+    let Some(ip) = caller_ip(peer) else {
+        return Outcome::new(
+            go_error(500, "request remote address is empty"),
+            "no_caller_address",
+        );
+    };
+    // 3. resource.
+    let resource = query_get(query, "resource");
+    if resource.is_empty() {
+        return Outcome::new(
+            go_error(400, "parameter resource cannot be empty"),
+            "resource_missing",
+        );
+    }
+    // 4. Pod lookup (fails closed when the view is not synced or unavailable, or the caller is ambiguous).
+    let pod = match find_pod(st, ip).await {
+        Ok(p) => p,
+        Err(e) => return Outcome::new(go_error(500, &e), "unknown_caller"),
+    };
+    tracing::Span::current().record("pod", format!("{}/{}", pod.namespace, pod.name));
+    // 5./6. Exceptions and MIC: token straight from IMDS for the requested client id (or system-assigned).
+    let exceptions = st.view.exceptions_in(&pod.namespace);
+    let req = identity_request(query);
+    if policy::is_excepted(&pod, &exceptions) || policy::is_mic(&pod, &s.mic_namespace) {
+        let client_id = (!req.client_id.is_empty()).then_some(req.client_id.as_str());
+        return match st.upstream.token(client_id, &resource).await {
+            Ok(t) => Outcome::new(json_ok(&t), "exception_token").pod(&pod),
+            Err(e) => Outcome::new(
+                go_error(
+                    403,
+                    &format!("failed to get service principal token, error: {e}"),
+                ),
+                "exception_token_error",
+            )
+            .pod(&pod),
+        };
+    }
+    // 7. Identity selection.
+    let identity = match select_identity(st, &pod, &req).await {
+        Ok(i) => i,
+        Err(SelectError::View(e)) => {
+            return Outcome::new(go_error(500, &e), "cluster_view_unavailable").pod(&pod);
+        }
+        Err(SelectError::NotFound(msg)) => {
+            let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
+            let mut resp = go_error(status, &msg);
+            if let Some(secs) = retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+            }
+            return Outcome::new(resp, "identity_not_found").pod(&pod);
+        }
+    };
+    // 8./9. Token acquisition.
+    match fetch_token(st, &identity, &resource).await {
+        Ok(t) => Outcome::new(json_ok(&t), "token").pod(&pod),
+        Err((status, msg)) => Outcome::new(go_error(status, &msg), "token_error").pod(&pod),
+    }
+}
+
+#[derive(Serialize)]
+struct HostTokenResponse {
+    token: MsiToken,
+    clientid: String,
+}
+
+/// Host token handler, A.3.2.
+async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str) -> Outcome {
+    let podns = header_str(headers, "podns").to_string();
+    let podname = header_str(headers, "podname").to_string();
+    if podns.is_empty() || podname.is_empty() {
+        return Outcome::new(
+            go_error(400, "missing 'podname' and 'podns' from request header"),
+            "host_headers_missing",
+        );
+    }
+    if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) {
+        return Outcome::new(
+            go_error(500, "request remote address is not from a host"),
+            "host_not_local",
+        )
+        .host_pod(&podns, &podname);
+    }
+    let resource = query_get(query, "resource");
+    if resource.is_empty() {
+        return Outcome::new(
+            go_error(400, "parameter resource cannot be empty"),
+            "resource_missing",
+        )
+        .host_pod(&podns, &podname);
+    }
+    if let Err(e) = st.view.ready() {
+        return Outcome::new(go_error(500, &e), "cluster_view_unavailable")
+            .host_pod(&podns, &podname);
+    }
+    let pod = PodInfo {
+        namespace: podns.clone(),
+        name: podname.clone(),
+        ip: None,
+        phase: String::new(),
+        labels: Default::default(),
+        replicaset: None,
+        host_network: true,
+    };
+    let pod = if st.settings.operation_mode == OperationMode::Managed {
+        // Managed mode needs the pod's labels (its aadpodidbinding selector).
+        match st.view.pod_named(&podns, &podname) {
+            Some(p) => p,
+            None => {
+                return Outcome::new(
+                    go_error(404, &format!("pod {podns}/{podname} not found")),
+                    "identity_not_found",
+                );
+            }
+        }
+    } else {
+        pod
+    };
+    let req = identity_request(query);
+    let identity = match select_identity(st, &pod, &req).await {
+        Ok(i) => i,
+        Err(SelectError::View(e)) => {
+            return Outcome::new(go_error(500, &e), "cluster_view_unavailable")
+                .host_pod(&podns, &podname);
+        }
+        Err(SelectError::NotFound(msg)) => {
+            return Outcome::new(go_error(404, &msg), "identity_not_found")
+                .host_pod(&podns, &podname);
+        }
+    };
+    match fetch_token(st, &identity, &resource).await {
+        Ok(token) => Outcome::new(
+            json_ok(&HostTokenResponse {
+                token,
+                clientid: identity.client_id,
+            }),
+            "host_token",
+        )
+        .host_pod(&podns, &podname),
+        Err((status, msg)) => {
+            Outcome::new(go_error(status, &msg), "token_error").host_pod(&podns, &podname)
+        }
+    }
+}
+
+/// Pass-through, A.3.3: header check, then forward the canonical path and raw query.
+async fn pass_through(
+    st: &AppState,
+    req: axum::extract::Request,
+    forward_path: &str,
+    query: &str,
+) -> Outcome {
+    if st.settings.metadata_header_required
+        && !policy::metadata_header_ok(
+            req.headers()
+                .get_all("metadata")
+                .iter()
+                .map(|v| v.as_bytes()),
+        )
+    {
+        return Outcome::new(metadata_required(), "metadata_header_missing");
+    }
+    let (parts, body) = req.into_parts();
+    let body: Bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Outcome::new(
+                go_error(400, &format!("reading request body: {e}")),
+                "bad_request_body",
+            );
+        }
+    };
+    let path_and_query = if query.is_empty() {
+        forward_path.to_string()
+    } else {
+        format!("{forward_path}?{query}")
+    };
+    let method: Method = parts.method;
+    match st
+        .upstream
+        .forward(method, &path_and_query, &parts.headers, body)
+        .await
+    {
+        Ok(resp) => Outcome::new(resp.map(Body::new), "pass_through"),
+        Err(e) => Outcome::new(go_error(500, &e), "upstream_unreachable"),
+    }
+}
+
+/// `/healthz` on the probe port: always 200, `Active` once initialised (A.10).
+pub fn probe_router(initialized: Arc<AtomicBool>) -> Router {
+    Router::new().route(
+        "/healthz",
+        get(move || {
+            let init = initialized.clone();
+            async move {
+                if init.load(Ordering::SeqCst) {
+                    "Active"
+                } else {
+                    "Not Active"
+                }
+            }
+        }),
+    )
+}
+
+/// `/metrics` on the Prometheus port.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_get_is_go_like() {
+        assert_eq!(
+            query_get(
+                "resource=https%3A%2F%2Fvault.azure.net&client_id=a",
+                "resource"
+            ),
+            "https://vault.azure.net"
+        );
+        assert_eq!(query_get("client_id=a&client_id=b", "client_id"), "a");
+        assert_eq!(query_get("resource=a+b", "resource"), "a b");
+        assert_eq!(query_get("resource", "resource"), "");
+        assert_eq!(query_get("", "resource"), "");
+    }
+
+    #[test]
+    fn mi_res_id_is_a_fallback() {
+        assert_eq!(identity_request("mi_res_id=x").resource_id, "x");
+        assert_eq!(
+            identity_request("msi_res_id=y&mi_res_id=x").resource_id,
+            "y"
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! The HTTP client to IMDS: managed-identity token requests with adal's retry semantics (REFERENCE A.7) and
+//! the pass-through of every other request.
+//!
+//! Token requests go to `--metadata-ip:--metadata-port` (NMI hard-codes 169.254.169.254:80), as
+//! `GET /metadata/identity/oauth2/token?api-version=2018-02-01[&client_id=..]&resource=..` with
+//! `Metadata: true`; up to 5 attempts, retrying transport errors and adal's status set with cumulative
+//! back-off 2, 6, 14, 30 s (unit configurable for tests). Responses are normalised into NMI's token object
+//! (every field a string). Pass-through copies method, canonical path, raw query, headers and body, minus
+//! hop-by-hop headers and any client `X-Forwarded-For`/`Forwarded` (IMDS rejects proxied requests, and a
+//! caller must not be able to claim another address). This module decides nothing about who may ask.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// adal's IMDS retry status set.
+pub const RETRY_STATUSES: &[u16] = &[
+    404, 408, 410, 429, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+];
+/// adal's attempt count for IMDS.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Upper bound of a single request (connect + response); keeps a hung IMDS from pinning a handler forever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body we read from IMDS or a client.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Go's `url.QueryEscape` keeps `A-Za-z0-9-_.~` and encodes space as `+`.
+const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn query_escape(s: &str) -> String {
+    utf8_percent_encode(s, QUERY_ESCAPE)
+        .to_string()
+        .replace("%20", "+")
+}
+
+/// NMI's token object (A.4): field order as NMI marshals it, every value a string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MsiToken {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: String,
+    pub expires_on: String,
+    pub not_before: String,
+    pub resource: String,
+    pub token_type: String,
+}
+
+/// Why a token could not be obtained. `Refresh` is adal's `TokenRefreshError` (final non-200: NMI 403);
+/// everything else is a connectivity problem (NMI 503).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "adal: Refresh request failed. Status Code = '{status}'. Response body: {body} Endpoint {endpoint}"
+    )]
+    Refresh {
+        status: u16,
+        body: String,
+        endpoint: String,
+    },
+    #[error("adal: Failed to execute the refresh request. Error = '{0}'")]
+    Transport(String),
+    #[error(
+        "adal: Failed to unmarshal the service principal token during refresh. Error = '{0}' JSON = '{1}'"
+    )]
+    Decode(String, String),
+}
+
+impl TokenError {
+    /// NMI maps `TokenRefreshError` to 403 and other failures to 503 (A.3.1 step 8).
+    pub fn status(&self) -> u16 {
+        match self {
+            TokenError::Refresh { .. } | TokenError::Decode(..) => 403,
+            TokenError::Transport(_) => 503,
+        }
+    }
+}
+
+/// Cumulative back-off before retry `attempt` (1-based): `sum 2^k` for k = 1..=attempt, capped at 60 units.
+pub fn backoff(attempt: u32, unit: Duration) -> Duration {
+    let mut total: u64 = 0;
+    for k in 1..=attempt.min(10) {
+        total += 1u64 << k;
+    }
+    unit.saturating_mul(total.min(60) as u32)
+}
+
+/// The IMDS client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    imds: SocketAddr,
+    user_agent: HeaderValue,
+    backoff_unit: Duration,
+    metrics: Metrics,
+}
+
+fn json_string(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Turns IMDS's token JSON into NMI's shape: numbers-or-strings become strings, `expires_on` becomes epoch
+/// seconds when it is numeric, a missing `refresh_token` becomes `""`.
+pub fn normalise_token(body: &[u8]) -> Result<MsiToken, TokenError> {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| TokenError::Decode(e.to_string(), text.clone()))?;
+    if !v.is_object() {
+        return Err(TokenError::Decode("not a JSON object".into(), text));
+    }
+    let expires_on = json_string(v.get("expires_on"));
+    let expires_on = expires_on
+        .trim()
+        .parse::<i64>()
+        .map(|n| n.to_string())
+        .unwrap_or(expires_on);
+    Ok(MsiToken {
+        access_token: json_string(v.get("access_token")),
+        refresh_token: json_string(v.get("refresh_token")),
+        expires_in: json_string(v.get("expires_in")),
+        expires_on,
+        not_before: json_string(v.get("not_before")),
+        resource: json_string(v.get("resource")),
+        token_type: json_string(v.get("token_type")),
+    })
+}
+
+/// Headers never copied between hops (RFC 9110 §7.6.1), plus the forwarding headers a client must not set.
+fn strip_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn strip_client_header(name: &HeaderName) -> bool {
+    strip_header(name) || matches!(name.as_str(), "x-forwarded-for" | "forwarded" | "x-real-ip")
+}
+
+impl Upstream {
+    pub fn new(
+        imds: SocketAddr,
+        user_agent: &str,
+        backoff_unit: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let user_agent = HeaderValue::from_str(user_agent)
+            .unwrap_or_else(|_| HeaderValue::from_static("imds-proxy"));
+        Self {
+            client,
+            imds,
+            user_agent,
+            backoff_unit,
+            metrics,
+        }
+    }
+
+    pub fn imds(&self) -> SocketAddr {
+        self.imds
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(http::response::Parts, Bytes), String> {
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading response body: {e}"))?
+                .to_bytes();
+            Ok((parts, body))
+        };
+        tokio::time::timeout(ATTEMPT_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("no response within {}s", ATTEMPT_TIMEOUT.as_secs())))
+    }
+
+    /// The token URL, query keys sorted as Go's `url.Values.Encode` does.
+    pub fn token_url(&self, client_id: Option<&str>, resource: &str) -> String {
+        let mut q = String::from("api-version=2018-02-01");
+        if let Some(id) = client_id.filter(|s| !s.is_empty()) {
+            q.push_str("&client_id=");
+            q.push_str(&query_escape(id));
+        }
+        q.push_str("&resource=");
+        q.push_str(&query_escape(resource));
+        format!("http://{}/metadata/identity/oauth2/token?{q}", self.imds)
+    }
+
+    /// Fetches a managed-identity token (user-assigned when `client_id` is given, else system-assigned).
+    pub async fn token(
+        &self,
+        client_id: Option<&str>,
+        resource: &str,
+    ) -> Result<MsiToken, TokenError> {
+        let url = self.token_url(client_id, resource);
+        let op = if client_id.is_some_and(|s| !s.is_empty()) {
+            "adal_token_msi_userassignedid"
+        } else {
+            "adal_token_msi"
+        };
+        let started = Instant::now();
+        let result = self.token_with_retries(&url).await;
+        self.metrics
+            .imds_token(op, result.is_ok(), started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn token_with_retries(&self, url: &str) -> Result<MsiToken, TokenError> {
+        let mut attempt = 0;
+        loop {
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(url)
+                .header("Metadata", "true")
+                .header(header::USER_AGENT, self.user_agent.clone())
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| TokenError::Transport(e.to_string()))?;
+            let outcome = self.send(req).await;
+            attempt += 1;
+            let retry = match &outcome {
+                Err(_) => true,
+                Ok((parts, _)) => RETRY_STATUSES.contains(&parts.status.as_u16()),
+            };
+            if !retry || attempt >= MAX_ATTEMPTS {
+                return match outcome {
+                    Err(e) => Err(TokenError::Transport(e)),
+                    Ok((parts, body)) if parts.status == StatusCode::OK => normalise_token(&body),
+                    Ok((parts, body)) => Err(TokenError::Refresh {
+                        status: parts.status.as_u16(),
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        endpoint: url.to_string(),
+                    }),
+                };
+            }
+            let wait = backoff(attempt, self.backoff_unit);
+            tracing::debug!(
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "retrying IMDS token request"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Forwards a request to IMDS and returns its answer verbatim (status, headers, body), or the error text
+    /// when IMDS could not be reached.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Full<Bytes>>, String> {
+        let uri = format!("http://{}{}", self.imds, path_and_query);
+        let mut builder = Request::builder().method(method).uri(&uri);
+        for (name, value) in headers {
+            if !strip_client_header(name) {
+                builder = builder.header(name, value);
+            }
+        }
+        builder = builder.header(header::HOST, self.imds.to_string());
+        let req = builder
+            .body(Full::new(body))
+            .map_err(|e| format!("building request for {uri}: {e}"))?;
+        let (parts, body) = self
+            .send(req)
+            .await
+            .map_err(|e| format!("forwarding to {uri}: {e}"))?;
+        let mut resp = Response::builder().status(parts.status);
+        for (name, value) in &parts.headers {
+            if !strip_header(name) {
+                resp = resp.header(name, value);
+            }
+        }
+        resp.body(Full::new(body))
+            .map_err(|e| format!("building response: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adal_backoff_sequence() {
+        let unit = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=5).map(|a| backoff(a, unit).as_secs()).collect();
+        assert_eq!(waits, vec![2, 6, 14, 30, 60]);
+        assert_eq!(backoff(9, unit).as_secs(), 60);
+    }
+
+    #[test]
+    fn token_url_is_go_encoded_and_sorted() {
+        let up = Upstream::new(
+            "127.0.0.1:80".parse().unwrap_or_else(|_| unreachable!()),
+            "ua",
+            Duration::from_millis(1),
+            Metrics::new(),
+        );
+        assert_eq!(
+            up.token_url(Some("abc"), "https://management.azure.com/"),
+            "http://127.0.0.1:80/metadata/identity/oauth2/token?api-version=2018-02-01&client_id=abc&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+        );
+        assert_eq!(
+            up.token_url(None, "a b"),
+            "http://127.0.0.1:80/metadata/identity/oauth2/token?api-version=2018-02-01&resource=a+b"
+        );
+    }
+
+    #[test]
+    fn normalises_imds_token_into_nmi_shape() -> Result<(), TokenError> {
+        let t = normalise_token(
+            br#"{"access_token":"eyJ","client_id":"c","expires_in":"86399","expires_on":1700000000,"ext_expires_in":"86399","not_before":"1699913600","resource":"https://r/","token_type":"Bearer"}"#,
+        )?;
+        let json = serde_json::to_string(&t).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"access_token":"eyJ","refresh_token":"","expires_in":"86399","expires_on":"1700000000","not_before":"1699913600","resource":"https://r/","token_type":"Bearer"}"#
+        );
+        assert!(normalise_token(b"not json").is_err());
+        assert!(normalise_token(b"[1]").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn forwarding_headers_are_stripped() {
+        for h in [
+            "x-forwarded-for",
+            "forwarded",
+            "connection",
+            "transfer-encoding",
+            "host",
+        ] {
+            assert!(strip_client_header(&HeaderName::from_static(h)), "{h}");
+        }
+        assert!(!strip_client_header(&HeaderName::from_static("metadata")));
+        assert!(
+            !strip_header(&HeaderName::from_static("x-forwarded-for")),
+            "responses keep their headers"
+        );
+    }
+}
