@@ -1,0 +1,401 @@
+//! Real SDK clients against the mock over loopback (issue 2 acceptance, REFERENCE D): Python `azure-identity`
+//! and `msal`, and Node `@azure/identity`, unmodified and pinned, pointed at the mock with
+//! `AZURE_POD_IDENTITY_AUTHORITY_HOST`. Each must obtain a token for the system-assigned identity and for the
+//! user-assigned one (by client id, object id and resource id), and must end with its documented
+//! "identity not assigned / unavailable" failure for an unassigned client id.
+//!
+//! The clients are installed into throw-away directories (a virtualenv, an npm prefix) created once per test
+//! run under a tempdir; the scripts they run live in `tests/real_clients/`. A missing interpreter or package
+//! manager, or an unreachable package index, is a loud `SKIP:` — never a silent pass. Owns only this file and
+//! `tests/real_clients/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mock_imds::MockImds;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const ARM: &str = "https://management.azure.com/";
+/// What scope-based clients send for [`ARM`]: `https://management.azure.com/.default` minus `/.default`.
+const ARM_NO_SLASH: &str = "https://management.azure.com";
+const VAULT: &str = "https://vault.azure.net";
+/// A client id assigned to nothing on the mock VM.
+const UNASSIGNED: &str = "0badc0de-0000-4000-8000-00000000abcd";
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients")
+}
+
+/// Runs a command to completion with a deadline; returns (success, stdout, stderr). `None` when the program
+/// could not be started at all (not installed).
+async fn run(cmd: &mut Command, timeout: Duration) -> Option<(bool, String, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().ok()?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => Some((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )),
+        Ok(Err(e)) => Some((false, String::new(), format!("waiting for {cmd:?}: {e}"))),
+        // kill_on_drop ends the child when the future is dropped here.
+        Err(_) => Some((
+            false,
+            String::new(),
+            format!("{cmd:?} timed out after {timeout:?}"),
+        )),
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let start = s.len().saturating_sub(2000);
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// Environment for a client process: the mock as authority, nothing else that could redirect or configure
+/// managed identity, no proxy for loopback.
+fn client_env(cmd: &mut Command, mock: &MockImds) {
+    for var in [
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "IDENTITY_SERVER_THUMBPRINT",
+        "IMDS_ENDPOINT",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "MSAL_FORCE_REGION",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AZURE_POD_IDENTITY_AUTHORITY_HOST", mock.uri())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost");
+}
+
+/// The mock's published verification material (discovery → JWKS), fetched over HTTP.
+async fn fetch_jwks(mock: &MockImds) -> (String, JwkSet) {
+    let client = reqwest::Client::new();
+    let doc: Value = client
+        .get(format!(
+            "{}/_mock/.well-known/openid-configuration",
+            mock.uri()
+        ))
+        .send()
+        .await
+        .expect("discovery request")
+        .json()
+        .await
+        .expect("discovery JSON");
+    let issuer = doc["issuer"].as_str().expect("issuer").to_owned();
+    let jwks_uri = doc["jwks_uri"].as_str().expect("jwks_uri");
+    let jwks: JwkSet = client
+        .get(jwks_uri)
+        .send()
+        .await
+        .expect("JWKS request")
+        .json()
+        .await
+        .expect("JWKS JSON");
+    (issuer, jwks)
+}
+
+/// Verifies a token a client received and returns its claims.
+fn verify(token: &str, resource: &str, issuer: &str, jwks: &JwkSet) -> Value {
+    let kid = jsonwebtoken::decode_header(token)
+        .expect("client got a JWT")
+        .kid
+        .expect("kid in header");
+    let key = DecodingKey::from_jwk(jwks.find(&kid).expect("kid published")).expect("decoding key");
+    let mut v = Validation::new(Algorithm::RS256);
+    v.set_audience(&[resource]);
+    v.set_issuer(&[issuer]);
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .expect("token the client received verifies against the mock's JWKS")
+        .claims
+}
+
+/// Checks a successful case: the token verifies against the mock's JWKS, its audience is `aud` and it was
+/// issued to the identity `appid`; the client reported a positive expiry.
+///
+/// Scope-based clients (azure-identity, Node) turn the scope `https://x/.default` into the resource
+/// `https://x` (no trailing slash), so their audience differs from msal's, which passes `resource` through.
+fn check_ok(results: &Value, name: &str, aud: &str, appid: &str, issuer: &str, jwks: &JwkSet) {
+    let r = &results[name];
+    assert_eq!(r["ok"], true, "{name}: client failed: {r}");
+    let claims = verify(r["token"].as_str().expect("token"), aud, issuer, jwks);
+    assert_eq!(claims["appid"], appid, "{name}: wrong identity: {claims}");
+    let expiry = r["expires_on"]
+        .as_i64()
+        .or_else(|| r["expires_in"].as_i64());
+    assert!(
+        expiry.is_some_and(|x| x > 0),
+        "{name}: no usable expiry: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_azure_identity_and_msal() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let Some((true, version, _)) = run(Command::new(&python).arg("--version"), RUN_TIMEOUT).await
+    else {
+        eprintln!(
+            "SKIP: {python} not found; the Python real-client test (azure-identity, msal) did not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let venv = dir.path().join("venv");
+    match run(
+        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        INSTALL_TIMEOUT,
+    )
+    .await
+    {
+        Some((true, _, _)) => {}
+        other => {
+            eprintln!(
+                "SKIP: `{python} -m venv` unavailable ({}); the Python real-client test did not run",
+                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
+            );
+            return;
+        }
+    }
+    let venv_python = venv.join("bin/python");
+    let install = run(
+        Command::new(&venv_python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-q",
+                "-r",
+            ])
+            .arg(assets().join("requirements.txt")),
+        INSTALL_TIMEOUT,
+    )
+    .await;
+    match install {
+        Some((true, _, _)) => {}
+        other => {
+            eprintln!(
+                "SKIP: pip could not install the pinned azure-identity/msal (no package index?): {}",
+                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
+            );
+            return;
+        }
+    }
+    eprintln!(
+        "real clients: {} with azure-identity 1.27.0, msal 1.39.0",
+        version.trim()
+    );
+
+    let mock = MockImds::builder()
+        .seed(77)
+        .start()
+        .await
+        .expect("mock starts");
+    let ua = mock
+        .config()
+        .identities
+        .user_assigned
+        .first()
+        .expect("default config has a user-assigned identity")
+        .clone();
+    let cases = json!([
+        {"name": "ai-system", "client": "azure-identity", "resource": ARM},
+        {"name": "ai-ua-client-id", "client": "azure-identity", "resource": VAULT, "client_id": ua.client_id},
+        {"name": "ai-ua-object-id", "client": "azure-identity", "resource": ARM, "object_id": ua.object_id},
+        {"name": "ai-ua-resource-id", "client": "azure-identity", "resource": ARM, "resource_id": ua.resource_id},
+        {"name": "ai-unassigned", "client": "azure-identity", "resource": ARM, "client_id": UNASSIGNED},
+        {"name": "msal-system", "client": "msal", "resource": ARM},
+        {"name": "msal-ua-client-id", "client": "msal", "resource": ARM, "client_id": ua.client_id},
+        {"name": "msal-unassigned", "client": "msal", "resource": ARM, "client_id": UNASSIGNED},
+    ]);
+    let mut cmd = Command::new(&venv_python);
+    cmd.arg(assets().join("python_clients.py"))
+        .arg(cases.to_string());
+    client_env(&mut cmd, &mock);
+    let (ok, stdout, stderr) = run(&mut cmd, RUN_TIMEOUT).await.expect("venv python runs");
+    assert!(ok, "python_clients.py failed: {}", tail(&stderr));
+    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "script output is not JSON ({e}): {stdout}\n{}",
+            tail(&stderr)
+        )
+    });
+    eprintln!("python results: {results}");
+
+    let (issuer, jwks) = fetch_jwks(&mock).await;
+    let system = mock.config().identities.system_client_id.clone();
+    assert_ne!(
+        system, ua.client_id,
+        "system and user-assigned identities differ"
+    );
+    for (name, aud, appid) in [
+        ("ai-system", ARM_NO_SLASH, &system),
+        ("ai-ua-client-id", VAULT, &ua.client_id),
+        ("ai-ua-object-id", ARM_NO_SLASH, &ua.client_id),
+        ("ai-ua-resource-id", ARM_NO_SLASH, &ua.client_id),
+        ("msal-system", ARM, &system),
+        ("msal-ua-client-id", ARM, &ua.client_id),
+    ] {
+        check_ok(&results, name, aud, appid, &issuer, &jwks);
+    }
+
+    // azure-identity 1.27 (which delegates to msal) turns IMDS's 400 into CredentialUnavailableError
+    // "…Token request error: (invalid_request) Identity not found" (releases before the msal switch said
+    // "No identity has been assigned to this resource"); IMDS's error code and text reach the user verbatim.
+    let r = &results["ai-unassigned"];
+    assert_eq!(r["ok"], false, "unassigned client id must fail: {r}");
+    assert_eq!(r["error_type"], "CredentialUnavailableError", "{r}");
+    let msg = r["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("(invalid_request) Identity not found"), "{r}");
+    // msal returns IMDS's error body as is.
+    let r = &results["msal-unassigned"];
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error_type"], "invalid_request", "{r}");
+    assert_eq!(r["error"], "Identity not found", "{r}");
+
+    // The requests really went through the mock (not some other endpoint): journal has the client's
+    // unencoded resource (azure-identity's quirk, REFERENCE D) from loopback.
+    let journal = mock.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|j| j.path == "/metadata/identity/oauth2/token"
+                && j.query.contains("resource=https://management.azure.com")
+                && j.source.starts_with("127.0.0.1:")),
+        "no unencoded azure-identity token request in the journal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_azure_identity() {
+    let Some((true, version, _)) = run(Command::new("node").arg("--version"), RUN_TIMEOUT).await
+    else {
+        eprintln!("SKIP: node not found; the Node real-client test (@azure/identity) did not run");
+        return;
+    };
+    if !matches!(
+        run(Command::new("npm").arg("--version"), RUN_TIMEOUT).await,
+        Some((true, _, _))
+    ) {
+        eprintln!("SKIP: npm not found; the Node real-client test (@azure/identity) did not run");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["package.json", "package-lock.json", "node_clients.js"] {
+        std::fs::copy(assets().join("node").join(f), dir.path().join(f)).expect("copy node assets");
+    }
+    let install = run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir.path()),
+        INSTALL_TIMEOUT,
+    )
+    .await;
+    match install {
+        Some((true, _, _)) => {}
+        other => {
+            eprintln!(
+                "SKIP: npm could not install the pinned @azure/identity (no registry?): {}",
+                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
+            );
+            return;
+        }
+    }
+    eprintln!(
+        "real clients: node {} with @azure/identity 4.14.1",
+        version.trim()
+    );
+
+    let mock = MockImds::builder()
+        .seed(78)
+        .start()
+        .await
+        .expect("mock starts");
+    let ua = mock
+        .config()
+        .identities
+        .user_assigned
+        .first()
+        .expect("default config has a user-assigned identity")
+        .clone();
+    let cases = json!([
+        {"name": "system", "resource": ARM},
+        {"name": "ua-client-id", "resource": VAULT, "client_id": ua.client_id},
+        {"name": "ua-object-id", "resource": ARM, "object_id": ua.object_id},
+        {"name": "ua-resource-id", "resource": ARM, "resource_id": ua.resource_id},
+        {"name": "unassigned", "resource": ARM, "client_id": UNASSIGNED},
+    ]);
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.path().join("node_clients.js"))
+        .arg(cases.to_string())
+        .current_dir(dir.path());
+    client_env(&mut cmd, &mock);
+    let (ok, stdout, stderr) = run(&mut cmd, RUN_TIMEOUT).await.expect("node runs");
+    assert!(ok, "node_clients.js failed: {}", tail(&stderr));
+    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "script output is not JSON ({e}): {stdout}\n{}",
+            tail(&stderr)
+        )
+    });
+    eprintln!("node results: {results}");
+
+    let (issuer, jwks) = fetch_jwks(&mock).await;
+    let system = mock.config().identities.system_client_id.clone();
+    assert_ne!(
+        system, ua.client_id,
+        "system and user-assigned identities differ"
+    );
+    for (name, aud, appid) in [
+        ("system", ARM_NO_SLASH, &system),
+        ("ua-client-id", VAULT, &ua.client_id),
+        ("ua-object-id", ARM_NO_SLASH, &ua.client_id),
+        ("ua-resource-id", ARM_NO_SLASH, &ua.client_id),
+    ] {
+        check_ok(&results, name, aud, appid, &issuer, &jwks);
+    }
+    // @azure/identity (msal-node underneath) reports CredentialUnavailableError carrying IMDS's text.
+    let r = &results["unassigned"];
+    assert_eq!(r["ok"], false, "unassigned client id must fail: {r}");
+    assert_eq!(r["error_type"], "CredentialUnavailableError", "{r}");
+    let msg = r["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("invalid_request") && msg.contains("Identity not found"),
+        "{r}"
+    );
+
+    // Node's quirk (REFERENCE D): trailing slash on the token path; the mock must have served it.
+    let journal = mock.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|j| j.path.starts_with("/metadata/identity/oauth2/token") && j.status == 200),
+        "no successful Node token request in the journal"
+    );
+}
