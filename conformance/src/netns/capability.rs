@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{
-    cleanup::{ROOT_PREFIX, cleanup_prefix_blocking},
+    cleanup::{cleanup_prefix_blocking, new_run_prefix},
     cmd::run_blocking,
 };
 
@@ -51,10 +51,9 @@ pub fn netns_supported() -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    // The probe name carries no PID segment, so a concurrent `sweep_stale` never races it; it is removed
-    // below whatever happens.
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let probe = format!("{ROOT_PREFIX}probe-{}", &random[..8]);
+    // The probe carries our PID like any run prefix: a concurrent `sweep_stale` leaves it alone while we
+    // live, and a later one removes it should we crash before the cleanup below.
+    let probe = format!("{}-probe", new_run_prefix());
     let result = probe_namespace(&probe);
     let cleanup = cleanup_prefix_blocking(&probe);
     result?;

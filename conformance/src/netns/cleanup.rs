@@ -257,7 +257,10 @@ pub fn shutting_down() -> bool {
 
 /// Removes every topology of this process that is standing or being built (blocking). For a harness that
 /// handles signals itself: call this from its handler before exiting. Builders in progress stop with
-/// [`NetnsError::Interrupted`] at their next step.
+/// [`NetnsError::Interrupted`] at their next step, and so does every later [`Topology::create`] of this
+/// process: this is the way out, not a reset.
+///
+/// [`Topology::create`]: super::Topology::create
 pub fn cleanup_all_live_blocking() -> Result<(), NetnsError> {
     SHUTTING_DOWN.store(true, Ordering::SeqCst);
     // Let a step that already started finish (commands time out, so this is bounded), so that what it

@@ -394,6 +394,9 @@ pub struct FlowTuple {
     pub dport: Option<u16>,
 }
 
+/// src, dst, sport, dport as they are found while scanning a line.
+type PartialTuple = (Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>);
+
 /// One line of `conntrack -L`: protocol, TCP state, original and reply tuples, flags like `ASSURED`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConntrackFlow {
@@ -416,8 +419,7 @@ impl ConntrackFlow {
         let mut state = None;
         let mut flags = Vec::new();
         // Up to two tuples, filled in order of appearance.
-        let mut tuples: [(Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>); 2] =
-            [(None, None, None, None); 2];
+        let mut tuples: [PartialTuple; 2] = [(None, None, None, None); 2];
         let mut current = 0usize;
         for token in tokens {
             if let Some(flag) = token.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
@@ -439,13 +441,16 @@ impl ConntrackFlow {
                     _ => {}
                 }
             } else if state.is_none()
-                && token.chars().all(|c| c.is_ascii_uppercase() || c == '_')
-                && !token.is_empty()
+                // TCP states: ESTABLISHED, TIME_WAIT, SYN_SENT2, …; never the numeric fields.
+                && token.starts_with(|c: char| c.is_ascii_uppercase())
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             {
                 state = Some(token.to_string());
             }
         }
-        let to_tuple = |t: (Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>)| {
+        let to_tuple = |t: PartialTuple| {
             Some(FlowTuple {
                 src: t.0?,
                 dst: t.1?,
@@ -504,5 +509,49 @@ mod tests {
             parse_netns_list(list),
             vec!["imdsc-1-ab12-n1", "imdsc-1-ab12-cl"]
         );
+    }
+
+    mod prop {
+        use std::net::Ipv4Addr;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Any well-formed conntrack line gives back exactly the tuples it was made of.
+            #[test]
+            fn tcp_lines_round_trip(
+                src in any::<u32>(), dst in any::<u32>(), rsrc in any::<u32>(), rdst in any::<u32>(),
+                sport in any::<u16>(), dport in any::<u16>(), timeout in 0u32..500_000,
+                state in prop::sample::select(vec!["SYN_SENT", "SYN_SENT2", "ESTABLISHED", "TIME_WAIT", "CLOSE"]),
+                assured in any::<bool>(),
+            ) {
+                let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+                let (rsrc, rdst) = (Ipv4Addr::from(rsrc), Ipv4Addr::from(rdst));
+                let flag = if assured { "[ASSURED] " } else { "" };
+                let line = format!(
+                    "tcp      6 {timeout} {state} src={src} dst={dst} sport={sport} dport={dport} \
+                     src={rsrc} dst={rdst} sport={dport} dport={sport} {flag}mark=0 use=1"
+                );
+                let flow = ConntrackFlow::parse(&line).expect("well-formed line parses");
+                prop_assert_eq!(flow.state.as_deref(), Some(state));
+                prop_assert_eq!(flow.original, FlowTuple {
+                    src: src.into(), dst: dst.into(), sport: Some(sport), dport: Some(dport),
+                });
+                prop_assert_eq!(flow.reply, Some(FlowTuple {
+                    src: rsrc.into(), dst: rdst.into(), sport: Some(dport), dport: Some(sport),
+                }));
+                prop_assert_eq!(flow.flags.len(), usize::from(assured));
+            }
+
+            /// Arbitrary text never panics the parser.
+            #[test]
+            fn arbitrary_text_never_panics(line in ".{0,200}") {
+                let _ = ConntrackFlow::parse(&line);
+                let _ = parse_link_names(&line);
+                let _ = parse_netns_list(&line);
+            }
+        }
     }
 }
