@@ -2,7 +2,8 @@
 //! and `msal`, and Node `@azure/identity`, unmodified and pinned, pointed at the mock with
 //! `AZURE_POD_IDENTITY_AUTHORITY_HOST`. Each must obtain a token for the system-assigned identity and for the
 //! user-assigned one (by client id, object id and resource id), and must end with its documented
-//! "identity not assigned / unavailable" failure for an unassigned client id.
+//! "identity not assigned / unavailable" failure for an unassigned client id. The attested document is
+//! checked with the client Azure's documentation uses for it: the `openssl` CLI.
 //!
 //! The clients are installed into throw-away directories (a virtualenv, an npm prefix) created once per test
 //! run under a tempdir; the scripts they run live in `tests/real_clients/`. A missing interpreter or package
@@ -398,4 +399,132 @@ async fn node_azure_identity() {
             .any(|j| j.path.starts_with("/metadata/identity/oauth2/token") && j.status == 200),
         "no successful Node token request in the journal"
     );
+}
+
+/// The attested document as Azure's documentation verifies it, with the `openssl` CLI: the PKCS#7 from
+/// `/metadata/attested/document` verifies (`smime -verify -noverify`, the documented step), chains to the
+/// root the mock publishes at `/_mock/attested/chain.pem` (`cms -verify -CAfile`), is signed by a
+/// `*.metadata.azure.com` certificate, and embeds the caller's nonce and the VM's id.
+#[tokio::test]
+async fn openssl_verifies_attested_document() {
+    if !matches!(
+        run(Command::new("openssl").arg("version"), RUN_TIMEOUT).await,
+        Some((true, _, _))
+    ) {
+        eprintln!("SKIP: openssl CLI not found; the attested-document verification did not run");
+        return;
+    }
+    let mock = MockImds::builder()
+        .seed(79)
+        .start()
+        .await
+        .expect("mock starts");
+    let client = reqwest::Client::new();
+    let doc: Value = client
+        .get(format!(
+            "{}/metadata/attested/document?api-version=2021-12-13&nonce=1234567890",
+            mock.uri()
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("attested request")
+        .json()
+        .await
+        .expect("attested JSON");
+    assert_eq!(doc["encoding"], "pkcs7", "{doc}");
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(doc["signature"].as_str().expect("signature string"))
+        .expect("signature is base64");
+    let chain_pem = client
+        .get(format!("{}/_mock/attested/chain.pem", mock.uri()))
+        .send()
+        .await
+        .expect("chain request")
+        .text()
+        .await
+        .expect("chain text");
+    let root_pem = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .expect("chain starts with the root");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| {
+        dir.path()
+            .join(name)
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned()
+    };
+    std::fs::write(path("sig.der"), &der).expect("write signature");
+    std::fs::write(path("root.pem"), root_pem).expect("write root");
+    let openssl = |args: Vec<String>| async move {
+        run(Command::new("openssl").args(&args), RUN_TIMEOUT)
+            .await
+            .expect("openssl runs")
+    };
+    let (ok, _, err) = openssl(
+        [
+            "smime",
+            "-verify",
+            "-inform",
+            "DER",
+            "-noverify",
+            "-in",
+            &path("sig.der"),
+            "-out",
+            &path("a.json"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "openssl smime -verify -noverify: {err}");
+    let (ok, _, err) = openssl(
+        [
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-purpose",
+            "any",
+            "-CAfile",
+            &path("root.pem"),
+            "-in",
+            &path("sig.der"),
+            "-out",
+            &path("b.json"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "openssl cms -verify against the published root: {err}");
+    let (ok, certs, err) = openssl(
+        [
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            &path("sig.der"),
+            "-print_certs",
+            "-text",
+            "-noout",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(ok, "openssl pkcs7 -print_certs: {err}");
+    assert!(
+        certs.contains("DNS:*.metadata.azure.com"),
+        "signer SAN missing:\n{certs}"
+    );
+
+    let content: Value = serde_json::from_slice(&std::fs::read(path("b.json")).expect("content"))
+        .expect("content is JSON");
+    assert_eq!(content["nonce"], "1234567890");
+    assert_eq!(content["vmId"], mock.config().compute.vm_id.as_str());
 }
