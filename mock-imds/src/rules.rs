@@ -207,12 +207,12 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
         status: 0,
     };
 
-    // Faults first: a broken or starting service is broken for every request.
+    // Faults first: a broken or starting service is broken for every request. Latency delays every answer
+    // except a 429 (throttling answers at once) and, for admitted requests, holds the concurrency slot.
     let decision = lock(&state.faults).decide(&path, arrival, state.started);
-    if decision.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(decision.latency_ms)).await;
-    }
+    let latency = Duration::from_millis(decision.latency_ms);
     if decision.reset {
+        tokio::time::sleep(latency).await;
         if let Some(conn) = &conn {
             state.journal.record(entry);
             conn.reset.notify_one();
@@ -225,6 +225,7 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
         return finish(&state, response, entry);
     }
     if let Some((status, retry_after)) = decision.status {
+        tokio::time::sleep(latency).await;
         let response = ImdsError::new(
             surface,
             ErrorKind::Injected {
@@ -245,7 +246,10 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
         &state.config.behavior,
     ) {
         Ok(q) => q,
-        Err(e) => return finish(&state, e.into_response(), entry),
+        Err(e) => {
+            tokio::time::sleep(latency).await;
+            return finish(&state, e.into_response(), entry);
+        }
     };
     let bucket = if surface == Surface::Identity {
         Bucket::Identity
@@ -274,6 +278,7 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
         *req.uri_mut() = uri;
     }
     req.extensions_mut().insert(query);
+    tokio::time::sleep(latency).await;
     let response = next.run(req).await;
     entry.status = response.status().as_u16();
     finish(&state, response, entry)
