@@ -1,0 +1,140 @@
+//! The `mock-imds` binary: configuration precedence (flags > MOCK_IMDS_* env > file > defaults),
+//! `--print-config`, exit code 2 on usage errors, the "listening" log line, serving, and a clean exit on
+//! SIGTERM. Runs the real binary built by cargo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mock_imds::config::Config;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mock-imds"));
+    // Never inherit the developer's MOCK_IMDS_* settings.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOCK_IMDS_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn print_config(cmd: &mut Command) -> Config {
+    let out = cmd.arg("--print-config").output().expect("run mock-imds");
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    Config::from_toml_str(&text, "--print-config", None).expect("printed config parses")
+}
+
+#[test]
+fn print_config_is_the_seeded_default() {
+    let c = print_config(bin().args(["--seed", "3"]));
+    assert_eq!(c, Config::generate(Some(3)));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080", "default listen address");
+}
+
+#[test]
+fn precedence_flags_over_env_over_file_over_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("vm.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:9001\"\nseed = 77\njournal_capacity = 50\n[compute]\nlocation = \"westeurope\"\n",
+    )
+    .expect("write");
+    // File over defaults (and the file's seed is used).
+    let c = print_config(bin().arg("--config").arg(&file));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(c.compute.location, "westeurope");
+    assert_eq!(c.server.journal_capacity, 50);
+    assert_eq!(c.compute.vm_id, Config::generate(Some(77)).compute.vm_id);
+    // Env over file.
+    let c = print_config(
+        bin().arg("--config").arg(&file).env("MOCK_IMDS_LISTEN", "127.0.0.1:9002").env("MOCK_IMDS_SEED", "5"),
+    );
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9002");
+    assert_eq!(c.compute.vm_id, Config::generate(Some(5)).compute.vm_id);
+    assert_eq!(c.compute.location, "westeurope");
+    // Flags over env.
+    let c = print_config(
+        bin()
+            .arg("--config")
+            .arg(&file)
+            .env("MOCK_IMDS_LISTEN", "127.0.0.1:9002")
+            .args(["--listen", "127.0.0.1:9003", "--no-rate-limit", "--no-control", "--journal-capacity", "7"]),
+    );
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9003");
+    assert!(!c.rate_limits.enabled && !c.server.control);
+    assert_eq!(c.server.journal_capacity, 7);
+    // Config file via env.
+    let c = print_config(bin().env("MOCK_IMDS_CONFIG", &file));
+    assert_eq!(c.compute.location, "westeurope");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [vec!["--no-such-flag"], vec!["--listen", "not-an-address"], vec!["--seed", "-1"]] {
+        let out = bin().args(&args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[compute]\nvmid = \"typo\"\n").expect("write");
+    let out = bin().arg("--config").arg(&bad).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vmid"), "error names the bad key");
+    let out = bin().args(["--config", "/nonexistent/vm.toml"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = bin().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--listen", "--config", "--seed", "--no-rate-limit", "--no-control", "--journal-capacity", "--server-build", "--print-config", "MOCK_IMDS_LISTEN", "169.254.169.254"] {
+        assert!(help.contains(flag), "--help mentions {flag}");
+    }
+}
+
+#[test]
+fn serves_and_exits_cleanly_on_sigterm() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--seed", "9"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut line = String::new();
+    BufReader::new(stderr).read_line(&mut line).expect("read log line");
+    let uri = line.trim().strip_prefix("mock-imds listening on ").unwrap_or_else(|| panic!("log line: {line:?}")).to_string();
+    assert!(uri.starts_with("http://127.0.0.1:"), "{uri}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(format!("{uri}/metadata/versions"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(status.ok(), Some(200));
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mock-imds did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+}
