@@ -8,7 +8,7 @@ mod netns_common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use imds_conformance::netns::{self, IMDS_IP, Topology};
+use imds_conformance::netns::{self, IMDS_IP, NetnsError, NodeSpec, Topology, TopologySpec};
 use netns_common::{CONNECT_TIMEOUT, ask, serve_tag, supported, two_by_two};
 
 /// Packet count of the rule carrying `comment` in `iptables-save -c` output.
@@ -395,5 +395,74 @@ async fn every_node_reaches_the_api_server_in_the_cluster_namespace() {
         peer.ip(),
         std::net::IpAddr::V4(topo.node("n2").expect("n2").ip)
     );
+    topo.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_command_and_carry_stderr_timeouts_and_os_errors() {
+    if !supported("errors_name_the_command_and_carry_stderr_timeouts_and_os_errors") {
+        return;
+    }
+    let topo = Topology::create(TopologySpec::new().node(NodeSpec::new("n1").pod("p1")))
+        .await
+        .expect("topology");
+    let node = topo.node("n1").expect("n1");
+
+    let err = netns::exec_in(
+        &node.ns,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "no-such-chain",
+            "-j",
+            "ACCEPT",
+        ],
+    )
+    .await
+    .expect_err("unknown chain");
+    match &err {
+        NetnsError::CommandFailed {
+            command, stderr, ..
+        } => {
+            assert!(command.contains("no-such-chain"), "{command}");
+            assert!(!stderr.is_empty(), "stderr is captured: {err}");
+        }
+        other => panic!("expected CommandFailed, got {other:?}"),
+    }
+    let err = netns::Ip::new(&node.ns)
+        .batch(&["link add x0 type nosuchtype".into()])
+        .await
+        .expect_err("bad batch");
+    assert!(
+        err.to_string().contains("nosuchtype"),
+        "the failing batch is named: {err}"
+    );
+
+    let err = netns::exec_in_with(&node.ns, &["sleep", "5"], None, Duration::from_millis(200))
+        .await
+        .expect_err("timeout");
+    assert!(matches!(err, NetnsError::CommandTimeout { .. }), "{err:?}");
+
+    let missing = format!("{}-missing", topo.prefix());
+    let err = netns::bind_in(&missing, "127.0.0.1:0".parse().expect("addr"))
+        .expect_err("no such namespace");
+    assert!(matches!(err, NetnsError::EnterNamespace { .. }), "{err:?}");
+
+    // Nothing listens on the node's address: a refusal (RST) is not a timeout.
+    let err = netns::connect_in(
+        &topo.pod("p1").expect("p1").ns,
+        SocketAddr::from((node.ip, 9)),
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(
+        err.socket_error_kind(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{err}"
+    );
+    assert!(!err.is_connect_timeout());
     topo.teardown().await.expect("teardown");
 }

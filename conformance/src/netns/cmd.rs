@@ -77,7 +77,9 @@ pub async fn run(
     })?;
     let io = async move {
         if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(bytes).await?;
+            // A child that exits before reading everything (a parse error) breaks the pipe; its exit
+            // status and stderr, not EPIPE, say what went wrong, so the write error is not reported.
+            let _ = pipe.write_all(bytes).await;
             // Closing stdin is what tells `ip -batch -` and `iptables-restore` that input is complete.
             drop(pipe);
         }
@@ -124,9 +126,6 @@ pub fn run_blocking(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(bytes).map_err(spawn_err)?;
-    }
     // Drain the pipes on threads so a chatty child cannot block on a full pipe while we poll for exit.
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -144,6 +143,10 @@ pub fn run_blocking(
         }
         buf
     });
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // As in `run`: a broken pipe is reported through the exit status and stderr.
+        let _ = pipe.write_all(bytes);
+    }
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait().map_err(spawn_err)? {
