@@ -56,6 +56,16 @@ async fn teardown_removes_namespaces_links_and_processes() {
             .any(|l| l == "hs0")
     );
 
+    // The node's rules carry the prefix, so the root-table check after teardown would catch a leak.
+    let rules = netns::iptables_save(&topo.node("n1").expect("n1").ns, None)
+        .await
+        .expect("iptables-save");
+    assert_eq!(
+        rules.matches(prefix.as_str()).count(),
+        2,
+        "FORWARD state rule + MASQUERADE:\n{rules}"
+    );
+
     // A process started inside a pod (as the harness starts mock-imds or an interceptor) and one it forks.
     let pod_ns = topo.pod("p1").expect("p1").ns.clone();
     let mut child = netns::command_in(&pod_ns, "sh")

@@ -38,9 +38,38 @@ async fn pods_and_node_reach_their_vm_imds_forwarded_and_masqueraded() {
     if !supported("pods_and_node_reach_their_vm_imds_forwarded_and_masqueraded") {
         return;
     }
+    let root_sysctls = || -> Vec<String> {
+        [
+            "ip_forward",
+            "conf/all/route_localnet",
+            "conf/default/route_localnet",
+            "conf/all/rp_filter",
+        ]
+        .iter()
+        .map(|k| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{k}")).expect("root sysctl"))
+        .collect()
+    };
+    let root_before = root_sysctls();
     let topo = Topology::create(two_by_two()).await.expect("topology");
     let n1 = topo.node("n1").expect("n1").clone();
     let n2 = topo.node("n2").expect("n2").clone();
+    assert_eq!(
+        root_sysctls(),
+        root_before,
+        "the root namespace's sysctls are never touched"
+    );
+    // Cross-check the in-thread sysctl writes through a process that runs inside the node.
+    let seen = netns::exec_in(
+        &n1.ns,
+        &[
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv4/conf/all/route_localnet",
+        ],
+    )
+    .await
+    .expect("cat sysctls");
+    assert_eq!(String::from_utf8_lossy(&seen.stdout), "1\n1\n");
     let imds = topo.imds_addr();
     assert_eq!(
         imds,

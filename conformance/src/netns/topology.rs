@@ -45,7 +45,8 @@ pub const IMDS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const IMDS_PORT: u16 = 80;
 /// The test API server's address on the cluster bridge (`br0` in the cluster namespace).
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(10, 224, 0, 1);
-/// Comment on every iptables rule the topology installs, so observations can tell them apart.
+/// Start of the comment on every iptables rule the topology installs (followed by the run prefix), so
+/// observations can tell them apart and a leak would be found by searching for the prefix.
 pub const RULE_COMMENT: &str = "imds-conformance topology";
 /// At most this many nodes (node i gets 10.224.0.(10+i) and pod subnet 10.244.i.0/24).
 pub const MAX_NODES: usize = 200;
@@ -486,12 +487,13 @@ impl Topology {
             )?;
             let rules = format!(
                 "*filter\n\
-                 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"{RULE_COMMENT}\" -j ACCEPT\n\
+                 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"{RULE_COMMENT} {prefix}\" -j ACCEPT\n\
                  COMMIT\n\
                  *nat\n\
-                 -A POSTROUTING -s {cidr} ! -d {cidr} -m comment --comment \"{RULE_COMMENT}\" -j MASQUERADE\n\
+                 -A POSTROUTING -s {cidr} ! -d {cidr} -m comment --comment \"{RULE_COMMENT} {prefix}\" -j MASQUERADE\n\
                  COMMIT\n",
-                cidr = node.pod_cidr
+                cidr = node.pod_cidr,
+                prefix = self.prefix,
             );
             cmd::exec_in_with(
                 &node.ns,
