@@ -1,0 +1,180 @@
+//! Per-client accounting: what the API server sent to whom. Requests by verb, objects and bytes
+//! per resource, watch events and bookmarks — so API-server load is measured, not guessed.
+//!
+//! A client is identified by its bearer token (kubeconfigs written by this module's siblings carry
+//! `user.token: <key>`), else by its source IP. This module only counts; handlers decide what to
+//! count and the HTTP layer counts body bytes as they are handed to the connection.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+/// Counters for one resource (`pods`, `azureassignedidentities`, …; `discovery` for discovery
+/// documents, `other` for anything else) as seen by one client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStats {
+    /// Requests by Kubernetes verb: get, list, watch, create, update, patch, delete.
+    pub requests: BTreeMap<String, u64>,
+    /// Objects sent in list items, get/write responses and watch events (bookmarks excluded).
+    pub objects_sent: u64,
+    /// Response body bytes sent, including every watch event line and bookmark.
+    pub bytes_sent: u64,
+    /// ADDED/MODIFIED/DELETED/ERROR events sent on watches.
+    pub watch_events: u64,
+    /// BOOKMARK events sent on watches.
+    pub bookmarks: u64,
+}
+
+/// Counters for one client: totals plus the per-resource breakdown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStats {
+    pub requests: u64,
+    /// Requests refused with 503 during a simulated outage.
+    pub refused: u64,
+    pub objects_sent: u64,
+    pub bytes_sent: u64,
+    pub watch_events: u64,
+    pub bookmarks: u64,
+    pub resources: BTreeMap<String, ResourceStats>,
+}
+
+impl ClientStats {
+    /// The counters of one resource (zero if the client never touched it).
+    pub fn resource(&self, resource: &str) -> ResourceStats {
+        self.resources.get(resource).cloned().unwrap_or_default()
+    }
+}
+
+/// Snapshot of all accounting, keyed by client key. `GET /_test/stats` serves this as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub clients: BTreeMap<String, ClientStats>,
+}
+
+impl Stats {
+    /// The counters of one client (zero if it never connected).
+    pub fn client(&self, key: &str) -> ClientStats {
+        self.clients.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Shorthand: objects of `resource` sent to `client`.
+    pub fn objects_sent(&self, client: &str, resource: &str) -> u64 {
+        self.client(client).resource(resource).objects_sent
+    }
+
+    /// Shorthand: bytes of `resource` responses sent to `client`.
+    pub fn bytes_sent(&self, client: &str, resource: &str) -> u64 {
+        self.client(client).resource(resource).bytes_sent
+    }
+}
+
+#[derive(Default)]
+struct Raw {
+    clients: BTreeMap<String, (u64, BTreeMap<String, ResourceStats>)>,
+}
+
+/// Live counters shared by all handlers. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    raw: Arc<Mutex<Raw>>,
+}
+
+impl Recorder {
+    fn lock(&self) -> MutexGuard<'_, Raw> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with(&self, client: &str, resource: &str, f: impl FnOnce(&mut ResourceStats)) {
+        let mut raw = self.lock();
+        let (_, resources) = raw.clients.entry(client.to_owned()).or_default();
+        f(resources.entry(resource.to_owned()).or_default());
+    }
+
+    pub fn request(&self, client: &str, resource: &str, verb: &str) {
+        self.with(client, resource, |r| {
+            *r.requests.entry(verb.to_owned()).or_default() += 1
+        });
+    }
+
+    pub fn refused(&self, client: &str) {
+        self.lock().clients.entry(client.to_owned()).or_default().0 += 1;
+    }
+
+    pub fn objects(&self, client: &str, resource: &str, n: u64) {
+        self.with(client, resource, |r| r.objects_sent += n);
+    }
+
+    pub fn bytes(&self, client: &str, resource: &str, n: u64) {
+        self.with(client, resource, |r| r.bytes_sent += n);
+    }
+
+    /// A watch event carrying an object (counts the object too).
+    pub fn watch_event(&self, client: &str, resource: &str, carries_object: bool) {
+        self.with(client, resource, |r| {
+            r.watch_events += 1;
+            if carries_object {
+                r.objects_sent += 1;
+            }
+        });
+    }
+
+    pub fn bookmark(&self, client: &str, resource: &str) {
+        self.with(client, resource, |r| r.bookmarks += 1);
+    }
+
+    pub fn reset(&self) {
+        self.lock().clients.clear();
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        let raw = self.lock();
+        let clients = raw
+            .clients
+            .iter()
+            .map(|(key, (refused, resources))| {
+                let mut c = ClientStats {
+                    refused: *refused,
+                    resources: resources.clone(),
+                    ..Default::default()
+                };
+                for r in resources.values() {
+                    c.requests += r.requests.values().sum::<u64>();
+                    c.objects_sent += r.objects_sent;
+                    c.bytes_sent += r.bytes_sent;
+                    c.watch_events += r.watch_events;
+                    c.bookmarks += r.bookmarks;
+                }
+                (key.clone(), c)
+            })
+            .collect();
+        Stats { clients }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_are_sums_of_resources() {
+        let r = Recorder::default();
+        r.request("n1", "pods", "list");
+        r.request("n1", "azureassignedidentities", "watch");
+        r.objects("n1", "pods", 3);
+        r.watch_event("n1", "azureassignedidentities", true);
+        r.bytes("n1", "pods", 100);
+        r.bytes("n1", "azureassignedidentities", 50);
+        r.refused("n1");
+        let s = r.snapshot();
+        let c = s.client("n1");
+        assert_eq!(
+            (c.requests, c.objects_sent, c.bytes_sent, c.refused),
+            (2, 4, 150, 1)
+        );
+        assert_eq!(s.objects_sent("n1", "azureassignedidentities"), 1);
+        assert_eq!(s.client("nobody"), ClientStats::default());
+        r.reset();
+        assert!(r.snapshot().clients.is_empty());
+    }
+}
