@@ -670,4 +670,66 @@ mod tests {
         assert!(Topology::plan(&prefix).is_err());
         assert!(Topology::plan(&TopologySpec::new()).is_err());
     }
+
+    mod prop {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn specs() -> impl Strategy<Value = TopologySpec> {
+            // Per node: how many pods, and which of them are host-network.
+            prop::collection::vec(prop::collection::vec(any::<bool>(), 0..6), 1..6).prop_map(
+                |nodes| {
+                    let mut spec = TopologySpec {
+                        run_prefix: "imdsc-7-prop".into(),
+                        nodes: Vec::new(),
+                    };
+                    let mut pod_no = 0;
+                    for (n, pods) in nodes.into_iter().enumerate() {
+                        let mut node = NodeSpec::new(format!("node-{n}"));
+                        for host in pods {
+                            pod_no += 1;
+                            node = if host {
+                                node.host_pod(format!("pod-{pod_no}"))
+                            } else {
+                                node.pod(format!("pod-{pod_no}"))
+                            };
+                        }
+                        spec = spec.node(node);
+                    }
+                    spec
+                },
+            )
+        }
+
+        proptest! {
+            /// Every plan: namespace names unique and prefixed; pod addresses unique, inside their
+            /// node's subnet; host-network pods are their node.
+            #[test]
+            fn plans_are_consistent(spec in specs()) {
+                let topo = Topology::plan(&spec).expect("valid spec");
+                let names = topo.namespaces();
+                let unique: BTreeSet<&String> = names.iter().collect();
+                prop_assert_eq!(unique.len(), names.len());
+                prop_assert!(names.iter().all(|n| belongs_to(&spec.run_prefix, n)));
+                let mut ips = BTreeSet::new();
+                for node in topo.nodes() {
+                    prop_assert!(ips.insert(node.ip));
+                }
+                for pod in topo.pods() {
+                    let node = topo.node(&pod.node).expect("node of pod");
+                    if pod.host_network {
+                        prop_assert_eq!(&pod.ns, &node.ns);
+                        prop_assert_eq!(pod.ip, node.ip);
+                    } else {
+                        prop_assert!(ips.insert(pod.ip), "pod address {} reused", pod.ip);
+                        prop_assert_eq!(&pod.ip.octets()[..3], &node.pod_gateway.octets()[..3]);
+                        prop_assert!(names.contains(&pod.ns));
+                    }
+                }
+            }
+        }
+    }
 }
