@@ -119,6 +119,10 @@ async fn kube_client(settings: &Settings) -> Result<kube::Client, ProxyError> {
             .await
             .map_err(|e| ProxyError::Kube(e.to_string()))?,
     };
+    let mut config = config;
+    // kube's built-in retry layer would retry a 503 for minutes inside the client, hiding an API server
+    // outage from the watchers; the watchers' own back-off retries instead, and the view fails closed.
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| ProxyError::Kube(e.to_string()))
 }
 

@@ -361,6 +361,76 @@ mod tests {
         Ok(())
     }
 
+    /// A local IMDS stand-in answering each request with the next status of `statuses` (then 200).
+    async fn scripted(
+        statuses: Vec<u16>,
+    ) -> std::io::Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let status = statuses.get(n).copied().unwrap_or(200);
+            async move {
+                let body = r#"{"access_token":"t","expires_in":3599,"expires_on":"1700000000","not_before":"1699996400","resource":"r","token_type":"Bearer"}"#;
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((addr, hits))
+    }
+
+    #[tokio::test]
+    async fn retries_adal_statuses_then_succeeds() -> Result<(), Box<dyn std::error::Error>> {
+        let (addr, hits) = scripted(vec![500, 429, 404]).await?;
+        let up = Upstream::new(addr, "ua", Duration::from_millis(1), Metrics::new());
+        let t = up.token(Some("c"), "r").await?;
+        assert_eq!(t.expires_in, "3599");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_five_attempts_with_a_refresh_error()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (addr, hits) = scripted(vec![503; 10]).await?;
+        let up = Upstream::new(addr, "ua", Duration::from_millis(1), Metrics::new());
+        let err = up.token(None, "r").await.err().ok_or("expected an error")?;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(err.status(), 403);
+        assert!(
+            err.to_string()
+                .starts_with("adal: Refresh request failed. Status Code = '503'."),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn non_retryable_status_is_not_retried_and_transport_errors_are_503()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (addr, hits) = scripted(vec![400]).await?;
+        let up = Upstream::new(addr, "ua", Duration::from_millis(1), Metrics::new());
+        assert_eq!(
+            up.token(None, "r").await.err().map(|e| e.status()),
+            Some(403)
+        );
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Nothing listens on a just-closed port: connection refused, retried, then 503.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let up = Upstream::new(closed, "ua", Duration::from_millis(1), Metrics::new());
+        assert_eq!(
+            up.token(None, "r").await.err().map(|e| e.status()),
+            Some(503)
+        );
+        Ok(())
+    }
+
     #[test]
     fn forwarding_headers_are_stripped() {
         for h in [

@@ -3,18 +3,19 @@
 //! One watcher per resource: pods with field selector `spec.nodeName=<node>`; in standard mode
 //! AzureAssignedIdentities (label selector `nodename=<node>` when scale features are on, else unfiltered);
 //! in managed mode AzureIdentityBindings and AzureIdentities; AzurePodIdentityExceptions in both. Each watcher
-//! tracks its own health: it is healthy once it has completed a list (`InitDone`) or delivered a watch event,
-//! and unhealthy after any error until it recovers, so an API server outage turns into fail-closed answers
+//! tracks its own health: it is healthy once it has completed a list (`InitDone`) and unhealthy after any
+//! error until a fresh watcher has completed a new list, so an API server outage turns into fail-closed answers
 //! rather than answers from a stale cache. The tasks end when the `KubeView` (all clones) is dropped.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
@@ -94,35 +95,53 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
+    let (store, mut writer) = reflector::store();
     let health = Health::new(what);
     health_list.push(health.clone());
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tasks.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::InitDone) => {
-                    health.synced.store(true, Ordering::SeqCst);
-                    health.healthy.store(true, Ordering::SeqCst);
-                }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                    health.healthy.store(true, Ordering::SeqCst);
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(err) => {
-                    if health.healthy.swap(false, Ordering::SeqCst) {
-                        tracing::warn!(resource = what, error = %err, "watch failed; failing closed until it recovers");
-                    } else {
-                        tracing::debug!(resource = what, error = %err, "watch still failing");
+        // After any error the watcher is dropped and a new one starts with a full list: a resumed watch
+        // reports nothing when nothing changed, so only a fresh `InitDone` proves the store is current
+        // again. The writer swaps the store's content atomically at `InitDone`.
+        let mut delay = RESTART_MIN;
+        loop {
+            let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ev) => {
+                        writer.apply_watcher_event(&ev);
+                        match ev {
+                            watcher::Event::InitDone => {
+                                health.synced.store(true, Ordering::SeqCst);
+                                health.healthy.store(true, Ordering::SeqCst);
+                                delay = RESTART_MIN;
+                            }
+                            watcher::Event::Init
+                            | watcher::Event::InitApply(_)
+                            | watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_) => {}
+                        }
                     }
-                    metrics.kubernetes_api_error(what);
+                    Err(err) => {
+                        if health.healthy.swap(false, Ordering::SeqCst) {
+                            tracing::warn!(resource = what, error = %err, "watch failed; failing closed until a fresh list succeeds");
+                        } else {
+                            tracing::debug!(resource = what, error = %err, "watch still failing");
+                        }
+                        metrics.kubernetes_api_error(what);
+                        break;
+                    }
                 }
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RESTART_MAX);
         }
     }));
     store
 }
+
+/// Back-off between watcher restarts after errors.
+const RESTART_MIN: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(5);
 
 impl KubeView {
     /// Starts the watchers the plan asks for. Returns at once; `ready()` says when the view is usable.
