@@ -365,3 +365,38 @@ async fn sigint_child_process() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     drop(topo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_environment_outlives_its_handle_and_is_removed_through_attach() {
+    if !supported("a_kept_environment_outlives_its_handle_and_is_removed_through_attach") {
+        return;
+    }
+    let spec = TopologySpec::new().node(NodeSpec::new("n1").pod("p1"));
+    let topo = Topology::create(spec.clone()).await.expect("topology");
+    let prefix = topo.keep_standing();
+    assert_eq!(prefix, spec.run_prefix);
+    let standing = || {
+        netns::registered_namespaces()
+            .expect("list")
+            .into_iter()
+            .filter(|n| netns::belongs_to(&prefix, n))
+            .count()
+    };
+    assert_eq!(standing(), 4, "keep_standing disarms the drop-time cleanup");
+
+    // `env exec` / `env down` in another process: attach by spec; dropping the handle keeps it standing.
+    let attached = Topology::attach(&spec).expect("attach");
+    assert_eq!(
+        attached.pod("p1").expect("p1").ip.to_string(),
+        "10.244.1.10"
+    );
+    drop(attached);
+    assert_eq!(standing(), 4);
+    let attached = Topology::attach(&spec).expect("attach");
+    attached.teardown().await.expect("teardown");
+    assert_eq!(leftovers(&prefix).await, Vec::<String>::new());
+    assert!(
+        Topology::attach(&spec).is_err(),
+        "nothing left to attach to"
+    );
+}
