@@ -500,126 +500,178 @@ impl Drop for ChildGuard {
     }
 }
 
+/// An `imds-proxy` process running inside a test namespace, with its test API server and its log.
+/// Field order is drop order: the child is killed (if still running) before the API server stops.
+struct ProxyRun {
+    child: ChildGuard,
+    api: Option<imds_conformance::apiserver::ApiServer>,
+    runtime: tokio::runtime::Runtime,
+    log_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyRun {
+    /// Starts the test API server on a socket bound inside `ns` (so the proxy, also inside, reaches it at
+    /// 127.0.0.1 and nothing is exposed in the root namespace) and `ip netns exec ns imds-proxy args...`.
+    /// Ports are NMI's defaults: the namespace is ours, so nothing else can hold them.
+    fn start(ns: &Netns, extra_args: &[&str]) -> ProxyRun {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let listener = ns
+            .enter(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the API server inside the namespace");
+        let api = runtime
+            .block_on(imds_conformance::apiserver::ApiServer::start_on(listener))
+            .expect("start the test API server");
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig, "node-1")
+            .expect("kubeconfig");
+        let log_path = dir.path().join("imds-proxy.log");
+        let log = File::create(&log_path).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_imds-proxy")])
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["--node=node-1", "--kubelet-config=/nonexistent/kubelet"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn imds-proxy inside the namespace");
+        ProxyRun {
+            child: ChildGuard(Some(child)),
+            api: Some(api),
+            runtime,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .0
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Polls (100 ms, bounded) until `done()`; fails with the proxy's log on timeout or early exit.
+    fn wait_until(&mut self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "imds-proxy exited ({status}) before {what}; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {limit:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `imds-proxy ready`, logged once the first reconcile (and conntrack deletion) is done.
+    fn wait_ready(&mut self) {
+        let path = self.log_path.clone();
+        self.wait_until(
+            "`imds-proxy ready` in the log",
+            Duration::from_secs(60),
+            || std::fs::read_to_string(&path).is_ok_and(|l| l.contains("imds-proxy ready")),
+        );
+    }
+
+    /// SIGTERM (by PID) and wait (bounded) for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.0.as_ref().map(Child::id).expect("child");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32")),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the proxy");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "imds-proxy did not exit within 60 s of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ProxyRun {
+    fn drop(&mut self) {
+        // Stop the child first (it may still be using the API server), then the server on its runtime.
+        drop(self.child.0.take().map(|c| ChildGuard(Some(c))));
+        if let Some(api) = self.api.take() {
+            self.runtime.block_on(api.shutdown());
+        }
+    }
+}
+
 #[test]
 fn a1_proxy_binary_installs_chain_and_removes_it_on_sigterm() {
     skip_unless_ready!(false);
     let ns = Netns::create();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = ProxyRun::start(&ns, &[]);
 
-    // The test API server runs in this process on a socket bound inside the namespace, so the proxy (also
-    // inside) reaches it at 127.0.0.1 and nothing is exposed in the root namespace.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let listener = ns
-        .enter(|| {
-            let l = TcpListener::bind("127.0.0.1:0")?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
-        .expect("bind the API server inside the namespace");
-    let api = runtime
-        .block_on(imds_conformance::apiserver::ApiServer::start_on(listener))
-        .expect("start the test API server");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig, "node-1")
-        .expect("kubeconfig");
-    let log_path = dir.path().join("imds-proxy.log");
-    let log = File::create(&log_path).expect("log file");
-    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    proxy.wait_until(
+        "A.1 chain with the jump at PREROUTING 1",
+        Duration::from_secs(60),
+        || {
+            chain_listing_or_empty(&ns) == A1_LISTING
+                && prerouting_rules(&ns).first().map(String::as_str)
+                    == Some("-A PREROUTING -j aad-metadata")
+        },
+    );
+    proxy.wait_ready();
+    assert_eq!(chain_listing(&ns), A1_LISTING);
+    assert_eq!(prerouting_rules(&ns), ["-A PREROUTING -j aad-metadata"]);
 
-    // Ports are NMI's defaults: the namespace is ours, so nothing else can hold them.
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_imds-proxy")])
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(["--node=node-1", "--kubelet-config=/nonexistent/kubelet"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn imds-proxy inside the namespace");
-    let mut guard = ChildGuard(Some(child));
-    let pid = guard.0.as_ref().map(Child::id).expect("child");
-
-    // Wait (bounded) for the chain; fail early with the proxy's log if it exits.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if chain_listing_or_empty(&ns) == A1_LISTING
-            && prerouting_rules(&ns).first().map(String::as_str)
-                == Some("-A PREROUTING -j aad-metadata")
-        {
-            break;
-        }
-        if let Some(child) = guard.0.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "imds-proxy exited early ({status}) without installing the chain; log:\n{}",
-                log_text()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "imds-proxy did not install the A.1 chain within 60 s; nat table: {:#?}\nlog:\n{}",
-            lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"])),
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    // `imds-proxy ready` is logged once the first reconcile is done (INTERFACES §3).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !log_text().contains("imds-proxy ready") {
-        assert!(
-            Instant::now() < deadline,
-            "no `imds-proxy ready` in the log:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32")),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM the proxy");
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(child) = guard.0.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "imds-proxy did not exit within 60 s of SIGTERM; log:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = proxy.terminate();
     assert!(
         status.success(),
         "imds-proxy must exit 0 after a clean SIGTERM shutdown, got {status}; log:\n{}",
-        log_text()
+        proxy.log()
     );
     assert_removed(&ns);
     assert!(
         prerouting_rules(&ns).is_empty(),
         "PREROUTING must be empty again"
     );
-
-    runtime.block_on(api.shutdown());
+    // Shown with --nocapture: what the proxy said (route_localnet warning, ready, removal).
+    eprintln!("imds-proxy log:\n{}", proxy.log());
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // (d) conntrack deletion removes only TCP flows to IMDS ip:port
 // ---------------------------------------------------------------------------------------------------------
 
-/// The sockets of the flows under test, kept open (idle keep-alive connections) until the test ends.
+const IMDS: &str = "169.254.169.254:80";
+
+/// (protocol, original destination, original source port) of a tracked flow.
+type FlowKey = (String, SocketAddr, u16);
+
+/// The sockets of the flows under test, kept open (idle keep-alive connections) until dropped:
+/// TCP to 169.254.169.254:80 (the IMDS flow), TCP to 10.213.0.1:80 (same port, other address),
+/// TCP to 169.254.169.254:443 (same address, other port) and UDP to 169.254.169.254:80 (other protocol).
 struct Flows {
     _listeners: Vec<TcpListener>,
     _servers: Vec<TcpStream>,
@@ -628,36 +680,32 @@ struct Flows {
     udp_src: SocketAddr,
 }
 
-#[test]
-fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
-    skip_unless_ready!(true);
-    let ns = Netns::create();
-    // Addresses exist only on this namespace's loopback.
-    ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
-    ns.ok(&["ip", "addr", "add", "10.213.0.1/32", "dev", "lo"]);
-    // A stateful rule makes the kernel track flows in this namespace (on a node, kube-proxy/CNI rules do).
-    ns.ok(&[
-        "iptables",
-        "-w",
-        "5",
-        "-A",
-        "INPUT",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED,RELATED",
-        "-j",
-        "ACCEPT",
-    ]);
-
-    let imds: SocketAddr = "169.254.169.254:80".parse().expect("literal");
-    let targets: [SocketAddr; 3] = [
-        imds,                                             // the IMDS flow: must go
-        "10.213.0.1:80".parse().expect("literal"),        // same port, other address: must stay
-        "169.254.169.254:8080".parse().expect("literal"), // same address, other port: must stay
-    ];
-    let flows = ns
-        .enter(move || {
+impl Flows {
+    /// Puts the addresses on the namespace's `lo` (they exist nowhere else), adds a stateful rule so the
+    /// kernel tracks flows in this namespace (on a node, kube-proxy/CNI rules do) and opens the flows.
+    fn open(ns: &Netns) -> Flows {
+        ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+        ns.ok(&["ip", "addr", "add", "10.213.0.1/32", "dev", "lo"]);
+        ns.ok(&[
+            "iptables",
+            "-w",
+            "5",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
+        let imds: SocketAddr = IMDS.parse().expect("literal");
+        let targets: [SocketAddr; 3] = [
+            imds,
+            "10.213.0.1:80".parse().expect("literal"),
+            "169.254.169.254:443".parse().expect("literal"),
+        ];
+        ns.enter(move || {
             let (mut listeners, mut servers, mut clients) = (Vec::new(), Vec::new(), Vec::new());
             for target in targets {
                 let l = TcpListener::bind(target)?;
@@ -665,7 +713,6 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
                 servers.push(l.accept()?.0);
                 listeners.push(l);
             }
-            // Same address and port over UDP: must stay (the filter is TCP only).
             let udp_server = UdpSocket::bind(imds)?;
             let udp_client = UdpSocket::bind("0.0.0.0:0")?;
             udp_client.send_to(b"ping", imds)?;
@@ -680,27 +727,12 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
                 udp_src,
             })
         })
-        .expect("open the flows inside the namespace");
+        .expect("open the flows inside the namespace")
+    }
 
-    let ours = |list: &[Flow]| -> Vec<(String, SocketAddr, u16)> {
-        let mut found: Vec<_> = list
-            .iter()
-            .filter(|f| {
-                flows
-                    .clients
-                    .iter()
-                    .any(|c| c.local_addr().is_ok_and(|a| a.port() == f.sport))
-                    || f.sport == flows.udp_src.port()
-            })
-            .map(|f| (f.protocol.clone(), SocketAddr::new(f.dst, f.dport), f.sport))
-            .collect();
-        found.sort();
-        found
-    };
-    let before = conntrack::list_flows(false, Some(ns.name())).expect("conntrack -L");
-    let before = ours(&before);
-    let expect_before: Vec<(String, SocketAddr, u16)> = {
-        let mut v: Vec<_> = flows
+    /// All four flows, sorted.
+    fn all(&self) -> Vec<FlowKey> {
+        let mut v: Vec<FlowKey> = self
             .clients
             .iter()
             .map(|c| {
@@ -713,59 +745,71 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
             })
             .chain(std::iter::once((
                 "udp".to_owned(),
-                imds,
-                flows.udp_src.port(),
+                IMDS.parse().expect("literal"),
+                self.udp_src.port(),
             )))
             .collect();
         v.sort();
         v
-    };
+    }
+
+    /// All flows except TCP to IMDS: what must survive the deletion.
+    fn all_but_imds_tcp(&self) -> Vec<FlowKey> {
+        let imds: SocketAddr = IMDS.parse().expect("literal");
+        self.all()
+            .into_iter()
+            .filter(|(proto, dst, _)| !(proto == "tcp" && *dst == imds))
+            .collect()
+    }
+
+    /// Our flows as conntrack lists them in `ns` now (matched by source port), sorted.
+    fn tracked(&self, ns: &Netns) -> Vec<FlowKey> {
+        let ours: Vec<u16> = self.all().iter().map(|(_, _, sport)| *sport).collect();
+        let mut found: Vec<FlowKey> = conntrack::list_flows(false, Some(ns.name()))
+            .expect("conntrack -L")
+            .into_iter()
+            .filter(|f: &Flow| ours.contains(&f.sport))
+            .map(|f| (f.protocol, SocketAddr::new(f.dst, f.dport), f.sport))
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+#[test]
+fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
+    skip_unless_ready!(true);
+    let ns = Netns::create();
+    let flows = Flows::open(&ns);
     assert_eq!(
-        before, expect_before,
+        flows.tracked(&ns),
+        flows.all(),
         "every flow must be tracked before deletion"
     );
+    assert_eq!(flows.all().len(), 4);
 
-    let deleted = conntrack::delete_imds_flows(
-        IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-        80,
-        Some(ns.name()),
-    )
-    .expect("delete IMDS flows");
+    let imds_ip = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
+    let deleted =
+        conntrack::delete_imds_flows(imds_ip, 80, Some(ns.name())).expect("delete IMDS flows");
     assert_eq!(
         deleted, 1,
         "exactly the one TCP flow to 169.254.169.254:80 is deleted"
     );
-
-    let after = ours(&conntrack::list_flows(false, Some(ns.name())).expect("conntrack -L"));
-    let expect_after: Vec<_> = expect_before
-        .iter()
-        .filter(|(proto, dst, _)| !(proto == "tcp" && *dst == imds))
-        .cloned()
-        .collect();
     assert_eq!(
-        after, expect_after,
+        flows.tracked(&ns),
+        flows.all_but_imds_tcp(),
         "only the TCP flow to IMDS may disappear"
     );
-    assert_eq!(after.len(), 3);
 
     // Nothing left to delete: conntrack exits 1 with "0 flow entries", which is Ok(0) for us.
     assert_eq!(
-        conntrack::delete_imds_flows(
-            IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-            80,
-            Some(ns.name())
-        )
-        .expect("second deletion"),
+        conntrack::delete_imds_flows(imds_ip, 80, Some(ns.name())).expect("second deletion"),
         0
     );
     // The IPv6 family is selected from the address (and finds nothing here).
+    let v6 = "fd00:ec2::254".parse().expect("literal");
     assert_eq!(
-        conntrack::delete_imds_flows(
-            "fd00:ec2::254".parse().expect("literal"),
-            80,
-            Some(ns.name())
-        )
-        .expect("IPv6 deletion"),
+        conntrack::delete_imds_flows(v6, 80, Some(ns.name())).expect("IPv6 deletion"),
         0
     );
     // Through the Netfilter handle (the proxy's call), same filter.
@@ -775,7 +819,39 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
             .expect("handle deletion"),
         0
     );
-    drop(flows);
+    assert_eq!(flows.tracked(&ns), flows.all_but_imds_tcp());
+}
+
+/// A.12: connections opened before the proxy's rules existed are cut by `--enable-conntrack-deletion`
+/// once, right after the first reconcile; other flows survive.
+#[test]
+fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only() {
+    skip_unless_ready!(true);
+    let ns = Netns::create();
+    let flows = Flows::open(&ns);
+    assert_eq!(
+        flows.tracked(&ns),
+        flows.all(),
+        "every flow must be tracked before the proxy starts"
+    );
+
+    let mut proxy = ProxyRun::start(&ns, &["--enable-conntrack-deletion=true"]);
+    proxy.wait_ready();
+    assert_eq!(chain_listing(&ns), A1_LISTING);
+    assert_eq!(
+        flows.tracked(&ns),
+        flows.all_but_imds_tcp(),
+        "the proxy must delete the pre-existing TCP flow to IMDS and nothing else; log:\n{}",
+        proxy.log()
+    );
+
+    let status = proxy.terminate();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}; log:\n{}",
+        proxy.log()
+    );
+    assert_removed(&ns);
 }
 
 // ---------------------------------------------------------------------------------------------------------

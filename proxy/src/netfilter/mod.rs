@@ -260,7 +260,8 @@ impl Netfilter {
         let chain = &self.cfg.chain;
         let mut outcome = Reconciled::Unchanged;
 
-        if !self.ipt.chain_exists(Table::Nat, chain)? {
+        let created = !self.ipt.chain_exists(Table::Nat, chain)?;
+        if created {
             tracing::info!(chain = %chain, netns = ?self.cfg.netns, "creating nat chain");
             self.ipt.new_chain(Table::Nat, chain)?;
             outcome = Reconciled::Repaired;
@@ -276,7 +277,12 @@ impl Netfilter {
         let expected = self.expected_rules();
         let actual = self.ipt.list_chain(Table::Nat, chain)?;
         if !listing_matches(&expected, &actual) {
-            tracing::warn!(chain = %chain, ?expected, ?actual, "nat chain differs; flushing and rewriting");
+            if created {
+                tracing::info!(chain = %chain, "writing the DNAT and RETURN rules");
+            } else {
+                // An existing chain was changed behind our back: worth an operator's attention.
+                tracing::warn!(chain = %chain, ?expected, ?actual, "nat chain differs; flushing and rewriting");
+            }
             self.ipt.flush_chain(Table::Nat, chain)?;
             self.ipt
                 .append(Table::Nat, chain, &self.cfg.dnat_rule_spec())?;
