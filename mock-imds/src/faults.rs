@@ -106,6 +106,11 @@ impl FaultState {
     }
 }
 
+/// A request refused by the rate limiter (answered 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit exceeded")]
+pub struct Throttled;
+
 /// Which bucket a request counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bucket {
@@ -170,7 +175,7 @@ impl RateLimiter {
     }
 
     /// Admits a request or refuses it (429). Refused requests do not count against the window.
-    pub fn admit(&self, bucket: Bucket, now: DateTime<Utc>) -> Result<InFlight<'_>, ()> {
+    pub fn admit(&self, bucket: Bucket, now: DateTime<Utc>) -> Result<InFlight<'_>, Throttled> {
         if !self.enabled() {
             return Ok(InFlight(None));
         }
@@ -182,7 +187,7 @@ impl RateLimiter {
             let prev = self.identity_in_flight.fetch_add(1, Ordering::SeqCst);
             let guard = InFlight(Some(&self.identity_in_flight));
             if prev >= self.limits.identity_concurrent {
-                return Err(());
+                return Err(Throttled);
             }
             guard
         } else {
@@ -199,13 +204,13 @@ pub fn admit_window(
     window: &mut VecDeque<DateTime<Utc>>,
     now: DateTime<Utc>,
     limit: u32,
-) -> Result<(), ()> {
+) -> Result<(), Throttled> {
     let horizon = now - Duration::seconds(1);
     while window.front().is_some_and(|t| *t <= horizon) {
         window.pop_front();
     }
     if window.len() >= limit as usize {
-        return Err(());
+        return Err(Throttled);
     }
     window.push_back(now);
     Ok(())

@@ -157,20 +157,20 @@ pub fn validate(
         return Err(err(ErrorKind::QueryTooLong(MAX_QUERY_BYTES)));
     }
     let query = ImdsQuery::parse(raw_query).map_err(err)?;
-    if let Some(category) = category {
-        if category.introduced().is_some() {
-            match query.get("api-version") {
-                None | Some("") => return Err(err(ErrorKind::ApiVersionMissing)),
-                Some(v) if !category.accepts(v) => {
-                    let style = if looks_like_version(v) {
-                        behavior.api_version_style
-                    } else {
-                        ApiVersionStyle::NewestVersions
-                    };
-                    return Err(err(ErrorKind::ApiVersionInvalid(v.to_string(), style)));
-                }
-                Some(_) => {}
+    // `/metadata/versions` is unversioned; paths outside any category fall through to a 404.
+    if let Some(category) = category.filter(|c| c.introduced().is_some()) {
+        match query.get("api-version") {
+            None | Some("") => return Err(err(ErrorKind::ApiVersionMissing)),
+            Some(v) if !category.accepts(v) => {
+                // The legacy "Not found" style only applies to well-formed dates (open question 1).
+                let style = if looks_like_version(v) {
+                    behavior.api_version_style
+                } else {
+                    ApiVersionStyle::NewestVersions
+                };
+                return Err(err(ErrorKind::ApiVersionInvalid(v.to_string(), style)));
             }
+            Some(_) => {}
         }
     }
     Ok(query)
@@ -258,7 +258,7 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
     };
     let _slot = match state.limiter.admit(bucket, arrival) {
         Ok(slot) => slot,
-        Err(()) => {
+        Err(_throttled) => {
             let e = ImdsError::new(
                 surface,
                 ErrorKind::TooManyRequests {

@@ -33,7 +33,11 @@ async fn raw(mock: &MockImds, bytes: &[u8]) -> (u16, String, String) {
         }
     })
     .await;
-    assert!(read.is_ok(), "no complete response within 10 s: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        read.is_ok(),
+        "no complete response within 10 s: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -42,42 +46,67 @@ async fn raw(mock: &MockImds, bytes: &[u8]) -> (u16, String, String) {
 
 fn complete(buf: &[u8], head_only: bool) -> bool {
     let text = String::from_utf8_lossy(buf);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
     if head_only {
         return true;
     }
-    let len = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+    let len = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
     len.is_some_and(|n| body.len() >= n)
 }
 
 fn assert_imds_error(status: u16, head: &str, body: &str, expected_status: u16) {
     assert_eq!(status, expected_status, "head {head}\nbody {body}");
-    assert!(head.contains("content-type: application/json; charset=utf-8"), "{head}");
+    assert!(
+        head.contains("content-type: application/json; charset=utf-8"),
+        "{head}"
+    );
     assert!(head.contains("server: imds/150.870.65."), "{head}");
     assert!(head.contains("x-ms-request-id: "), "{head}");
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert!(v["error"].is_string(), "{body}");
 }
 
 async fn mock() -> MockImds {
-    MockImds::builder().config(seeded_config(11)).start().await.expect("start")
+    MockImds::builder()
+        .config(seeded_config(11))
+        .start()
+        .await
+        .expect("start")
 }
 
 async fn still_serving(m: &MockImds) {
-    let r = get(m, "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text", &[]).await;
+    let r = get(
+        m,
+        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text",
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
 async fn malformed_percent_encoding() {
     let m = mock().await;
-    for q in ["api-version=2021-02-01&x=%zz", "api-version=2021-02-01&x=%4", "api-version=2021-02-01&x=%ff%fe"] {
-        let req = format!("GET /metadata/instance?{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
+    for q in [
+        "api-version=2021-02-01&x=%zz",
+        "api-version=2021-02-01&x=%4",
+        "api-version=2021-02-01&x=%ff%fe",
+    ] {
+        let req =
+            format!("GET /metadata/instance?{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
         let (s, h, b) = raw(&m, req.as_bytes()).await;
         assert_imds_error(s, &h, &b, 400);
-        assert_eq!(b, r#"{"error":"Bad request. The query string is malformed"}"#);
+        assert_eq!(
+            b,
+            r#"{"error":"Bad request. The query string is malformed"}"#
+        );
     }
     still_serving(&m).await;
 }
@@ -90,7 +119,10 @@ async fn long_query_strings() {
     let req = format!("GET /metadata/instance?{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
     let (s, h, b) = raw(&m, req.as_bytes()).await;
     assert_imds_error(s, &h, &b, 400);
-    assert_eq!(b, r#"{"error":"Bad request. The query string exceeds 32768 bytes"}"#);
+    assert_eq!(
+        b,
+        r#"{"error":"Bad request. The query string exceeds 32768 bytes"}"#
+    );
     // 64 KiB: beyond the URI limit, refused while parsing; still an IMDS-shaped answer.
     let q = format!("api-version=2021-02-01&pad={}", "a".repeat(64 * 1024));
     let req = format!("GET /metadata/instance?{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
@@ -109,7 +141,10 @@ async fn huge_headers() {
     );
     let (s, h, b) = raw(&m, req.as_bytes()).await;
     assert_imds_error(s, &h, &b, 400);
-    assert_eq!(b, r#"{"error":"Bad request. The request headers exceed 32768 bytes"}"#);
+    assert_eq!(
+        b,
+        r#"{"error":"Bad request. The request headers exceed 32768 bytes"}"#
+    );
     // 512 KiB: beyond the server's head buffer.
     let req = format!(
         "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nX-Huge: {}\r\n\r\n",
@@ -119,7 +154,9 @@ async fn huge_headers() {
     assert_imds_error(s, &h, &b, 431);
     // Too many header fields.
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let req = format!("GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n{many}\r\n");
+    let req = format!(
+        "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n{many}\r\n"
+    );
     let (s, h, b) = raw(&m, req.as_bytes()).await;
     assert_imds_error(s, &h, &b, 431);
     still_serving(&m).await;
@@ -136,7 +173,10 @@ async fn non_utf8_bytes() {
     req = b"GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: tr\xffue\r\n\r\n".to_vec();
     let (s, h, b) = raw(&m, &req).await;
     assert_imds_error(s, &h, &b, 400);
-    assert_eq!(b, r#"{"error":"Bad request: . Required metadata header not specified"}"#);
+    assert_eq!(
+        b,
+        r#"{"error":"Bad request: . Required metadata header not specified"}"#
+    );
     // ...and in an unrelated header: ignored, request served.
     req = b"GET /metadata/instance/compute/vmId?api-version=2021-02-01&format=text HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nX-Junk: \xc3\x28\xa0\r\n\r\n".to_vec();
     let (s, _h, b) = raw(&m, &req).await;
@@ -156,7 +196,9 @@ async fn non_utf8_bytes() {
 async fn unknown_verbs() {
     let m = mock().await;
     for verb in ["BREW", "PROPFIND", "PATCH", "TRACE", "HEAD"] {
-        let req = format!("{verb} /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n");
+        let req = format!(
+            "{verb} /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"
+        );
         let (s, h, b) = raw(&m, req.as_bytes()).await;
         if verb == "HEAD" {
             // A HEAD answer has no body by definition; status and headers still say 405.

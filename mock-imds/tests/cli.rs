@@ -21,7 +21,11 @@ fn bin() -> Command {
 
 fn print_config(cmd: &mut Command) -> Config {
     let out = cmd.arg("--print-config").output().expect("run mock-imds");
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf8");
     Config::from_toml_str(&text, "--print-config", None).expect("printed config parses")
 }
@@ -30,7 +34,11 @@ fn print_config(cmd: &mut Command) -> Config {
 fn print_config_is_the_seeded_default() {
     let c = print_config(bin().args(["--seed", "3"]));
     assert_eq!(c, Config::generate(Some(3)));
-    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080", "default listen address");
+    assert_eq!(
+        c.server.listen.to_string(),
+        "127.0.0.1:8080",
+        "default listen address"
+    );
 }
 
 #[test]
@@ -50,7 +58,11 @@ fn precedence_flags_over_env_over_file_over_defaults() {
     assert_eq!(c.compute.vm_id, Config::generate(Some(77)).compute.vm_id);
     // Env over file.
     let c = print_config(
-        bin().arg("--config").arg(&file).env("MOCK_IMDS_LISTEN", "127.0.0.1:9002").env("MOCK_IMDS_SEED", "5"),
+        bin()
+            .arg("--config")
+            .arg(&file)
+            .env("MOCK_IMDS_LISTEN", "127.0.0.1:9002")
+            .env("MOCK_IMDS_SEED", "5"),
     );
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9002");
     assert_eq!(c.compute.vm_id, Config::generate(Some(5)).compute.vm_id);
@@ -61,7 +73,14 @@ fn precedence_flags_over_env_over_file_over_defaults() {
             .arg("--config")
             .arg(&file)
             .env("MOCK_IMDS_LISTEN", "127.0.0.1:9002")
-            .args(["--listen", "127.0.0.1:9003", "--no-rate-limit", "--no-control", "--journal-capacity", "7"]),
+            .args([
+                "--listen",
+                "127.0.0.1:9003",
+                "--no-rate-limit",
+                "--no-control",
+                "--journal-capacity",
+                "7",
+            ]),
     );
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9003");
     assert!(!c.rate_limits.enabled && !c.server.control);
@@ -73,17 +92,32 @@ fn precedence_flags_over_env_over_file_over_defaults() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [vec!["--no-such-flag"], vec!["--listen", "not-an-address"], vec!["--seed", "-1"]] {
+    for args in [
+        vec!["--no-such-flag"],
+        vec!["--listen", "not-an-address"],
+        vec!["--seed", "-1"],
+    ] {
         let out = bin().args(&args).output().expect("run");
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[compute]\nvmid = \"typo\"\n").expect("write");
     let out = bin().arg("--config").arg(&bad).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("vmid"), "error names the bad key");
-    let out = bin().args(["--config", "/nonexistent/vm.toml"]).output().expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vmid"),
+        "error names the bad key"
+    );
+    let out = bin()
+        .args(["--config", "/nonexistent/vm.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -92,7 +126,18 @@ fn help_documents_every_flag() {
     let out = bin().arg("--help").output().expect("run");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--config", "--seed", "--no-rate-limit", "--no-control", "--journal-capacity", "--server-build", "--print-config", "MOCK_IMDS_LISTEN", "169.254.169.254"] {
+    for flag in [
+        "--listen",
+        "--config",
+        "--seed",
+        "--no-rate-limit",
+        "--no-control",
+        "--journal-capacity",
+        "--server-build",
+        "--print-config",
+        "MOCK_IMDS_LISTEN",
+        "169.254.169.254",
+    ] {
         assert!(help.contains(flag), "--help mentions {flag}");
     }
 }
@@ -107,10 +152,19 @@ fn serves_and_exits_cleanly_on_sigterm() {
         .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let mut line = String::new();
-    BufReader::new(stderr).read_line(&mut line).expect("read log line");
-    let uri = line.trim().strip_prefix("mock-imds listening on ").unwrap_or_else(|| panic!("log line: {line:?}")).to_string();
+    BufReader::new(stderr)
+        .read_line(&mut line)
+        .expect("read log line");
+    let uri = line
+        .trim()
+        .strip_prefix("mock-imds listening on ")
+        .unwrap_or_else(|| panic!("log line: {line:?}"))
+        .to_string();
     assert!(uri.starts_with("http://127.0.0.1:"), "{uri}");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let status = rt.block_on(async {
         reqwest::Client::builder()
             .no_proxy()
@@ -123,7 +177,10 @@ fn serves_and_exits_cleanly_on_sigterm() {
             .map(|r| r.status().as_u16())
     });
     assert_eq!(status.ok(), Some(200));
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let code = loop {

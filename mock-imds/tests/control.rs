@@ -8,13 +8,23 @@ use mock_imds::MockImds;
 use mock_imds::journal::JournalEntry;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+const TOKEN: &str =
+    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
 
 async fn mock() -> MockImds {
-    MockImds::builder().config(seeded_config(21)).start().await.expect("start")
+    MockImds::builder()
+        .config(seeded_config(21))
+        .start()
+        .await
+        .expect("start")
 }
 
-async fn ctl(m: &MockImds, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+async fn ctl(
+    m: &MockImds,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let mut req = client().request(method, format!("{}/_mock{path}", m.uri()));
     if let Some(b) = body {
         req = req.json(&b);
@@ -27,18 +37,45 @@ async fn ctl(m: &MockImds, method: reqwest::Method, path: &str, body: Option<Val
 #[tokio::test]
 async fn health_and_journal() {
     let m = mock().await;
-    assert_eq!(ctl(&m, reqwest::Method::GET, "/health", None).await, (200, "ok".to_string()));
-    get(&m, "/metadata/instance?api-version=2021-02-01", &[("x-ms-client-request-id", "abc")]).await;
+    assert_eq!(
+        ctl(&m, reqwest::Method::GET, "/health", None).await,
+        (200, "ok".to_string())
+    );
+    get(
+        &m,
+        "/metadata/instance?api-version=2021-02-01",
+        &[("x-ms-client-request-id", "abc")],
+    )
+    .await;
     let (s, body) = ctl(&m, reqwest::Method::GET, "/journal", None).await;
     assert_eq!(s, 200);
     let entries: Vec<JournalEntry> = serde_json::from_str(&body).expect("journal JSON");
-    assert_eq!(entries.len(), 1, "control requests are not journaled: {body}");
+    assert_eq!(
+        entries.len(),
+        1,
+        "control requests are not journaled: {body}"
+    );
     let e = &entries[0];
-    assert_eq!((e.method.as_str(), e.path.as_str(), e.query.as_str(), e.status), ("GET", "/metadata/instance", "api-version=2021-02-01", 200));
-    assert!(e.headers.iter().any(|(n, v)| n == "x-ms-client-request-id" && v == "abc"));
+    assert_eq!(
+        (
+            e.method.as_str(),
+            e.path.as_str(),
+            e.query.as_str(),
+            e.status
+        ),
+        ("GET", "/metadata/instance", "api-version=2021-02-01", 200)
+    );
+    assert!(
+        e.headers
+            .iter()
+            .any(|(n, v)| n == "x-ms-client-request-id" && v == "abc")
+    );
     assert!(e.source.starts_with("127.0.0.1:"));
     assert!(chrono::DateTime::parse_from_rfc3339(&e.time).is_ok());
-    assert_eq!(ctl(&m, reqwest::Method::DELETE, "/journal", None).await.0, 204);
+    assert_eq!(
+        ctl(&m, reqwest::Method::DELETE, "/journal", None).await.0,
+        204
+    );
     assert!(m.journal().is_empty());
 }
 
@@ -48,15 +85,45 @@ async fn identities_can_be_assigned_and_unassigned() {
     let cid = "3c9a8f51-07b6-4c0e-9a3e-2a7c2f9d1e44";
     let q = format!("{TOKEN}&client_id={cid}");
     assert_eq!(get(&m, &q, &[]).await.status, 400);
-    let (s, body) = ctl(&m, reqwest::Method::POST, "/identities", Some(json!({"client_id": cid}))).await;
+    let (s, body) = ctl(
+        &m,
+        reqwest::Method::POST,
+        "/identities",
+        Some(json!({"client_id": cid})),
+    )
+    .await;
     assert_eq!(s, 201, "{body}");
     let stored: Value = serde_json::from_str(&body).expect("json");
-    assert!(stored["resource_id"].as_str().is_some_and(|r| r.contains("/userAssignedIdentities/")));
+    assert!(
+        stored["resource_id"]
+            .as_str()
+            .is_some_and(|r| r.contains("/userAssignedIdentities/"))
+    );
     assert_eq!(get(&m, &q, &[]).await.status, 200);
     let (_, list) = ctl(&m, reqwest::Method::GET, "/identities", None).await;
     assert!(list.contains(cid));
-    assert_eq!(ctl(&m, reqwest::Method::DELETE, &format!("/identities/{cid}"), None).await.0, 204);
-    assert_eq!(ctl(&m, reqwest::Method::DELETE, &format!("/identities/{cid}"), None).await.0, 404);
+    assert_eq!(
+        ctl(
+            &m,
+            reqwest::Method::DELETE,
+            &format!("/identities/{cid}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        ctl(
+            &m,
+            reqwest::Method::DELETE,
+            &format!("/identities/{cid}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
     assert_eq!(get(&m, &q, &[]).await.status, 400);
 }
 
@@ -64,26 +131,58 @@ async fn identities_can_be_assigned_and_unassigned() {
 async fn faults_over_http() {
     let m = mock().await;
     let faults = json!({"rules": [{"path_prefix": "/metadata/instance", "status": 500}]});
-    assert_eq!(ctl(&m, reqwest::Method::PUT, "/faults", Some(faults)).await.0, 200);
-    assert_eq!(get(&m, "/metadata/instance?api-version=2021-02-01", &[]).await.status, 500);
+    assert_eq!(
+        ctl(&m, reqwest::Method::PUT, "/faults", Some(faults))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&m, "/metadata/instance?api-version=2021-02-01", &[])
+            .await
+            .status,
+        500
+    );
     let (_, body) = ctl(&m, reqwest::Method::GET, "/faults", None).await;
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["rules"][0]["status"], 500);
-    assert_eq!(ctl(&m, reqwest::Method::DELETE, "/faults", None).await.0, 204);
-    assert_eq!(get(&m, "/metadata/instance?api-version=2021-02-01", &[]).await.status, 200);
+    assert_eq!(
+        ctl(&m, reqwest::Method::DELETE, "/faults", None).await.0,
+        204
+    );
+    assert_eq!(
+        get(&m, "/metadata/instance?api-version=2021-02-01", &[])
+            .await
+            .status,
+        200
+    );
     // Rate-limit switch.
-    let (s, body) = ctl(&m, reqwest::Method::PUT, "/rate-limits", Some(json!({"enabled": true}))).await;
+    let (s, body) = ctl(
+        &m,
+        reqwest::Method::PUT,
+        "/rate-limits",
+        Some(json!({"enabled": true})),
+    )
+    .await;
     assert_eq!((s, body.as_str()), (200, r#"{"enabled":true}"#));
 }
 
 #[tokio::test]
 async fn scheduled_events_and_reset() {
     let m = mock().await;
-    let (s, body) = ctl(&m, reqwest::Method::POST, "/scheduledevents", Some(json!({"EventType": "Freeze"}))).await;
+    let (s, body) = ctl(
+        &m,
+        reqwest::Method::POST,
+        "/scheduledevents",
+        Some(json!({"EventType": "Freeze"})),
+    )
+    .await;
     assert_eq!(s, 201, "{body}");
     let ev: Value = serde_json::from_str(&body).expect("json");
     let id = ev["EventId"].as_str().unwrap_or_default().to_string();
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[]).await.json();
+    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
+        .await
+        .json();
     assert_eq!(doc["Events"][0]["EventType"], "Freeze");
     assert_eq!(doc["Events"][0]["EventStatus"], "Scheduled");
     assert!(doc["DocumentIncarnation"].is_u64());
@@ -97,17 +196,41 @@ async fn scheduled_events_and_reset() {
     )
     .await;
     assert_eq!(ack.status, 200);
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[]).await.json();
+    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
+        .await
+        .json();
     assert_eq!(doc["Events"][0]["EventStatus"], "Started");
     // Unknown ids are accepted by default (open question 11); malformed payloads are 400.
-    let unknown = request(&m, reqwest::Method::POST, "/metadata/scheduledevents?api-version=2020-07-01", true, &[], Some(r#"{"StartRequests":[{"EventId":"nope"}]}"#.into())).await;
+    let unknown = request(
+        &m,
+        reqwest::Method::POST,
+        "/metadata/scheduledevents?api-version=2020-07-01",
+        true,
+        &[],
+        Some(r#"{"StartRequests":[{"EventId":"nope"}]}"#.into()),
+    )
+    .await;
     assert_eq!(unknown.status, 200);
-    let bad = request(&m, reqwest::Method::POST, "/metadata/scheduledevents?api-version=2020-07-01", true, &[], Some("{".into())).await;
+    let bad = request(
+        &m,
+        reqwest::Method::POST,
+        "/metadata/scheduledevents?api-version=2020-07-01",
+        true,
+        &[],
+        Some("{".into()),
+    )
+    .await;
     assert_eq!(bad.status, 400);
-    assert!(bad.json()["error"].as_str().is_some_and(|e| e.starts_with("Bad Request.")));
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Bad Request."))
+    );
     // Reset: back to the configured state.
     assert_eq!(ctl(&m, reqwest::Method::POST, "/reset", None).await.0, 204);
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[]).await.json();
+    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
+        .await
+        .json();
     assert_eq!(doc["Events"], json!([]));
     assert_eq!(m.journal().len(), 1, "reset cleared the journal");
 }
@@ -115,10 +238,19 @@ async fn scheduled_events_and_reset() {
 #[tokio::test]
 async fn discovery_documents_match_the_tokens() {
     let m = mock().await;
-    let (s, body) = ctl(&m, reqwest::Method::GET, "/.well-known/openid-configuration", None).await;
+    let (s, body) = ctl(
+        &m,
+        reqwest::Method::GET,
+        "/.well-known/openid-configuration",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     let oidc: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(oidc["jwks_uri"], format!("{}/_mock/discovery/keys", m.uri()));
+    assert_eq!(
+        oidc["jwks_uri"],
+        format!("{}/_mock/discovery/keys", m.uri())
+    );
     let token = get(&m, TOKEN, &[]).await.json();
     let (header, claims) = jwt_parts(token["access_token"].as_str().unwrap_or_default());
     assert_eq!(oidc["issuer"], claims["iss"]);
@@ -132,9 +264,18 @@ async fn discovery_documents_match_the_tokens() {
 
 #[tokio::test]
 async fn no_control_leaves_only_imds() {
-    let m = MockImds::builder().config(seeded_config(21)).control(false).start().await.expect("start");
+    let m = MockImds::builder()
+        .config(seeded_config(21))
+        .control(false)
+        .start()
+        .await
+        .expect("start");
     let r = get(&m, "/_mock/health", &[]).await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.header("server").is_some_and(|s| s.starts_with("IMDS/")));
-    assert_eq!(m.journal().len(), 1, "without control, /_mock is just another (unknown) IMDS path");
+    assert_eq!(
+        m.journal().len(),
+        1,
+        "without control, /_mock is just another (unknown) IMDS path"
+    );
 }

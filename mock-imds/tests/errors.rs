@@ -6,20 +6,35 @@ mod common;
 use common::*;
 use mock_imds::MockImds;
 
-const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+const TOKEN: &str =
+    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
 
 async fn mock() -> MockImds {
-    MockImds::builder().config(seeded_config(7)).start().await.expect("start")
+    MockImds::builder()
+        .config(seeded_config(7))
+        .start()
+        .await
+        .expect("start")
 }
 
 /// Asserts status, exact body bytes, Content-Length and the IMDS headers.
 fn assert_exact(reply: &Reply, status: u16, body: &str) {
     assert_eq!(reply.status, status, "status; body {}", reply.text());
     assert_eq!(reply.text(), body, "body bytes");
-    assert_eq!(reply.header("content-length"), Some(body.len().to_string()), "Content-Length");
-    assert_eq!(reply.header("content-type").as_deref(), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        reply.header("content-length"),
+        Some(body.len().to_string()),
+        "Content-Length"
+    );
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
     let server = reply.header("server").unwrap_or_default();
-    assert!(server.starts_with("IMDS/150.870.65."), "Server header {server:?}");
+    assert!(
+        server.starts_with("IMDS/150.870.65."),
+        "Server header {server:?}"
+    );
     let id = reply.header("x-ms-request-id").unwrap_or_default();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "x-ms-request-id {id:?}");
     assert!(reply.header("date").is_some(), "Date header");
@@ -30,15 +45,31 @@ const NEWEST: &str = r#"{"error":"Bad request. api-version is invalid or was not
 #[tokio::test]
 async fn missing_metadata_header_instance() {
     let m = mock().await;
-    let r = request(&m, reqwest::Method::GET, "/metadata/instance?api-version=2021-02-01", false, &[], None).await;
-    assert_exact(&r, 400, r#"{"error":"Bad request: . Required metadata header not specified"}"#);
+    let r = request(
+        &m,
+        reqwest::Method::GET,
+        "/metadata/instance?api-version=2021-02-01",
+        false,
+        &[],
+        None,
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"Bad request: . Required metadata header not specified"}"#,
+    );
 }
 
 #[tokio::test]
 async fn missing_metadata_header_token_is_88_bytes() {
     let m = mock().await;
     let r = request(&m, reqwest::Method::GET, TOKEN, false, &[], None).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#);
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#,
+    );
     assert_eq!(r.body.len(), 88);
 }
 
@@ -46,15 +77,44 @@ async fn missing_metadata_header_token_is_88_bytes() {
 async fn metadata_value_case_rules() {
     let m = mock().await;
     // waagent sends `True` to instance metadata: accepted.
-    let r = get(&m, "/metadata/instance/compute?api-version=2018-02-01", &[("Metadata", "True")]).await;
+    let r = get(
+        &m,
+        "/metadata/instance/compute?api-version=2018-02-01",
+        &[("Metadata", "True")],
+    )
+    .await;
     // reqwest appends a second Metadata header; send only the capitalised one instead.
     let _ = r;
-    let r = request(&m, reqwest::Method::GET, "/metadata/instance/compute?api-version=2018-02-01", false, &[("Metadata", "True")], None).await;
+    let r = request(
+        &m,
+        reqwest::Method::GET,
+        "/metadata/instance/compute?api-version=2018-02-01",
+        false,
+        &[("Metadata", "True")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The token endpoint requires lower-case `true` (token documentation), by default.
-    let r = request(&m, reqwest::Method::GET, TOKEN, false, &[("Metadata", "True")], None).await;
+    let r = request(
+        &m,
+        reqwest::Method::GET,
+        TOKEN,
+        false,
+        &[("Metadata", "True")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = request(&m, reqwest::Method::GET, "/metadata/instance?api-version=2021-02-01", false, &[("Metadata", "false")], None).await;
+    let r = request(
+        &m,
+        reqwest::Method::GET,
+        "/metadata/instance?api-version=2021-02-01",
+        false,
+        &[("Metadata", "false")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
 }
 
@@ -62,17 +122,55 @@ async fn metadata_value_case_rules() {
 async fn api_version_missing_and_invalid() {
     let m = mock().await;
     assert_exact(&get(&m, "/metadata/instance", &[]).await, 400, NEWEST);
-    assert_exact(&get(&m, "/metadata/instance?format=json", &[]).await, 400, NEWEST);
-    assert_exact(&get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await, 400, NEWEST);
-    assert_exact(&get(&m, "/metadata/instance?api-version=banana", &[]).await, 400, NEWEST);
+    assert_exact(
+        &get(&m, "/metadata/instance?format=json", &[]).await,
+        400,
+        NEWEST,
+    );
+    assert_exact(
+        &get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await,
+        400,
+        NEWEST,
+    );
+    assert_exact(
+        &get(&m, "/metadata/instance?api-version=banana", &[]).await,
+        400,
+        NEWEST,
+    );
     // Category introduced later than the version asked for.
-    assert_exact(&get(&m, "/metadata/loadbalancer?api-version=2020-09-01", &[]).await, 400, NEWEST);
-    assert_exact(&get(&m, "/metadata/attested/document?api-version=2018-04-02", &[]).await, 400, NEWEST);
+    assert_exact(
+        &get(&m, "/metadata/loadbalancer?api-version=2020-09-01", &[]).await,
+        400,
+        NEWEST,
+    );
+    assert_exact(
+        &get(
+            &m,
+            "/metadata/attested/document?api-version=2018-04-02",
+            &[],
+        )
+        .await,
+        400,
+        NEWEST,
+    );
     // Identity speaks OAuth.
     let r = get(&m, "/metadata/identity/oauth2/token?resource=x", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Required query variable 'api-version' is missing"}"#);
-    let r = get(&m, "/metadata/identity/oauth2/token?resource=x&api-version=2017-12-01", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Invalid 'api-version' requested"}"#);
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Required query variable 'api-version' is missing"}"#,
+    );
+    let r = get(
+        &m,
+        "/metadata/identity/oauth2/token?resource=x&api-version=2017-12-01",
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Invalid 'api-version' requested"}"#,
+    );
     // versions needs none.
     assert_eq!(get(&m, "/metadata/versions", &[]).await.status, 200);
 }
@@ -82,30 +180,54 @@ async fn legacy_api_version_style_is_configurable() {
     let mut c = seeded_config(7);
     c.behavior.api_version_style = mock_imds::error::ApiVersionStyle::LegacyNotFound;
     let m = MockImds::builder().config(c).start().await.expect("start");
-    assert_exact(&get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await, 404, r#"{"error":"Not found. Invalid version requested"}"#);
+    assert_exact(
+        &get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await,
+        404,
+        r#"{"error":"Not found. Invalid version requested"}"#,
+    );
     assert_exact(&get(&m, "/metadata/instance", &[]).await, 400, NEWEST);
 }
 
 #[tokio::test]
 async fn identity_errors_byte_exact() {
     let m = mock().await;
-    let r = get(&m, &format!("{TOKEN}&client_id=00000000-0000-0000-0000-000000000000"), &[]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Identity not found"}"#);
+    let r = get(
+        &m,
+        &format!("{TOKEN}&client_id=00000000-0000-0000-0000-000000000000"),
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+    );
     assert_eq!(r.body.len(), 68);
-    let r = get(&m, "/metadata/identity/oauth2/token?api-version=2018-02-01", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Required query variable 'resource' is missing"}"#);
+    let r = get(
+        &m,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01",
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Required query variable 'resource' is missing"}"#,
+    );
 }
 
 #[tokio::test]
 async fn multiple_user_assigned_is_168_bytes() {
     let mut c = seeded_config(7);
     c.identities.system_assigned = false;
-    c.identities.user_assigned.push(mock_imds::config::UserAssignedIdentity {
-        client_id: "11111111-2222-3333-4444-555555555555".into(),
-        object_id: String::new(),
-        resource_id: String::new(),
-        name: String::new(),
-    });
+    c.identities
+        .user_assigned
+        .push(mock_imds::config::UserAssignedIdentity {
+            client_id: "11111111-2222-3333-4444-555555555555".into(),
+            object_id: String::new(),
+            resource_id: String::new(),
+            name: String::new(),
+        });
     c.complete_identities();
     let m = MockImds::builder().config(c).start().await.expect("start");
     let r = get(&m, TOKEN, &[]).await;
@@ -123,7 +245,11 @@ async fn no_identity_at_all_is_identity_not_found() {
     c.identities.system_assigned = false;
     c.identities.user_assigned.clear();
     let m = MockImds::builder().config(c).start().await.expect("start");
-    assert_exact(&get(&m, TOKEN, &[]).await, 400, r#"{"error":"invalid_request","error_description":"Identity not found"}"#);
+    assert_exact(
+        &get(&m, TOKEN, &[]).await,
+        400,
+        r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+    );
     assert_exact(
         &get(&m, "/metadata/identity/info?api-version=2018-02-01", &[]).await,
         400,
@@ -134,26 +260,64 @@ async fn no_identity_at_all_is_identity_not_found() {
 #[tokio::test]
 async fn forwarded_for_is_rejected() {
     let m = mock().await;
-    let r = get(&m, "/metadata/instance?api-version=2021-02-01", &[("X-Forwarded-For", "10.0.0.9")]).await;
-    assert_exact(&r, 400, r#"{"error":"Bad request. X-Forwarded-For header is not allowed"}"#);
+    let r = get(
+        &m,
+        "/metadata/instance?api-version=2021-02-01",
+        &[("X-Forwarded-For", "10.0.0.9")],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"Bad request. X-Forwarded-For header is not allowed"}"#,
+    );
     let r = get(&m, TOKEN, &[("X-Forwarded-For", "10.0.0.9")]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"X-Forwarded-For header is not allowed"}"#);
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"X-Forwarded-For header is not allowed"}"#,
+    );
 }
 
 #[tokio::test]
 async fn duplicate_query_keys_are_rejected() {
     let m = mock().await;
-    let r = get(&m, "/metadata/instance?api-version=2021-02-01&api-version=2021-02-01", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"Bad request. Duplicate query parameter 'api-version'"}"#);
+    let r = get(
+        &m,
+        "/metadata/instance?api-version=2021-02-01&api-version=2021-02-01",
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"Bad request. Duplicate query parameter 'api-version'"}"#,
+    );
     let r = get(&m, &format!("{TOKEN}&resource=x"), &[]).await;
-    assert_exact(&r, 400, r#"{"error":"invalid_request","error_description":"Duplicate query variable 'resource'"}"#);
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"invalid_request","error_description":"Duplicate query variable 'resource'"}"#,
+    );
 }
 
 #[tokio::test]
 async fn other_verbs_get_405() {
     let m = mock().await;
-    let r = request(&m, reqwest::Method::PUT, "/metadata/instance?api-version=2021-02-01", true, &[], None).await;
-    assert_exact(&r, 405, r#"{"error":"Http method isn't allowed: Path = \"/metadata/instance\", Method = \"PUT\""}"#);
+    let r = request(
+        &m,
+        reqwest::Method::PUT,
+        "/metadata/instance?api-version=2021-02-01",
+        true,
+        &[],
+        None,
+    )
+    .await;
+    assert_exact(
+        &r,
+        405,
+        r#"{"error":"Http method isn't allowed: Path = \"/metadata/instance\", Method = \"PUT\""}"#,
+    );
     let r = request(&m, reqwest::Method::POST, TOKEN, true, &[], None).await;
     assert_exact(
         &r,
@@ -161,24 +325,65 @@ async fn other_verbs_get_405() {
         r#"{"error":"method_not_allowed","error_description":"Http method isn't allowed: Path = \"/metadata/identity/oauth2/token\", Method = \"POST\""}"#,
     );
     let brew = reqwest::Method::from_bytes(b"BREW").expect("method");
-    let r = request(&m, brew, "/metadata/instance?api-version=2021-02-01", true, &[], None).await;
+    let r = request(
+        &m,
+        brew,
+        "/metadata/instance?api-version=2021-02-01",
+        true,
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 405);
 }
 
 #[tokio::test]
 async fn not_found_and_leaf_without_text() {
     let m = mock().await;
-    let r = get(&m, "/metadata/instance/compute/nosuch?api-version=2021-02-01", &[]).await;
+    let r = get(
+        &m,
+        "/metadata/instance/compute/nosuch?api-version=2021-02-01",
+        &[],
+    )
+    .await;
     assert_exact(&r, 404, r#"{"error":"Not found"}"#);
-    let r = get(&m, "/metadata/instance/network/interface/7?api-version=2021-02-01", &[]).await;
+    let r = get(
+        &m,
+        "/metadata/instance/network/interface/7?api-version=2021-02-01",
+        &[],
+    )
+    .await;
     assert_exact(&r, 404, r#"{"error":"Not found"}"#);
     // A field not yet introduced in the requested version does not exist.
-    let r = get(&m, "/metadata/instance/compute/userData?api-version=2020-12-01&format=text", &[]).await;
+    let r = get(
+        &m,
+        "/metadata/instance/compute/userData?api-version=2020-12-01&format=text",
+        &[],
+    )
+    .await;
     assert_exact(&r, 404, r#"{"error":"Not found"}"#);
-    let r = get(&m, "/metadata/instance/compute/vmId?api-version=2021-02-01", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#);
-    let r = get(&m, "/metadata/instance/compute/vmId?api-version=2021-02-01&format=json", &[]).await;
-    assert_exact(&r, 400, r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#);
+    let r = get(
+        &m,
+        "/metadata/instance/compute/vmId?api-version=2021-02-01",
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#,
+    );
+    let r = get(
+        &m,
+        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=json",
+        &[],
+    )
+    .await;
+    assert_exact(
+        &r,
+        400,
+        r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#,
+    );
     let r = get(&m, "/metadata/nosuch?api-version=2021-02-01", &[]).await;
     assert_exact(&r, 404, r#"{"error":"Not found"}"#);
 }
@@ -199,10 +404,17 @@ async fn load_balancer_not_configured() {
 #[tokio::test]
 async fn unknown_resource_is_aadsts500011() {
     let mut c = seeded_config(7);
-    c.identities.unknown_resources.push("https://nope.example".into());
+    c.identities
+        .unknown_resources
+        .push("https://nope.example".into());
     let tenant = c.identities.tenant_id.clone();
     let m = MockImds::builder().config(c).start().await.expect("start");
-    let r = get(&m, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://nope.example", &[]).await;
+    let r = get(
+        &m,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://nope.example",
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 400);
     let v = r.json();
     assert_eq!(v["error"], "invalid_resource");
@@ -216,12 +428,27 @@ async fn success_responses_carry_the_same_headers() {
     let m = mock().await;
     let r = get(&m, "/metadata/instance?api-version=2021-02-01", &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json; charset=utf-8"));
-    assert!(r.header("server").unwrap_or_default().starts_with("IMDS/150.870.65."));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert!(
+        r.header("server")
+            .unwrap_or_default()
+            .starts_with("IMDS/150.870.65.")
+    );
     assert!(r.header("x-ms-request-id").is_some());
     // Compact JSON: no whitespace between tokens.
     assert!(!r.text().contains(": ") && !r.text().contains(", ") && !r.text().contains('\n'));
-    let t = get(&m, "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text", &[]).await;
-    assert_eq!(t.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    let t = get(
+        &m,
+        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        t.header("content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
     assert_eq!(t.text(), m.config().compute.vm_id);
 }

@@ -12,28 +12,58 @@ use mock_imds::config::Fault;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INSTANCE: &str = "/metadata/instance?api-version=2021-02-01";
-const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+const TOKEN: &str =
+    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
 
 async fn mock() -> MockImds {
-    MockImds::builder().config(seeded_config(3)).clock(manual_clock()).start().await.expect("start")
+    MockImds::builder()
+        .config(seeded_config(3))
+        .clock(manual_clock())
+        .start()
+        .await
+        .expect("start")
 }
 
 #[tokio::test]
 async fn injected_status_with_retry_after_and_times() {
     let m = mock().await;
-    m.set_fault("/metadata/instance", Fault { status: Some(503), retry_after: Some(7), times: Some(2), ..Fault::default() });
+    m.set_fault(
+        "/metadata/instance",
+        Fault {
+            status: Some(503),
+            retry_after: Some(7),
+            times: Some(2),
+            ..Fault::default()
+        },
+    );
     for _ in 0..2 {
         let r = get(&m, INSTANCE, &[]).await;
         assert_eq!(r.status, 503);
         assert_eq!(r.header("retry-after").as_deref(), Some("7"));
         assert_eq!(r.text(), r#"{"error":"Service unavailable"}"#);
-        assert_eq!(r.header("content-type").as_deref(), Some("application/json; charset=utf-8"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json; charset=utf-8")
+        );
     }
-    assert_eq!(get(&m, INSTANCE, &[]).await.status, 200, "times=2 exhausted");
-    m.set_fault("/metadata/identity", Fault { status: Some(429), ..Fault::default() });
+    assert_eq!(
+        get(&m, INSTANCE, &[]).await.status,
+        200,
+        "times=2 exhausted"
+    );
+    m.set_fault(
+        "/metadata/identity",
+        Fault {
+            status: Some(429),
+            ..Fault::default()
+        },
+    );
     let r = get(&m, TOKEN, &[]).await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.text(), r#"{"error":"too_many_requests","error_description":"Too many requests"}"#);
+    assert_eq!(
+        r.text(),
+        r#"{"error":"too_many_requests","error_description":"Too many requests"}"#
+    );
     assert!(r.header("retry-after").is_none());
     m.clear_faults();
     assert_eq!(get(&m, TOKEN, &[]).await.status, 200);
@@ -43,7 +73,13 @@ async fn injected_status_with_retry_after_and_times() {
 async fn every_documented_status_can_be_injected() {
     let m = mock().await;
     for status in [404u16, 410, 429, 500, 503] {
-        m.set_fault("/metadata", Fault { status: Some(status), ..Fault::default() });
+        m.set_fault(
+            "/metadata",
+            Fault {
+                status: Some(status),
+                ..Fault::default()
+            },
+        );
         let r = get(&m, INSTANCE, &[]).await;
         assert_eq!(r.status, status);
         assert!(r.json()["error"].is_string());
@@ -54,30 +90,62 @@ async fn every_documented_status_can_be_injected() {
 #[tokio::test]
 async fn latency_delays_the_answer() {
     let m = mock().await;
-    m.set_fault("/metadata/instance", Fault { latency_ms: 300, ..Fault::default() });
+    m.set_fault(
+        "/metadata/instance",
+        Fault {
+            latency_ms: 300,
+            ..Fault::default()
+        },
+    );
     let start = Instant::now();
     let r = get(&m, INSTANCE, &[]).await;
     assert_eq!(r.status, 200);
-    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn reset_drops_the_connection() {
     let m = mock().await;
-    m.set_fault("/metadata/identity", Fault { reset: true, ..Fault::default() });
-    let mut s = tokio::net::TcpStream::connect(m.addr()).await.expect("connect");
-    s.write_all(format!("GET {TOKEN} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n").as_bytes()).await.expect("write");
+    m.set_fault(
+        "/metadata/identity",
+        Fault {
+            reset: true,
+            ..Fault::default()
+        },
+    );
+    let mut s = tokio::net::TcpStream::connect(m.addr())
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {TOKEN} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no hang");
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no hang");
     match read {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
-        Ok(n) => panic!("expected a reset, read {n} bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => panic!(
+            "expected a reset, read {n} bytes: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
     }
     // Clients see a transport error, not an HTTP answer.
-    let err = client().get(format!("{}{TOKEN}", m.uri())).header("Metadata", "true").send().await;
+    let err = client()
+        .get(format!("{}{TOKEN}", m.uri()))
+        .header("Metadata", "true")
+        .send()
+        .await;
     assert!(err.is_err());
     let j = m.journal();
-    assert!(j.iter().all(|e| e.status == 0), "reset requests journaled with status 0");
+    assert!(
+        j.iter().all(|e| e.status == 0),
+        "reset requests journaled with status 0"
+    );
     // Other paths are unaffected.
     assert_eq!(get(&m, INSTANCE, &[]).await.status, 200);
 }
@@ -87,7 +155,12 @@ async fn unavailable_for_the_first_seconds() {
     let clock = manual_clock();
     let mut c = seeded_config(3);
     c.faults.startup_unavailable_secs = 20;
-    let m = MockImds::builder().config(c).clock(clock.clone()).start().await.expect("start");
+    let m = MockImds::builder()
+        .config(c)
+        .clock(clock.clone())
+        .start()
+        .await
+        .expect("start");
     let r = get(&m, INSTANCE, &[]).await;
     assert_eq!(r.status, 410);
     assert_eq!(get(&m, TOKEN, &[]).await.status, 410);
@@ -100,7 +173,12 @@ async fn general_rate_limit_is_5_per_second() {
     let clock = manual_clock();
     let mut c = seeded_config(3);
     c.rate_limits.enabled = true;
-    let m = MockImds::builder().config(c).clock(clock.clone()).start().await.expect("start");
+    let m = MockImds::builder()
+        .config(c)
+        .clock(clock.clone())
+        .start()
+        .await
+        .expect("start");
     for i in 0..5 {
         assert_eq!(get(&m, INSTANCE, &[]).await.status, 200, "request {i}");
     }
@@ -123,7 +201,12 @@ async fn identity_rate_limit_is_20_per_second() {
     let mut c = seeded_config(3);
     c.rate_limits.enabled = true;
     c.rate_limits.retry_after_secs = Some(1);
-    let m = MockImds::builder().config(c).clock(manual_clock()).start().await.expect("start");
+    let m = MockImds::builder()
+        .config(c)
+        .clock(manual_clock())
+        .start()
+        .await
+        .expect("start");
     for i in 0..20 {
         assert_eq!(get(&m, TOKEN, &[]).await.status, 200, "request {i}");
     }
@@ -137,14 +220,32 @@ async fn identity_rate_limit_is_20_per_second() {
 async fn identity_concurrency_is_5() {
     let mut c = seeded_config(3);
     c.rate_limits.enabled = true;
-    let m = MockImds::builder().config(c).clock(manual_clock()).start().await.expect("start");
+    let m = MockImds::builder()
+        .config(c)
+        .clock(manual_clock())
+        .start()
+        .await
+        .expect("start");
     // Warm the key cache so all requests take the same path.
     assert_eq!(get(&m, TOKEN, &[]).await.status, 200);
-    m.set_fault("/metadata/identity", Fault { latency_ms: 1500, ..Fault::default() });
+    m.set_fault(
+        "/metadata/identity",
+        Fault {
+            latency_ms: 1500,
+            ..Fault::default()
+        },
+    );
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let url = format!("{}{TOKEN}", m.uri());
-        tasks.push(tokio::spawn(async move { client().get(url).header("Metadata", "true").send().await.map(|r| r.status().as_u16()) }));
+        tasks.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("Metadata", "true")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
     }
     // Give the five time to be admitted (they then hold their slots for 1.5 s).
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,11 +13,14 @@ const SEED: u64 = 4242;
 
 fn router() -> axum::Router {
     let mut config = seeded_config(SEED);
-    config.scheduled_events.events.push(mock_imds::config::ScheduledEvent {
-        event_id: "602d9444-d2cd-49c7-8624-8643e7171297".into(),
-        not_before: "Fri, 08 Mar 2024 12:15:00 GMT".into(),
-        ..Default::default()
-    });
+    config
+        .scheduled_events
+        .events
+        .push(mock_imds::config::ScheduledEvent {
+            event_id: "602d9444-d2cd-49c7-8624-8643e7171297".into(),
+            not_before: "Fri, 08 Mar 2024 12:15:00 GMT".into(),
+            ..Default::default()
+        });
     mock_imds::router(config, manual_clock())
 }
 
@@ -47,30 +50,60 @@ async fn snap(router: &axum::Router, name: &str, path: &str) -> Reply {
 async fn instance_document_per_version() {
     let r = router();
     for v in VERSIONS {
-        snap(&r, &format!("instance_{v}"), &format!("/metadata/instance?api-version={v}")).await;
-        snap(&r, &format!("instance_compute_{v}"), &format!("/metadata/instance/compute?api-version={v}")).await;
-        snap(&r, &format!("instance_network_interface0_{v}"), &format!("/metadata/instance/network/interface/0?api-version={v}")).await;
+        snap(
+            &r,
+            &format!("instance_{v}"),
+            &format!("/metadata/instance?api-version={v}"),
+        )
+        .await;
+        snap(
+            &r,
+            &format!("instance_compute_{v}"),
+            &format!("/metadata/instance/compute?api-version={v}"),
+        )
+        .await;
+        snap(
+            &r,
+            &format!("instance_network_interface0_{v}"),
+            &format!("/metadata/instance/network/interface/0?api-version={v}"),
+        )
+        .await;
         snap(
             &r,
             &format!("instance_text_vmid_{v}"),
             &format!("/metadata/instance/compute/vmId?api-version={v}&format=text"),
         )
         .await;
-        snap(&r, &format!("instance_text_root_{v}"), &format!("/metadata/instance?api-version={v}&format=text")).await;
+        snap(
+            &r,
+            &format!("instance_text_root_{v}"),
+            &format!("/metadata/instance?api-version={v}&format=text"),
+        )
+        .await;
         snap(
             &r,
             &format!("instance_text_public_ip_{v}"),
             &format!("/metadata/instance/network/interface/0/ipv4/ipAddress/0/publicIpAddress?api-version={v}&format=text"),
         )
         .await;
-        snap(&r, &format!("instance_userdata_{v}"), &format!("/metadata/instance/compute/userData?api-version={v}&format=text")).await;
+        snap(
+            &r,
+            &format!("instance_userdata_{v}"),
+            &format!("/metadata/instance/compute/userData?api-version={v}&format=text"),
+        )
+        .await;
     }
 }
 
 #[tokio::test]
 async fn cloud_init_extended_request() {
     let r = router();
-    let reply = snap(&r, "instance_extended_2021-08-01", "/metadata/instance?api-version=2021-08-01&extended=true").await;
+    let reply = snap(
+        &r,
+        "instance_extended_2021-08-01",
+        "/metadata/instance?api-version=2021-08-01&extended=true",
+    )
+    .await;
     assert_eq!(reply.json()["extended"]["compute"]["ppsType"], "None");
 }
 
@@ -94,11 +127,19 @@ async fn identity_endpoints_per_version() {
         .await;
         if v >= "2018-02-01" {
             assert_eq!(sys.status, 200);
-            assert_eq!(user.json()["client_id"], Value::String(uami.client_id.clone()));
+            assert_eq!(
+                user.json()["client_id"],
+                Value::String(uami.client_id.clone())
+            );
         } else {
             assert_eq!(sys.status, 400, "identity did not exist at {v}");
         }
-        snap(&r, &format!("identity_info_{v}"), &format!("/metadata/identity/info?api-version={v}")).await;
+        snap(
+            &r,
+            &format!("identity_info_{v}"),
+            &format!("/metadata/identity/info?api-version={v}"),
+        )
+        .await;
     }
 }
 
@@ -119,22 +160,46 @@ async fn snap_token(router: &axum::Router, name: &str, path: &str) -> Reply {
 async fn attested_scheduledevents_loadbalancer_per_version() {
     let r = router();
     for v in VERSIONS {
-        let reply = oneshot_get(&r, &format!("/metadata/attested/document?api-version={v}&nonce=1234567890")).await;
+        let reply = oneshot_get(
+            &r,
+            &format!("/metadata/attested/document?api-version={v}&nonce=1234567890"),
+        )
+        .await;
         let mut s = shape(&reply);
         if reply.status == 200 {
-            let sig = reply.json()["signature"].as_str().map(str::to_string).unwrap_or_default();
+            let sig = reply.json()["signature"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_default();
             use base64::Engine as _;
-            let der = base64::engine::general_purpose::STANDARD.decode(&sig).expect("base64 signature");
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(&sig)
+                .expect("base64 signature");
             assert_eq!(der.first(), Some(&0x30), "DER SEQUENCE");
             s["body"]["signature"] = json!("<pkcs7 der, base64>");
         } else {
             assert!(v < "2018-10-01", "attested exists from 2018-10-01");
         }
         insta::assert_json_snapshot!(format!("attested_{v}"), s);
-        snap(&r, &format!("scheduledevents_{v}"), &format!("/metadata/scheduledevents?api-version={v}")).await;
-        snap(&r, &format!("loadbalancer_{v}"), &format!("/metadata/loadbalancer?api-version={v}")).await;
+        snap(
+            &r,
+            &format!("scheduledevents_{v}"),
+            &format!("/metadata/scheduledevents?api-version={v}"),
+        )
+        .await;
+        snap(
+            &r,
+            &format!("loadbalancer_{v}"),
+            &format!("/metadata/loadbalancer?api-version={v}"),
+        )
+        .await;
     }
-    snap(&r, "scheduledevents_2020-07-01", "/metadata/scheduledevents?api-version=2020-07-01").await;
+    snap(
+        &r,
+        "scheduledevents_2020-07-01",
+        "/metadata/scheduledevents?api-version=2020-07-01",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -142,11 +207,18 @@ async fn scheduled_event_acknowledgement() {
     let r = router();
     let req = http::Request::post("/metadata/scheduledevents?api-version=2020-07-01")
         .header("Metadata", "true")
-        .body(Body::from(r#"{"StartRequests":[{"EventId":"602d9444-d2cd-49c7-8624-8643e7171297"}]}"#))
+        .body(Body::from(
+            r#"{"StartRequests":[{"EventId":"602d9444-d2cd-49c7-8624-8643e7171297"}]}"#,
+        ))
         .expect("request");
     let ack = oneshot(&r, req).await;
     assert_eq!(ack.status, 200, "{}", ack.text());
-    snap(&r, "scheduledevents_after_ack", "/metadata/scheduledevents?api-version=2020-07-01").await;
+    snap(
+        &r,
+        "scheduledevents_after_ack",
+        "/metadata/scheduledevents?api-version=2020-07-01",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -154,5 +226,10 @@ async fn load_balancer_absent() {
     let mut config = seeded_config(SEED);
     config.load_balancer = Default::default();
     let r = mock_imds::router(config, manual_clock());
-    snap(&r, "loadbalancer_none", "/metadata/loadbalancer?api-version=2020-10-01").await;
+    snap(
+        &r,
+        "loadbalancer_none",
+        "/metadata/loadbalancer?api-version=2020-10-01",
+    )
+    .await;
 }

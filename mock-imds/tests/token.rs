@@ -12,10 +12,16 @@ use mock_imds::MockImds;
 use mock_imds::clock::ManualClock;
 use mock_imds::config::{Config, UserAssignedIdentity};
 
-const TOKEN: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+const TOKEN: &str =
+    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
 
 async fn mock_with(config: Config, clock: Arc<ManualClock>) -> MockImds {
-    MockImds::builder().config(config).clock(clock).start().await.expect("start")
+    MockImds::builder()
+        .config(config)
+        .clock(clock)
+        .start()
+        .await
+        .expect("start")
 }
 
 fn second_uami() -> UserAssignedIdentity {
@@ -33,13 +39,32 @@ async fn response_fields_order_and_types() {
     let r = get(&m, TOKEN, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    let keys: Vec<&str> = v.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    let keys: Vec<&str> = v
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     assert_eq!(
         keys,
-        ["access_token", "client_id", "expires_in", "expires_on", "ext_expires_in", "not_before", "resource", "token_type"]
+        [
+            "access_token",
+            "client_id",
+            "expires_in",
+            "expires_on",
+            "ext_expires_in",
+            "not_before",
+            "resource",
+            "token_type"
+        ]
     );
-    assert!(v.as_object().is_some_and(|o| o.values().all(|x| x.is_string())), "all strings: {v}");
-    assert_eq!(v["client_id"], m.config().identities.system_client_id.as_str());
+    assert!(
+        v.as_object()
+            .is_some_and(|o| o.values().all(|x| x.is_string())),
+        "all strings: {v}"
+    );
+    assert_eq!(
+        v["client_id"],
+        m.config().identities.system_client_id.as_str()
+    );
     assert_eq!(v["token_type"], "Bearer");
     assert_eq!(v["expires_on"], (t0().timestamp() + 86_399).to_string());
     let (header, claims) = jwt_parts(v["access_token"].as_str().unwrap_or_default());
@@ -47,7 +72,10 @@ async fn response_fields_order_and_types() {
     assert!(header["kid"].is_string());
     let ids = &m.config().identities;
     assert_eq!(claims["aud"], "https://management.azure.com/");
-    assert_eq!(claims["iss"], format!("https://sts.windows.net/{}/", ids.tenant_id));
+    assert_eq!(
+        claims["iss"],
+        format!("https://sts.windows.net/{}/", ids.tenant_id)
+    );
     assert_eq!(claims["tid"], ids.tenant_id.as_str());
     assert_eq!(claims["oid"], ids.system_object_id.as_str());
     assert_eq!(claims["appid"], ids.system_client_id.as_str());
@@ -74,16 +102,27 @@ async fn cache_returns_same_token_with_decreasing_expires_in() {
     assert_eq!(first["expires_in"], "86399");
     clock.advance(Duration::seconds(100));
     let second = get(&m, TOKEN, &[]).await.json();
-    assert_eq!(second["access_token"], first["access_token"], "cached token reused");
+    assert_eq!(
+        second["access_token"], first["access_token"],
+        "cached token reused"
+    );
     assert_eq!(second["expires_in"], "86299");
     assert_eq!(second["expires_on"], first["expires_on"]);
     assert_eq!(second["ext_expires_in"], "86399");
     // A different resource is a different cache entry.
-    let other = get(&m, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net", &[]).await.json();
+    let other = get(
+        &m,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+        &[],
+    )
+    .await
+    .json();
     assert_ne!(other["access_token"], first["access_token"]);
     assert_eq!(other["expires_in"], "86399");
     // bypass_cache=true issues a fresh token.
-    let fresh = get(&m, &format!("{TOKEN}&bypass_cache=true"), &[]).await.json();
+    let fresh = get(&m, &format!("{TOKEN}&bypass_cache=true"), &[])
+        .await
+        .json();
     assert_eq!(fresh["expires_in"], "86399");
     assert_ne!(fresh["access_token"], first["access_token"]);
     // Near expiry (inside the refresh margin) a new token is issued.
@@ -105,7 +144,16 @@ async fn selection_by_every_selector() {
         (format!("object_id={}", u.object_id), &u),
         (format!("msi_res_id={}", u.resource_id), &u),
         (format!("mi_res_id={}", u.resource_id.to_lowercase()), &u),
-        (format!("msi_res_id={}", percent_encoding::utf8_percent_encode(&first.resource_id, percent_encoding::NON_ALPHANUMERIC)), &first),
+        (
+            format!(
+                "msi_res_id={}",
+                percent_encoding::utf8_percent_encode(
+                    &first.resource_id,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            ),
+            &first,
+        ),
         (format!("client_id={}", first.client_id), &first),
     ] {
         let r = get(&m, &format!("{TOKEN}&{selector}"), &[]).await;
@@ -118,10 +166,20 @@ async fn selection_by_every_selector() {
     }
     // The system-assigned identity can be named by its client id too.
     let sys = &m.config().identities.system_client_id;
-    let v = get(&m, &format!("{TOKEN}&client_id={sys}"), &[]).await.json();
+    let v = get(&m, &format!("{TOKEN}&client_id={sys}"), &[])
+        .await
+        .json();
     assert_eq!(v["client_id"], sys.as_str());
     // Two selectors at once are refused.
-    let r = get(&m, &format!("{TOKEN}&client_id={}&msi_res_id={}", u.client_id, u.resource_id), &[]).await;
+    let r = get(
+        &m,
+        &format!(
+            "{TOKEN}&client_id={}&msi_res_id={}",
+            u.client_id, u.resource_id
+        ),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "invalid_request");
 }
@@ -143,17 +201,27 @@ async fn assignment_at_run_time_and_delay() {
     let m = mock_with(c, clock.clone()).await;
     let u = second_uami();
     let q = format!("{TOKEN}&client_id={}", u.client_id);
-    assert_eq!(get(&m, &q, &[]).await.json()["error_description"], "Identity not found");
+    assert_eq!(
+        get(&m, &q, &[]).await.json()["error_description"],
+        "Identity not found"
+    );
     clock.advance(Duration::seconds(60));
     m.assign_identity(u.clone());
     // Within the delay: not yet visible.
     clock.advance(Duration::seconds(29));
     let r = get(&m, &q, &[]).await;
-    assert_eq!((r.status, r.json()["error_description"].clone()), (400, "Identity not found".into()));
+    assert_eq!(
+        (r.status, r.json()["error_description"].clone()),
+        (400, "Identity not found".into())
+    );
     clock.advance(Duration::seconds(1));
     assert_eq!(get(&m, &q, &[]).await.status, 200);
     assert!(m.unassign_identity(&u.client_id));
-    assert_eq!(get(&m, &q, &[]).await.status, 400, "unassigned identity and its cached tokens are gone");
+    assert_eq!(
+        get(&m, &q, &[]).await.status,
+        400,
+        "unassigned identity and its cached tokens are gone"
+    );
 }
 
 #[tokio::test]
@@ -161,5 +229,8 @@ async fn identity_info_returns_tenant() {
     let m = mock_with(seeded_config(5), manual_clock()).await;
     let r = get(&m, "/metadata/identity/info?api-version=2018-02-01", &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.text(), format!(r#"{{"tenantId":"{}"}}"#, m.config().identities.tenant_id));
+    assert_eq!(
+        r.text(),
+        format!(r#"{{"tenantId":"{}"}}"#, m.config().identities.tenant_id)
+    );
 }

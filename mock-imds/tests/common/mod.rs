@@ -14,7 +14,9 @@ use tower::ServiceExt as _;
 
 /// 2024-03-08T12:00:00Z: a fixed instant for deterministic snapshots.
 pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 3, 8, 12, 0, 0).single().expect("valid date")
+    Utc.with_ymd_and_hms(2024, 3, 8, 12, 0, 0)
+        .single()
+        .expect("valid date")
 }
 
 pub fn manual_clock() -> Arc<ManualClock> {
@@ -34,20 +36,34 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("reqwest client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("reqwest client")
 }
 
 /// GET over the socket with `Metadata: true` and extra headers.
 pub async fn get(mock: &MockImds, path_and_query: &str, extra: &[(&str, &str)]) -> Reply {
-    request(mock, reqwest::Method::GET, path_and_query, true, extra, None).await
+    request(
+        mock,
+        reqwest::Method::GET,
+        path_and_query,
+        true,
+        extra,
+        None,
+    )
+    .await
 }
 
 pub async fn request(
@@ -68,25 +84,49 @@ pub async fn request(
     if let Some(b) = body {
         req = req.body(b);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("request {path_and_query}: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {path_and_query}: {e}"));
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.expect("body").to_vec();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// In-process request through the router.
 pub async fn oneshot(router: &axum::Router, req: http::Request<Body>) -> Reply {
-    let resp = router.clone().oneshot(req).await.expect("router is infallible");
+    let resp = router
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("router is infallible");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
-    Reply { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// In-process GET with `Metadata: true`.
 pub async fn oneshot_get(router: &axum::Router, path_and_query: &str) -> Reply {
-    let req = http::Request::get(path_and_query).header("Metadata", "true").body(Body::empty()).expect("request");
+    let req = http::Request::get(path_and_query)
+        .header("Metadata", "true")
+        .body(Body::empty())
+        .expect("request");
     oneshot(router, req).await
 }
 
@@ -103,7 +143,9 @@ pub fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
     let mut it = token.split('.');
     let mut part = || {
         let p = it.next().expect("JWT part");
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).expect("base64url");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .expect("base64url");
         serde_json::from_slice(&bytes).expect("JSON part")
     };
     let header = part();
