@@ -4,9 +4,9 @@
 //!
 //! Shown here (issue 3 acceptance, REFERENCE A.1): the chain listing equals A.1's three lines and the
 //! jump sits at `PREROUTING` position 1; reconcile restores a flushed/edited/foreign-ruled chain and
-//! reports `Repaired`; the `imds-proxy` binary installs the chain and removes it on SIGTERM; conntrack
-//! deletion removes only TCP flows to the IMDS address and port. Also the `route_localnet` diagnosis and
-//! the AKS restriction rule the harness reuses.
+//! reports `Repaired`; the `imds-proxy` binary installs the chain, repairs it periodically and removes it
+//! on SIGTERM/SIGINT; conntrack deletion (library and `--enable-conntrack-deletion`) removes only TCP
+//! flows to the IMDS address and port. Also the `route_localnet` diagnosis and the AKS restriction rule.
 //!
 //! Safety: every mutating command carries `ip netns exec <our ns>`; the root namespace is never changed,
 //! and 169.254.169.254 exists only on the `lo` of a namespace created here. Without root, `ip netns`,
@@ -25,6 +25,7 @@ use imds_proxy::netfilter::{
     self, Iptables, Netfilter, NetfilterConfig, Reconciled, Table, route_localnet_enabled,
 };
 use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
 
 /// REFERENCE A.1, verbatim: `iptables -t nat -S aad-metadata` with NMI's defaults.
 const A1_LISTING: [&str; 3] = [
@@ -70,7 +71,10 @@ macro_rules! skip_unless_ready {
     ($need_conntrack:expr) => {
         if let Some(reason) = skip_reason($need_conntrack) {
             eprintln!("SKIP: {reason}");
-            eprintln!("SKIP: {} did not run", module_path!());
+            eprintln!(
+                "SKIP: {} did not run",
+                std::thread::current().name().unwrap_or(module_path!())
+            );
             return;
         }
     };
@@ -593,14 +597,14 @@ impl ProxyRun {
         );
     }
 
-    /// SIGTERM (by PID) and wait (bounded) for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (by PID) and waits (bounded) for the exit status.
+    fn terminate(&mut self, signal: Signal) -> std::process::ExitStatus {
         let pid = self.child.0.as_ref().map(Child::id).expect("child");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32")),
-            nix::sys::signal::Signal::SIGTERM,
+            signal,
         )
-        .expect("SIGTERM the proxy");
+        .expect("signal the proxy");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.exited() {
@@ -608,7 +612,7 @@ impl ProxyRun {
             }
             assert!(
                 Instant::now() < deadline,
-                "imds-proxy did not exit within 60 s of SIGTERM; log:\n{}",
+                "imds-proxy did not exit within 60 s of {signal}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -627,10 +631,10 @@ impl Drop for ProxyRun {
 }
 
 #[test]
-fn a1_proxy_binary_installs_chain_and_removes_it_on_sigterm() {
+fn a1_proxy_binary_installs_chain_repairs_it_and_removes_it_on_sigterm() {
     skip_unless_ready!(false);
     let ns = Netns::create();
-    let mut proxy = ProxyRun::start(&ns, &[]);
+    let mut proxy = ProxyRun::start(&ns, &["--ipt-update-interval-sec=1"]);
 
     proxy.wait_until(
         "A.1 chain with the jump at PREROUTING 1",
@@ -645,7 +649,27 @@ fn a1_proxy_binary_installs_chain_and_removes_it_on_sigterm() {
     assert_eq!(chain_listing(&ns), A1_LISTING);
     assert_eq!(prerouting_rules(&ns), ["-A PREROUTING -j aad-metadata"]);
 
-    let status = proxy.terminate();
+    // The periodic reconcile (--ipt-update-interval-sec) repairs tampering from outside.
+    for argv in [
+        &["-D", "PREROUTING", "-j", "aad-metadata"][..],
+        &["-F", "aad-metadata"][..],
+        &["-A", "aad-metadata", "-p", "tcp", "-j", "ACCEPT"][..],
+    ] {
+        let mut full = vec!["iptables", "-w", "5", "-t", "nat"];
+        full.extend_from_slice(argv);
+        ns.ok(&full);
+    }
+    assert_ne!(chain_listing(&ns), A1_LISTING);
+    proxy.wait_until(
+        "repair of the tampered chain by the periodic reconcile",
+        Duration::from_secs(30),
+        || {
+            chain_listing_or_empty(&ns) == A1_LISTING
+                && prerouting_rules(&ns) == ["-A PREROUTING -j aad-metadata"]
+        },
+    );
+
+    let status = proxy.terminate(Signal::SIGTERM);
     assert!(
         status.success(),
         "imds-proxy must exit 0 after a clean SIGTERM shutdown, got {status}; log:\n{}",
@@ -823,7 +847,7 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
 }
 
 /// A.12: connections opened before the proxy's rules existed are cut by `--enable-conntrack-deletion`
-/// once, right after the first reconcile; other flows survive.
+/// once, right after the first reconcile; other flows survive. Shutdown here is by SIGINT.
 #[test]
 fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only() {
     skip_unless_ready!(true);
@@ -845,10 +869,11 @@ fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only()
         proxy.log()
     );
 
-    let status = proxy.terminate();
+    // NMI cleans up on SIGINT as on SIGTERM.
+    let status = proxy.terminate(Signal::SIGINT);
     assert!(
         status.success(),
-        "exit after SIGTERM: {status}; log:\n{}",
+        "exit after SIGINT: {status}; log:\n{}",
         proxy.log()
     );
     assert_removed(&ns);
