@@ -391,13 +391,18 @@ async fn node_azure_identity() {
         "{r}"
     );
 
-    // Node's quirk (REFERENCE D): trailing slash on the token path; the mock must have served it.
+    // Node's quirk (REFERENCE D): trailing slash on the token path (and a Content-Type on a GET); the
+    // tokens above prove the mock served it — this pins that the quirk was really exercised.
     let journal = mock.journal();
     assert!(
         journal
             .iter()
-            .any(|j| j.path.starts_with("/metadata/identity/oauth2/token") && j.status == 200),
-        "no successful Node token request in the journal"
+            .any(|j| j.path == "/metadata/identity/oauth2/token/" && j.status == 200),
+        "no successful trailing-slash token request from Node in the journal: {:?}",
+        journal
+            .iter()
+            .map(|j| (&j.path, j.status))
+            .collect::<Vec<_>>()
     );
 }
 
