@@ -45,7 +45,7 @@ pub struct Cli {
     #[arg(long, env = "MOCK_IMDS_JOURNAL_CAPACITY", value_name = "N")]
     pub journal_capacity: Option<usize>,
 
-    /// The <build> in the `Server: IMDS/150.870.65.<build>` header [default: 1103].
+    /// The `<build>` in the `Server: IMDS/150.870.65.<build>` header [default: 1103].
     #[arg(long, env = "MOCK_IMDS_SERVER_BUILD", value_name = "BUILD")]
     pub server_build: Option<String>,
 

@@ -262,6 +262,37 @@ mod tests {
         }
     }
 
+    /// Every documented version serves a document, and a later version never drops a field an earlier one had.
+    #[test]
+    fn every_version_only_adds_fields() {
+        fn paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => m.iter().for_each(|(k, c)| {
+                    let p = format!("{prefix}/{k}");
+                    out.push(p.clone());
+                    paths(c, &p, out);
+                }),
+                Value::Array(a) => a.iter().for_each(|c| paths(c, prefix, out)),
+                _ => {}
+            }
+        }
+        let c = Config::generate(Some(1));
+        let mut previous: Vec<String> = Vec::new();
+        for v in crate::versions::SUPPORTED
+            .iter()
+            .filter(|v| crate::versions::Category::Instance.accepts(v))
+        {
+            let mut now = Vec::new();
+            paths(&document(&c, v, false), "", &mut now);
+            for p in &previous {
+                assert!(now.contains(p), "{p} disappeared at {v}");
+            }
+            assert!(now.len() >= previous.len());
+            previous = now;
+        }
+        assert!(previous.contains(&"/compute/physicalZone".to_string()));
+    }
+
     #[test]
     fn text_listing() {
         let v = serde_json::json!({"a": "1", "b": {"c": "2"}, "d": ["x", {"y": "z"}]});
