@@ -288,6 +288,13 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
 fn finish(state: &AppState, mut response: Response, mut entry: JournalEntry) -> Response {
     entry.status = response.status().as_u16();
     apply_headers(state, response.headers_mut());
+    tracing::debug!(
+        method = %entry.method,
+        path = %entry.path,
+        source = %entry.source,
+        status = entry.status,
+        "imds request"
+    );
     state.journal.record(entry);
     response
 }

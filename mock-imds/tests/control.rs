@@ -279,3 +279,22 @@ async fn no_control_leaves_only_imds() {
         "without control, /_mock is just another (unknown) IMDS path"
     );
 }
+
+#[tokio::test]
+async fn journal_is_bounded() {
+    let mut c = seeded_config(21);
+    c.server.journal_capacity = 3;
+    let m = MockImds::builder().config(c).start().await.expect("start");
+    for i in 0..5 {
+        get(
+            &m,
+            &format!("/metadata/instance?api-version=2021-02-01&n={i}"),
+            &[],
+        )
+        .await;
+    }
+    let j = m.journal();
+    assert_eq!(j.len(), 3);
+    assert_eq!(j.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    assert!(j[2].query.ends_with("n=4"));
+}
