@@ -77,14 +77,6 @@ async fn missing_metadata_header_token_is_88_bytes() {
 async fn metadata_value_case_rules() {
     let m = mock().await;
     // waagent sends `True` to instance metadata: accepted.
-    let r = get(
-        &m,
-        "/metadata/instance/compute?api-version=2018-02-01",
-        &[("Metadata", "True")],
-    )
-    .await;
-    // reqwest appends a second Metadata header; send only the capitalised one instead.
-    let _ = r;
     let r = request(
         &m,
         reqwest::Method::GET,

@@ -231,7 +231,7 @@ async fn identity_concurrency_is_5() {
     m.set_fault(
         "/metadata/identity",
         Fault {
-            latency_ms: 1500,
+            latency_ms: 3000,
             ..Fault::default()
         },
     );
@@ -247,8 +247,8 @@ async fn identity_concurrency_is_5() {
                 .map(|r| r.status().as_u16())
         }));
     }
-    // Give the five time to be admitted (they then hold their slots for 1.5 s).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Give the five time to be admitted (they then hold their slots for 3 s; generous for a loaded machine).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let sixth = get(&m, TOKEN, &[]).await;
     assert_eq!(sixth.status, 429, "sixth concurrent identity request");
     for t in tasks {
