@@ -11,11 +11,16 @@ const AAIS: &str = "/apis/aadpodidentity.k8s.io/v1/azureassignedidentities";
 const NS_AAIS: &str = "/apis/aadpodidentity.k8s.io/v1/namespaces/default/azureassignedidentities";
 
 async fn server() -> ApiServer {
-    ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 async fn get(api: &ApiServer, path: &str, token: &str) -> (u16, String) {
@@ -39,7 +44,9 @@ fn aai(name: &str, node: &str) -> Value {
 }
 
 fn lines(body: &str) -> Vec<Value> {
-    body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -57,10 +64,21 @@ async fn crd_field_selector_is_refused_with_the_exact_kubernetes_status() {
         );
     }
     // The same selector is fine on pods.
-    let (status, _) = get(&api, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1", "t").await;
+    let (status, _) = get(
+        &api,
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1",
+        "t",
+    )
+    .await;
     assert_eq!(status, 200);
     let (status, body) = get(&api, "/api/v1/pods?fieldSelector=spec.bogus%3D1", "t").await;
-    assert_eq!((status, body.contains("field label not supported: spec.bogus")), (400, true));
+    assert_eq!(
+        (
+            status,
+            body.contains("field label not supported: spec.bogus")
+        ),
+        (400, true)
+    );
 }
 
 #[tokio::test]
@@ -92,14 +110,25 @@ async fn list_wire_format_and_label_selectors() {
     api.apply(aai("b", "n2")).unwrap();
     api.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "kube-system"}, "spec": {"nodeName": "n1"}}))
         .unwrap();
-    let (status, body) = get(&api, &format!("{AAIS}?labelSelector=nodename%3Dn1&limit=500"), "t").await;
+    let (status, body) = get(
+        &api,
+        &format!("{AAIS}?labelSelector=nodename%3Dn1&limit=500"),
+        "t",
+    )
+    .await;
     assert_eq!(status, 200);
     let list: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["kind"], "AzureAssignedIdentityList");
     assert_eq!(list["apiVersion"], "aadpodidentity.k8s.io/v1");
-    assert_eq!(list["metadata"]["resourceVersion"], api.resource_version().to_string());
+    assert_eq!(
+        list["metadata"]["resourceVersion"],
+        api.resource_version().to_string()
+    );
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    assert_eq!(list["items"][0]["kind"], "AzureAssignedIdentity", "CR list items keep kind");
+    assert_eq!(
+        list["items"][0]["kind"], "AzureAssignedIdentity",
+        "CR list items keep kind"
+    );
     let item = &list["items"][0]["metadata"];
     assert!(item["uid"].is_string() && item["creationTimestamp"].is_string());
     assert_eq!(item["generation"], 1);
@@ -114,7 +143,11 @@ async fn list_wire_format_and_label_selectors() {
     ] {
         let (_, body) = get(&api, &format!("{AAIS}?labelSelector={selector}"), "t").await;
         let list: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(list["items"].as_array().unwrap().len(), expected, "{selector}");
+        assert_eq!(
+            list["items"].as_array().unwrap().len(),
+            expected,
+            "{selector}"
+        );
     }
     let (status, body) = get(&api, &format!("{AAIS}?labelSelector=a%20in%20()"), "t").await;
     assert_eq!(status, 400);
@@ -132,12 +165,19 @@ async fn list_wire_format_and_label_selectors() {
 
 #[tokio::test]
 async fn watch_from_revision_older_than_history_gets_410_expired_event() {
-    let api = ApiServer::builder().history_limit(3).start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = ApiServer::builder()
+        .history_limit(3)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     for i in 0..10 {
         api.apply(aai(&format!("a{i}"), "n1")).unwrap();
     }
     let (status, body) = get(&api, &format!("{AAIS}?watch=1&resourceVersion=2"), "t").await;
-    assert_eq!(status, 200, "watch errors arrive as events, as from kube-apiserver");
+    assert_eq!(
+        status, 200,
+        "watch errors arrive as events, as from kube-apiserver"
+    );
     let events = lines(&body);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["type"], "ERROR");
@@ -147,13 +187,26 @@ async fn watch_from_revision_older_than_history_gets_410_expired_event() {
                "message": "too old resource version: 2 (8)", "reason": "Expired", "code": 410})
     );
     // A retained revision replays exactly the later events.
-    let (_, body) = get(&api, &format!("{AAIS}?watch=true&resourceVersion=9&timeoutSeconds=1"), "t").await;
+    let (_, body) = get(
+        &api,
+        &format!("{AAIS}?watch=true&resourceVersion=9&timeoutSeconds=1"),
+        "t",
+    )
+    .await;
     let events = lines(&body);
     let got: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().to_owned(), e["object"]["metadata"]["name"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["object"]["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(got, vec![("ADDED".into(), "a8".into()), ("ADDED".into(), "a9".into())]);
+    assert_eq!(
+        got,
+        vec![("ADDED".into(), "a8".into()), ("ADDED".into(), "a9".into())]
+    );
 }
 
 #[tokio::test]
@@ -168,7 +221,13 @@ async fn streaming_list_ends_initial_events_with_annotated_bookmark() {
     assert_eq!(status, 200);
     let events = lines(&body);
     assert_eq!(events.len(), 2, "{body}");
-    assert_eq!((events[0]["type"].as_str(), events[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("a")));
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("a"))
+    );
     assert_eq!(
         events[1],
         json!({"type": "BOOKMARK", "object": {"kind": "AzureAssignedIdentity", "apiVersion": "aadpodidentity.k8s.io/v1",
@@ -176,7 +235,12 @@ async fn streaming_list_ends_initial_events_with_annotated_bookmark() {
                             "annotations": {"k8s.io/initial-events-end": "true"}}}})
     );
     // Without allowWatchBookmarks the request is invalid, as in Kubernetes.
-    let (status, _) = get(&api, &format!("{AAIS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"), "t").await;
+    let (status, _) = get(
+        &api,
+        &format!("{AAIS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"),
+        "t",
+    )
+    .await;
     assert_eq!(status, 422);
 }
 
@@ -185,8 +249,12 @@ async fn object_leaving_the_selector_is_sent_as_deleted_with_its_previous_conten
     let api = server().await;
     api.apply(aai("a", "n1")).unwrap();
     let rv = api.resource_version();
-    let url = format!("{}{AAIS}?watch=true&resourceVersion={rv}&labelSelector=nodename%3Dn1&timeoutSeconds=2", api.url());
-    let watch = tokio::spawn(async move { http().get(url).send().await.unwrap().text().await.unwrap() });
+    let url = format!(
+        "{}{AAIS}?watch=true&resourceVersion={rv}&labelSelector=nodename%3Dn1&timeoutSeconds=2",
+        api.url()
+    );
+    let watch =
+        tokio::spawn(async move { http().get(url).send().await.unwrap().text().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(300)).await;
     api.apply(aai("a", "n2")).unwrap(); // leaves
     api.apply(aai("a", "n1")).unwrap(); // comes back
@@ -195,9 +263,19 @@ async fn object_leaving_the_selector_is_sent_as_deleted_with_its_previous_conten
     let events = lines(&body);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, vec!["DELETED", "ADDED"], "{body}");
-    assert_eq!(events[0]["object"]["metadata"]["labels"]["nodename"], "n1", "previous content");
-    assert_eq!(events[0]["object"]["metadata"]["resourceVersion"], (rv + 1).to_string(), "new revision");
-    assert_eq!(events[1]["object"]["metadata"]["resourceVersion"], (rv + 2).to_string());
+    assert_eq!(
+        events[0]["object"]["metadata"]["labels"]["nodename"], "n1",
+        "previous content"
+    );
+    assert_eq!(
+        events[0]["object"]["metadata"]["resourceVersion"],
+        (rv + 1).to_string(),
+        "new revision"
+    );
+    assert_eq!(
+        events[1]["object"]["metadata"]["resourceVersion"],
+        (rv + 2).to_string()
+    );
 }
 
 #[tokio::test]
@@ -212,7 +290,10 @@ async fn writes_over_http_follow_kubernetes_semantics() {
     assert_eq!(again.status().as_u16(), 409);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["reason"], "AlreadyExists");
-    assert_eq!(again["message"], r#"azureassignedidentities.aadpodidentity.k8s.io "a" already exists"#);
+    assert_eq!(
+        again["message"],
+        r#"azureassignedidentities.aadpodidentity.k8s.io "a" already exists"#
+    );
 
     // MIC's JSON patch of the status (no status subresource on these CRDs).
     let patched = c
@@ -227,7 +308,12 @@ async fn writes_over_http_follow_kubernetes_semantics() {
     assert_eq!(patched["status"]["status"], "Created");
 
     // PUT with the stale resourceVersion from the create: 409 Conflict.
-    let stale = c.put(format!("{url}/a")).json(&created).send().await.unwrap();
+    let stale = c
+        .put(format!("{url}/a"))
+        .json(&created)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stale.status().as_u16(), 409);
     let stale: Value = stale.json().await.unwrap();
     assert_eq!(stale["reason"], "Conflict");
@@ -241,12 +327,18 @@ async fn writes_over_http_follow_kubernetes_semantics() {
         .unwrap();
     let merge: Value = merge.json().await.unwrap();
     assert_eq!(merge["metadata"]["labels"]["nodename"], "n2");
-    assert_eq!(merge["metadata"]["generation"], 1, "metadata changes do not bump generation");
+    assert_eq!(
+        merge["metadata"]["generation"], 1,
+        "metadata changes do not bump generation"
+    );
 
     let deleted = c.delete(format!("{url}/a")).send().await.unwrap();
     assert_eq!(deleted.status().as_u16(), 200);
     let deleted: Value = deleted.json().await.unwrap();
-    assert_eq!(deleted["status"], "Success", "custom resources answer DELETE with a Status");
+    assert_eq!(
+        deleted["status"], "Success",
+        "custom resources answer DELETE with a Status"
+    );
     let missing = c.get(format!("{url}/a")).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 404);
     let missing: Value = missing.json().await.unwrap();
@@ -283,8 +375,19 @@ async fn writes_over_http_follow_kubernetes_semantics() {
         .json()
         .await
         .unwrap();
-    assert_eq!((r["status"]["phase"].as_str(), r["metadata"]["labels"]["x"].as_str()), (Some("Running"), Some("y")));
-    let (_, body) = get(&api, "/api/v1/pods?fieldSelector=status.podIP%3D10.1.0.5,spec.nodeName%3Dn1", "t").await;
+    assert_eq!(
+        (
+            r["status"]["phase"].as_str(),
+            r["metadata"]["labels"]["x"].as_str()
+        ),
+        (Some("Running"), Some("y"))
+    );
+    let (_, body) = get(
+        &api,
+        "/api/v1/pods?fieldSelector=status.podIP%3D10.1.0.5,spec.nodeName%3Dn1",
+        "t",
+    )
+    .await;
     let list: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let r = c.delete(format!("{pods}/p")).send().await.unwrap();
@@ -297,7 +400,8 @@ async fn finalizers_hold_deletion_until_removed() {
     let api = server().await;
     let c = http();
     let mut obj = aai("f", "n1");
-    obj["metadata"]["finalizers"] = json!(["azureassignedidentity.finalizers.aadpodidentity.k8s.io"]);
+    obj["metadata"]["finalizers"] =
+        json!(["azureassignedidentity.finalizers.aadpodidentity.k8s.io"]);
     api.apply(obj).unwrap();
     let url = format!("{}{NS_AAIS}/f", api.url());
     let r = c.delete(&url).send().await.unwrap();
@@ -312,7 +416,15 @@ async fn finalizers_hold_deletion_until_removed() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(api.get("aadpodidentity.k8s.io/v1", "AzureAssignedIdentity", "default", "f").is_none());
+    assert!(
+        api.get(
+            "aadpodidentity.k8s.io/v1",
+            "AzureAssignedIdentity",
+            "default",
+            "f"
+        )
+        .is_none()
+    );
 }
 
 #[tokio::test]
@@ -321,25 +433,70 @@ async fn stats_endpoint_outage_and_accounting_by_token_or_source_ip() {
     api.apply(aai("a", "n1")).unwrap();
     let (_, body) = get(&api, AAIS, "node-1").await;
     // Without a token the client is its source IP.
-    let anon = http().get(format!("{}{AAIS}", api.url())).send().await.unwrap();
+    let anon = http()
+        .get(format!("{}{AAIS}", api.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status().as_u16(), 200);
-    let stats: Stats = http().get(format!("{}/_test/stats", api.url())).send().await.unwrap().json().await.unwrap();
+    let stats: Stats = http()
+        .get(format!("{}/_test/stats", api.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats, api.stats());
     let n1 = stats.client("node-1");
-    assert_eq!(n1.resource("azureassignedidentities").bytes_sent, body.len() as u64);
+    assert_eq!(
+        n1.resource("azureassignedidentities").bytes_sent,
+        body.len() as u64
+    );
     assert_eq!(n1.objects_sent, 1);
     assert_eq!(stats.client("127.0.0.1").objects_sent, 1);
 
+    // Outage: connections are reset; only the handle (or a self-ending outage) restores service.
     api.set_available(false);
-    let (status, body) = get(&api, AAIS, "node-1").await;
-    assert_eq!(status, 503);
-    assert!(body.contains(r#""reason":"ServiceUnavailable""#));
-    assert_eq!(api.stats().client("node-1").refused, 1);
-    // The control endpoint restores service.
-    let r = http().put(format!("{}/_test/available", api.url())).json(&json!({"available": true})).send().await.unwrap();
+    assert!(
+        http()
+            .get(format!("{}{AAIS}", api.url()))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(api.stats().refused_connections >= 1);
+    api.set_available(true);
+    let r = http()
+        .put(format!("{}/_test/available", api.url()))
+        .json(&json!({"available": false, "restore_after_ms": 300}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(api.is_available());
-    let r = http().delete(format!("{}/_test/stats", api.url())).send().await.unwrap();
+    assert!(!api.is_available());
+    let mut restored = false;
+    for _ in 0..200 {
+        if http()
+            .get(format!("{}/_test/health", api.url()))
+            .send()
+            .await
+            .is_ok()
+        {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        restored && api.is_available(),
+        "service restores itself after restore_after_ms"
+    );
+    let r = http()
+        .delete(format!("{}/_test/stats", api.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 204);
     assert_eq!(api.stats(), Stats::default());
 }
@@ -361,7 +518,8 @@ async fn dropping_the_handle_stops_the_server() {
     let api = server().await;
     let url = api.url();
     let watch_url = format!("{url}{AAIS}?watch=true");
-    let watch = tokio::spawn(async move { http().get(watch_url).send().await.unwrap().text().await });
+    let watch =
+        tokio::spawn(async move { http().get(watch_url).send().await.unwrap().text().await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(api);
     // The open watch ends and new connections are refused.

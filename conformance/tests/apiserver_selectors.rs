@@ -9,41 +9,55 @@ use proptest::prelude::*;
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z]([a-z0-9._-]{0,8}[a-z0-9])?",
-        ("[a-z]{1,5}(\\.[a-z]{1,4})?", "[A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?").prop_map(|(p, n)| format!("{p}/{n}")),
+        (
+            "[a-z]{1,5}(\\.[a-z]{1,4})?",
+            "[A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?"
+        )
+            .prop_map(|(p, n)| format!("{p}/{n}")),
     ]
     .prop_filter("keywords are not keys", |k| k != "in" && k != "notin")
 }
 
 fn value() -> impl Strategy<Value = String> {
-    prop_oneof![Just(String::new()), "[A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?"]
-        .prop_filter("keywords", |v| v != "in" && v != "notin")
+    prop_oneof![
+        Just(String::new()),
+        "[A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?"
+    ]
+    .prop_filter("keywords", |v| v != "in" && v != "notin")
 }
 
 /// Gt/Lt operands are non-negative: Kubernetes also validates them as label values, so "-1" is refused.
 fn requirement() -> impl Strategy<Value = Requirement> {
-    (key(), 0..9u8, prop::collection::btree_set(value(), 1..4), 0i64..50).prop_map(|(key, op, mut values, n)| {
-        let one = values.iter().next().cloned().unwrap_or_default();
-        // `k in ()` is an empty set to Kubernetes too: a set holding only "" has no spelling.
-        if values.len() == 1 && values.contains("") {
-            values.insert("v".to_owned());
-        }
-        let (op, values) = match op {
-            0 => (Operator::Equals, vec![one]),
-            1 => (Operator::DoubleEquals, vec![one]),
-            2 => (Operator::NotEquals, vec![one]),
-            3 => (Operator::In, values.into_iter().collect()),
-            4 => (Operator::NotIn, values.into_iter().collect()),
-            5 => (Operator::Exists, vec![]),
-            6 => (Operator::DoesNotExist, vec![]),
-            7 => (Operator::GreaterThan, vec![n.to_string()]),
-            _ => (Operator::LessThan, vec![n.to_string()]),
-        };
-        Requirement { key, op, values }
-    })
+    (
+        key(),
+        0..9u8,
+        prop::collection::btree_set(value(), 1..4),
+        0i64..50,
+    )
+        .prop_map(|(key, op, mut values, n)| {
+            let one = values.iter().next().cloned().unwrap_or_default();
+            // `k in ()` is an empty set to Kubernetes too: a set holding only "" has no spelling.
+            if values.len() == 1 && values.contains("") {
+                values.insert("v".to_owned());
+            }
+            let (op, values) = match op {
+                0 => (Operator::Equals, vec![one]),
+                1 => (Operator::DoubleEquals, vec![one]),
+                2 => (Operator::NotEquals, vec![one]),
+                3 => (Operator::In, values.into_iter().collect()),
+                4 => (Operator::NotIn, values.into_iter().collect()),
+                5 => (Operator::Exists, vec![]),
+                6 => (Operator::DoesNotExist, vec![]),
+                7 => (Operator::GreaterThan, vec![n.to_string()]),
+                _ => (Operator::LessThan, vec![n.to_string()]),
+            };
+            Requirement { key, op, values }
+        })
 }
 
 fn selector() -> impl Strategy<Value = LabelSelector> {
-    prop::collection::vec(requirement(), 0..5).prop_map(|requirements| LabelSelector { requirements })
+    prop::collection::vec(requirement(), 0..5)
+        .prop_map(|requirements| LabelSelector { requirements })
 }
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
@@ -59,16 +73,18 @@ fn reference(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     sel.requirements.iter().all(|r| {
         let v = labels.get(&r.key);
         match r.op {
-            Operator::Equals | Operator::DoubleEquals | Operator::In => v.is_some_and(|v| r.values.contains(v)),
+            Operator::Equals | Operator::DoubleEquals | Operator::In => {
+                v.is_some_and(|v| r.values.contains(v))
+            }
             Operator::NotEquals | Operator::NotIn => !v.is_some_and(|v| r.values.contains(v)),
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
-            Operator::GreaterThan => {
-                v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > r.values[0].parse::<i64>().unwrap())
-            }
-            Operator::LessThan => {
-                v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < r.values[0].parse::<i64>().unwrap())
-            }
+            Operator::GreaterThan => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > r.values[0].parse::<i64>().unwrap()),
+            Operator::LessThan => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < r.values[0].parse::<i64>().unwrap()),
         }
     })
 }

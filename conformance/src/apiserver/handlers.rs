@@ -58,14 +58,19 @@ async fn reset_stats(State(shared): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Body of `GET|PUT /_test/available`. While the server is down it cannot be reached over HTTP,
+/// so an HTTP-driven outage names its own end with `restore_after_ms`.
 #[derive(Debug, serde::Serialize, Deserialize)]
 struct Availability {
     available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restore_after_ms: Option<u64>,
 }
 
 async fn get_available(State(shared): State<Arc<Shared>>) -> Json<Availability> {
     Json(Availability {
         available: *shared.available.borrow(),
+        restore_after_ms: None,
     })
 }
 
@@ -74,6 +79,13 @@ async fn put_available(
     Json(a): Json<Availability>,
 ) -> Json<Availability> {
     shared.available.send_replace(a.available);
+    if let (false, Some(ms)) = (a.available, a.restore_after_ms) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            shared.available.send_replace(true);
+        });
+    }
     Json(a)
 }
 
@@ -101,8 +113,15 @@ async fn accounting(State(shared): State<Arc<Shared>>, mut req: Request, next: N
     }
     let client = client_key(&req);
     if !*shared.available.borrow() {
+        // A request that raced the switch on an open connection; the connection is closed so
+        // that the client's retry meets the reset of a down server.
         shared.stats.refused(&client);
-        return ApiError::unavailable().into_response();
+        let mut resp = ApiError::unavailable().into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return resp;
     }
     req.extensions_mut().insert(ClientKey(client.clone()));
     let resp = next.run(req).await;
@@ -312,7 +331,11 @@ async fn dispatch(
                     if watching {
                         shared.stats.request(&client, rt.plural, "watch");
                         return match ctx.watch_spec(namespace, &params) {
-                            Ok(spec) => watch::serve(shared.clone(), spec),
+                            Ok(spec) => {
+                                let mut resp = watch::serve(shared.clone(), spec);
+                                resp.extensions_mut().insert(ResourceTag(rt.plural));
+                                resp
+                            }
                             Err(e) => ctx.fail(e),
                         };
                     }

@@ -29,6 +29,7 @@ pub mod handlers;
 pub mod kubeconfig;
 pub mod resources;
 pub mod selectors;
+mod serve;
 pub mod stats;
 pub mod status;
 pub mod store;
@@ -134,20 +135,7 @@ impl Builder {
             server_address: addr.to_string(),
         });
         let app = handlers::router(shared.clone());
-        let mut stop = shared.shutdown.subscribe();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                // Also ends when the handle (the sender) is gone.
-                let _ = stop.wait_for(|down| *down).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "test API server stopped with an error");
-            }
-        });
+        let task = tokio::spawn(serve::accept_loop(listener, app, shared.clone()));
         Ok(ApiServer {
             shared,
             addr,
@@ -278,8 +266,10 @@ impl ApiServer {
         self.shared.store.current_rv()
     }
 
-    /// `false` simulates an outage: new requests get 503 and open watches are closed. `true`
-    /// restores service. `/_test/*` endpoints stay up.
+    /// `false` simulates an outage as clients of a crashed API server see it: open watches end,
+    /// open connections are closed, new connections are reset (requests racing the switch on an
+    /// open connection get 503 with `Connection: close`). `true` restores service. Only the
+    /// handle works meanwhile (the `/_test/*` HTTP endpoints are unreachable too).
     pub fn set_available(&self, available: bool) {
         self.shared.available.send_replace(available);
     }

@@ -50,6 +50,9 @@ impl ClientStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub clients: BTreeMap<String, ClientStats>,
+    /// Connections reset during a simulated outage (before any request could name its client).
+    #[serde(default)]
+    pub refused_connections: u64,
 }
 
 impl Stats {
@@ -72,6 +75,7 @@ impl Stats {
 #[derive(Default)]
 struct Raw {
     clients: BTreeMap<String, (u64, BTreeMap<String, ResourceStats>)>,
+    refused_connections: u64,
 }
 
 /// Live counters shared by all handlers. Cheap to clone.
@@ -101,6 +105,10 @@ impl Recorder {
         self.lock().clients.entry(client.to_owned()).or_default().0 += 1;
     }
 
+    pub fn refused_connection(&self) {
+        self.lock().refused_connections += 1;
+    }
+
     pub fn objects(&self, client: &str, resource: &str, n: u64) {
         self.with(client, resource, |r| r.objects_sent += n);
     }
@@ -124,7 +132,9 @@ impl Recorder {
     }
 
     pub fn reset(&self) {
-        self.lock().clients.clear();
+        let mut raw = self.lock();
+        raw.clients.clear();
+        raw.refused_connections = 0;
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -148,7 +158,10 @@ impl Recorder {
                 (key.clone(), c)
             })
             .collect();
-        Stats { clients }
+        Stats {
+            clients,
+            refused_connections: raw.refused_connections,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Shared;
 use super::resources::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
+use super::serve::until;
 use super::status::ApiError;
 use super::store::{Event, EventType, Since};
 
@@ -158,12 +159,6 @@ impl Sender {
             .watch_event(&self.client, self.resource, false);
         self.tx.send(line("ERROR", &err.to_status())).await.is_ok()
     }
-}
-
-/// Resolve once the flag equals `want` (or its sender is gone). The guard `wait_for` returns is
-/// dropped here, so it never lives across an await of the caller.
-async fn until(flag: &mut tokio::sync::watch::Receiver<bool>, want: bool) {
-    let _ = flag.wait_for(|v| *v == want).await.map(|_| ());
 }
 
 async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
