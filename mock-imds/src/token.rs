@@ -306,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             select_identity(&reg(false, 1, now), &c, &Selector::Default, now, 0)
-                .map(|x| x.name_free()),
+                .map(|x| x.client_id),
             Ok(uami(0).client_id)
         );
         assert_eq!(
@@ -317,12 +317,6 @@ mod tests {
             select_identity(&reg(false, 0, now), &c, &Selector::Default, now, 0),
             Err(ErrorKind::IdentityNotFound)
         );
-    }
-
-    impl Chosen {
-        fn name_free(self) -> String {
-            self.client_id
-        }
     }
 
     #[test]
