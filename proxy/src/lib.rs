@@ -168,7 +168,7 @@ async fn lifecycle(
         if *shutdown_rx.borrow() {
             return Ok(());
         }
-        if waited % 100 == 0 {
+        if waited.is_multiple_of(100) {
             tracing::info!(%reason, "waiting for the cluster view");
         }
         waited += 1;

@@ -31,6 +31,18 @@ struct Inner {
     requests: Family<Labels, Counter>,
 }
 
+/// What is recorded about one handled request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord<'a> {
+    pub path: &'a str,
+    pub status: u16,
+    pub namespace: &'a str,
+    pub resource: &'a str,
+    pub route: &'a str,
+    pub decision: &'a str,
+    pub secs: f64,
+}
+
 /// Cheap to clone; clones record into the same registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -102,27 +114,21 @@ impl Metrics {
     }
 
     /// One handled request (NMI labels: operation_type = path, status_code, namespace, resource).
-    pub fn request(
-        &self,
-        path: &str,
-        status: u16,
-        namespace: &str,
-        resource: &str,
-        route: &str,
-        decision: &str,
-        secs: f64,
-    ) {
+    pub fn request(&self, r: &RequestRecord<'_>) {
         let labels = vec![
-            ("operation_type".to_string(), path.to_string()),
-            ("status_code".to_string(), status.to_string()),
-            ("namespace".to_string(), namespace.to_string()),
-            ("resource".to_string(), resource.to_string()),
+            ("operation_type".to_string(), r.path.to_string()),
+            ("status_code".to_string(), r.status.to_string()),
+            ("namespace".to_string(), r.namespace.to_string()),
+            ("resource".to_string(), r.resource.to_string()),
         ];
-        self.inner.nmi_duration.get_or_create(&labels).observe(secs);
+        self.inner
+            .nmi_duration
+            .get_or_create(&labels)
+            .observe(r.secs);
         let labels = vec![
-            ("route".to_string(), route.to_string()),
-            ("decision".to_string(), decision.to_string()),
-            ("status_code".to_string(), status.to_string()),
+            ("route".to_string(), r.route.to_string()),
+            ("decision".to_string(), r.decision.to_string()),
+            ("status_code".to_string(), r.status.to_string()),
         ];
         self.inner.requests.get_or_create(&labels).inc();
     }

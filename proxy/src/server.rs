@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::cluster::ClusterView;
 use crate::cluster::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::config::{OperationMode, Settings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestRecord};
 use crate::policy::{self, IdentityRequest, RetryBudget, Route, StandardStep};
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 
@@ -204,15 +204,15 @@ async fn handle(
         Route::BlockedInstance => "instance_block",
         Route::PassThrough => "pass_through",
     };
-    st.metrics.request(
-        &raw_path,
+    st.metrics.request(&RequestRecord {
+        path: &raw_path,
         status,
-        &outcome.namespace,
-        &resource,
-        route_name,
-        outcome.decision,
-        latency.as_secs_f64(),
-    );
+        namespace: &outcome.namespace,
+        resource: &resource,
+        route: route_name,
+        decision: outcome.decision,
+        secs: latency.as_secs_f64(),
+    });
     outcome.response
 }
 
@@ -559,6 +559,59 @@ mod tests {
         assert_eq!(query_get("resource=a+b", "resource"), "a b");
         assert_eq!(query_get("resource", "resource"), "");
         assert_eq!(query_get("", "resource"), "");
+    }
+
+    async fn render(resp: Response) -> String {
+        let status = resp.status().as_u16();
+        let mut headers: Vec<String> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        headers.sort();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        format!(
+            "{status}\n{}\n\n{}",
+            headers.join("\n"),
+            String::from_utf8_lossy(&body)
+        )
+    }
+
+    fn token() -> MsiToken {
+        MsiToken {
+            access_token: "eyJ0eXAiOiJKV1QifQ.e30.sig".into(),
+            refresh_token: String::new(),
+            expires_in: "86399".into(),
+            expires_on: "1700086399".into(),
+            not_before: "1700000000".into(),
+            resource: "https://management.azure.com/".into(),
+            token_type: "Bearer".into(),
+        }
+    }
+
+    /// Byte-exact NMI answers (REFERENCE A.3/A.4), pinned as snapshots.
+    #[tokio::test]
+    async fn nmi_response_bodies() {
+        insta::assert_snapshot!("metadata_required", render(metadata_required()).await);
+        insta::assert_snapshot!(
+            "instance_blocked",
+            render(go_error(403, policy::BLOCKED_MESSAGE)).await
+        );
+        insta::assert_snapshot!(
+            "invalid_request",
+            render(go_error(400, policy::INVALID_REQUEST_MESSAGE)).await
+        );
+        insta::assert_snapshot!("token", render(json_ok(&token())).await);
+        insta::assert_snapshot!(
+            "host_token",
+            render(json_ok(&HostTokenResponse {
+                token: token(),
+                clientid: "11111111-2222-3333-4444-555555555555".into()
+            }))
+            .await
+        );
     }
 
     #[test]

@@ -719,7 +719,7 @@ async fn iso_unknown_and_ambiguous_callers_get_nothing() -> TestResult {
 
 #[tokio::test]
 async fn iso_spoofed_headers_change_nothing_and_xff_is_never_forwarded() -> TestResult {
-    let (f, a) = one_pod(|s| fast_retries(s)).await?;
+    let (f, a) = one_pod(fast_retries).await?;
     f.pod("p2", "127.0.0.3", NODE, json!({}))?;
     f.wait_for_pod("127.0.0.3").await?;
     // p2 (no identity) pretends to be p1.

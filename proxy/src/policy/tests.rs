@@ -570,11 +570,11 @@ proptest! {
             Some(id) => IdentityRequest { client_id: if upper { id.to_uppercase() } else { id.clone() }, resource_id: String::new() },
             None => IdentityRequest::default(),
         };
-        if let StandardStep::Found(c) = standard_step(&aais, &me, &req, attempt, &BUDGET) {
-            if let Ok(id) = pick_standard(&c, &me, &req, false) {
-                prop_assert!(id.name.starts_with("mine"));
-                if !req.unspecified() { prop_assert!(id.client_id.eq_ignore_ascii_case(&req.client_id)); }
-            }
+        if let StandardStep::Found(c) = standard_step(&aais, &me, &req, attempt, &BUDGET)
+            && let Ok(id) = pick_standard(&c, &me, &req, false)
+        {
+            prop_assert!(id.name.starts_with("mine"));
+            if !req.unspecified() { prop_assert!(id.client_id.eq_ignore_ascii_case(&req.client_id)); }
         }
     }
 
