@@ -176,7 +176,16 @@ async fn attested_scheduledevents_loadbalancer_per_version() {
                 .decode(&sig)
                 .expect("base64 signature");
             assert_eq!(der.first(), Some(&0x30), "DER SEQUENCE");
-            s["body"]["signature"] = json!("<pkcs7 der, base64>");
+            // The signed content is embedded verbatim: check it and snapshot it (deterministic: seed + clock).
+            let content =
+                mock_imds::attested::signed_content(&seeded_config(SEED), v, "1234567890", t0());
+            let bytes = serde_json::to_vec(&content).expect("content JSON");
+            assert!(
+                der.windows(bytes.len()).any(|w| w == bytes.as_slice()),
+                "signed content embedded at {v}"
+            );
+            s["body"]["signature"] =
+                json!({ "pkcs7_der_base64": "<redacted>", "signed_content": content });
         } else {
             assert!(v < "2018-10-01", "attested exists from 2018-10-01");
         }
