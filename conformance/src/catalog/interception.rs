@@ -303,8 +303,12 @@ case_fn!(ipt_005, |ctx| {
         .unwrap_or(0);
     Err(Outcome::info(format!(
         "pod connected before the interceptor: first request {}, after start {} ({}); {flows} IMDS flows tracked in the node",
-        first.summary(),
-        second.summary(),
+        first
+            .status()
+            .map_or_else(|| first.summary(), |s| s.to_string()),
+        second
+            .status()
+            .map_or_else(|| second.summary(), |s| s.to_string()),
         match second.response() {
             Some(r) if has_token(r) => "still reaching IMDS directly",
             Some(_) => "intercepted",

@@ -1,0 +1,241 @@
+//! The harness against imds-proxy on the loopback backend (any user): the default scenario passes, and
+//! self-tests prove cases can fail — a feature switched off while claimed makes exactly the expected case
+//! ids FAIL (one test per area that loopback can judge; the kernel areas are in `harness_netns.rs`).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{proxy_or_skip, run, scenario};
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+fn fails(r: &common::Run) -> BTreeSet<String> {
+    r.ids("FAIL").into_iter().collect()
+}
+
+#[test]
+fn loopback_nmi_default_passes() {
+    if proxy_or_skip("loopback_nmi_default_passes").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
+    let report = r
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report\n{}", r.log()));
+    assert_eq!(report.summary.must_failed, 0, "{}", r.log());
+    assert_eq!(r.code, 0, "{}", r.log());
+    assert!(report.summary.pass >= 20, "{}", r.log());
+    // The kernel areas are listed as skipped, with the reason.
+    assert!(
+        r.ids("SKIP").iter().any(|i| i.starts_with("IPT-")),
+        "{}",
+        r.log()
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("skipped on loopback")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
+fn loopback_nmi_all_features_passes() {
+    if proxy_or_skip("loopback_nmi_all_features_passes").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-all-features.yaml");
+    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
+    assert_eq!(r.code, 0, "{}", r.log());
+}
+
+#[test]
+fn loopback_hardened_passes() {
+    if proxy_or_skip("loopback_hardened_passes").is_none() {
+        return;
+    }
+    let sc = scenario("hardened.yaml");
+    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
+    assert_eq!(r.code, 0, "{}", r.log());
+}
+
+#[test]
+fn selftest_hdr_header_check_off_but_claimed() {
+    if proxy_or_skip("selftest_hdr").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--focus",
+        "^HDR",
+        "--proxy-flag=--metadata-header-required=false",
+    ]);
+    assert_eq!(
+        fails(&r),
+        set(&["HDR-001", "HDR-002", "HDR-003", "HDR-005"]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1, "{}", r.log());
+}
+
+#[test]
+fn selftest_blk_block_off_but_claimed() {
+    if proxy_or_skip("selftest_blk").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--focus",
+        "^BLK",
+        "--features",
+        "blockInstanceMetadata,passthrough,metadataHeaderRequired,tokens",
+    ]);
+    assert_eq!(
+        fails(&r),
+        set(&["BLK-001", "BLK-002", "BLK-003", "BLK-004"]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_rta_retry_after_off_but_claimed() {
+    if proxy_or_skip("selftest_rta").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--focus",
+        "^RTA",
+        "--features",
+        "setRetryAfterHeader,tokens,hostToken,metadataHeaderRequired,enableScaleFeatures",
+    ]);
+    assert_eq!(fails(&r), set(&["RTA-001", "RTA-002"]), "{}", r.log());
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_lbl_label_filter_off_but_claimed() {
+    if proxy_or_skip("selftest_lbl").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--focus",
+        "^LBL",
+        "--proxy-flag=--enableScaleFeatures=false",
+    ]);
+    assert_eq!(fails(&r), set(&["LBL-001", "LBL-002"]), "{}", r.log());
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_tok_iso_no_interceptor_but_claimed() {
+    // Without any interceptor pods reach IMDS directly: the VM's token for everyone.
+    let sc = scenario("nmi-default.yaml");
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--interceptor",
+        "none",
+        "--focus",
+        "^(TOK|ISO)",
+    ]);
+    assert_eq!(
+        fails(&r),
+        set(&[
+            "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002", "ISO-004", "ISO-005"
+        ]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_pt_wrong_upstream_vendor_template() {
+    // A "vendor" interceptor (cmd: template) that forwards to a closed port: pass-through breaks.
+    let Some(proxy) = proxy_or_skip("selftest_pt") else {
+        return;
+    };
+    let sc = scenario("nmi-default.yaml");
+    let template = format!(
+        "cmd:{} --node={{node}} --kubeconfig={{kubeconfig}} --metadata-ip=127.0.0.1 --metadata-port=1 --nmi-port={{listen_port}} --http-probe-port={{probe_port}} --prometheus-port={{metrics_port}} --manage-iptables=false",
+        proxy.display()
+    );
+    let r = run(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--backend",
+        "loopback",
+        "--interceptor",
+        &template,
+        "--focus",
+        "^PT",
+    ]);
+    assert_eq!(
+        fails(&r),
+        set(&["PT-001", "PT-002", "PT-003"]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_imds_fidelity_against_a_fake_imds() {
+    // Something that answers 200 "hello" to everything is not IMDS: every fidelity case fails.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(200) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let r = run(&[
+        "--profile",
+        "imds",
+        "--backend",
+        "loopback",
+        "--interceptor",
+        "none",
+        "--imds-url",
+        &format!("http://{addr}"),
+    ]);
+    let expected: BTreeSet<String> = (1..=12).map(|i| format!("IMDS-{i:03}")).collect();
+    assert_eq!(fails(&r), expected, "{}", r.log());
+    assert_eq!(r.code, 1);
+}

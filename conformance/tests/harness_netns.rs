@@ -1,0 +1,245 @@
+//! The harness on the netns backend (root): every MUST case of nmi-default and hardened passes against
+//! imds-proxy, CT and RST included; self-tests prove the kernel areas (CT, IPT, RST) can fail; and after
+//! every run — also one interrupted with SIGINT — `ip netns list`, `ip link` and the root iptables hold
+//! nothing with the run's prefix. Without root these SKIP loudly.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{netns_or_skip, proxy_or_skip, run, scenario};
+
+fn fails(r: &common::Run) -> BTreeSet<String> {
+    r.ids("FAIL").into_iter().collect()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// Everything in the system carrying the prefix of runs owned by `pid`.
+fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("{}{pid}-", imds_conformance::netns::ROOT_PREFIX);
+    let mut out = Vec::new();
+    for (what, args) in [
+        ("netns", vec!["ip", "netns", "list"]),
+        ("link", vec!["ip", "-o", "link"]),
+        ("iptables", vec!["iptables-save"]),
+    ] {
+        if let Ok(o) = Command::new(args[0]).args(&args[1..]).output() {
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                if l.contains(&prefix) {
+                    out.push(format!("{what}: {l}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs a netns conformance run and returns it with the child's PID (for the leftover check).
+fn run_netns(args: &[&str]) -> (common::Run, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut cmd = Command::new(common::conformance_bin());
+    cmd.arg("run")
+        .args(args)
+        .args(["--backend", "netns", "--report"])
+        .arg(format!("json={}", json.display()))
+        .env("NO_COLOR", "1");
+    if let Some(p) = common::proxy_bin() {
+        cmd.env("IMDS_PROXY_BIN", p);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("JSON report parses"));
+    (
+        common::Run {
+            code: output.status.code().unwrap_or(-1),
+            report,
+            output,
+        },
+        pid,
+    )
+}
+
+fn must_pass(file: &str, test: &str) {
+    if !netns_or_skip(test) || proxy_or_skip(test).is_none() {
+        return;
+    }
+    let sc = scenario(file);
+    let (r, pid) = run_netns(&["--scenario", sc.to_str().unwrap()]);
+    let report = r
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report\n{}", r.log()));
+    assert_eq!(report.summary.must_failed, 0, "{}", r.log());
+    assert_eq!(r.code, 0, "{}", r.log());
+    assert_eq!(report.backend, "netns");
+    for area in ["CT-", "IPT-"] {
+        assert!(
+            r.ids("PASS").iter().any(|i| i.starts_with(area))
+                || file == "nmi-default.yaml" && area == "CT-",
+            "{area} cases ran and passed\n{}",
+            r.log()
+        );
+    }
+    assert!(leftovers(pid).is_empty(), "leftovers: {:?}", leftovers(pid));
+}
+
+#[test]
+fn netns_nmi_default_all_must_pass() {
+    must_pass("nmi-default.yaml", "netns_nmi_default_all_must_pass");
+}
+
+#[test]
+fn netns_hardened_all_must_pass() {
+    must_pass("hardened.yaml", "netns_hardened_all_must_pass");
+}
+
+#[test]
+fn netns_nmi_all_features_all_must_pass() {
+    must_pass(
+        "nmi-all-features.yaml",
+        "netns_nmi_all_features_all_must_pass",
+    );
+}
+
+#[test]
+fn netns_aks_restriction_passes_with_aks_rule() {
+    if !netns_or_skip("netns_aks_restriction") {
+        return;
+    }
+    let sc = scenario("aks-restriction.yaml");
+    let (r, pid) = run_netns(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--interceptor",
+        "aks-rule",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.log());
+    assert_eq!(
+        r.ids("PASS").into_iter().collect::<BTreeSet<_>>(),
+        set(&["RST-001", "RST-002", "RST-003", "RST-004", "RST-005"]),
+        "{}",
+        r.log()
+    );
+    assert!(leftovers(pid).is_empty(), "leftovers: {:?}", leftovers(pid));
+}
+
+#[test]
+fn selftest_rst_no_rule_but_claimed() {
+    if !netns_or_skip("selftest_rst") {
+        return;
+    }
+    let sc = scenario("aks-restriction.yaml");
+    let (r, pid) = run_netns(&["--scenario", sc.to_str().unwrap(), "--interceptor", "none"]);
+    assert_eq!(
+        fails(&r),
+        set(&["RST-001", "RST-003", "RST-005"]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1);
+    assert!(leftovers(pid).is_empty());
+}
+
+#[test]
+fn selftest_ct_deletion_off_but_claimed() {
+    if !netns_or_skip("selftest_ct") || proxy_or_skip("selftest_ct").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let (r, _) = run_netns(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--focus",
+        "^CT",
+        "--features",
+        "enableConntrackDeletion,iptables,tokens,metadataHeaderRequired",
+    ]);
+    assert_eq!(fails(&r), set(&["CT-001"]), "{}", r.log());
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn selftest_ipt_no_interceptor_but_claimed() {
+    if !netns_or_skip("selftest_ipt") {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let (r, _) = run_netns(&[
+        "--scenario",
+        sc.to_str().unwrap(),
+        "--interceptor",
+        "none",
+        "--focus",
+        "^IPT",
+    ]);
+    assert_eq!(
+        fails(&r),
+        set(&["IPT-001", "IPT-002", "IPT-004"]),
+        "{}",
+        r.log()
+    );
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn netns_sigint_midway_leaves_nothing() {
+    if !netns_or_skip("netns_sigint_midway") || proxy_or_skip("netns_sigint_midway").is_none() {
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let mut child = Command::new(common::conformance_bin())
+        .args([
+            "run",
+            "--backend",
+            "netns",
+            "--scenario",
+            sc.to_str().unwrap(),
+        ])
+        .env("IMDS_PROXY_BIN", common::proxy_bin().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until the environment stands (namespaces with this run's prefix exist), then a bit more so
+    // cases are running, then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while leftovers(pid).iter().all(|l| !l.starts_with("netns")) {
+        assert!(Instant::now() < deadline, "environment never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // Our own child, by PID.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        leftovers(pid).is_empty(),
+        "leftovers after SIGINT: {:?}",
+        leftovers(pid)
+    );
+}
