@@ -197,15 +197,17 @@ async fn handle(
     span.record("status", status);
     span.record("latency_ms", latency.as_secs_f64() * 1000.0);
     span.in_scope(|| tracing::info!("handled"));
-    let route_name = match routed.route {
-        Route::Token => "token",
-        Route::InvalidTokenPath => "invalid_token_path",
-        Route::HostToken => "host_token",
-        Route::BlockedInstance => "instance_block",
-        Route::PassThrough => "pass_through",
+    let route_name = route_label(routed.route);
+    // Labels must stay bounded whatever pods send: the path label is a known IMDS path or "other", and the
+    // resource label is kept only for answered tokens (IMDS vouched for the resource).
+    let metric_path = metric_path(routed.route, &routed.forward_path);
+    let resource = if status == 200 {
+        resource
+    } else {
+        String::new()
     };
     st.metrics.request(&RequestRecord {
-        path: &raw_path,
+        path: metric_path,
         status,
         namespace: &outcome.namespace,
         resource: &resource,
@@ -214,6 +216,42 @@ async fn handle(
         secs: latency.as_secs_f64(),
     });
     outcome.response
+}
+
+fn route_label(route: Route) -> &'static str {
+    match route {
+        Route::Token => "token",
+        Route::InvalidTokenPath => "invalid_token_path",
+        Route::HostToken => "host_token",
+        Route::BlockedInstance => "instance_block",
+        Route::PassThrough => "pass_through",
+    }
+}
+
+/// NMI labels durations with the request path; a fixed vocabulary keeps the series count bounded.
+fn metric_path(route: Route, forward_path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/metadata/instance",
+        "/metadata/attested",
+        "/metadata/scheduledevents",
+        "/metadata/identity",
+        "/metadata/loadbalancer",
+        "/metadata/versions",
+    ];
+    match route {
+        Route::Token => "/metadata/identity/oauth2/token",
+        Route::HostToken => "/host/token",
+        Route::BlockedInstance => "/metadata/instance",
+        Route::InvalidTokenPath => "invalid_token_path",
+        Route::PassThrough => {
+            let lower = forward_path.to_ascii_lowercase();
+            KNOWN
+                .iter()
+                .copied()
+                .find(|k| lower.starts_with(k))
+                .unwrap_or("other")
+        }
+    }
 }
 
 /// The caller address as NMI sees it: IPv4 only (NMI's `parseRemoteAddr` yields "" for `[v6]:port`).
