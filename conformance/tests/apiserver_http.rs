@@ -34,6 +34,12 @@ async fn get(api: &ApiServer, path: &str, token: &str) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
+async fn get_url(url: &str) -> (u16, String) {
+    let resp = http().get(url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
 fn aai(name: &str, node: &str) -> Value {
     json!({
         "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
@@ -509,7 +515,25 @@ async fn kubeconfig_carries_the_accounting_token() {
     api.write_kubeconfig(&path, "node-7").unwrap();
     let doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(doc["users"][0]["user"]["token"], "node-7");
-    assert_eq!(doc["clusters"][0]["cluster"]["server"], api.url());
+    assert_eq!(
+        doc["clusters"][0]["cluster"]["server"],
+        format!("{}/clients/node-7", api.url())
+    );
+    // The path prefix names the client even without a token (client-go over plain http).
+    let (status, _) = get_url(&format!(
+        "{}/api/v1/pods?limit=1",
+        api.client_url("node 8/x")
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        api.stats()
+            .client("node 8/x")
+            .resource("pods")
+            .requests
+            .get("list"),
+        Some(&1)
+    );
     assert_eq!(doc["current-context"], "imds-conformance");
 }
 

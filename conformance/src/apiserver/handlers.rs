@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::serve::PathClientKey;
 use super::status::ApiError;
 use super::store::WriteScope;
 use super::watch::{self, Start, WatchSpec};
@@ -89,7 +90,12 @@ async fn put_available(
     Json(a)
 }
 
+/// The accounting key: a `/clients/{key}` base-URL prefix, else the bearer token, else the
+/// source IP.
 fn client_key(req: &Request) -> String {
+    if let Some(PathClientKey(key)) = req.extensions().get::<PathClientKey>() {
+        return key.clone();
+    }
     if let Some(token) = req
         .headers()
         .get(AUTHORIZATION)

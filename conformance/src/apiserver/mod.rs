@@ -29,7 +29,7 @@ pub mod handlers;
 pub mod kubeconfig;
 pub mod resources;
 pub mod selectors;
-mod serve;
+pub mod serve;
 pub mod stats;
 pub mod status;
 pub mod store;
@@ -183,7 +183,15 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// Kubeconfig whose user token is `key`, the accounting key of every client using it.
+    /// Base URL that makes every request through it count for client `key`
+    /// (`http://IP:PORT/clients/{key}`).
+    pub fn client_url(&self, key: &str) -> String {
+        kubeconfig::client_url(&self.url(), key)
+    }
+
+    /// Kubeconfig for client `key` (server [`Self::client_url`], user token `key`): every client
+    /// using it is counted as `key`, whether it sends the token (kube-rs) or not (client-go over
+    /// plain http).
     pub fn kubeconfig_yaml(&self, key: &str) -> String {
         kubeconfig::kubeconfig_yaml(&self.url(), key)
     }

@@ -64,6 +64,48 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, shared: A
     }
 }
 
+/// Prefix of per-client base URLs: a kubeconfig for client `k` points at `http://ADDR/clients/k`,
+/// and clients append API paths to it (kube-rs and client-go both keep a server URL's path).
+pub const CLIENT_PREFIX: &str = "/clients/";
+
+/// The accounting key named by a `/clients/{key}` path prefix, taken off before routing.
+#[derive(Debug, Clone)]
+pub struct PathClientKey(pub String);
+
+/// Move a `/clients/{key}` prefix from the path into a [`PathClientKey`] extension. Routing must
+/// see the plain Kubernetes path, so this runs outside the router. Why a path and not only the
+/// bearer token: client-go never sends credentials to a plain-http server.
+fn strip_client_prefix<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let Some(rest) = req.uri().path().strip_prefix(CLIENT_PREFIX) else {
+        return req;
+    };
+    let (key, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let key = percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .into_owned();
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    if key.is_empty() {
+        return req;
+    }
+    let mut parts = req.uri().clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        // Not reachable for a path that was valid with its prefix; leave the request untouched.
+        Err(_) => return req,
+    }
+    if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        req.extensions_mut().insert(PathClientKey(key));
+    }
+    req
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -73,7 +115,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let svc = router.map_request(move |mut req: axum::http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        req
+        strip_client_prefix(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
