@@ -246,6 +246,33 @@ async fn aai_watcher_with_nodename_label_selector_streaming_list() {
 }
 
 #[tokio::test]
+async fn watcher_with_small_pages_follows_continue_tokens() {
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..7 {
+        api.apply(aai(&format!("x{i}"), "n1")).unwrap();
+    }
+    let ar = aai_resource();
+    let aais: Api<DynamicObject> = Api::all_with(client(&api, "pager").await, &ar);
+    let writer = reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let cfg = watcher::Config::default().page_size(3);
+    let _rx = drive(reflector::reflector(writer, watcher(aais, cfg)).default_backoff());
+    eventually("all 7 synced", || names(&reader).len(), |n| *n == 7).await;
+    let stats = api
+        .stats()
+        .client("pager")
+        .resource("azureassignedidentities");
+    assert_eq!(
+        stats.requests.get("list"),
+        Some(&3),
+        "7 objects in pages of 3: {stats:?}"
+    );
+    assert_eq!(stats.objects_sent, 7);
+}
+
+#[tokio::test]
 async fn bookmarks_arrive_on_raw_watch_and_are_counted_for_the_watcher() {
     let api = ApiServer::builder()
         .bookmark_interval(Duration::from_millis(100))

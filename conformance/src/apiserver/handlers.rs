@@ -245,9 +245,90 @@ struct Params {
     field_selector: Option<String>,
     #[serde(rename = "continue")]
     continue_: Option<String>,
+    limit: Option<String>,
     timeout_seconds: Option<String>,
     allow_watch_bookmarks: Option<String>,
     send_initial_events: Option<String>,
+}
+
+/// The JSON of a POST/PUT body. JSON and YAML are accepted, as by kube-apiserver; protobuf and
+/// CBOR are not served here (415, so a client can tell "unsupported" from "malformed").
+fn write_body(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "" | "application/json" | "*/*" => Ok(body.clone()),
+        "application/yaml" => {
+            let value: Value = serde_norway::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?;
+            Ok(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+        }
+        _ => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
+/// `(namespace, name)` of a stored object: the order lists are served in.
+fn object_key(obj: &Value) -> (&str, &str) {
+    let get = |f: &str| {
+        obj.get("metadata")
+            .and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    (get("namespace"), get("name"))
+}
+
+/// List metadata as kube-apiserver writes it (`continue`/`remainingItemCount` only when paging).
+fn list_meta(rv: u64, next: Option<String>, remaining: usize) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("resourceVersion".into(), json!(rv.to_string()));
+    if let Some(token) = next {
+        m.insert("continue".into(), json!(token));
+        m.insert("remainingItemCount".into(), json!(remaining));
+    }
+    Value::Object(m)
+}
+
+/// A continue token: the list's revision and the last key served. Opaque to clients (hex of
+/// `rv NUL namespace NUL name`), like kube-apiserver's base64 tokens.
+struct Continue {
+    rv: u64,
+    namespace: String,
+    name: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        let raw = format!("{}\0{}\0{}", self.rv, self.namespace, self.name);
+        raw.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode(token: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+        if token.len() % 2 != 0 || !token.is_ascii() {
+            return Err(invalid());
+        }
+        let bytes: Vec<u8> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid())?;
+        let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = raw.split('\0');
+        let (Some(rv), Some(namespace), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        Ok(Continue {
+            rv: rv.parse().map_err(|_| invalid())?,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
 }
 
 /// Go's strconv.ParseBool, which kube-apiserver uses for boolean query parameters.
@@ -348,7 +429,7 @@ async fn dispatch(
                     ctx.list(namespace.as_deref(), &params)
                 }
                 Method::POST => match namespace {
-                    Some(ns) => ctx.create(&ns, &body),
+                    Some(ns) => write_body(&headers, &body).and_then(|body| ctx.create(&ns, &body)),
                     None => Err(ApiError::method_not_allowed()),
                 },
                 Method::DELETE => ctx.delete_collection(namespace.as_deref(), &params),
@@ -377,7 +458,8 @@ async fn dispatch(
             };
             let result = match *m {
                 Method::GET => ctx.get(&namespace, &name),
-                Method::PUT => ctx.update(&namespace, &name, &body, scope),
+                Method::PUT => write_body(&headers, &body)
+                    .and_then(|body| ctx.update(&namespace, &name, &body, scope)),
                 Method::PATCH => ctx.patch(&namespace, &name, &headers, &body, scope),
                 Method::DELETE if scope == WriteScope::Main => ctx.delete(&namespace, &name, &body),
                 _ => Err(ApiError::method_not_allowed()),
@@ -416,12 +498,23 @@ impl Ctx<'_> {
     fn list(&self, namespace: Option<&str>, p: &Params) -> Result<Response, ApiError> {
         self.count("list");
         let (labels, fields) = selectors(self.rt, p)?;
-        if p.continue_.as_deref().is_some_and(|c| !c.is_empty()) {
-            // This server never hands out continue tokens (it ignores `limit`), so any token is foreign.
-            return Err(ApiError::bad_request(
-                "continue key is not valid: this server does not paginate",
-            ));
-        }
+        let continuation = match p.continue_.as_deref().filter(|c| !c.is_empty()) {
+            Some(token) => {
+                if p.resource_version.as_deref().is_some_and(|v| !v.is_empty()) {
+                    return Err(ApiError::bad_request(
+                        "specifying resource version is not allowed when using continue",
+                    ));
+                }
+                Some(Continue::decode(token)?)
+            }
+            None => None,
+        };
+        let limit = match p.limit.as_deref().filter(|l| !l.is_empty()) {
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
         let current = self.shared.store.current_rv();
         let rv = p.resource_version.as_deref().filter(|v| !v.is_empty());
         match (
@@ -466,9 +559,41 @@ impl Ctx<'_> {
             }
             (None, None) => {}
         }
-        let (rv, mut items) = self.shared.store.list(self.rt, namespace, |o| {
+        let (mut rv, mut items) = self.shared.store.list(self.rt, namespace, |o| {
             labels.matches_object(o) && fields.matches(|f| self.rt.field_value(o, f))
         });
+        // Pagination. Later pages are cut from the current state but carry the first page's
+        // revision, so a client that watches from it replays every change made in between and
+        // converges (the contract informers rely on). resourceVersion=0 is served "from the
+        // cache", which ignores limit, as kube-apiserver's watch cache does.
+        if let Some(c) = &continuation {
+            if c.rv < self.shared.store.oldest_rv() {
+                return Err(ApiError::continue_expired());
+            }
+            rv = c.rv;
+            items.retain(|o| object_key(o) > (c.namespace.as_str(), c.name.as_str()));
+        }
+        let mut next = None;
+        let mut remaining = 0;
+        let paginate = limit > 0 && p.resource_version.as_deref() != Some("0");
+        if let Ok(limit) = usize::try_from(limit)
+            && paginate
+            && items.len() > limit
+        {
+            remaining = items.len() - limit;
+            items.truncate(limit);
+            if let Some(last) = items.last() {
+                let (namespace, name) = object_key(last);
+                next = Some(
+                    Continue {
+                        rv,
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }
+                    .encode(),
+                );
+            }
+        }
         if self.rt.group.is_empty() {
             // Typed (built-in) lists carry kind/apiVersion only on the list, not on each item.
             for item in &mut items {
@@ -484,7 +609,7 @@ impl Ctx<'_> {
         let doc = json!({
             "kind": self.rt.list_kind(),
             "apiVersion": self.rt.api_version(),
-            "metadata": {"resourceVersion": rv.to_string()},
+            "metadata": list_meta(rv, next, remaining),
             "items": items,
         });
         Ok(json_response(StatusCode::OK, &doc, self.rt.plural))

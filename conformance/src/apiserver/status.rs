@@ -114,6 +114,16 @@ impl ApiError {
         )
     }
 
+    /// 410 Expired for a continue token whose revision left the history.
+    pub fn continue_expired() -> Self {
+        Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You \
+             can start a new list without the continue parameter.",
+        )
+    }
+
     /// 504 Timeout for a resourceVersion from the future, as the watch cache answers.
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
         ApiError {

@@ -155,6 +155,11 @@ impl Store {
         self.rv_tx.subscribe()
     }
 
+    /// Oldest revision a watch (or a continue token) may still resume from.
+    pub fn oldest_rv(&self) -> u64 {
+        self.lock().compacted
+    }
+
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
     }
