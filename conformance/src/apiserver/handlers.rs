@@ -308,7 +308,7 @@ impl Continue {
 
     fn decode(token: &str) -> Result<Self, ApiError> {
         let invalid = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
-        if token.len() % 2 != 0 || !token.is_ascii() {
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
             return Err(invalid());
         }
         let bytes: Vec<u8> = (0..token.len())
