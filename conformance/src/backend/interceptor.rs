@@ -194,11 +194,14 @@ pub fn find_proxy_bin(explicit: Option<&Path>) -> Option<PathBuf> {
 pub struct Supervised {
     child: Option<Child>,
     log: PathBuf,
+    /// Log length when this process was spawned: readiness lines before it belong to an earlier process.
+    log_start: u64,
 }
 
 impl Supervised {
     /// Spawns `cmd` with stdout and stderr appended to `log`; killed if the handle is dropped.
     pub fn spawn(mut cmd: Command, log: &Path) -> Result<Self, BackendError> {
+        let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -217,6 +220,7 @@ impl Supervised {
         Ok(Supervised {
             child: Some(child),
             log: log.to_path_buf(),
+            log_start,
         })
     }
 
@@ -246,10 +250,14 @@ impl Supervised {
     ) -> Result<(), BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if std::fs::read_to_string(&self.log)
-                .map(|s| s.contains(line))
-                .unwrap_or(false)
-            {
+            let ours = std::fs::read(&self.log)
+                .ok()
+                .and_then(|b| {
+                    b.get(self.log_start as usize..)
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                })
+                .unwrap_or_default();
+            if ours.contains(line) {
                 return Ok(());
             }
             if !self.running() {
