@@ -639,3 +639,57 @@ async fn yaml_bodies_are_accepted_and_protobuf_is_refused() {
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["reason"], "UnsupportedMediaType");
 }
+
+#[tokio::test]
+async fn run_standalone_writes_a_kubeconfig_and_serves_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let kc = path.clone();
+    let task = tokio::spawn(async move {
+        imds_conformance::apiserver::run_standalone("127.0.0.1:0".parse().unwrap(), &kc, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut server = None;
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(doc) = serde_norway::from_str::<Value>(&text)
+        {
+            server = doc["clusters"][0]["cluster"]["server"]
+                .as_str()
+                .map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let server = server.expect("kubeconfig written within 5 s");
+    let base = server
+        .strip_suffix("/clients/admin")
+        .expect("standalone key is admin")
+        .to_owned();
+    let (status, _) = get_url(&format!("{server}/api/v1/pods")).await;
+    assert_eq!(status, 200);
+    let stats: Stats = http()
+        .get(format!("{base}/_test/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.client("admin").resource("pods").requests.get("list"),
+        Some(&1)
+    );
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops within 10 s");
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    assert!(
+        http().get(format!("{base}/version")).send().await.is_err(),
+        "listener closed"
+    );
+}
