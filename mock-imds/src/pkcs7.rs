@@ -248,20 +248,24 @@ mod tests {
                 String::from_utf8_lossy(&o.stderr).into_owned(),
             )
         };
-        let (ok, stderr) = run(&[
-            "cms",
-            "-verify",
-            "-inform",
-            "DER",
-            "-in",
-            sig.to_str().expect("utf8"),
-            "-CAfile",
-            root.to_str().expect("utf8"),
-            "-purpose",
-            "any",
-            "-out",
-            out.to_str().expect("utf8"),
-        ]);
+        // Chain verification against whatever `root` holds at the time.
+        let cms_verify = || {
+            run(&[
+                "cms",
+                "-verify",
+                "-inform",
+                "DER",
+                "-in",
+                sig.to_str().expect("utf8"),
+                "-CAfile",
+                root.to_str().expect("utf8"),
+                "-purpose",
+                "any",
+                "-out",
+                out.to_str().expect("utf8"),
+            ])
+        };
+        let (ok, stderr) = cms_verify();
         assert!(ok, "openssl cms -verify failed: {stderr}");
         assert_eq!(std::fs::read(&out).expect("content"), CONTENT);
 
@@ -288,20 +292,7 @@ mod tests {
             .expect("root")
             .to_owned();
         std::fs::write(&root, other_root).expect("write other root");
-        let (ok, _) = run(&[
-            "cms",
-            "-verify",
-            "-inform",
-            "DER",
-            "-in",
-            sig.to_str().expect("utf8"),
-            "-CAfile",
-            root.to_str().expect("utf8"),
-            "-purpose",
-            "any",
-            "-out",
-            out.to_str().expect("utf8"),
-        ]);
+        let (ok, _) = cms_verify();
         assert!(!ok, "verification against an unrelated root must fail");
     }
 }

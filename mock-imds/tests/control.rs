@@ -8,15 +8,10 @@ use mock_imds::MockImds;
 use mock_imds::journal::JournalEntry;
 use serde_json::{Value, json};
 
-const TOKEN: &str =
-    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+const EVENTS: &str = "/metadata/scheduledevents?api-version=2020-07-01";
 
 async fn mock() -> MockImds {
-    MockImds::builder()
-        .config(seeded_config(21))
-        .start()
-        .await
-        .expect("start")
+    start(seeded_config(21)).await
 }
 
 async fn ctl(
@@ -41,12 +36,7 @@ async fn health_and_journal() {
         ctl(&m, reqwest::Method::GET, "/health", None).await,
         (200, "ok".to_string())
     );
-    get(
-        &m,
-        "/metadata/instance?api-version=2021-02-01",
-        &[("x-ms-client-request-id", "abc")],
-    )
-    .await;
+    get(&m, INSTANCE, &[("x-ms-client-request-id", "abc")]).await;
     let (s, body) = ctl(&m, reqwest::Method::GET, "/journal", None).await;
     assert_eq!(s, 200);
     let entries: Vec<JournalEntry> = serde_json::from_str(&body).expect("journal JSON");
@@ -102,28 +92,11 @@ async fn identities_can_be_assigned_and_unassigned() {
     assert_eq!(get(&m, &q, &[]).await.status, 200);
     let (_, list) = ctl(&m, reqwest::Method::GET, "/identities", None).await;
     assert!(list.contains(cid));
-    assert_eq!(
-        ctl(
-            &m,
-            reqwest::Method::DELETE,
-            &format!("/identities/{cid}"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    assert_eq!(
-        ctl(
-            &m,
-            reqwest::Method::DELETE,
-            &format!("/identities/{cid}"),
-            None
-        )
-        .await
-        .0,
-        404
-    );
+    let unassign = format!("/identities/{cid}");
+    for expected in [204, 404] {
+        let (status, _) = ctl(&m, reqwest::Method::DELETE, &unassign, None).await;
+        assert_eq!(status, expected, "DELETE {unassign}");
+    }
     assert_eq!(get(&m, &q, &[]).await.status, 400);
 }
 
@@ -137,12 +110,7 @@ async fn faults_over_http() {
             .0,
         200
     );
-    assert_eq!(
-        get(&m, "/metadata/instance?api-version=2021-02-01", &[])
-            .await
-            .status,
-        500
-    );
+    assert_eq!(get(&m, INSTANCE, &[]).await.status, 500);
     let (_, body) = ctl(&m, reqwest::Method::GET, "/faults", None).await;
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["rules"][0]["status"], 500);
@@ -150,12 +118,7 @@ async fn faults_over_http() {
         ctl(&m, reqwest::Method::DELETE, "/faults", None).await.0,
         204
     );
-    assert_eq!(
-        get(&m, "/metadata/instance?api-version=2021-02-01", &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get(&m, INSTANCE, &[]).await.status, 200);
     // Rate-limit switch.
     let (s, body) = ctl(
         &m,
@@ -180,46 +143,23 @@ async fn scheduled_events_and_reset() {
     assert_eq!(s, 201, "{body}");
     let ev: Value = serde_json::from_str(&body).expect("json");
     let id = ev["EventId"].as_str().unwrap_or_default().to_string();
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
-        .await
-        .json();
+    let doc = get(&m, EVENTS, &[]).await.json();
     assert_eq!(doc["Events"][0]["EventType"], "Freeze");
     assert_eq!(doc["Events"][0]["EventStatus"], "Scheduled");
     assert!(doc["DocumentIncarnation"].is_u64());
-    let ack = request(
+    let ack = post(
         &m,
-        reqwest::Method::POST,
-        "/metadata/scheduledevents?api-version=2020-07-01",
-        true,
-        &[],
-        Some(format!(r#"{{"StartRequests":[{{"EventId":"{id}"}}]}}"#)),
+        EVENTS,
+        &format!(r#"{{"StartRequests":[{{"EventId":"{id}"}}]}}"#),
     )
     .await;
     assert_eq!(ack.status, 200);
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
-        .await
-        .json();
+    let doc = get(&m, EVENTS, &[]).await.json();
     assert_eq!(doc["Events"][0]["EventStatus"], "Started");
     // Unknown ids are accepted by default (open question 11); malformed payloads are 400.
-    let unknown = request(
-        &m,
-        reqwest::Method::POST,
-        "/metadata/scheduledevents?api-version=2020-07-01",
-        true,
-        &[],
-        Some(r#"{"StartRequests":[{"EventId":"nope"}]}"#.into()),
-    )
-    .await;
+    let unknown = post(&m, EVENTS, r#"{"StartRequests":[{"EventId":"nope"}]}"#).await;
     assert_eq!(unknown.status, 200);
-    let bad = request(
-        &m,
-        reqwest::Method::POST,
-        "/metadata/scheduledevents?api-version=2020-07-01",
-        true,
-        &[],
-        Some("{".into()),
-    )
-    .await;
+    let bad = post(&m, EVENTS, "{").await;
     assert_eq!(bad.status, 400);
     assert!(
         bad.json()["error"]
@@ -228,9 +168,7 @@ async fn scheduled_events_and_reset() {
     );
     // Reset: back to the configured state.
     assert_eq!(ctl(&m, reqwest::Method::POST, "/reset", None).await.0, 204);
-    let doc = get(&m, "/metadata/scheduledevents?api-version=2020-07-01", &[])
-        .await
-        .json();
+    let doc = get(&m, EVENTS, &[]).await.json();
     assert_eq!(doc["Events"], json!([]));
     assert_eq!(m.journal().len(), 1, "reset cleared the journal");
 }
@@ -284,14 +222,9 @@ async fn no_control_leaves_only_imds() {
 async fn journal_is_bounded() {
     let mut c = seeded_config(21);
     c.server.journal_capacity = 3;
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     for i in 0..5 {
-        get(
-            &m,
-            &format!("/metadata/instance?api-version=2021-02-01&n={i}"),
-            &[],
-        )
-        .await;
+        get(&m, &format!("{INSTANCE}&n={i}"), &[]).await;
     }
     let j = m.journal();
     assert_eq!(j.len(), 3);

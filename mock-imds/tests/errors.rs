@@ -6,15 +6,8 @@ mod common;
 use common::*;
 use mock_imds::MockImds;
 
-const TOKEN: &str =
-    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
-
 async fn mock() -> MockImds {
-    MockImds::builder()
-        .config(seeded_config(7))
-        .start()
-        .await
-        .expect("start")
+    start(seeded_config(7)).await
 }
 
 /// Asserts status, exact body bytes, Content-Length and the IMDS headers.
@@ -26,18 +19,7 @@ fn assert_exact(reply: &Reply, status: u16, body: &str) {
         Some(body.len().to_string()),
         "Content-Length"
     );
-    assert_eq!(
-        reply.header("content-type").as_deref(),
-        Some("application/json; charset=utf-8")
-    );
-    let server = reply.header("server").unwrap_or_default();
-    assert!(
-        server.starts_with("IMDS/150.870.65."),
-        "Server header {server:?}"
-    );
-    let id = reply.header("x-ms-request-id").unwrap_or_default();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "x-ms-request-id {id:?}");
-    assert!(reply.header("date").is_some(), "Date header");
+    assert_imds_headers(reply);
 }
 
 const NEWEST: &str = r#"{"error":"Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds","newest-versions":["2025-04-07","2024-07-17","2024-03-15"]}"#;
@@ -45,17 +27,8 @@ const NEWEST: &str = r#"{"error":"Bad request. api-version is invalid or was not
 #[tokio::test]
 async fn missing_metadata_header_instance() {
     let m = mock().await;
-    let r = request(
-        &m,
-        reqwest::Method::GET,
-        "/metadata/instance?api-version=2021-02-01",
-        false,
-        &[],
-        None,
-    )
-    .await;
     assert_exact(
-        &r,
+        &get_bare(&m, INSTANCE, &[]).await,
         400,
         r#"{"error":"Bad request: . Required metadata header not specified"}"#,
     );
@@ -64,7 +37,7 @@ async fn missing_metadata_header_instance() {
 #[tokio::test]
 async fn missing_metadata_header_token_is_88_bytes() {
     let m = mock().await;
-    let r = request(&m, reqwest::Method::GET, TOKEN, false, &[], None).await;
+    let r = get_bare(&m, TOKEN, &[]).await;
     assert_exact(
         &r,
         400,
@@ -77,74 +50,34 @@ async fn missing_metadata_header_token_is_88_bytes() {
 async fn metadata_value_case_rules() {
     let m = mock().await;
     // waagent sends `True` to instance metadata: accepted.
-    let r = request(
+    let capital = [("Metadata", "True")];
+    let r = get_bare(
         &m,
-        reqwest::Method::GET,
         "/metadata/instance/compute?api-version=2018-02-01",
-        false,
-        &[("Metadata", "True")],
-        None,
+        &capital,
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The token endpoint requires lower-case `true` (token documentation), by default.
-    let r = request(
-        &m,
-        reqwest::Method::GET,
-        TOKEN,
-        false,
-        &[("Metadata", "True")],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 400);
-    let r = request(
-        &m,
-        reqwest::Method::GET,
-        "/metadata/instance?api-version=2021-02-01",
-        false,
-        &[("Metadata", "false")],
-        None,
-    )
-    .await;
+    assert_eq!(get_bare(&m, TOKEN, &capital).await.status, 400);
+    let r = get_bare(&m, INSTANCE, &[("Metadata", "false")]).await;
     assert_eq!(r.status, 400);
 }
 
 #[tokio::test]
 async fn api_version_missing_and_invalid() {
     let m = mock().await;
-    assert_exact(&get(&m, "/metadata/instance", &[]).await, 400, NEWEST);
-    assert_exact(
-        &get(&m, "/metadata/instance?format=json", &[]).await,
-        400,
-        NEWEST,
-    );
-    assert_exact(
-        &get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await,
-        400,
-        NEWEST,
-    );
-    assert_exact(
-        &get(&m, "/metadata/instance?api-version=banana", &[]).await,
-        400,
-        NEWEST,
-    );
-    // Category introduced later than the version asked for.
-    assert_exact(
-        &get(&m, "/metadata/loadbalancer?api-version=2020-09-01", &[]).await,
-        400,
-        NEWEST,
-    );
-    assert_exact(
-        &get(
-            &m,
-            "/metadata/attested/document?api-version=2018-04-02",
-            &[],
-        )
-        .await,
-        400,
-        NEWEST,
-    );
+    for path in [
+        "/metadata/instance",
+        "/metadata/instance?format=json",
+        "/metadata/instance?api-version=2017-07-01",
+        "/metadata/instance?api-version=banana",
+        // Category introduced later than the version asked for.
+        "/metadata/loadbalancer?api-version=2020-09-01",
+        "/metadata/attested/document?api-version=2018-04-02",
+    ] {
+        assert_exact(&get(&m, path, &[]).await, 400, NEWEST);
+    }
     // Identity speaks OAuth.
     let r = get(&m, "/metadata/identity/oauth2/token?resource=x", &[]).await;
     assert_exact(
@@ -171,7 +104,7 @@ async fn api_version_missing_and_invalid() {
 async fn legacy_api_version_style_is_configurable() {
     let mut c = seeded_config(7);
     c.behavior.api_version_style = mock_imds::error::ApiVersionStyle::LegacyNotFound;
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     assert_exact(
         &get(&m, "/metadata/instance?api-version=2017-07-01", &[]).await,
         404,
@@ -221,7 +154,7 @@ async fn multiple_user_assigned_is_168_bytes() {
             name: String::new(),
         });
     c.complete_identities();
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     let r = get(&m, TOKEN, &[]).await;
     assert_exact(
         &r,
@@ -236,7 +169,7 @@ async fn no_identity_at_all_is_identity_not_found() {
     let mut c = seeded_config(7);
     c.identities.system_assigned = false;
     c.identities.user_assigned.clear();
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     assert_exact(
         &get(&m, TOKEN, &[]).await,
         400,
@@ -332,59 +265,46 @@ async fn other_verbs_get_405() {
 #[tokio::test]
 async fn not_found_and_leaf_without_text() {
     let m = mock().await;
-    let r = get(
-        &m,
-        "/metadata/instance/compute/nosuch?api-version=2021-02-01",
-        &[],
-    )
-    .await;
-    assert_exact(&r, 404, r#"{"error":"Not found"}"#);
-    let r = get(
-        &m,
-        "/metadata/instance/network/interface/7?api-version=2021-02-01",
-        &[],
-    )
-    .await;
-    assert_exact(&r, 404, r#"{"error":"Not found"}"#);
-    // A field not yet introduced in the requested version does not exist.
-    let r = get(
-        &m,
-        "/metadata/instance/compute/userData?api-version=2020-12-01&format=text",
-        &[],
-    )
-    .await;
-    assert_exact(&r, 404, r#"{"error":"Not found"}"#);
-    let r = get(
-        &m,
-        "/metadata/instance/compute/vmId?api-version=2021-02-01",
-        &[],
-    )
-    .await;
-    assert_exact(
-        &r,
-        400,
-        r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#,
-    );
-    let r = get(
-        &m,
-        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=json",
-        &[],
-    )
-    .await;
-    assert_exact(
-        &r,
-        400,
-        r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#,
-    );
-    let r = get(&m, "/metadata/nosuch?api-version=2021-02-01", &[]).await;
-    assert_exact(&r, 404, r#"{"error":"Not found"}"#);
+    const NOT_FOUND: &str = r#"{"error":"Not found"}"#;
+    const LEAF: &str = r#"{"error":"Bad request. Querying a leaf node requires format=text"}"#;
+    for (path, status, body) in [
+        (
+            "/metadata/instance/compute/nosuch?api-version=2021-02-01",
+            404,
+            NOT_FOUND,
+        ),
+        (
+            "/metadata/instance/network/interface/7?api-version=2021-02-01",
+            404,
+            NOT_FOUND,
+        ),
+        // A field not yet introduced in the requested version does not exist.
+        (
+            "/metadata/instance/compute/userData?api-version=2020-12-01&format=text",
+            404,
+            NOT_FOUND,
+        ),
+        (
+            "/metadata/instance/compute/vmId?api-version=2021-02-01",
+            400,
+            LEAF,
+        ),
+        (
+            "/metadata/instance/compute/vmId?api-version=2021-02-01&format=json",
+            400,
+            LEAF,
+        ),
+        ("/metadata/nosuch?api-version=2021-02-01", 404, NOT_FOUND),
+    ] {
+        assert_exact(&get(&m, path, &[]).await, status, body);
+    }
 }
 
 #[tokio::test]
 async fn load_balancer_not_configured() {
     let mut c = seeded_config(7);
     c.load_balancer = Default::default();
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     let r = get(&m, "/metadata/loadbalancer?api-version=2020-10-01", &[]).await;
     assert_exact(
         &r,
@@ -400,7 +320,7 @@ async fn unknown_resource_is_aadsts500011() {
         .unknown_resources
         .push("https://nope.example".into());
     let tenant = c.identities.tenant_id.clone();
-    let m = MockImds::builder().config(c).start().await.expect("start");
+    let m = start(c).await;
     let r = get(
         &m,
         "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://nope.example",

@@ -11,17 +11,15 @@ use mock_imds::MockImds;
 use mock_imds::config::Fault;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const INSTANCE: &str = "/metadata/instance?api-version=2021-02-01";
-const TOKEN: &str =
-    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
-
 async fn mock() -> MockImds {
-    MockImds::builder()
-        .config(seeded_config(3))
-        .clock(manual_clock())
-        .start()
-        .await
-        .expect("start")
+    start_with_clock(seeded_config(3), manual_clock()).await
+}
+
+/// The seeded config with the real service's rate limits on.
+fn rate_limited() -> mock_imds::config::Config {
+    let mut c = seeded_config(3);
+    c.rate_limits.enabled = true;
+    c
 }
 
 #[tokio::test]
@@ -155,12 +153,7 @@ async fn unavailable_for_the_first_seconds() {
     let clock = manual_clock();
     let mut c = seeded_config(3);
     c.faults.startup_unavailable_secs = 20;
-    let m = MockImds::builder()
-        .config(c)
-        .clock(clock.clone())
-        .start()
-        .await
-        .expect("start");
+    let m = start_with_clock(c, clock.clone()).await;
     let r = get(&m, INSTANCE, &[]).await;
     assert_eq!(r.status, 410);
     assert_eq!(get(&m, TOKEN, &[]).await.status, 410);
@@ -171,14 +164,7 @@ async fn unavailable_for_the_first_seconds() {
 #[tokio::test]
 async fn general_rate_limit_is_5_per_second() {
     let clock = manual_clock();
-    let mut c = seeded_config(3);
-    c.rate_limits.enabled = true;
-    let m = MockImds::builder()
-        .config(c)
-        .clock(clock.clone())
-        .start()
-        .await
-        .expect("start");
+    let m = start_with_clock(rate_limited(), clock.clone()).await;
     for i in 0..5 {
         assert_eq!(get(&m, INSTANCE, &[]).await.status, 200, "request {i}");
     }
@@ -198,15 +184,9 @@ async fn general_rate_limit_is_5_per_second() {
 
 #[tokio::test]
 async fn identity_rate_limit_is_20_per_second() {
-    let mut c = seeded_config(3);
-    c.rate_limits.enabled = true;
+    let mut c = rate_limited();
     c.rate_limits.retry_after_secs = Some(1);
-    let m = MockImds::builder()
-        .config(c)
-        .clock(manual_clock())
-        .start()
-        .await
-        .expect("start");
+    let m = start_with_clock(c, manual_clock()).await;
     for i in 0..20 {
         assert_eq!(get(&m, TOKEN, &[]).await.status, 200, "request {i}");
     }
@@ -218,14 +198,7 @@ async fn identity_rate_limit_is_20_per_second() {
 
 #[tokio::test]
 async fn identity_concurrency_is_5() {
-    let mut c = seeded_config(3);
-    c.rate_limits.enabled = true;
-    let m = MockImds::builder()
-        .config(c)
-        .clock(manual_clock())
-        .start()
-        .await
-        .expect("start");
+    let m = start_with_clock(rate_limited(), manual_clock()).await;
     // Warm the key cache so all requests take the same path.
     assert_eq!(get(&m, TOKEN, &[]).await.status, 200);
     m.set_fault(

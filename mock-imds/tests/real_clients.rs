@@ -10,12 +10,13 @@
 //! manager, or an unreachable package index, is a loud `SKIP:` — never a silent pass. Owns only this file and
 //! `tests/real_clients/`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use common::{discover, first_uami, start_seeded, validation, verify};
 use mock_imds::MockImds;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -94,65 +95,57 @@ fn client_env(cmd: &mut Command, mock: &MockImds) {
         .env("no_proxy", "127.0.0.1,localhost");
 }
 
-/// The mock's published verification material (discovery → JWKS), fetched over HTTP.
-async fn fetch_jwks(mock: &MockImds) -> (String, JwkSet) {
-    let client = reqwest::Client::new();
-    let doc: Value = client
-        .get(format!(
-            "{}/_mock/.well-known/openid-configuration",
-            mock.uri()
-        ))
-        .send()
+/// Runs a client script (`cmd`: the interpreter and the script) on the JSON `cases` against `mock` with
+/// [`client_env`]; returns the JSON results it prints (one entry per case name).
+async fn run_cases(mut cmd: Command, mock: &MockImds, cases: &Value, script: &str) -> Value {
+    cmd.arg(cases.to_string());
+    client_env(&mut cmd, mock);
+    let (ok, stdout, stderr) = run(&mut cmd, RUN_TIMEOUT)
         .await
-        .expect("discovery request")
-        .json()
-        .await
-        .expect("discovery JSON");
-    let issuer = doc["issuer"].as_str().expect("issuer").to_owned();
-    let jwks_uri = doc["jwks_uri"].as_str().expect("jwks_uri");
-    let jwks: JwkSet = client
-        .get(jwks_uri)
-        .send()
-        .await
-        .expect("JWKS request")
-        .json()
-        .await
-        .expect("JWKS JSON");
-    (issuer, jwks)
+        .unwrap_or_else(|| panic!("cannot start {script}"));
+    assert!(ok, "{script} failed: {}", tail(&stderr));
+    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "script output is not JSON ({e}): {stdout}\n{}",
+            tail(&stderr)
+        )
+    });
+    eprintln!("{script} results: {results}");
+    results
 }
 
-/// Verifies a token a client received and returns its claims.
-fn verify(token: &str, resource: &str, issuer: &str, jwks: &JwkSet) -> Value {
-    let kid = jsonwebtoken::decode_header(token)
-        .expect("client got a JWT")
-        .kid
-        .expect("kid in header");
-    let key = DecodingKey::from_jwk(jwks.find(&kid).expect("kid published")).expect("decoding key");
-    let mut v = Validation::new(Algorithm::RS256);
-    v.set_audience(&[resource]);
-    v.set_issuer(&[issuer]);
-    jsonwebtoken::decode::<Value>(token, &key, &v)
-        .expect("token the client received verifies against the mock's JWKS")
-        .claims
-}
-
-/// Checks a successful case: the token verifies against the mock's JWKS, its audience is `aud` and it was
-/// issued to the identity `appid`; the client reported a positive expiry.
+/// The successful cases: `(case name, audience, issued to the system-assigned identity?)`. Each token verifies
+/// against the JWKS the mock publishes (fetched through its discovery document), has audience `aud` and
+/// was issued to the expected identity (`appid`); the client reported a positive expiry.
 ///
 /// Scope-based clients (azure-identity, Node) turn the scope `https://x/.default` into the resource
 /// `https://x` (no trailing slash), so their audience differs from msal's, which passes `resource` through.
-fn check_ok(results: &Value, name: &str, aud: &str, appid: &str, issuer: &str, jwks: &JwkSet) {
-    let r = &results[name];
-    assert_eq!(r["ok"], true, "{name}: client failed: {r}");
-    let claims = verify(r["token"].as_str().expect("token"), aud, issuer, jwks);
-    assert_eq!(claims["appid"], appid, "{name}: wrong identity: {claims}");
-    let expiry = r["expires_on"]
-        .as_i64()
-        .or_else(|| r["expires_in"].as_i64());
-    assert!(
-        expiry.is_some_and(|x| x > 0),
-        "{name}: no usable expiry: {r}"
-    );
+async fn check_ok(mock: &MockImds, results: &Value, cases: &[(&str, &str, bool)]) {
+    let (issuer, jwks) = discover(mock).await;
+    let system = mock.config().identities.system_client_id.clone();
+    let ua = first_uami(mock).client_id;
+    assert_ne!(system, ua, "system and user-assigned identities differ");
+    for &(name, aud, is_system) in cases {
+        let r = &results[name];
+        assert_eq!(r["ok"], true, "{name}: client failed: {r}");
+        let token = r["token"].as_str().expect("token");
+        let claims = verify(token, &jwks, &validation(aud, &issuer)).unwrap_or_else(|e| {
+            panic!("{name}: the token the client received does not verify: {e}")
+        });
+        let appid = if is_system { &system } else { &ua };
+        assert_eq!(
+            claims["appid"],
+            appid.as_str(),
+            "{name}: wrong identity: {claims}"
+        );
+        let expiry = r["expires_on"]
+            .as_i64()
+            .or_else(|| r["expires_in"].as_i64());
+        assert!(
+            expiry.is_some_and(|x| x > 0),
+            "{name}: no usable expiry: {r}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,18 +206,8 @@ async fn python_azure_identity_and_msal() {
         version.trim()
     );
 
-    let mock = MockImds::builder()
-        .seed(77)
-        .start()
-        .await
-        .expect("mock starts");
-    let ua = mock
-        .config()
-        .identities
-        .user_assigned
-        .first()
-        .expect("default config has a user-assigned identity")
-        .clone();
+    let mock = start_seeded(77).await;
+    let ua = first_uami(&mock);
     let cases = json!([
         {"name": "ai-system", "client": "azure-identity", "resource": ARM},
         {"name": "ai-ua-client-id", "client": "azure-identity", "resource": VAULT, "client_id": ua.client_id},
@@ -236,35 +219,21 @@ async fn python_azure_identity_and_msal() {
         {"name": "msal-unassigned", "client": "msal", "resource": ARM, "client_id": UNASSIGNED},
     ]);
     let mut cmd = Command::new(&venv_python);
-    cmd.arg(assets().join("python_clients.py"))
-        .arg(cases.to_string());
-    client_env(&mut cmd, &mock);
-    let (ok, stdout, stderr) = run(&mut cmd, RUN_TIMEOUT).await.expect("venv python runs");
-    assert!(ok, "python_clients.py failed: {}", tail(&stderr));
-    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "script output is not JSON ({e}): {stdout}\n{}",
-            tail(&stderr)
-        )
-    });
-    eprintln!("python results: {results}");
-
-    let (issuer, jwks) = fetch_jwks(&mock).await;
-    let system = mock.config().identities.system_client_id.clone();
-    assert_ne!(
-        system, ua.client_id,
-        "system and user-assigned identities differ"
-    );
-    for (name, aud, appid) in [
-        ("ai-system", ARM_NO_SLASH, &system),
-        ("ai-ua-client-id", VAULT, &ua.client_id),
-        ("ai-ua-object-id", ARM_NO_SLASH, &ua.client_id),
-        ("ai-ua-resource-id", ARM_NO_SLASH, &ua.client_id),
-        ("msal-system", ARM, &system),
-        ("msal-ua-client-id", ARM, &ua.client_id),
-    ] {
-        check_ok(&results, name, aud, appid, &issuer, &jwks);
-    }
+    cmd.arg(assets().join("python_clients.py"));
+    let results = run_cases(cmd, &mock, &cases, "python_clients.py").await;
+    check_ok(
+        &mock,
+        &results,
+        &[
+            ("ai-system", ARM_NO_SLASH, true),
+            ("ai-ua-client-id", VAULT, false),
+            ("ai-ua-object-id", ARM_NO_SLASH, false),
+            ("ai-ua-resource-id", ARM_NO_SLASH, false),
+            ("msal-system", ARM, true),
+            ("msal-ua-client-id", ARM, false),
+        ],
+    )
+    .await;
 
     // azure-identity 1.27 (which delegates to msal) turns IMDS's 400 into CredentialUnavailableError
     // "…Token request error: (invalid_request) Identity not found" (releases before the msal switch said
@@ -333,18 +302,8 @@ async fn node_azure_identity() {
         version.trim()
     );
 
-    let mock = MockImds::builder()
-        .seed(78)
-        .start()
-        .await
-        .expect("mock starts");
-    let ua = mock
-        .config()
-        .identities
-        .user_assigned
-        .first()
-        .expect("default config has a user-assigned identity")
-        .clone();
+    let mock = start_seeded(78).await;
+    let ua = first_uami(&mock);
     let cases = json!([
         {"name": "system", "resource": ARM},
         {"name": "ua-client-id", "resource": VAULT, "client_id": ua.client_id},
@@ -354,33 +313,19 @@ async fn node_azure_identity() {
     ]);
     let mut cmd = Command::new("node");
     cmd.arg(dir.path().join("node_clients.js"))
-        .arg(cases.to_string())
         .current_dir(dir.path());
-    client_env(&mut cmd, &mock);
-    let (ok, stdout, stderr) = run(&mut cmd, RUN_TIMEOUT).await.expect("node runs");
-    assert!(ok, "node_clients.js failed: {}", tail(&stderr));
-    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "script output is not JSON ({e}): {stdout}\n{}",
-            tail(&stderr)
-        )
-    });
-    eprintln!("node results: {results}");
-
-    let (issuer, jwks) = fetch_jwks(&mock).await;
-    let system = mock.config().identities.system_client_id.clone();
-    assert_ne!(
-        system, ua.client_id,
-        "system and user-assigned identities differ"
-    );
-    for (name, aud, appid) in [
-        ("system", ARM_NO_SLASH, &system),
-        ("ua-client-id", VAULT, &ua.client_id),
-        ("ua-object-id", ARM_NO_SLASH, &ua.client_id),
-        ("ua-resource-id", ARM_NO_SLASH, &ua.client_id),
-    ] {
-        check_ok(&results, name, aud, appid, &issuer, &jwks);
-    }
+    let results = run_cases(cmd, &mock, &cases, "node_clients.js").await;
+    check_ok(
+        &mock,
+        &results,
+        &[
+            ("system", ARM_NO_SLASH, true),
+            ("ua-client-id", VAULT, false),
+            ("ua-object-id", ARM_NO_SLASH, false),
+            ("ua-resource-id", ARM_NO_SLASH, false),
+        ],
+    )
+    .await;
     // @azure/identity (msal-node underneath) reports CredentialUnavailableError carrying IMDS's text.
     let r = &results["unassigned"];
     assert_eq!(r["ok"], false, "unassigned client id must fail: {r}");
@@ -419,11 +364,7 @@ async fn openssl_verifies_attested_document() {
         eprintln!("SKIP: openssl CLI not found; the attested-document verification did not run");
         return;
     }
-    let mock = MockImds::builder()
-        .seed(79)
-        .start()
-        .await
-        .expect("mock starts");
+    let mock = start_seeded(79).await;
     let client = reqwest::Client::new();
     let doc: Value = client
         .get(format!(

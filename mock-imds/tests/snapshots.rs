@@ -46,53 +46,42 @@ async fn snap(router: &axum::Router, name: &str, path: &str) -> Reply {
     reply
 }
 
+/// Snapshots `{name}_{v}` of `{path}` (with `{v}` substituted) for every version of [`VERSIONS`].
+async fn snap_per_version(router: &axum::Router, cases: &[(&str, &str)]) {
+    for v in VERSIONS {
+        for (name, path) in cases {
+            snap(router, &format!("{name}_{v}"), &path.replace("{v}", v)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn instance_document_per_version() {
-    let r = router();
-    for v in VERSIONS {
-        snap(
-            &r,
-            &format!("instance_{v}"),
-            &format!("/metadata/instance?api-version={v}"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_compute_{v}"),
-            &format!("/metadata/instance/compute?api-version={v}"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_network_interface0_{v}"),
-            &format!("/metadata/instance/network/interface/0?api-version={v}"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_text_vmid_{v}"),
-            &format!("/metadata/instance/compute/vmId?api-version={v}&format=text"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_text_root_{v}"),
-            &format!("/metadata/instance?api-version={v}&format=text"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_text_public_ip_{v}"),
-            &format!("/metadata/instance/network/interface/0/ipv4/ipAddress/0/publicIpAddress?api-version={v}&format=text"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("instance_userdata_{v}"),
-            &format!("/metadata/instance/compute/userData?api-version={v}&format=text"),
-        )
-        .await;
-    }
+    snap_per_version(
+        &router(),
+        &[
+            ("instance", "/metadata/instance?api-version={v}"),
+            ("instance_compute", "/metadata/instance/compute?api-version={v}"),
+            (
+                "instance_network_interface0",
+                "/metadata/instance/network/interface/0?api-version={v}",
+            ),
+            (
+                "instance_text_vmid",
+                "/metadata/instance/compute/vmId?api-version={v}&format=text",
+            ),
+            ("instance_text_root", "/metadata/instance?api-version={v}&format=text"),
+            (
+                "instance_text_public_ip",
+                "/metadata/instance/network/interface/0/ipv4/ipAddress/0/publicIpAddress?api-version={v}&format=text",
+            ),
+            (
+                "instance_userdata",
+                "/metadata/instance/compute/userData?api-version={v}&format=text",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -190,19 +179,18 @@ async fn attested_scheduledevents_loadbalancer_per_version() {
             assert!(v < "2018-10-01", "attested exists from 2018-10-01");
         }
         insta::assert_json_snapshot!(format!("attested_{v}"), s);
-        snap(
-            &r,
-            &format!("scheduledevents_{v}"),
-            &format!("/metadata/scheduledevents?api-version={v}"),
-        )
-        .await;
-        snap(
-            &r,
-            &format!("loadbalancer_{v}"),
-            &format!("/metadata/loadbalancer?api-version={v}"),
-        )
-        .await;
     }
+    snap_per_version(
+        &r,
+        &[
+            (
+                "scheduledevents",
+                "/metadata/scheduledevents?api-version={v}",
+            ),
+            ("loadbalancer", "/metadata/loadbalancer?api-version={v}"),
+        ],
+    )
+    .await;
     snap(
         &r,
         "scheduledevents_2020-07-01",

@@ -4,25 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use chrono::Duration;
 use common::*;
 use mock_imds::MockImds;
-use mock_imds::clock::ManualClock;
-use mock_imds::config::{Config, UserAssignedIdentity};
-
-const TOKEN: &str =
-    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
-
-async fn mock_with(config: Config, clock: Arc<ManualClock>) -> MockImds {
-    MockImds::builder()
-        .config(config)
-        .clock(clock)
-        .start()
-        .await
-        .expect("start")
-}
+use mock_imds::config::UserAssignedIdentity;
 
 fn second_uami() -> UserAssignedIdentity {
     UserAssignedIdentity {
@@ -35,7 +20,7 @@ fn second_uami() -> UserAssignedIdentity {
 
 #[tokio::test]
 async fn response_fields_order_and_types() {
-    let m = mock_with(seeded_config(5), manual_clock()).await;
+    let m = start_with_clock(seeded_config(5), manual_clock()).await;
     let r = get(&m, TOKEN, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -89,7 +74,7 @@ async fn response_fields_order_and_types() {
 async fn refresh_token_echo_is_configurable() {
     let mut c = seeded_config(5);
     c.identities.include_refresh_token = true;
-    let m = mock_with(c, manual_clock()).await;
+    let m = start_with_clock(c, manual_clock()).await;
     let v = get(&m, TOKEN, &[]).await.json();
     assert_eq!(v["refresh_token"], "");
 }
@@ -97,7 +82,7 @@ async fn refresh_token_echo_is_configurable() {
 #[tokio::test]
 async fn cache_returns_same_token_with_decreasing_expires_in() {
     let clock = manual_clock();
-    let m = mock_with(seeded_config(5), clock.clone()).await;
+    let m = start_with_clock(seeded_config(5), clock.clone()).await;
     let first = get(&m, TOKEN, &[]).await.json();
     assert_eq!(first["expires_in"], "86399");
     clock.advance(Duration::seconds(100));
@@ -135,7 +120,7 @@ async fn cache_returns_same_token_with_decreasing_expires_in() {
 async fn selection_by_every_selector() {
     let mut c = seeded_config(5);
     c.identities.user_assigned.push(second_uami());
-    let m = mock_with(c, manual_clock()).await;
+    let m = start_with_clock(c, manual_clock()).await;
     let u = second_uami();
     let first = m.config().identities.user_assigned[0].clone();
     for (selector, expect) in [
@@ -186,7 +171,7 @@ async fn selection_by_every_selector() {
 
 #[tokio::test]
 async fn trailing_slash_and_unencoded_resource_work() {
-    let m = mock_with(seeded_config(5), manual_clock()).await;
+    let m = start_with_clock(seeded_config(5), manual_clock()).await;
     // Node's spelling: trailing slash before the query.
     let r = get(&m, "/metadata/identity/oauth2/token/?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -198,7 +183,7 @@ async fn assignment_at_run_time_and_delay() {
     let clock = manual_clock();
     let mut c = seeded_config(5);
     c.faults.identity_assignment_delay_secs = 30;
-    let m = mock_with(c, clock.clone()).await;
+    let m = start_with_clock(c, clock.clone()).await;
     let u = second_uami();
     let q = format!("{TOKEN}&client_id={}", u.client_id);
     assert_eq!(
@@ -226,7 +211,7 @@ async fn assignment_at_run_time_and_delay() {
 
 #[tokio::test]
 async fn identity_info_returns_tenant() {
-    let m = mock_with(seeded_config(5), manual_clock()).await;
+    let m = start_with_clock(seeded_config(5), manual_clock()).await;
     let r = get(&m, "/metadata/identity/info?api-version=2018-02-01", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
