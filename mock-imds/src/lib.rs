@@ -137,7 +137,8 @@ fn app(state: AppState) -> Router {
 }
 
 /// The router of a mock for in-process use (e.g. `tower::ServiceExt::oneshot`), without sockets. The
-/// connection-reset fault answers 500 here, as there is no connection to drop.
+/// connection-reset fault answers 500 here, as there is no connection to drop. Unlike [`MockImdsBuilder::start`]
+/// it does not generate signing keys in the background: the first request that needs them generates them.
 pub fn router(config: Config, clock: Arc<dyn Clock>) -> Router {
     app(AppState::new(config, clock, None))
 }
@@ -191,7 +192,7 @@ impl MockImdsBuilder {
         self.clock = Some(clock);
         self
     }
-    /// Signing keys to use instead of generating them on first use.
+    /// Signing keys to use instead of generating them (generation starts in the background at `start`).
     pub fn keys(mut self, keys: SigningKeys) -> Self {
         self.keys = Some(keys);
         self
@@ -236,6 +237,8 @@ impl MockImdsBuilder {
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = AppState::new(config, clock, self.keys);
+        // Eagerly, on its own thread: start() stays quick and the first token request does not wait seconds.
+        state.start_key_generation();
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(server::serve(
             listener,
@@ -331,9 +334,15 @@ impl MockImds {
         self.state.reset();
     }
 
-    /// The signing keys (generated now if no token was issued yet).
+    /// The signing keys; waits for the background generation `start` began (seconds at most). Await it
+    /// before timing-sensitive client runs so that no request waits for key generation.
     pub async fn signing_keys(&self) -> Result<SigningKeys, ImdsError> {
         self.state.keys(Surface::Metadata).await.cloned()
+    }
+
+    /// Whether the signing keys are ready (no request will wait for their generation). Never blocks.
+    pub fn signing_keys_ready(&self) -> bool {
+        self.state.keys_ready()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded by `server::SHUTDOWN_GRACE`), and waits.

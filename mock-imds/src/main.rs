@@ -39,6 +39,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .listen(listen)
         .start()
         .await?;
+    // Key generation started with the server; announce readiness only once it is done, so that no client
+    // started after this line waits seconds for its first token, attested document or discovery document.
+    mock.signing_keys()
+        .await
+        .map_err(|e| anyhow::anyhow!("generating the signing keys: {e}"))?;
     eprintln!("mock-imds listening on {}", mock.uri());
     wait_for_signal().await?;
     mock.shutdown().await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
 
 use crate::clock::Clock;
 use crate::config::{Config, ScheduledEvent, UserAssignedIdentity};
@@ -17,7 +17,7 @@ use crate::error::{ErrorKind, ImdsError, Surface};
 use crate::events::EventsState;
 use crate::faults::{FaultState, RateLimiter};
 use crate::journal::Journal;
-use crate::keys::SigningKeys;
+use crate::keys::{KeyError, SigningKeys};
 use crate::token::CachedToken;
 
 /// Cheaply clonable handle to the shared state.
@@ -60,6 +60,23 @@ pub struct Shared {
     pub events: Mutex<EventsState>,
 }
 
+/// Generates the signing keys on a dedicated OS thread (not tokio's blocking pool: dropping a runtime waits
+/// for its blocking tasks, so a test's runtime would wait for keys it never used). If the thread cannot be
+/// started the sender is dropped and the receiver reports that.
+fn spawn_key_generation(seed: Option<u64>) -> oneshot::Receiver<Result<SigningKeys, KeyError>> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("mock-imds-keys".into())
+        .spawn(move || {
+            // The receiver may be gone (mock dropped); nothing to do then.
+            let _ = tx.send(SigningKeys::generate(seed));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the key generation thread");
+    }
+    rx
+}
+
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -92,15 +109,38 @@ impl AppState {
         AppState(Arc::new(shared))
     }
 
-    /// The signing keys, generated on first use (RSA generation is slow; most tests never need it).
+    /// Starts generating the signing keys in the background (a task awaiting [`AppState::keys`]); must run
+    /// inside a tokio runtime. RSA generation takes seconds on a loaded machine; starting it with the server
+    /// means the first token, attested or discovery request does not pay for it (at most for what is left).
+    pub fn start_key_generation(&self) {
+        if self.keys.initialized() {
+            return;
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.keys(Surface::Metadata).await {
+                // Not fatal: the next request that needs the keys tries again and answers 500 if it fails too.
+                tracing::warn!(error = %e.kind, "background key generation failed");
+            }
+        });
+    }
+
+    /// Whether the signing keys exist (given, or generated).
+    pub fn keys_ready(&self) -> bool {
+        self.keys.initialized()
+    }
+
+    /// The signing keys: those given at start, or generated on a dedicated thread by the first caller
+    /// (the background task of [`AppState::start_key_generation`], or — for a bare [`crate::router`] — the
+    /// first request that needs them). Concurrent callers wait for the same generation; a failed generation
+    /// is retried by the next caller.
     pub async fn keys(&self, surface: Surface) -> Result<&SigningKeys, ImdsError> {
-        let seed = self.config.server.seed;
         self.keys
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || SigningKeys::generate(seed))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+            .get_or_try_init(|| async {
+                match spawn_key_generation(self.config.server.seed).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err("the key generation thread ended without a result".to_string()),
+                }
             })
             .await
             .map_err(|e| ImdsError::new(surface, ErrorKind::Internal(e)))

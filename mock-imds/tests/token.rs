@@ -219,3 +219,28 @@ async fn identity_info_returns_tenant() {
         format!(r#"{{"tenantId":"{}"}}"#, m.config().identities.tenant_id)
     );
 }
+
+#[tokio::test]
+async fn signing_keys_are_generated_at_start() {
+    // Unseeded: nothing cached in this process for it, so readiness proves a generation started with the mock.
+    let m = MockImds::builder()
+        .rate_limits(false)
+        .start()
+        .await
+        .expect("start");
+    // Bounded wait (RSA generation takes seconds on a loaded machine); no request is made meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !m.signing_keys_ready() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        m.signing_keys_ready(),
+        "keys not generated in the background after start()"
+    );
+    assert!(
+        m.journal().is_empty(),
+        "no request triggered the generation"
+    );
+    let r = get(&m, TOKEN, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
