@@ -18,6 +18,11 @@ use crate::error::{ErrorKind, ImdsError};
 use crate::rules::ImdsQuery;
 use crate::state::{AppState, IdentityRegistry, lock};
 
+/// How far `iat`/`nbf` (and the response's `not_before`) lie before the moment of issue. Entra back-dates
+/// them five minutes so that relying parties with a slow clock accept a fresh token; the token documentation's
+/// sample shows it in the response body too (`expires_in` 3599, `expires_on - not_before` = 3900).
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
 /// A token the service handed out and will hand out again until it nears expiry.
 #[derive(Debug, Clone)]
 pub struct CachedToken {
@@ -186,6 +191,7 @@ async fn token(
     let lifetime = i64::try_from(ids.token_lifetime_secs).unwrap_or(86_399);
     let margin = i64::try_from(ids.token_refresh_margin_secs).unwrap_or(300);
     let t = now.timestamp();
+    let not_before = t - CLOCK_SKEW_SECS;
     let cached = if bypass {
         None
     } else {
@@ -201,8 +207,8 @@ async fn token(
             let claims = Claims {
                 aud: resource,
                 iss: iss.clone(),
-                iat: t,
-                nbf: t,
+                iat: not_before,
+                nbf: not_before,
                 exp: t + lifetime,
                 aio: b64url_hash(&["aio", &chosen.client_id, resource, &t.to_string()]),
                 appid: &chosen.client_id,
@@ -221,7 +227,7 @@ async fn token(
                 .map_err(|e| ImdsError::identity(ErrorKind::Internal(e.to_string())))?;
             let c = CachedToken {
                 access_token,
-                not_before: t,
+                not_before,
                 expires_on: t + lifetime,
             };
             lock(&state.tokens).insert(key, c.clone());

@@ -66,7 +66,10 @@ async fn response_fields_order_and_types() {
     assert_eq!(claims["appid"], ids.system_client_id.as_str());
     assert_eq!(claims["xms_mirid"], m.config().compute.resource_id.as_str());
     assert_eq!(claims["idtyp"], "app");
-    assert_eq!(claims["iat"], t0().timestamp());
+    // iat/nbf back-dated 5 minutes for clock skew, as Entra does; the body's not_before is the nbf.
+    assert_eq!(claims["iat"], t0().timestamp() - 300);
+    assert_eq!(claims["nbf"], t0().timestamp() - 300);
+    assert_eq!(v["not_before"], (t0().timestamp() - 300).to_string());
     assert_eq!(claims["exp"], t0().timestamp() + 86_399);
 }
 
