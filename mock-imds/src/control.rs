@@ -3,7 +3,7 @@
 //! sits beside the IMDS routes, never on an IMDS path, bypasses the rules layer and is not journaled. It
 //! changes state only through `AppState` methods, the same ones the library handle uses.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::config::{Faults, ScheduledEvent, UserAssignedIdentity};
 use crate::error::Surface;
+use crate::server::ConnInfo;
 use crate::state::{AppState, lock};
 
 /// Every control route, nested by the caller under `/_mock`.
@@ -137,12 +138,24 @@ pub fn issuer(tenant: &str) -> String {
     format!("https://sts.windows.net/{tenant}/")
 }
 
-async fn openid(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    let jwks_uri = format!("http://{host}/_mock/discovery/keys");
+/// Where clients reach the mock: the `Host` they used, else the address the connection reached (an HTTP/1.0
+/// client may send no `Host`), else — in-process, without a connection — loopback without a port.
+fn authority(headers: &HeaderMap, conn: Option<&ConnInfo>) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.is_empty() => host.to_string(),
+        _ => conn.map_or_else(|| "127.0.0.1".to_string(), |c| c.local.to_string()),
+    }
+}
+
+async fn openid(
+    State(s): State<AppState>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    let jwks_uri = format!(
+        "http://{}/_mock/discovery/keys",
+        authority(&headers, conn.as_deref())
+    );
     match s.keys(Surface::Metadata).await {
         Ok(k) => Json(k.openid_configuration(&issuer(&s.config.identities.tenant_id), &jwks_uri))
             .into_response(),

@@ -1,6 +1,6 @@
 //! Signing material of the mock: the RSA key that signs managed-identity access tokens (RS256 JWTs), the JWKS
 //! and OpenID discovery document that publish it, and the certificate chain (root CA → intermediate →
-//! leaf `*.metadata.azure.com`) whose leaf signs the attested document (PKCS#7, built in [`crate::pkcs7`]).
+//! leaf `*.metadata.azure.com`) whose leaf signs the attested document (PKCS#7, built by the crate-private `pkcs7` module).
 //!
 //! This module owns key generation and every cryptographic output of the mock; it knows nothing about HTTP,
 //! routes, identities or claims (callers pass the claims they want signed) and must not grow such knowledge.

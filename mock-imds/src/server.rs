@@ -38,6 +38,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The address this connection reached (the listener's address, specific even on a wildcard bind).
+    pub local: SocketAddr,
     /// Notified by the rules layer to drop this connection with a reset.
     pub reset: Arc<Notify>,
 }
@@ -85,6 +87,10 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => return tracing::warn!(error = %e, "connection has no local address"),
+    };
     // A second descriptor of the same socket, so the reset fault can set SO_LINGER 0 after hyper owns the
     // stream; closing both descriptors then sends an RST instead of a FIN.
     let (stream, twin) = match stream
@@ -100,6 +106,7 @@ async fn connection(
     let reset = Arc::new(Notify::new());
     let info = ConnInfo {
         peer,
+        local,
         reset: reset.clone(),
     };
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

@@ -201,6 +201,22 @@ async fn discovery_documents_match_the_tokens() {
 }
 
 #[tokio::test]
+async fn discovery_without_host_header_names_the_listener() {
+    let m = mock().await;
+    // HTTP/1.0 needs no Host header: the jwks_uri must still reach this mock (its address and port).
+    let r = raw(
+        &m,
+        b"GET /_mock/.well-known/openid-configuration HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["jwks_uri"],
+        format!("{}/_mock/discovery/keys", m.uri())
+    );
+}
+
+#[tokio::test]
 async fn no_control_leaves_only_imds() {
     let m = MockImds::builder()
         .config(seeded_config(21))
