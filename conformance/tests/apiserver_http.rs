@@ -638,6 +638,15 @@ async fn yaml_bodies_are_accepted_and_protobuf_is_refused() {
     assert_eq!(r.status().as_u16(), 415);
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["reason"], "UnsupportedMediaType");
+    // A dry run is refused, never applied.
+    let r = http()
+        .post(format!("{url}?dryRun=All"))
+        .json(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dry"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(api.get("v1", "Pod", "default", "dry").is_none());
 }
 
 #[tokio::test]

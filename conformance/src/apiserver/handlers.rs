@@ -246,6 +246,7 @@ struct Params {
     #[serde(rename = "continue")]
     continue_: Option<String>,
     limit: Option<String>,
+    dry_run: Option<String>,
     timeout_seconds: Option<String>,
     allow_watch_bookmarks: Option<String>,
     send_initial_events: Option<String>,
@@ -388,6 +389,17 @@ async fn dispatch(
             );
         }
     };
+    let writes = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if writes && params.dry_run.as_deref().is_some_and(|d| !d.is_empty()) {
+        // Refused loudly rather than applied: a dry run that changed state would corrupt a test.
+        return error_response(
+            ApiError::bad_request("dryRun is not supported by the test API server"),
+            "other",
+        );
+    }
     let discovery = |doc: Value| {
         shared.stats.request(&client, "discovery", "get");
         json_response(StatusCode::OK, &doc, "discovery")

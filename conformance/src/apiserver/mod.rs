@@ -9,6 +9,15 @@
 //! (the harness treats interceptors as black boxes). Submodules: `resources` (served types and
 //! discovery), `selectors`, `store`, `watch`, `handlers` (HTTP), `stats`, `kubeconfig`, `status`.
 //!
+//! Differences from kube-apiserver, on purpose (tests need none of these): no authentication or
+//! authorization (any token is accepted; it only names the client), no admission, namespaces
+//! need not exist, no OpenAPI documents (`kubectl create --validate=false`), no Table output
+//! (kubectl prints NAME/AGE), JSON and YAML only (protobuf/CBOR bodies get 415), strategic merge
+//! patch is applied as a JSON merge patch, server-side apply is refused (415), `dryRun` is refused
+//! (400), pods are deleted at once (no kubelet, no grace period), `resourceVersionMatch=Exact`
+//! lists only the current revision, and watches on a single object's path are not served (use
+//! `fieldSelector=metadata.name=…`, as client-go and kube-rs do).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use imds_conformance::apiserver::ApiServer;
