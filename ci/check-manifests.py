@@ -14,8 +14,9 @@ Checks, per file type:
   (no secrets, no writes) and its DaemonSet is NMI-shaped (hostNetwork, NET_ADMIN+NET_RAW, xtables lock,
   NODE_NAME from spec.nodeName, NMI's flags);
 - kind configs (ci/kind/*.yaml): kind.x-k8s.io/v1alpha4 Cluster, one control plane and at least two workers;
-- workflows (.github/workflows/*.yml): triggers and jobs, each job has runs-on and steps, and every `ci/...`
-  script a step runs exists and is executable.
+- workflows (.github/workflows/*.yml): triggers and jobs, each job has runs-on and steps, every `ci/...`
+  script a step runs exists and is executable, and matrix `scenario`/`config` values name existing
+  scenarios/<name>.yaml and ci/kind/<name>.yaml files.
 """
 
 import difflib
@@ -265,6 +266,15 @@ def check_workflows():
             matrix = job.get("strategy", {}).get("matrix", {})
             dims = {k: v for k, v in matrix.items() if isinstance(v, list)}
             summary.append(f"  job {jid} runs-on={job['runs-on']} matrix={dims or '-'} steps={len(job['steps'])}")
+            # Matrix values that name files must name existing ones.
+            values = {k: list(v) for k, v in dims.items() if k != "include"}
+            for inc in matrix.get("include", []) or []:
+                for k, v in inc.items():
+                    values.setdefault(k, []).append(v)
+            for key, fmt in (("scenario", "scenarios/{}.yaml"), ("config", "ci/kind/{}.yaml")):
+                for v in values.get(key, []):
+                    if not os.path.isfile(os.path.join(ROOT, fmt.format(v))):
+                        fail(path, f"job {jid}: matrix {key}={v} but {fmt.format(v)} does not exist")
             for step in job["steps"]:
                 for script in re.findall(r"(?<![\w/.-])(ci/[\w./-]+\.(?:sh|py))", step.get("run", "")):
                     full = os.path.join(ROOT, script)
