@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{netns_or_skip, proxy_or_skip, run, scenario};
+use common::{netns_or_skip, proxy_or_skip, scenario};
 
 fn fails(r: &common::Run) -> BTreeSet<String> {
     r.ids("FAIL").into_iter().collect()
