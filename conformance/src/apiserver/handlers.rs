@@ -952,3 +952,101 @@ impl Ctx<'_> {
         Ok(json_response(StatusCode::OK, &doc, self.rt.plural))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            store: super::super::store::Store::new(100),
+            stats: super::super::stats::Recorder::default(),
+            available: tokio::sync::watch::channel(true).0,
+            shutdown: tokio::sync::watch::channel(false).0,
+            bookmark_interval: Duration::from_secs(60),
+            server_address: "127.0.0.1:1".into(),
+        })
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("api".to_owned()),
+            Just("apis".to_owned()),
+            Just("v1".to_owned()),
+            Just("namespaces".to_owned()),
+            Just("default".to_owned()),
+            Just("pods".to_owned()),
+            Just("status".to_owned()),
+            Just("aadpodidentity.k8s.io".to_owned()),
+            Just("azureassignedidentities".to_owned()),
+            Just("azureidentities".to_owned()),
+            Just("%ff%00".to_owned()),
+            "[a-z0-9.%-]{0,8}",
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("watch"),
+            Just("resourceVersion"),
+            Just("resourceVersionMatch"),
+            Just("labelSelector"),
+            Just("fieldSelector"),
+            Just("limit"),
+            Just("continue"),
+            Just("timeoutSeconds"),
+            Just("sendInitialEvents"),
+            Just("allowWatchBookmarks"),
+        ];
+        prop::collection::vec((key, "[a-zA-Z0-9=!,()%. -]{0,12}"), 0..4).prop_map(|kv| {
+            kv.iter()
+                .map(|(k, v)| format!("{k}={}", v.replace(' ', "%20")))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        /// Whatever arrives, the answer is a Kubernetes-shaped response: success, or a Status whose
+        /// `code` is the HTTP status. Never a panic, never a bare string.
+        #[test]
+        fn any_request_gets_a_kubernetes_answer(
+            method in prop_oneof![Just(Method::GET), Just(Method::POST), Just(Method::PUT), Just(Method::PATCH), Just(Method::DELETE)],
+            segments in prop::collection::vec(segment(), 0..7),
+            query in query(),
+            body in prop_oneof![Just(Vec::new()), Just(br#"{"metadata":{"name":"x"}}"#.to_vec()), prop::collection::vec(any::<u8>(), 0..32)],
+            content_type in prop_oneof![Just("application/json"), Just("application/merge-patch+json"), Just("application/json-patch+json"), Just("text/plain")],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let uri = format!("/{}?{query}", segments.join("/"));
+                let Ok(req) = axum::http::Request::builder()
+                    .method(method)
+                    .uri(&uri)
+                    .header(CONTENT_TYPE, content_type)
+                    .body(Body::from(body))
+                else {
+                    return Ok(()); // not a valid HTTP request line: never reaches a server
+                };
+                let resp = router(shared()).oneshot(req).await.unwrap();
+                let status = resp.status().as_u16();
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                let doc: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| TestCaseError::fail(format!("{uri}: non-JSON {status} body: {e}")))?;
+                prop_assert_eq!(&doc["kind"], "Status");
+                prop_assert_eq!(doc["code"].as_u64(), Some(u64::from(status)));
+                Ok(())
+            })?;
+        }
+    }
+}
