@@ -199,3 +199,28 @@ async fn journal_records_source_and_status() {
     assert!(j[0].source.starts_with("127.0.0.1:"), "{}", j[0].source);
     assert_eq!(j[0].headers[0], ("host".to_string(), "x".to_string()));
 }
+
+#[tokio::test]
+async fn oversized_scheduled_events_acknowledgement() {
+    let m = mock().await;
+    // 3 MiB: larger than any acknowledgement (and than axum's default body limit).
+    let body = format!(
+        r#"{{"StartRequests":[{{"EventId":"{}"}}]}}"#,
+        "a".repeat(3 << 20)
+    );
+    let r = post(
+        &m,
+        "/metadata/scheduledevents?api-version=2020-07-01",
+        &body,
+    )
+    .await;
+    assert_imds_error(&r, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Bad Request. Invalid payload")),
+        "{}",
+        r.text()
+    );
+    still_serving(&m).await;
+}

@@ -247,3 +247,26 @@ async fn journal_is_bounded() {
     assert_eq!(j.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
     assert!(j[2].query.ends_with("n=4"));
 }
+
+#[tokio::test]
+async fn acknowledgement_with_document_incarnation_is_accepted() {
+    let m = mock().await;
+    let event = m.add_scheduled_event(mock_imds::config::ScheduledEvent {
+        event_type: "Reboot".into(),
+        ..Default::default()
+    });
+    // The 2017-03-01 documentation's sample payload carries DocumentIncarnation (as a string).
+    let body = format!(
+        r#"{{"DocumentIncarnation":"5", "StartRequests": [{{"EventId": "{}"}}]}}"#,
+        event.event_id
+    );
+    let ack = post(
+        &m,
+        "/metadata/scheduledevents?api-version=2017-03-01",
+        &body,
+    )
+    .await;
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    let doc = get(&m, EVENTS, &[]).await.json();
+    assert_eq!(doc["Events"][0]["EventStatus"], "Started");
+}
