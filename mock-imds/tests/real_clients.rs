@@ -95,6 +95,33 @@ fn client_env(cmd: &mut Command, mock: &MockImds) {
         .env("no_proxy", "127.0.0.1,localhost");
 }
 
+/// Runs a set-up step (interpreter, installer) with [`INSTALL_TIMEOUT`]; on failure prints the loud
+/// `SKIP: {why}: <stderr tail>` and returns `false`.
+async fn setup_step(cmd: &mut Command, why: &str) -> bool {
+    match run(cmd, INSTALL_TIMEOUT).await {
+        Some((true, _, _)) => true,
+        other => {
+            eprintln!(
+                "SKIP: {why}: {}",
+                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
+            );
+            false
+        }
+    }
+}
+
+/// The failed case `name` (an unassigned client id): the client reported an error of type `error_type`;
+/// returns the error message for client-specific checks.
+fn unassigned_error<'a>(results: &'a Value, name: &str, error_type: &str) -> &'a str {
+    let r = &results[name];
+    assert_eq!(
+        r["ok"], false,
+        "{name}: unassigned client id must fail: {r}"
+    );
+    assert_eq!(r["error_type"], error_type, "{name}: {r}");
+    r["error"].as_str().unwrap_or_default()
+}
+
 /// Runs a client script (`cmd`: the interpreter and the script) on the JSON `cases` against `mock` with
 /// [`client_env`]; returns the JSON results it prints (one entry per case name).
 async fn run_cases(mut cmd: Command, mock: &MockImds, cases: &Value, script: &str) -> Value {
@@ -160,23 +187,16 @@ async fn python_azure_identity_and_msal() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let venv = dir.path().join("venv");
-    match run(
+    if !setup_step(
         Command::new(&python).args(["-m", "venv"]).arg(&venv),
-        INSTALL_TIMEOUT,
+        &format!("`{python} -m venv` unavailable; the Python real-client test did not run"),
     )
     .await
     {
-        Some((true, _, _)) => {}
-        other => {
-            eprintln!(
-                "SKIP: `{python} -m venv` unavailable ({}); the Python real-client test did not run",
-                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
-            );
-            return;
-        }
+        return;
     }
     let venv_python = venv.join("bin/python");
-    let install = run(
+    if !setup_step(
         Command::new(&venv_python)
             .args([
                 "-m",
@@ -188,18 +208,11 @@ async fn python_azure_identity_and_msal() {
                 "-r",
             ])
             .arg(assets().join("requirements.txt")),
-        INSTALL_TIMEOUT,
+        "pip could not install the pinned azure-identity/msal (no package index?)",
     )
-    .await;
-    match install {
-        Some((true, _, _)) => {}
-        other => {
-            eprintln!(
-                "SKIP: pip could not install the pinned azure-identity/msal (no package index?): {}",
-                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
-            );
-            return;
-        }
+    .await
+    {
+        return;
     }
     eprintln!(
         "real clients: {} with azure-identity 1.27.0, msal 1.39.0",
@@ -238,16 +251,14 @@ async fn python_azure_identity_and_msal() {
     // azure-identity 1.27 (which delegates to msal) turns IMDS's 400 into CredentialUnavailableError
     // "…Token request error: (invalid_request) Identity not found" (releases before the msal switch said
     // "No identity has been assigned to this resource"); IMDS's error code and text reach the user verbatim.
-    let r = &results["ai-unassigned"];
-    assert_eq!(r["ok"], false, "unassigned client id must fail: {r}");
-    assert_eq!(r["error_type"], "CredentialUnavailableError", "{r}");
-    let msg = r["error"].as_str().unwrap_or_default();
-    assert!(msg.contains("(invalid_request) Identity not found"), "{r}");
+    let msg = unassigned_error(&results, "ai-unassigned", "CredentialUnavailableError");
+    assert!(
+        msg.contains("(invalid_request) Identity not found"),
+        "{msg}"
+    );
     // msal returns IMDS's error body as is.
-    let r = &results["msal-unassigned"];
-    assert_eq!(r["ok"], false, "{r}");
-    assert_eq!(r["error_type"], "invalid_request", "{r}");
-    assert_eq!(r["error"], "Identity not found", "{r}");
+    let msg = unassigned_error(&results, "msal-unassigned", "invalid_request");
+    assert_eq!(msg, "Identity not found");
 
     // The requests really went through the mock (not some other endpoint): journal has the client's
     // unencoded resource (azure-identity's quirk, REFERENCE D) from loopback.
@@ -280,22 +291,15 @@ async fn node_azure_identity() {
     for f in ["package.json", "package-lock.json", "node_clients.js"] {
         std::fs::copy(assets().join("node").join(f), dir.path().join(f)).expect("copy node assets");
     }
-    let install = run(
+    if !setup_step(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(dir.path()),
-        INSTALL_TIMEOUT,
+        "npm could not install the pinned @azure/identity (no registry?)",
     )
-    .await;
-    match install {
-        Some((true, _, _)) => {}
-        other => {
-            eprintln!(
-                "SKIP: npm could not install the pinned @azure/identity (no registry?): {}",
-                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
-            );
-            return;
-        }
+    .await
+    {
+        return;
     }
     eprintln!(
         "real clients: node {} with @azure/identity 4.14.1",
@@ -327,13 +331,10 @@ async fn node_azure_identity() {
     )
     .await;
     // @azure/identity (msal-node underneath) reports CredentialUnavailableError carrying IMDS's text.
-    let r = &results["unassigned"];
-    assert_eq!(r["ok"], false, "unassigned client id must fail: {r}");
-    assert_eq!(r["error_type"], "CredentialUnavailableError", "{r}");
-    let msg = r["error"].as_str().unwrap_or_default();
+    let msg = unassigned_error(&results, "unassigned", "CredentialUnavailableError");
     assert!(
         msg.contains("invalid_request") && msg.contains("Identity not found"),
-        "{r}"
+        "{msg}"
     );
 
     // Node's quirk (REFERENCE D): trailing slash on the token path (and a Content-Type on a GET); the
