@@ -30,6 +30,8 @@ pub enum ConfigError {
     },
     #[error("cannot represent the default configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid { origin: String, message: String },
 }
 
 /// Everything the emulator needs to know about the VM it pretends to be.
@@ -158,6 +160,33 @@ impl Default for Faults {
             identity_assignment_delay_secs: 0,
             rules: Vec::new(),
         }
+    }
+}
+
+/// Whether `status` can be injected: an error status, 4xx or 5xx (a 1xx would switch protocols, a 2xx/3xx
+/// would carry an error body as success or redirect).
+pub fn injectable_status(status: u16) -> bool {
+    (400..=599).contains(&status)
+}
+
+impl Faults {
+    /// Checks that every injected status (start-up and per rule) is a 4xx/5xx.
+    pub fn validate(&self) -> Result<(), String> {
+        if !injectable_status(self.startup_unavailable_status) {
+            return Err(format!(
+                "faults.startup_unavailable_status = {} is not a 4xx/5xx status",
+                self.startup_unavailable_status
+            ));
+        }
+        for rule in &self.rules {
+            if let Some(status) = rule.fault.status.filter(|s| !injectable_status(*s)) {
+                return Err(format!(
+                    "fault rule {:?}: status {status} is not a 4xx/5xx status",
+                    rule.path_prefix
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -825,6 +854,13 @@ impl Config {
             source: Box::new(e),
         })?;
         config.server.seed = seed;
+        config
+            .faults
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message,
+            })?;
         config.complete_identities();
         Ok(config)
     }

@@ -91,9 +91,12 @@ async fn faults(State(s): State<AppState>) -> Json<Faults> {
     Json(lock(&s.faults).faults().clone())
 }
 
-async fn put_faults(State(s): State<AppState>, Json(f): Json<Faults>) -> Json<Faults> {
+async fn put_faults(State(s): State<AppState>, Json(f): Json<Faults>) -> Response {
+    if let Err(message) = f.validate() {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+    }
     lock(&s.faults).replace(f.clone());
-    Json(f)
+    Json(f).into_response()
 }
 
 async fn clear_faults(State(s): State<AppState>) -> StatusCode {

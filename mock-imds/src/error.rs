@@ -126,7 +126,7 @@ impl ImdsError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Injected { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                StatusCode::from_u16(injected(*status)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -194,7 +194,7 @@ impl ImdsError {
             }
             BadScheduledEventsRequest(detail) => format!("Bad Request. {detail}"),
             TooManyRequests { .. } => "Too many requests".into(),
-            Injected { status, .. } => reason(*status),
+            Injected { status, .. } => reason(injected(*status)),
             Internal(_) => "Internal server error".into(),
             // Identity-only kinds, should they surface on a metadata path, keep their OAuth wording.
             IdentityNotFound
@@ -251,7 +251,10 @@ impl ImdsError {
                 ),
             ),
             TooManyRequests { .. } => ("too_many_requests", "Too many requests".into()),
-            Injected { status, .. } => (oauth_code(*status), reason(*status)),
+            Injected { status, .. } => {
+                let status = injected(*status);
+                (oauth_code(status), reason(status))
+            }
             LoadBalancerNotFound => ("not_found", "Not found".into()),
             Internal(_) => ("server_error", "Internal server error".into()),
         };
@@ -267,6 +270,17 @@ impl ImdsError {
             | ErrorKind::Injected { retry_after, .. } => retry_after,
             _ => None,
         }
+    }
+}
+
+/// The status an injected fault answers with: itself when 4xx/5xx, else 500. Configuration files and the
+/// control API refuse other statuses ([`crate::config::Faults::validate`]); this covers faults set through
+/// the library handle, which cannot report an error.
+fn injected(status: u16) -> u16 {
+    if crate::config::injectable_status(status) {
+        status
+    } else {
+        500
     }
 }
 

@@ -302,7 +302,8 @@ impl MockImds {
         self.state.unassign_identity(client_id)
     }
 
-    /// Adds or replaces the fault for requests whose path starts with `path_prefix`.
+    /// Adds or replaces the fault for requests whose path starts with `path_prefix`. `status` should be a
+    /// 4xx/5xx (configuration files and the control API refuse others); any other status answers 500.
     pub fn set_fault(&self, path_prefix: &str, fault: Fault) {
         lock(&self.state.faults).set(path_prefix, fault);
     }

@@ -228,3 +228,39 @@ async fn identity_concurrency_is_5() {
         assert_eq!(t.await.expect("join").expect("request"), 200);
     }
 }
+
+#[tokio::test]
+async fn only_4xx_and_5xx_can_be_injected() {
+    let m = mock().await;
+    // Control API: refused, the faults stay as they were.
+    let put = client()
+        .put(format!("{}/_mock/faults", m.uri()))
+        .json(&serde_json::json!({"rules": [{"path_prefix": "/metadata", "status": 200}]}))
+        .send()
+        .await
+        .expect("PUT /_mock/faults");
+    assert_eq!(put.status().as_u16(), 400);
+    assert_eq!(get(&m, INSTANCE, &[]).await.status, 200);
+    // Configuration file: refused with the reason.
+    let err = mock_imds::config::Config::from_toml_str(
+        "[[faults.rules]]\npath_prefix = \"/metadata\"\nstatus = 302\n",
+        "test.toml",
+        Some(3),
+    )
+    .expect_err("302 is not injectable");
+    assert!(err.to_string().contains("302"), "{err}");
+    // Library handle (cannot report an error): a non-error status answers 500, IMDS-shaped.
+    for status in [101u16, 200, 302, 600] {
+        m.set_fault(
+            "/metadata",
+            Fault {
+                status: Some(status),
+                ..Fault::default()
+            },
+        );
+        let r = get(&m, INSTANCE, &[]).await;
+        assert_eq!(r.status, 500, "injected {status}");
+        assert_eq!(r.text(), r#"{"error":"Internal server error"}"#);
+        assert_imds_headers(&r);
+    }
+}
