@@ -239,3 +239,57 @@ fn selftest_imds_fidelity_against_a_fake_imds() {
     assert_eq!(fails(&r), expected, "{}", r.log());
     assert_eq!(r.code, 1);
 }
+
+#[test]
+fn auto_backend_as_non_root_is_loopback_and_lists_skips() {
+    // Root here: drop to `nobody` with runuser to see what an ordinary user gets.
+    if !common::is_root() {
+        eprintln!("SKIP: auto_backend_as_non_root: needs root to switch to an unprivileged user");
+        return;
+    }
+    let has_runuser = std::process::Command::new("runuser")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !has_runuser {
+        eprintln!("SKIP: auto_backend_as_non_root: runuser not installed");
+        return;
+    }
+    let sc = scenario("nmi-default.yaml");
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(common::conformance_bin())
+        .args([
+            "run",
+            "--backend",
+            "auto",
+            "--interceptor",
+            "none",
+            "--focus",
+            "^(IMDS|IPT|CT)-00[1-3]",
+            "--profile",
+            "nmi",
+            "--scenario",
+        ])
+        .arg(&sc)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if stdout.is_empty() && !out.status.success() {
+        eprintln!(
+            "SKIP: auto_backend_as_non_root: nobody cannot run the binary here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert!(
+        stdout.contains("backend auto → loopback: not root"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("skipped on loopback (need the netns backend): CT-001"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("IPT-001"), "{stdout}");
+}

@@ -41,6 +41,7 @@ fn leftovers(pid: u32) -> Vec<String> {
 
 /// Runs a netns conformance run and returns it with the child's PID (for the leftover check).
 fn run_netns(args: &[&str]) -> (common::Run, u32) {
+    let _serial = common::serial_guard();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
     let mut cmd = Command::new(common::conformance_bin());
@@ -199,6 +200,7 @@ fn netns_sigint_midway_leaves_nothing() {
     if !netns_or_skip("netns_sigint_midway") || proxy_or_skip("netns_sigint_midway").is_none() {
         return;
     }
+    let _serial = common::serial_guard();
     let sc = scenario("nmi-default.yaml");
     let mut child = Command::new(common::conformance_bin())
         .args([

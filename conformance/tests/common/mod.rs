@@ -107,3 +107,18 @@ pub fn run(args: &[&str]) -> Run {
         output,
     }
 }
+
+/// Serialises the heavy netns runs across test threads *and* processes (nextest runs each test in its
+/// own process): several full environments at once on 2 cores would make the timed cases meaningless.
+pub fn serial_guard() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("imds-conformance-harness-netns-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("lock file");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock")
+}
