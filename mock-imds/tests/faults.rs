@@ -81,7 +81,7 @@ async fn every_documented_status_can_be_injected() {
         let r = get(&m, INSTANCE, &[]).await;
         assert_eq!(r.status, status);
         assert!(r.json()["error"].is_string());
-        assert!(r.header("server").is_some());
+        assert_imds_headers(&r);
     }
 }
 
@@ -171,6 +171,7 @@ async fn general_rate_limit_is_5_per_second() {
     let r = get(&m, INSTANCE, &[]).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.text(), r#"{"error":"Too many requests"}"#);
+    assert_imds_headers(&r);
     // Identity has its own budget.
     assert_eq!(get(&m, TOKEN, &[]).await.status, 200);
     clock.advance(chrono::Duration::milliseconds(1001));
