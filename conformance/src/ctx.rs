@@ -196,10 +196,13 @@ impl Ctx {
         let mut req = req;
         let tag = self.next_tag();
         req.headers.push((TAG_HEADER.into(), tag.clone()));
-        let hostport = url
+        let mut hostport = url
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
+        if !hostport.contains(':') {
+            hostport.push_str(":80");
+        }
         let result = match tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(hostport.as_str()),

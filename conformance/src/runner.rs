@@ -304,8 +304,10 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
     let (kind, note) = resolve_backend(opts.backend)?;
     let mut notes: Vec<String> = note.into_iter().collect();
     let cases = select(opts.profile, opts.focus.as_ref(), opts.skip.as_ref());
+    // Only cases that would otherwise run (features claimed) are worth listing as skipped.
     let skipped: Vec<&str> = cases
         .iter()
+        .filter(|c| c.features.iter().all(|f| opts.features.contains(f)))
         .filter(|c| backend_skip_reason(c, kind).is_some())
         .map(|c| c.id)
         .collect();
