@@ -67,21 +67,28 @@ async fn injected_status_with_retry_after_and_times() {
     assert_eq!(get(&m, TOKEN, &[]).await.status, 200);
 }
 
+/// Injects `status` on every `/metadata` path and returns the answer to an instance request (IMDS headers
+/// checked).
+async fn inject_status(m: &MockImds, status: u16) -> Reply {
+    m.set_fault(
+        "/metadata",
+        Fault {
+            status: Some(status),
+            ..Fault::default()
+        },
+    );
+    let r = get(m, INSTANCE, &[]).await;
+    assert_imds_headers(&r);
+    r
+}
+
 #[tokio::test]
 async fn every_documented_status_can_be_injected() {
     let m = mock().await;
     for status in [404u16, 410, 429, 500, 503] {
-        m.set_fault(
-            "/metadata",
-            Fault {
-                status: Some(status),
-                ..Fault::default()
-            },
-        );
-        let r = get(&m, INSTANCE, &[]).await;
+        let r = inject_status(&m, status).await;
         assert_eq!(r.status, status);
         assert!(r.json()["error"].is_string());
-        assert_imds_headers(&r);
     }
 }
 
@@ -252,16 +259,8 @@ async fn only_4xx_and_5xx_can_be_injected() {
     assert!(err.to_string().contains("302"), "{err}");
     // Library handle (cannot report an error): a non-error status answers 500, IMDS-shaped.
     for status in [101u16, 200, 302, 600] {
-        m.set_fault(
-            "/metadata",
-            Fault {
-                status: Some(status),
-                ..Fault::default()
-            },
-        );
-        let r = get(&m, INSTANCE, &[]).await;
+        let r = inject_status(&m, status).await;
         assert_eq!(r.status, 500, "injected {status}");
         assert_eq!(r.text(), r#"{"error":"Internal server error"}"#);
-        assert_imds_headers(&r);
     }
 }
