@@ -34,6 +34,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let listen = config.server.listen;
+    // Signal handlers first: a SIGTERM while the keys are being generated still stops the mock cleanly.
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
     let mock = MockImds::builder()
         .config(config)
         .listen(listen)
@@ -41,22 +44,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await?;
     // Key generation started with the server; announce readiness only once it is done, so that no client
     // started after this line waits seconds for its first token, attested document or discovery document.
-    mock.signing_keys()
-        .await
-        .map_err(|e| anyhow::anyhow!("generating the signing keys: {e}"))?;
-    eprintln!("mock-imds listening on {}", mock.uri());
-    wait_for_signal().await?;
+    tokio::select! {
+        keys = mock.signing_keys() => {
+            keys.map_err(|e| anyhow::anyhow!("generating the signing keys: {e}"))?;
+            eprintln!("mock-imds listening on {}", mock.uri());
+            stop.await;
+        }
+        () = &mut stop => {}
+    }
     mock.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on the first SIGINT or SIGTERM; the handlers are installed when this is called.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -195,3 +195,45 @@ fn serves_and_exits_cleanly_on_sigterm() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn sigterm_during_key_generation_exits_cleanly() {
+    // A free port, so we can see the socket listen before the "listening" line (keys still generating).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = bin()
+        .args(["--listen", &addr])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mock-imds did not listen on {addr} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Unseeded RSA generation takes far longer than this; the mock is serving but not yet "ready".
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mock-imds did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
