@@ -415,6 +415,37 @@ mod tests {
         assert!(s.contains("\r\nmetadata: True\r\n"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_response(&bytes, false);
+            let _ = parse_response_eof(&bytes);
+        }
+
+        #[test]
+        fn framed_bodies_round_trip(status in proptest::sample::select(vec![200u16, 201, 400, 403, 404, 405, 500, 503]), body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), chunk in 1usize..64) {
+            let mut cl = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            cl.extend_from_slice(&body);
+            let (r, used) = parse_response(&cl, false).unwrap().unwrap();
+            proptest::prop_assert_eq!(used, cl.len());
+            proptest::prop_assert_eq!(&r.body, &body);
+            let mut ch = format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+            for part in body.chunks(chunk) {
+                ch.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                ch.extend_from_slice(part);
+                ch.extend_from_slice(b"\r\n");
+            }
+            ch.extend_from_slice(b"0\r\n\r\n");
+            let (r, used) = parse_response(&ch, false).unwrap().unwrap();
+            proptest::prop_assert_eq!(used, ch.len());
+            proptest::prop_assert_eq!(r.body, body);
+            // Every strict prefix is incomplete, never an error or a wrong answer.
+            for cut in [1, ch.len() / 2, ch.len() - 1] {
+                proptest::prop_assert!(parse_response(&ch[..cut], false).unwrap().is_none());
+            }
+        }
+    }
+
     #[test]
     fn jwt_payload() {
         // {"alg":"none"}.{"appid":"x"}.

@@ -113,6 +113,12 @@ fn json_round_trips() {
 }
 
 #[test]
+fn report_snapshots() {
+    insta::assert_snapshot!("markdown", markdown::render(&sample()));
+    insta::assert_snapshot!("junit", junit::render(&sample()).unwrap());
+}
+
+#[test]
 fn markdown_lists_cases_failures_first() {
     let md = markdown::render(&sample());
     assert!(md.contains("❌ MUST cases fail"));
