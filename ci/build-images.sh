@@ -83,20 +83,22 @@ fi
 
 stage="$(mktemp -d /tmp/imds-images.XXXXXX)"
 
-# Copy a host program and the shared libraries it loads (ldd closure) into a root filesystem directory,
-# keeping their paths. Symlinked names (iptables -> xtables-nft-multi) are copied as they are.
-copy_with_libs() { # rootfs path...
+# Copy a file into the root filesystem directory under the same absolute path, as a regular file (symlinks
+# followed: with merged /usr, /lib and /bin are symlinks on the host, and the image needs only the paths the
+# loader and PATH ask for).
+copy_file() { # rootfs src [dest]
+  local rootfs="$1" src="$2" dest="${3:-$2}"
+  mkdir -p "$rootfs$(dirname "$dest")"
+  cp -L "$src" "$rootfs$dest"
+}
+
+# Copy the shared libraries a program loads (ldd closure, incl. the ELF interpreter) into rootfs.
+copy_libs() { # rootfs file...
   local rootfs="$1"; shift
   local f lib
   for f in "$@"; do
-    cp -a --parents "$f" "$rootfs/"
-    # Follow the symlink chain so the real file is there too.
-    while [ -L "$f" ]; do
-      f="$(readlink -f "$f")"
-      cp -a --parents "$f" "$rootfs/"
-    done
     for lib in $(ldd "$f" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
-      [ -e "$rootfs$lib" ] || cp -L --parents "$lib" "$rootfs/"
+      [ -e "$rootfs$lib" ] || copy_file "$rootfs" "$lib"
     done
   done
 }
@@ -117,7 +119,10 @@ build_image() { # name dockerfile context
 }
 
 # mock-imds
-mkdir -p "$stage/mock-imds/rootfs"
+# rootfs/ must not be empty: the classic builder fails ("layer does not exist") on an empty first layer of a
+# FROM scratch image. A world-writable /tmp is the one directory the mock could want anyway.
+mkdir -p "$stage/mock-imds/rootfs/tmp"
+chmod 1777 "$stage/mock-imds/rootfs/tmp"
 cp "$bin_dir/mock-imds" "$stage/mock-imds/"
 build_image mock-imds ci/docker/mock-imds.Dockerfile "$stage/mock-imds"
 
@@ -128,22 +133,23 @@ ipt="$(command -v iptables || true)"
 ct="$(command -v conntrack || true)"
 [ -n "$ipt" ] && [ -n "$ct" ] || { log "iptables and conntrack must be installed on the host (scripts/bootstrap installs them)"; exit 2; }
 # iptables via alternatives resolves to iptables-nft; ship the nft multi-binary under every name it answers to.
+# `ip` too: imds-proxy runs `ip netns exec` when pointed at a namespace, and the kind manifests use this image
+# to give the per-node mock pod 169.254.169.254 (ci/manifests/kind/mock-imds.yaml).
 rootfs="$stage/imds-proxy/rootfs"
-mkdir -p "$rootfs/usr/sbin"
 nft_multi="$(readlink -f "$ipt")"
-cp "$nft_multi" "$rootfs/usr/sbin/"
+ip_bin="$(readlink -f "$(command -v ip)")"
+copy_file "$rootfs" "$nft_multi" "/usr/sbin/$(basename "$nft_multi")"
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
   ln -sf "$(basename "$nft_multi")" "$rootfs/usr/sbin/$n"
 done
-# `ip` too: imds-proxy runs `ip netns exec` when pointed at a namespace, and the kind manifests use this image
-# to give the per-node mock pod 169.254.169.254 (ci/manifests/kind/mock-imds.yaml).
-copy_with_libs "$rootfs" "$nft_multi" "$(readlink -f "$ct")" "$(readlink -f "$(command -v ip)")"
-[ "$(readlink -f "$ct")" = /usr/sbin/conntrack ] || ln -sf "$(readlink -f "$ct")" "$rootfs/usr/sbin/conntrack"
+copy_file "$rootfs" "$(readlink -f "$ct")" /usr/sbin/conntrack
+copy_file "$rootfs" "$ip_bin" /usr/sbin/ip
+copy_libs "$rootfs" "$nft_multi" "$(readlink -f "$ct")" "$ip_bin"
 xt_dir=/usr/lib/x86_64-linux-gnu/xtables
 if [ -d "$xt_dir" ]; then
   mkdir -p "$rootfs$xt_dir"
   cp -a "$xt_dir/." "$rootfs$xt_dir/"
-  for ext in "$xt_dir"/*.so; do copy_with_libs "$rootfs" "$ext"; done
+  copy_libs "$rootfs" "$xt_dir"/*.so
 fi
 # iptables needs a writable /run for its lock (the DaemonSet mounts the node's /run/xtables.lock there) and
 # /etc/ethertypes-free operation is fine for IPv4 nat. /tmp for good measure.

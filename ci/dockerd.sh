@@ -12,12 +12,6 @@
 #        bounded wait) and remove its temporary directory. An engine we did not start is never touched.
 # status: print the state file, if any.
 #
-# API shim: testcontainers 0.28 (bollard) sends API version 1.53 in every request and never negotiates; an
-# older engine (Debian bookworm's docker.io 20.10 speaks 1.41) refuses that. When the engine's API version is
-# lower, `start` also runs ci/docker-api-compat.py on a socket in the temporary directory and exports THAT
-# socket as DOCKER_HOST (the docker CLI negotiates, so it works through the shim too). `stop` ends the shim.
-# IMDS_DOCKER_ENGINE_HOST in the state file is the engine's own socket.
-#
 # The dockerd we start is deliberately quiet on the host: --iptables=false, --ip6tables=false and
 # --ip-forward=false, so it adds no iptables chains and flips no sysctls in the root network namespace
 # (published ports still work through docker-proxy, which is all the tests need; containers get no outbound
@@ -29,9 +23,6 @@ set -euo pipefail
 
 state_file="${IMDS_DOCKERD_STATE:-/tmp/imds-conformance-dockerd.state}"
 timeout_s="${IMDS_DOCKERD_TIMEOUT:-60}"
-here="$(cd "$(dirname "$0")" && pwd)"
-# The API version testcontainers (bollard) pins; see the API shim note above.
-client_api_minor=53
 
 log() { printf 'ci/dockerd.sh: %s\n' "$*" >&2; }
 
@@ -62,41 +53,11 @@ install_engine() {
 write_state() {
   {
     echo "IMDS_DOCKERD_PID=${IMDS_DOCKERD_PID:-}"
-    echo "IMDS_SHIM_PID=${IMDS_SHIM_PID:-}"
     echo "IMDS_DOCKERD_DIR=${IMDS_DOCKERD_DIR:-}"
     echo "IMDS_DOCKER_ENGINE_HOST=${IMDS_DOCKER_ENGINE_HOST:-}"
     echo "IMDS_DOCKER_HOST=${IMDS_DOCKER_HOST:-}"
     echo "IMDS_DOCKER0_CREATED=${IMDS_DOCKER0_CREATED:-}"
   } >"$state_file"
-}
-
-# Start the API shim when the engine at $IMDS_DOCKER_ENGINE_HOST speaks an older API than testcontainers.
-maybe_start_shim() {
-  local api minor
-  api="$(DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST" timeout 10 docker version --format '{{.Server.APIVersion}}')"
-  minor="${api#1.}"
-  IMDS_DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST"
-  if [ "$minor" -ge "$client_api_minor" ] 2>/dev/null; then
-    log "engine API $api: no shim needed"
-    return 0
-  fi
-  command -v python3 >/dev/null 2>&1 || { log "engine API $api < 1.$client_api_minor and no python3 for the API shim"; return 2; }
-  local shim_sock="$IMDS_DOCKERD_DIR/compat.sock"
-  setsid python3 "$here/docker-api-compat.py" "$shim_sock" "${IMDS_DOCKER_ENGINE_HOST#unix://}" "$minor" \
-    >"$IMDS_DOCKERD_DIR/compat.log" 2>&1 </dev/null &
-  IMDS_SHIM_PID=$!
-  write_state
-  local waited=0
-  until [ -S "$shim_sock" ] && DOCKER_HOST="unix://$shim_sock" engine_answers; do
-    if ! kill -0 "$IMDS_SHIM_PID" 2>/dev/null || [ "$waited" -ge 20 ]; then
-      log "API shim did not come up; its log:"; cat "$IMDS_DOCKERD_DIR/compat.log" >&2 || true
-      return 1
-    fi
-    sleep 0.5
-    waited=$((waited + 1))
-  done
-  IMDS_DOCKER_HOST="unix://$shim_sock"
-  log "engine API $api < 1.$client_api_minor (testcontainers' pin): API shim (pid $IMDS_SHIM_PID) at $IMDS_DOCKER_HOST"
 }
 
 cmd_start() {
@@ -112,20 +73,17 @@ cmd_start() {
     log "stale state file $state_file: cleaning up what it names"
     cmd_stop
   fi
-  IMDS_DOCKERD_PID="" IMDS_SHIM_PID="" IMDS_DOCKER0_CREATED=""
-  IMDS_DOCKERD_DIR="$(mktemp -d /tmp/imds-dockerd.XXXXXX)"
   if command -v docker >/dev/null 2>&1 && engine_answers; then
-    IMDS_DOCKER_ENGINE_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
-    log "a Docker engine already answers ($IMDS_DOCKER_ENGINE_HOST); using it, starting no dockerd"
-    write_state
-    maybe_start_shim || { cmd_stop; return 1; }
-    write_state
-    echo "export DOCKER_HOST=$IMDS_DOCKER_HOST"
+    # Not ours: no state file, so `stop` leaves it alone.
+    log "a Docker engine already answers (${DOCKER_HOST:-unix:///var/run/docker.sock}); using it, starting nothing"
+    echo "export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}"
     return 0
   fi
   install_engine
   command -v docker >/dev/null 2>&1 || { log "docker CLI missing after install"; return 2; }
 
+  IMDS_DOCKERD_PID="" IMDS_DOCKER0_CREATED=""
+  IMDS_DOCKERD_DIR="$(mktemp -d /tmp/imds-dockerd.XXXXXX)"
   local dir="$IMDS_DOCKERD_DIR"
   mkdir -p "$dir/data" "$dir/exec"
   IMDS_DOCKER_ENGINE_HOST="unix://$dir/docker.sock"
@@ -155,7 +113,7 @@ cmd_start() {
     waited=$((waited + 1))
   done
   log "dockerd (pid $IMDS_DOCKERD_PID) answers after ${waited}s: $(DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST" docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
-  maybe_start_shim || { cmd_stop; return 1; }
+  IMDS_DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST"
   write_state
   echo "export DOCKER_HOST=$IMDS_DOCKER_HOST"
 }
@@ -185,12 +143,12 @@ cmd_stop() {
     log "nothing started by this script (no $state_file): nothing to stop"
     return 0
   fi
-  local IMDS_DOCKERD_PID="" IMDS_SHIM_PID="" IMDS_DOCKERD_DIR="" IMDS_DOCKER_ENGINE_HOST="" IMDS_DOCKER0_CREATED=""
+  local IMDS_DOCKERD_PID="" IMDS_DOCKERD_DIR="" IMDS_DOCKER_ENGINE_HOST="" IMDS_DOCKER0_CREATED=""
   # shellcheck disable=SC1090
   . "$state_file"
   if [ -n "$IMDS_DOCKERD_PID" ] && kill -0 "$IMDS_DOCKERD_PID" 2>/dev/null; then
-    # Containers left running by a failed test would keep their shims alive; remove them first (bounded).
-    # Only on our own engine: containers on an engine we did not start are not ours to judge.
+    # Containers left running by a failed test would keep containerd shims alive; remove them first
+    # (bounded). This is our own engine: every container on it is a test's.
     local left
     left="$(DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST" timeout 10 docker ps -aq 2>/dev/null || true)"
     if [ -n "$left" ]; then
@@ -199,7 +157,6 @@ cmd_stop() {
       DOCKER_HOST="$IMDS_DOCKER_ENGINE_HOST" timeout 30 docker rm -f $left >/dev/null 2>&1 || true
     fi
   fi
-  stop_pid "API shim" "$IMDS_SHIM_PID" 5
   stop_pid dockerd "$IMDS_DOCKERD_PID" 30
   if [ -n "$IMDS_DOCKER0_CREATED" ] && ip link show docker0 >/dev/null 2>&1; then
     ip link delete docker0 2>/dev/null && log "removed the docker0 bridge our dockerd created"
