@@ -49,6 +49,8 @@ fn run_netns(args: &[&str]) -> (common::Run, u32) {
         .args(args)
         .args(["--backend", "netns", "--report"])
         .arg(format!("json={}", json.display()))
+        // Run directories (kept on FAIL for debugging) land in the test's temp dir and go with it.
+        .env("TMPDIR", dir.path())
         .env("NO_COLOR", "1");
     if let Some(p) = common::proxy_bin() {
         cmd.env("IMDS_PROXY_BIN", p);

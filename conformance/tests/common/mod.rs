@@ -93,6 +93,8 @@ pub fn run(args: &[&str]) -> Run {
         .args(args)
         .arg("--report")
         .arg(format!("json={}", json.display()))
+        // Run directories (kept on FAIL for debugging) land in the test's temp dir and go with it.
+        .env("TMPDIR", dir.path())
         .env("NO_COLOR", "1");
     if let Some(p) = proxy_bin() {
         cmd.env("IMDS_PROXY_BIN", p);
