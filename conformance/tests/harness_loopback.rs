@@ -293,3 +293,60 @@ fn auto_backend_as_non_root_is_loopback_and_lists_skips() {
     );
     assert!(stdout.contains("IPT-001"), "{stdout}");
 }
+
+/// Processes whose command line mentions `needle` (the interceptors of a run carry its kubeconfig path).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn loopback_sigint_midway_stops_interceptors() {
+    if proxy_or_skip("loopback_sigint_midway").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let needle = dir.path().display().to_string();
+    let sc = scenario("nmi-default.yaml");
+    let mut child = std::process::Command::new(common::conformance_bin())
+        .args([
+            "run",
+            "--backend",
+            "loopback",
+            "--scenario",
+            sc.to_str().unwrap(),
+        ])
+        .env("TMPDIR", dir.path())
+        .env("IMDS_PROXY_BIN", common::proxy_bin().unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while processes_mentioning(&needle).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interceptor never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Our own child, by PID.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let left = processes_mentioning(&needle);
+    assert!(left.is_empty(), "interceptors left running: {left:?}");
+}
