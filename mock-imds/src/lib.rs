@@ -80,6 +80,8 @@ pub mod rules;
 pub mod server;
 mod state;
 pub mod token;
+#[cfg(feature = "testcontainers")]
+pub mod testcontainers;
 pub mod versions;
 
 use std::net::SocketAddr;
