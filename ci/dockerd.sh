@@ -10,6 +10,8 @@
 #        Everything else (what was done, and why) goes to stderr.
 # stop:  end exactly the dockerd this script started (by the PID in its state file: TERM, then KILL after a
 #        bounded wait) and remove its temporary directory. An engine we did not start is never touched.
+#        Concurrent users share one dockerd: each `start` that reuses ours counts a user, each `stop` drops
+#        one, and only the last `stop` ends it (both under flock on the state file's lock).
 # status: print the state file, if any.
 #
 # The dockerd we start is deliberately quiet on the host: --iptables=false, --ip6tables=false and
@@ -57,21 +59,24 @@ write_state() {
     echo "IMDS_DOCKER_ENGINE_HOST=${IMDS_DOCKER_ENGINE_HOST:-}"
     echo "IMDS_DOCKER_HOST=${IMDS_DOCKER_HOST:-}"
     echo "IMDS_DOCKER0_CREATED=${IMDS_DOCKER0_CREATED:-}"
+    echo "IMDS_DOCKERD_USERS=${IMDS_DOCKERD_USERS:-1}"
   } >"$state_file"
 }
 
 cmd_start() {
   if [ -f "$state_file" ]; then
-    local IMDS_DOCKER_HOST=""
+    local IMDS_DOCKER_HOST="" IMDS_DOCKERD_USERS=1
     # shellcheck disable=SC1090
     . "$state_file"
     if [ -n "$IMDS_DOCKER_HOST" ] && DOCKER_HOST="$IMDS_DOCKER_HOST" engine_answers; then
-      log "already started (state $state_file): $IMDS_DOCKER_HOST"
+      IMDS_DOCKERD_USERS=$((IMDS_DOCKERD_USERS + 1))
+      write_state
+      log "already started (state $state_file): $IMDS_DOCKER_HOST, now $IMDS_DOCKERD_USERS user(s)"
       echo "export DOCKER_HOST=$IMDS_DOCKER_HOST"
       return 0
     fi
     log "stale state file $state_file: cleaning up what it names"
-    cmd_stop
+    really_stop
   fi
   if command -v docker >/dev/null 2>&1 && engine_answers; then
     # Not ours: no state file, so `stop` leaves it alone.
@@ -82,14 +87,15 @@ cmd_start() {
   install_engine
   command -v docker >/dev/null 2>&1 || { log "docker CLI missing after install"; return 2; }
 
-  IMDS_DOCKERD_PID="" IMDS_DOCKER0_CREATED=""
+  IMDS_DOCKERD_PID="" IMDS_DOCKER0_CREATED="" IMDS_DOCKERD_USERS=1
   IMDS_DOCKERD_DIR="$(mktemp -d /tmp/imds-dockerd.XXXXXX)"
   local dir="$IMDS_DOCKERD_DIR"
   mkdir -p "$dir/data" "$dir/exec"
   IMDS_DOCKER_ENGINE_HOST="unix://$dir/docker.sock"
   ip link show docker0 >/dev/null 2>&1 || IMDS_DOCKER0_CREATED=1
   log "starting dockerd: data-root=$dir/data exec-root=$dir/exec socket=$dir/docker.sock log=$dir/dockerd.log"
-  # setsid: the daemon must outlive this script and must not receive the caller's Ctrl-C directly;
+  # setsid: the daemon must outlive this script and must not receive the caller's Ctrl-C directly (and it
+  # must not inherit the lock on fd 9);
   # `stop` ends it by PID.
   setsid dockerd \
     --data-root "$dir/data" \
@@ -97,7 +103,7 @@ cmd_start() {
     --pidfile "$dir/dockerd.pid" \
     --host "$IMDS_DOCKER_ENGINE_HOST" \
     --iptables=false --ip6tables=false --ip-forward=false \
-    >"$dir/dockerd.log" 2>&1 </dev/null &
+    >"$dir/dockerd.log" 2>&1 </dev/null 9>&- &
   IMDS_DOCKERD_PID=$!
   write_state
 
@@ -106,7 +112,7 @@ cmd_start() {
     if ! kill -0 "$IMDS_DOCKERD_PID" 2>/dev/null || [ "$waited" -ge "$timeout_s" ]; then
       log "dockerd (pid $IMDS_DOCKERD_PID) did not come up within ${timeout_s}s; its log:"
       tail -n 30 "$dir/dockerd.log" >&2 || true
-      cmd_stop
+      really_stop
       return 1
     fi
     sleep 1
@@ -143,6 +149,21 @@ cmd_stop() {
     log "nothing started by this script (no $state_file): nothing to stop"
     return 0
   fi
+  local IMDS_DOCKERD_PID="" IMDS_DOCKERD_DIR="" IMDS_DOCKER_ENGINE_HOST="" IMDS_DOCKER0_CREATED="" IMDS_DOCKER_HOST=""
+  local IMDS_DOCKERD_USERS=1
+  # shellcheck disable=SC1090
+  . "$state_file"
+  if [ "$IMDS_DOCKERD_USERS" -gt 1 ]; then
+    IMDS_DOCKERD_USERS=$((IMDS_DOCKERD_USERS - 1))
+    write_state
+    log "dockerd (pid $IMDS_DOCKERD_PID) still has $IMDS_DOCKERD_USERS user(s): leaving it running"
+    return 0
+  fi
+  really_stop
+}
+
+really_stop() {
+  [ -f "$state_file" ] || return 0
   local IMDS_DOCKERD_PID="" IMDS_DOCKERD_DIR="" IMDS_DOCKER_ENGINE_HOST="" IMDS_DOCKER0_CREATED=""
   # shellcheck disable=SC1090
   . "$state_file"
@@ -182,6 +203,10 @@ cmd_stop() {
 cmd_status() {
   if [ -f "$state_file" ]; then cat "$state_file"; else log "no dockerd started by this script"; fi
 }
+
+# One start/stop at a time (the user count and the directory are shared state).
+exec 9>"$state_file.lock"
+flock 9
 
 case "${1:-}" in
   start) cmd_start ;;

@@ -177,6 +177,7 @@ async fn default_image_serves_instance_metadata_and_a_token_through_the_mapped_p
         .unwrap_or_else(|e| panic!("start mock-imds container: {e}"));
     let id = mock.id().to_owned();
     let uri = mock.uri().await.unwrap_or_else(|e| panic!("uri: {e}"));
+    eprintln!("started container {id} at {uri}");
     assert!(uri.starts_with("http://"), "{uri}");
 
     let (status, instance) = get(&format!("{uri}/metadata/instance?api-version=2021-02-01")).await;
@@ -214,6 +215,7 @@ async fn default_image_serves_instance_metadata_and_a_token_through_the_mapped_p
         .await
         .unwrap_or_else(|e| panic!("remove container: {e}"));
     assert_container_gone(&id);
+    eprintln!("removed container {id}");
 }
 
 #[tokio::test]
@@ -233,6 +235,7 @@ async fn config_and_seed_reach_the_container() {
         .unwrap_or_else(|e| panic!("start mock-imds container: {e}"));
     let id = mock.id().to_owned();
     let uri = mock.uri().await.unwrap_or_else(|e| panic!("uri: {e}"));
+    eprintln!("started container {id} at {uri}");
 
     let (status, compute) = get(&format!(
         "{uri}/metadata/instance/compute?api-version=2021-02-01"
@@ -255,4 +258,5 @@ async fn config_and_seed_reach_the_container() {
         .await
         .unwrap_or_else(|e| panic!("remove container: {e}"));
     assert_container_gone(&id);
+    eprintln!("removed container {id}");
 }
