@@ -22,3 +22,11 @@ lint:
 # Run the mock IMDS on 127.0.0.1:8080 (never on 169.254.169.254 outside a namespace we own).
 mock *ARGS:
     cargo run -p mock-imds -- {{ARGS}}
+
+# The hardened profile: header + instance block + conntrack deletion + isolation.
+conformance-hardened *ARGS: build
+    target/debug/imds-conformance run --scenario scenarios/hardened.yaml --backend auto {{ARGS}}
+
+# AKS IMDS restriction: AgentBaker's FORWARD DROP rule instead of an interceptor.
+conformance-aks *ARGS: build
+    target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
