@@ -6,7 +6,7 @@
 //! jump sits at `PREROUTING` position 1; reconcile restores a flushed/edited/foreign-ruled chain and
 //! reports `Repaired`; the `imds-proxy` binary installs the chain, repairs it periodically and removes it
 //! on SIGTERM/SIGINT; conntrack deletion (library and `--enable-conntrack-deletion`) removes only TCP
-//! flows to the IMDS address and port. Also the `route_localnet` diagnosis and the AKS restriction rule.
+//! flows to the IMDS address and port. Also the `route_localnet` diagnosis.
 //!
 //! Safety: every mutating command carries `ip netns exec <our ns>`; the root namespace is never changed,
 //! and 169.254.169.254 exists only on the `lo` of a namespace created here. Without root, `ip netns`,
@@ -19,11 +19,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use imds_proxy::netfilter::aks::{AksRestriction, AksTable};
 use imds_proxy::netfilter::conntrack::{self, Flow};
-use imds_proxy::netfilter::{
-    self, Iptables, Netfilter, NetfilterConfig, Reconciled, Table, route_localnet_enabled,
-};
+use imds_proxy::netfilter::{Netfilter, NetfilterConfig, Reconciled, route_localnet_enabled};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
@@ -880,7 +877,7 @@ fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only()
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// route_localnet diagnosis and the AKS restriction rule
+// route_localnet diagnosis
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -911,67 +908,4 @@ fn route_localnet_off_yields_the_fix_message_and_on_yields_none() {
         ..NetfilterConfig::default()
     });
     assert_eq!(node_ip.route_localnet_problem().expect("check"), None);
-}
-
-#[test]
-fn aks_restriction_rule_is_inserted_first_in_forward_idempotently_and_deleted() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
-    let ipt = Iptables::new(Some(ns.name().to_owned()));
-    for table in [AksTable::Filter, AksTable::Mangle] {
-        let t = match table {
-            AksTable::Filter => "filter",
-            AksTable::Mangle => "mangle",
-        };
-        // An existing FORWARD rule: the AKS rule must be inserted in front of it.
-        ns.ok(&[
-            "iptables", "-w", "5", "-t", t, "-A", "FORWARD", "-p", "udp", "-j", "ACCEPT",
-        ]);
-        let rule = AksRestriction {
-            primary_nic_ip: Ipv4Addr::new(10, 224, 0, 4),
-            table,
-        };
-        assert!(rule.insert(&ipt).expect("insert"), "{t}: first insert");
-        assert!(
-            !rule.insert(&ipt).expect("insert again"),
-            "{t}: second insert is a no-op"
-        );
-        let forward: Vec<String> =
-            lines(&ns.ok(&["iptables", "-w", "5", "-t", t, "-S", "FORWARD"]))
-                .into_iter()
-                .filter(|l| l.starts_with("-A "))
-                .collect();
-        assert_eq!(
-            forward,
-            [
-                "-A FORWARD ! -s 10.224.0.4/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment \"AKS managed: added by AgentBaker ensureIMDSRestriction for IMDS restriction feature\" -j DROP",
-                "-A FORWARD -p udp -j ACCEPT",
-            ],
-            "{t}: REFERENCE C rule at FORWARD position 1"
-        );
-        let whole = netfilter::list_table(table.table(), Some(ns.name())).expect("list table");
-        assert!(
-            whole.contains(&rule.listing_line()),
-            "{t}: -S of the table shows the rule"
-        );
-        assert_eq!(rule.delete(&ipt).expect("delete"), 1, "{t}");
-        assert_eq!(rule.delete(&ipt).expect("delete again"), 0, "{t}");
-        assert!(
-            !netfilter::list_table(table.table(), Some(ns.name()))
-                .expect("list table")
-                .contains(&rule.listing_line())
-        );
-        // The other table is untouched by this table's rule.
-        let other = if table == AksTable::Filter {
-            Table::Mangle
-        } else {
-            Table::Filter
-        };
-        assert!(
-            netfilter::list_table(other, Some(ns.name()))
-                .expect("list")
-                .iter()
-                .all(|l| !l.contains("AKS managed"))
-        );
-    }
 }

@@ -3,8 +3,8 @@
 //! It owns the argument conventions every call shares — `-w` so we queue behind kube-proxy and CNI plugins
 //! on the xtables lock instead of failing, `-t <table>`, the optional `ip netns exec NS` prefix — and the
 //! parsing of `iptables -S` listings. It holds no policy: which chain and which rules are wanted is decided
-//! in `mod.rs` (the `aad-metadata` chain) and `aks.rs` (the AKS restriction rule). It must not touch
-//! `ip6tables` or any rule it was not asked to change.
+//! in `mod.rs` (the `aad-metadata` chain). It must not touch `ip6tables` or any rule it was not asked to
+//! change.
 
 use std::fmt;
 use std::time::Duration;
@@ -89,7 +89,7 @@ impl Iptables {
     }
 
     /// `iptables -t <table> -S`: every policy, chain and rule of the table, one per line, as iptables prints
-    /// them (this is also what AgentBaker greps for its idempotency check).
+    /// them.
     pub fn list_table(&self, table: Table) -> Result<Vec<String>, NetfilterError> {
         Ok(parse_listing(&self.run(table, &["-S".to_owned()])?))
     }

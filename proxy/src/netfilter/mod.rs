@@ -1,5 +1,5 @@
-//! Kernel-side interception: the NMI-compatible `aad-metadata` nat chain, conntrack flow deletion, the
-//! `route_localnet` precondition and (for the conformance harness) the AKS IMDS restriction rule.
+//! Kernel-side interception: the NMI-compatible `aad-metadata` nat chain, conntrack flow deletion and the
+//! `route_localnet` precondition.
 //!
 //! This module owns every `iptables`/`conntrack` invocation the proxy makes. It reproduces NMI's rules
 //! byte for byte (REFERENCE A.1): a `PREROUTING` jump at position 1 into a chain whose `iptables -t nat -S`
@@ -22,7 +22,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod aks;
 pub mod conntrack;
 pub mod exec;
 pub mod iptables;
@@ -343,12 +342,6 @@ impl Netfilter {
             )))
         }
     }
-}
-
-/// `iptables -t <table> -S` in `netns` (or our own namespace): the whole table, one line per policy, chain
-/// and rule. For the harness's assertions and diagnostics.
-pub fn list_table(table: Table, netns: Option<&str>) -> Result<Vec<String>, NetfilterError> {
-    Iptables::new(netns.map(str::to_owned)).list_table(table)
 }
 
 /// The proc file holding the all-interfaces switch.
