@@ -2,26 +2,12 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Cargo features the test suite compiles in (the testcontainers module of mock-imds).
+test_features := "--features mock-imds/testcontainers"
+
 # Run the default conformance scenario against the built-in interceptor on the best available backend.
 conformance *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/nmi-default.yaml --interceptor builtin --backend auto {{ARGS}}
-
-# Build every binary of the workspace (the harness starts mock-imds and imds-proxy from target/debug).
-build:
-    cargo build --workspace --bins
-
-# The whole test suite, as CI runs it: lint, then every test (root-only tests SKIP loudly elsewhere).
-test: lint build
-    cargo test --workspace --no-fail-fast
-
-# Formatting and clippy with warnings as errors.
-lint:
-    cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets -- -D warnings
-
-# Run the mock IMDS on 127.0.0.1:8080 (never on 169.254.169.254 outside a namespace we own).
-mock *ARGS:
-    cargo run -p mock-imds -- {{ARGS}}
 
 # The hardened profile: header + instance block + conntrack deletion + isolation.
 conformance-hardened *ARGS: build
@@ -30,3 +16,39 @@ conformance-hardened *ARGS: build
 # AKS IMDS restriction: AgentBaker's FORWARD DROP rule instead of an interceptor.
 conformance-aks *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
+
+# Build every binary of the workspace (the harness starts imds-proxy from target/debug).
+build:
+    cargo build --workspace --bins
+
+# The whole test suite, as CI runs it: lint, then every test. Tests needing root, network namespaces or a
+# Docker engine run here when the machine allows it and print a loud SKIP with the reason otherwise;
+# --show-output prints those lines (and every passing test's output) at the end of each test binary.
+test: lint
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --workspace --bins {{test_features}}
+    # A Docker engine for the testcontainers tests: the one that answers, else our own dockerd under a
+    # temporary directory (ci/dockerd.sh), always stopped again on exit.
+    if engine="$(ci/dockerd.sh start)"; then
+        eval "$engine"
+        trap 'ci/dockerd.sh stop' EXIT
+    else
+        echo "SKIP: no Docker engine could be started (see ci/dockerd.sh output above); testcontainers tests will SKIP" >&2
+    fi
+    cargo test --workspace --no-fail-fast {{test_features}} -- --show-output
+
+# Formatting, clippy with warnings as errors, Kubernetes manifests and GitHub workflow checks.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets {{test_features}} -- -D warnings
+    ci/check-manifests.sh
+    ci/lint-workflows.sh
+
+# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy}:<version>.
+images:
+    ci/build-images.sh
+
+# Run the mock IMDS on 127.0.0.1:8080 (never on 169.254.169.254 outside a namespace we own).
+mock *ARGS:
+    cargo run -p mock-imds -- {{ARGS}}
