@@ -21,25 +21,6 @@ fn fast_retries(s: &mut Settings) {
     s.find_identity_retry_interval = 1;
 }
 
-fn token_path(extra: &str) -> String {
-    format!(
-        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
-        urlencode(RESOURCE)
-    )
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Token requests the mock received, as their `client_id` query values ("" = system-assigned).
 fn upstream_token_client_ids(f: &Fixture) -> Vec<String> {
     f.mock
@@ -90,9 +71,7 @@ async fn hdr_001_token_and_pass_through_need_metadata_true() -> TestResult {
             let resp = rb.send().await?;
             assert_eq!(resp.status(), 400, "{path} {hdr:?}");
             assert_eq!(
-                resp.headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok()),
+                header(&resp, "content-type"),
                 Some("application/json; charset=utf-8")
             );
             assert_eq!(resp.text().await?, METADATA_BODY);
@@ -176,36 +155,19 @@ async fn blk_001_every_spelling_of_instance_is_blocked() -> TestResult {
         }
     }
     // Headers as Go's http.Error.
-    let resp = client_from("127.0.0.2")?
-        .get(f.url("/metadata/instance"))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = get_md(&client_from("127.0.0.2")?, f.url("/metadata/instance")).await?;
     assert_eq!(
-        resp.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
+        header(&resp, "content-type"),
         Some("text/plain; charset=utf-8")
     );
-    assert_eq!(
-        resp.headers()
-            .get("x-content-type-options")
-            .and_then(|v| v.to_str().ok()),
-        Some("nosniff")
-    );
+    assert_eq!(header(&resp, "x-content-type-options"), Some("nosniff"));
     let leaked: Vec<String> = journal_paths(&f.mock);
     assert!(
         leaked.is_empty(),
         "blocked requests reached IMDS: {leaked:?}"
     );
     // Other paths are not blocked.
-    let (status, _) = raw_get(
-        "127.0.0.2",
-        f.proxy.addr(),
-        "/metadata/versions",
-        "Metadata: true\r\n",
-    )
-    .await?;
+    let (status, _) = f.raw_md("127.0.0.2", "/metadata/versions").await?;
     assert_eq!(status, 200);
     Ok(())
 }
@@ -214,16 +176,8 @@ async fn blk_001_every_spelling_of_instance_is_blocked() -> TestResult {
 async fn blk_006_feature_off_passes_through_byte_identical() -> TestResult {
     let (f, _) = one_pod(|_| {}).await?;
     let path = "/metadata/instance?api-version=2021-02-01";
-    let via = client_from("127.0.0.2")?
-        .get(f.url(path))
-        .header("Metadata", "true")
-        .send()
-        .await?;
-    let direct = reqwest::Client::new()
-        .get(format!("{}{path}", f.mock.uri()))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let via = get_md(&client_from("127.0.0.2")?, f.url(path)).await?;
+    let direct = get_md(&reqwest::Client::new(), format!("{}{path}", f.mock.uri())).await?;
     assert_eq!(via.status(), 200);
     assert_eq!(via.status(), direct.status());
     for h in ["content-type", "server"] {
@@ -231,13 +185,9 @@ async fn blk_006_feature_off_passes_through_byte_identical() -> TestResult {
     }
     assert_eq!(via.bytes().await?, direct.bytes().await?);
     // A canonicalised spelling is forwarded in its canonical form.
-    let (status, _) = raw_get(
-        "127.0.0.2",
-        f.proxy.addr(),
-        "/metadata/./%69nstance?api-version=2021-02-01",
-        "Metadata: true\r\n",
-    )
-    .await?;
+    let (status, _) = f
+        .raw_md("127.0.0.2", "/metadata/./%69nstance?api-version=2021-02-01")
+        .await?;
     assert_eq!(status, 200);
     assert!(
         journal_paths(&f.mock)
@@ -264,18 +214,9 @@ async fn rta_001_created_gives_503_retry_after_then_assigned_gives_200() -> Test
     f.wait_for_pod("127.0.0.2").await?;
     f.wait_for_aais("p1", 1, "Created").await?;
     let c = client_from("127.0.0.2")?;
-    let resp = c
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&c, "").await?;
     assert_eq!(resp.status(), 503);
-    assert_eq!(
-        resp.headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("20")
-    );
+    assert_eq!(header(&resp, "retry-after"), Some("20"));
     assert!(
         resp.text()
             .await?
@@ -285,11 +226,7 @@ async fn rta_001_created_gives_503_retry_after_then_assigned_gives_200() -> Test
 
     f.aai("p1", &a, NODE, "Assigned")?;
     f.wait_for_aais("p1", 1, "Assigned").await?;
-    let resp = c
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&c, "").await?;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("retry-after").is_none());
     assert_eq!(upstream_token_client_ids(&f), vec![a.client_id.clone()]);
@@ -305,11 +242,7 @@ async fn rta_003_token_errors_are_not_503_retry_after() -> TestResult {
     f.aai("p1", &ghost, NODE, "Assigned")?;
     f.wait_for_pod("127.0.0.2").await?;
     f.wait_for_aais("p1", 1, "Assigned").await?;
-    let resp = client_from("127.0.0.2")?
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&client_from("127.0.0.2")?, "").await?;
     assert_eq!(resp.status(), 403);
     assert!(resp.headers().get("retry-after").is_none());
     let body = resp.text().await?;
@@ -330,11 +263,7 @@ async fn rta_006_feature_off_404_after_retry_budget() -> TestResult {
     f.pod("p1", "127.0.0.2", NODE, json!({}))?;
     f.wait_for_pod("127.0.0.2").await?;
     let started = Instant::now();
-    let resp = client_from("127.0.0.2")?
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&client_from("127.0.0.2")?, "").await?;
     let elapsed = started.elapsed();
     assert_eq!(resp.status(), 404);
     assert!(resp.headers().get("retry-after").is_none());
@@ -350,7 +279,12 @@ async fn rta_006_feature_off_404_after_retry_budget() -> TestResult {
 
 // ---- LBL: label filtering -------------------------------------------------------------------------------------
 
-async fn label_fixture(scale: bool) -> Result<Fixture, Box<dyn std::error::Error + Send + Sync>> {
+/// Pods p1 (127.0.0.2) and p2 (127.0.0.3) with AAIs on this node, three on another node and one unlabelled
+/// for p2 (`id-legacy`); checks that `sent` AAIs reached the proxy's client.
+async fn label_fixture(
+    scale: bool,
+    sent: u64,
+) -> Result<Fixture, Box<dyn std::error::Error + Send + Sync>> {
     let mock = mock().await?;
     let api = imds_conformance::apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
     let mine = mock.assign_identity(uami(0xd1, "id-mine"));
@@ -385,54 +319,41 @@ async fn label_fixture(scale: bool) -> Result<Fixture, Box<dyn std::error::Error
         m.clear();
     }
     api.apply(unlabelled)?;
-    Fixture::start_with(mock, api, |s| {
+    let f = Fixture::start_with(mock, api, |s| {
         fast_retries(s);
         s.enable_scale_features = scale;
     })
-    .await
+    .await?;
+    let stats = f.api.stats();
+    assert_eq!(
+        stats.objects_sent(&f.client_key, "azureassignedidentities"),
+        sent,
+        "{stats:?}"
+    );
+    Ok(f)
 }
 
 #[tokio::test]
 async fn lbl_001_scale_features_on_only_this_nodes_aais_arrive() -> TestResult {
-    let f = label_fixture(true).await?;
-    let stats = f.api.stats();
-    assert_eq!(
-        stats.objects_sent(&f.client_key, "azureassignedidentities"),
-        2,
-        "{stats:?}"
-    );
+    let f = label_fixture(true, 2).await?;
     // The unlabelled AAI is invisible: p2 asking for it is refused.
     let legacy = uami(0xd2, "id-legacy");
-    let resp = client_from("127.0.0.3")?
-        .get(f.url(&token_path(&format!("&client_id={}", legacy.client_id))))
-        .header("Metadata", "true")
-        .send()
+    let resp = f
+        .token(&client_from("127.0.0.3")?, &client_id(&legacy))
         .await?;
     assert_eq!(resp.status(), 404);
-    let resp = client_from("127.0.0.2")?
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&client_from("127.0.0.2")?, "").await?;
     assert_eq!(resp.status(), 200);
     Ok(())
 }
 
 #[tokio::test]
 async fn lbl_003_scale_features_off_every_aai_arrives_and_unlabelled_is_served() -> TestResult {
-    let f = label_fixture(false).await?;
-    let stats = f.api.stats();
-    assert_eq!(
-        stats.objects_sent(&f.client_key, "azureassignedidentities"),
-        6,
-        "{stats:?}"
-    );
+    let f = label_fixture(false, 6).await?;
     f.wait_for_aais("p2", 2, "Assigned").await?;
     let legacy = uami(0xd2, "id-legacy");
-    let resp = client_from("127.0.0.3")?
-        .get(f.url(&token_path(&format!("&client_id={}", legacy.client_id))))
-        .header("Metadata", "true")
-        .send()
+    let resp = f
+        .token(&client_from("127.0.0.3")?, &client_id(&legacy))
         .await?;
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -457,25 +378,16 @@ async fn tok_001_selection_by_none_client_id_msi_res_id_mi_res_id() -> TestResul
     let c = client_from("127.0.0.2")?;
     let cases = [
         ("".to_string(), &a), // no id: the first AAI by name (p1-default-id-a)
-        (format!("&client_id={}", b.client_id), &b),
+        (client_id(&b), &b),
         (format!("&client_id={}", a.client_id.to_uppercase()), &a), // NMI would 404 here (case-sensitive pick)
         (format!("&msi_res_id={}", urlencode(&a.resource_id)), &a),
         (format!("&mi_res_id={}", urlencode(&b.resource_id)), &b),
     ];
     for (extra, want) in cases {
         f.mock.clear_journal();
-        let resp = c
-            .get(f.url(&token_path(&extra)))
-            .header("Metadata", "true")
-            .send()
-            .await?;
+        let resp = f.token(&c, &extra).await?;
         assert_eq!(resp.status(), 200, "{extra}");
-        assert_eq!(
-            resp.headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json")
-        );
+        assert_eq!(header(&resp, "content-type"), Some("application/json"));
         let body: serde_json::Map<String, Value> = serde_json::from_slice(&resp.bytes().await?)?;
         let keys: Vec<&str> = body.keys().map(String::as_str).collect();
         assert_eq!(
@@ -513,11 +425,7 @@ async fn tok_001_selection_by_none_client_id_msi_res_id_mi_res_id() -> TestResul
     // An id the pod does not hold: 404, never someone else's token.
     f.mock.clear_journal();
     let other = uami(0x33, "id-c");
-    let resp = c
-        .get(f.url(&token_path(&format!("&client_id={}", other.client_id))))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&c, &client_id(&other)).await?;
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await?.starts_with(
         "clientID in request: 3333##### REDACTED #####6633, getting assigned identities"
@@ -529,11 +437,11 @@ async fn tok_001_selection_by_none_client_id_msi_res_id_mi_res_id() -> TestResul
 #[tokio::test]
 async fn tok_006_missing_resource_is_400() -> TestResult {
     let (f, _) = one_pod(|_| {}).await?;
-    let resp = client_from("127.0.0.2")?
-        .get(f.url("/metadata/identity/oauth2/token?api-version=2018-02-01"))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = get_md(
+        &client_from("127.0.0.2")?,
+        f.url("/metadata/identity/oauth2/token?api-version=2018-02-01"),
+    )
+    .await?;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.text().await?, "parameter resource cannot be empty\n");
     Ok(())
@@ -542,14 +450,10 @@ async fn tok_006_missing_resource_is_400() -> TestResult {
 #[tokio::test]
 async fn tok_008_host_token_only_from_host() -> TestResult {
     let (f, a) = one_pod(|_| {}).await?;
-    let path = format!("/host/token/?resource={}", urlencode(RESOURCE));
+    let url = f.url(&format!("/host/token/?resource={}", urlencode(RESOURCE)));
+    let both = [("podname", "p1"), ("podns", "default")];
     let host = client_from("127.0.0.1")?;
-    let resp = host
-        .get(f.url(&path))
-        .header("podname", "p1")
-        .header("podns", "default")
-        .send()
-        .await?;
+    let resp = get_with(&host, &url, &both).await?;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await?;
     assert_eq!(body["clientid"], Value::String(a.client_id.clone()));
@@ -558,23 +462,13 @@ async fn tok_008_host_token_only_from_host() -> TestResult {
             .as_str()
             .is_some_and(|t| t.split('.').count() == 3)
     );
-    let resp = host
-        .get(f.url(&path))
-        .header("podname", "p1")
-        .send()
-        .await?;
+    let resp = get_with(&host, &url, &both[..1]).await?;
     assert_eq!(resp.status(), 400);
     assert_eq!(
         resp.text().await?,
         "missing 'podname' and 'podns' from request header\n"
     );
-    let pod = client_from("127.0.0.2")?;
-    let resp = pod
-        .get(f.url(&path))
-        .header("podname", "p1")
-        .header("podns", "default")
-        .send()
-        .await?;
+    let resp = get_with(&client_from("127.0.0.2")?, &url, &both).await?;
     assert_eq!(resp.status(), 500);
     assert_eq!(
         resp.text().await?,
@@ -590,8 +484,7 @@ async fn tok_invalid_token_paths_are_400() -> TestResult {
         "/metadata/identity%5coauth2/token/?resource=x",
         "/metadata/identityXoauth2Ytoken?resource=x",
     ] {
-        let (status, body) =
-            raw_get("127.0.0.2", f.proxy.addr(), target, "Metadata: true\r\n").await?;
+        let (status, body) = f.raw_md("127.0.0.2", target).await?;
         assert_eq!(
             (status, body.as_str()),
             (400, "Invalid request\n"),
@@ -613,17 +506,11 @@ async fn tok_exception_pods_get_tokens_straight_from_imds() -> TestResult {
     }))?;
     f.wait_for_pod("127.0.0.4").await?;
     let c = client_from("127.0.0.4")?;
-    for _ in 0..100 {
-        if !f.proxy.view().exceptions_in("default").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let resp = c
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    eventually("exception in the proxy's view", || {
+        !f.proxy.view().exceptions_in("default").is_empty()
+    })
+    .await?;
+    let resp = f.token(&c, "").await?;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         upstream_token_client_ids(&f),
@@ -653,19 +540,9 @@ async fn tok_managed_mode_uses_bindings() -> TestResult {
     )?;
     f.wait_for_pod("127.0.0.5").await?;
     let c = client_from("127.0.0.5")?;
-    let mut status = 0;
-    for _ in 0..50 {
-        let resp = c
-            .get(f.url(&token_path("")))
-            .header("Metadata", "true")
-            .send()
-            .await?;
-        status = resp.status().as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = f
+        .token_status_until_ok(&c, 50, Duration::from_millis(100))
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(upstream_token_client_ids(&f).last(), Some(&a.client_id));
     // No AzureAssignedIdentity watch in managed mode.
@@ -686,27 +563,18 @@ async fn tok_managed_mode_uses_bindings() -> TestResult {
 #[tokio::test]
 async fn iso_unknown_and_ambiguous_callers_get_nothing() -> TestResult {
     let (f, a) = one_pod(|_| {}).await?;
-    let resp = client_from("127.0.0.99")?
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&client_from("127.0.0.99")?, "").await?;
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.text().await?, "pod list is empty\n");
     // A second pod claims p1's address: refuse rather than guess.
     f.pod("p1-twin", "127.0.0.2", NODE, json!({}))?;
     f.aai("p1-twin", &a, NODE, "Assigned")?;
-    for _ in 0..100 {
-        if f.proxy.view().pods_with_ip("127.0.0.2".parse()?).len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let resp = client_from("127.0.0.2")?
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let ip = "127.0.0.2".parse()?;
+    eventually("twin pod in the proxy's view", || {
+        f.proxy.view().pods_with_ip(ip).len() == 2
+    })
+    .await?;
+    let resp = f.token(&client_from("127.0.0.2")?, "").await?;
     assert_eq!(resp.status(), 500);
     assert!(
         resp.text()
@@ -723,24 +591,30 @@ async fn iso_spoofed_headers_change_nothing_and_xff_is_never_forwarded() -> Test
     f.pod("p2", "127.0.0.3", NODE, json!({}))?;
     f.wait_for_pod("127.0.0.3").await?;
     // p2 (no identity) pretends to be p1.
-    let resp = client_from("127.0.0.3")?
-        .get(f.url(&token_path(&format!("&client_id={}", a.client_id))))
-        .header("Metadata", "true")
-        .header("X-Forwarded-For", "127.0.0.2")
-        .header("podname", "p1")
-        .header("podns", "default")
-        .send()
-        .await?;
+    let resp = get_with(
+        &client_from("127.0.0.3")?,
+        f.url(&token_path(&client_id(&a))),
+        &[
+            ("Metadata", "true"),
+            ("X-Forwarded-For", "127.0.0.2"),
+            ("podname", "p1"),
+            ("podns", "default"),
+        ],
+    )
+    .await?;
     assert_eq!(resp.status(), 404);
     assert!(upstream_token_client_ids(&f).is_empty());
     // Pass-through drops a client's X-Forwarded-For (IMDS would refuse it; and it is a lie).
-    let resp = client_from("127.0.0.3")?
-        .get(f.url("/metadata/versions"))
-        .header("Metadata", "true")
-        .header("X-Forwarded-For", "10.9.9.9")
-        .header("Forwarded", "for=10.9.9.9")
-        .send()
-        .await?;
+    let resp = get_with(
+        &client_from("127.0.0.3")?,
+        f.url("/metadata/versions"),
+        &[
+            ("Metadata", "true"),
+            ("X-Forwarded-For", "10.9.9.9"),
+            ("Forwarded", "for=10.9.9.9"),
+        ],
+    )
+    .await?;
     assert_eq!(resp.status(), 200);
     let entry = f
         .mock
@@ -763,22 +637,14 @@ async fn iso_spoofed_headers_change_nothing_and_xff_is_never_forwarded() -> Test
 async fn iso_005_api_server_down_fails_closed_then_recovers() -> TestResult {
     let (f, _) = one_pod(|_| {}).await?;
     let c = client_from("127.0.0.2")?;
-    let resp = c
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = f.token(&c, "").await?;
     assert_eq!(resp.status(), 200);
     f.mock.clear_journal();
     f.api.set_available(false);
     let mut status = 200;
     for _ in 0..100 {
         if f.proxy.view().ready().is_err() {
-            let resp = c
-                .get(f.url(&token_path("")))
-                .header("Metadata", "true")
-                .send()
-                .await?;
+            let resp = f.token(&c, "").await?;
             status = resp.status().as_u16();
             assert!(resp.text().await?.contains("cluster view unavailable"));
             break;
@@ -788,19 +654,9 @@ async fn iso_005_api_server_down_fails_closed_then_recovers() -> TestResult {
     assert_eq!(status, 500, "API server outage must fail closed");
     assert!(upstream_token_client_ids(&f).is_empty());
     f.api.set_available(true);
-    let mut status = 0;
-    for _ in 0..120 {
-        let resp = c
-            .get(f.url(&token_path("")))
-            .header("Metadata", "true")
-            .send()
-            .await?;
-        status = resp.status().as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let status = f
+        .token_status_until_ok(&c, 120, Duration::from_millis(500))
+        .await?;
     assert_eq!(status, 200, "recovers after the outage");
     Ok(())
 }
@@ -826,11 +682,11 @@ async fn iso_not_yet_synced_view_refuses_and_health_says_not_active() -> TestRes
     .await?;
     let health = format!("http://{}/healthz", proxy.probe_addr());
     assert_eq!(reqwest::get(&health).await?.text().await?, "Not Active");
-    let resp = client_from("127.0.0.2")?
-        .get(format!("http://{}{}", proxy.addr(), token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = get_md(
+        &client_from("127.0.0.2")?,
+        format!("http://{}{}", proxy.addr(), token_path("")),
+    )
+    .await?;
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.text().await?, "cluster view not yet synced (pods)\n");
     view.set_ready(Ok(()));
@@ -846,16 +702,12 @@ async fn iso_not_yet_synced_view_refuses_and_health_says_not_active() -> TestRes
 async fn pt_001_status_headers_body_relayed_and_metrics_exposed() -> TestResult {
     let (f, _) = one_pod(|_| {}).await?;
     let c = client_from("127.0.0.2")?;
-    let resp = c
-        .get(f.url("/doesnotexist"))
-        .header("Metadata", "true")
-        .send()
-        .await?;
-    let direct = reqwest::Client::new()
-        .get(format!("{}/doesnotexist", f.mock.uri()))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let resp = get_md(&c, f.url("/doesnotexist")).await?;
+    let direct = get_md(
+        &reqwest::Client::new(),
+        format!("{}/doesnotexist", f.mock.uri()),
+    )
+    .await?;
     assert_eq!(resp.status(), direct.status());
     assert_eq!(
         resp.headers().get("content-type"),
@@ -879,11 +731,7 @@ async fn pt_001_status_headers_body_relayed_and_metrics_exposed() -> TestResult 
     let health = reqwest::get(format!("http://{}/healthz", f.proxy.probe_addr())).await?;
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await?, "Active");
-    let _ = c
-        .get(f.url(&token_path("")))
-        .header("Metadata", "true")
-        .send()
-        .await?;
+    let _ = f.token(&c, "").await?;
     let metrics = reqwest::get(format!("http://{}/metrics", f.proxy.metrics_addr()))
         .await?
         .text()

@@ -108,26 +108,121 @@ impl Fixture {
     /// Polls until the proxy's view has the pod (bounded): the API server's watch delivers asynchronously.
     pub async fn wait_for_pod(&self, ip: &str) -> TestResult {
         let ip: IpAddr = ip.parse()?;
-        for _ in 0..100 {
-            if !self.proxy.view().pods_with_ip(ip).is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!("pod with IP {ip} never reached the proxy's view").into())
+        eventually(
+            &format!("pod with IP {ip} reaching the proxy's view"),
+            || !self.proxy.view().pods_with_ip(ip).is_empty(),
+        )
+        .await
     }
 
     /// Polls until the proxy sees `n` AAIs for pod `default/pod`.
     pub async fn wait_for_aais(&self, pod: &str, n: usize, status: &str) -> TestResult {
-        for _ in 0..100 {
+        eventually(&format!("AAIs of {pod} reaching {n} in {status}"), || {
             let aais = self.proxy.view().assigned_identities_for("default", pod);
-            if aais.len() == n && aais.iter().all(|a| a.status == status) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!("AAIs of {pod} never reached {n} in {status}").into())
+            aais.len() == n && aais.iter().all(|a| a.status == status)
+        })
+        .await
     }
+
+    /// A token request (`token_path(extra)`) from `c` with `Metadata: true`.
+    pub async fn token(
+        &self,
+        c: &reqwest::Client,
+        extra: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        get_md(c, self.url(&token_path(extra))).await
+    }
+
+    /// [`raw_get`] of `target` from `from` to the proxy with `Metadata: true`.
+    pub async fn raw_md(
+        &self,
+        from: &str,
+        target: &str,
+    ) -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
+        raw_get(from, self.proxy.addr(), target, "Metadata: true\r\n").await
+    }
+
+    /// Repeats `token(c, "")` (at most `tries` times, `interval` apart) until it gets 200; returns the
+    /// last status. For state the proxy reaches asynchronously (watch events, recovery after an outage).
+    pub async fn token_status_until_ok(
+        &self,
+        c: &reqwest::Client,
+        tries: u32,
+        interval: Duration,
+    ) -> Result<u16, reqwest::Error> {
+        let mut status = 0;
+        for _ in 0..tries {
+            status = self.token(c, "").await?.status().as_u16();
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(interval).await;
+        }
+        Ok(status)
+    }
+}
+
+/// Polls `done` (100 times, 50 ms apart); an error naming `what` if it never holds.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) -> TestResult {
+    for _ in 0..100 {
+        if done() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no {what} within 5 s").into())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The token path for [`RESOURCE`] with `extra` (`&client_id=...`) appended.
+pub fn token_path(extra: &str) -> String {
+    format!(
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
+        urlencode(RESOURCE)
+    )
+}
+
+/// The `&client_id=` parameter naming `id`.
+pub fn client_id(id: &UserAssignedIdentity) -> String {
+    format!("&client_id={}", id.client_id)
+}
+
+/// `GET url` from `c` with `headers`.
+pub async fn get_with(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    headers: &[(&str, &str)],
+) -> reqwest::Result<reqwest::Response> {
+    headers
+        .iter()
+        .fold(c.get(url), |rb, (k, v)| rb.header(*k, *v))
+        .send()
+        .await
+}
+
+/// `GET url` from `c` with `Metadata: true`.
+pub async fn get_md(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> reqwest::Result<reqwest::Response> {
+    get_with(c, url, &[("Metadata", "true")]).await
+}
+
+/// Header `name` of `resp` as text (None when absent or not visible ASCII).
+pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 pub fn pod_json(name: &str, ns: &str, ip: &str, node: &str, labels: Value) -> Value {
