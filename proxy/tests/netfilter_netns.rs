@@ -64,8 +64,9 @@ fn skip_reason(need_conntrack: bool) -> Option<String> {
     None
 }
 
-macro_rules! skip_unless_ready {
-    ($need_conntrack:expr) => {
+/// Prints `SKIP: <reason>` and returns from the test when it cannot run here; otherwise a fresh [`Netns`].
+macro_rules! netns_or_skip {
+    ($need_conntrack:expr) => {{
         if let Some(reason) = skip_reason($need_conntrack) {
             eprintln!("SKIP: {reason}");
             eprintln!(
@@ -74,7 +75,8 @@ macro_rules! skip_unless_ready {
             );
             return;
         }
-    };
+        Netns::create()
+    }};
 }
 
 /// A network namespace owned by this test; deleted (with everything in it) on drop, including on panic.
@@ -122,6 +124,16 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `iptables -w 5 -t <table> args...` in the namespace, output captured (for commands expected to fail).
+    fn iptables_exec(&self, table: &str, args: &[&str]) -> Output {
+        self.exec(&iptables_argv(table, args))
+    }
+
+    /// Like [`Self::iptables_exec`], panicking with stderr unless it succeeds; returns stdout.
+    fn iptables(&self, table: &str, args: &[&str]) -> String {
+        self.ok(&iptables_argv(table, args))
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace: sockets it creates live in the
     /// namespace for their whole life, whichever thread uses them later.
     fn enter<T: Send + 'static>(
@@ -154,6 +166,14 @@ impl Drop for Netns {
             Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
         }
     }
+}
+
+/// `iptables -w 5 -t <table> args...`: read independently of the library, but queued on the xtables lock
+/// like it.
+fn iptables_argv<'a>(table: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["iptables", "-w", "5", "-t", table];
+    argv.extend_from_slice(args);
+    argv
 }
 
 /// Deletes `ipxt-<pid>-<n>` namespaces whose creating process no longer exists (a run killed by Ctrl-C).
@@ -207,39 +227,29 @@ fn netfilter_in(ns: &Netns) -> Netfilter {
 
 /// `iptables -t nat -S PREROUTING` rules (without the policy line), read independently of the library.
 fn prerouting_rules(ns: &Netns) -> Vec<String> {
-    lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S", "PREROUTING"]))
+    lines(&ns.iptables("nat", &["-S", "PREROUTING"]))
         .into_iter()
         .filter(|l| l.starts_with("-A "))
         .collect()
 }
 
 fn chain_listing(ns: &Netns) -> Vec<String> {
-    lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S", "aad-metadata"]))
+    lines(&ns.iptables("nat", &["-S", "aad-metadata"]))
 }
 
 /// The chain and the jump are gone, as NMI's e2e checks them after removal (REFERENCE A.1).
 fn assert_removed(ns: &Netns) {
-    let table = lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"]));
+    let table = lines(&ns.iptables("nat", &["-S"]));
     assert!(
         !table.iter().any(|l| l.contains("aad-metadata")),
         "nat table still mentions aad-metadata: {table:#?}"
     );
-    let check = ns.exec(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "--check",
-        "PREROUTING",
-        "-j",
-        "aad-metadata",
-    ]);
+    let check = ns.iptables_exec("nat", &["--check", "PREROUTING", "-j", "aad-metadata"]);
     assert!(
         !check.status.success(),
         "`iptables -t nat --check PREROUTING -j aad-metadata` must fail after removal"
     );
-    let list = ns.exec(&["iptables", "-w", "5", "-t", "nat", "-L", "aad-metadata"]);
+    let list = ns.iptables_exec("nat", &["-L", "aad-metadata"]);
     assert!(
         !list.status.success(),
         "`iptables -t nat -L aad-metadata` must fail after removal"
@@ -252,24 +262,21 @@ fn assert_removed(ns: &Netns) {
 
 #[test]
 fn a1_reconcile_installs_exact_chain_with_jump_at_prerouting_position_1() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(false);
     // A rule that is already in PREROUTING (kube-proxy's, say): the jump must go in front of it.
-    ns.ok(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
+    ns.iptables(
         "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "RETURN",
-    ]);
+        &[
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "RETURN",
+        ],
+    );
     let nf = netfilter_in(&ns);
 
     assert_eq!(
@@ -301,28 +308,8 @@ fn a1_reconcile_installs_exact_chain_with_jump_at_prerouting_position_1() {
     assert_eq!(prerouting_rules(&ns).len(), 2);
 
     // NMI checks the jump's existence, not its position: a jump moved to rule 2 is left alone.
-    ns.ok(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "-D",
-        "PREROUTING",
-        "-j",
-        "aad-metadata",
-    ]);
-    ns.ok(&[
-        "iptables",
-        "-w",
-        "5",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-j",
-        "aad-metadata",
-    ]);
+    ns.iptables("nat", &["-D", "PREROUTING", "-j", "aad-metadata"]);
+    ns.iptables("nat", &["-A", "PREROUTING", "-j", "aad-metadata"]);
     assert_eq!(nf.reconcile().expect("reconcile"), Reconciled::Unchanged);
     assert_eq!(nf.jump_positions().expect("positions"), [2]);
 
@@ -339,8 +326,7 @@ fn a1_reconcile_installs_exact_chain_with_jump_at_prerouting_position_1() {
 
 #[test]
 fn a1_listen_on_all_addresses_dnats_to_localhost_and_custom_values_are_rendered() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(false);
     let nf = Netfilter::new(NetfilterConfig {
         metadata_ip: Ipv4Addr::new(169, 254, 169, 254),
         metadata_port: 8080,
@@ -369,15 +355,12 @@ fn a1_listen_on_all_addresses_dnats_to_localhost_and_custom_values_are_rendered(
 
 #[test]
 fn a1_reconcile_repairs_flushed_edited_and_foreign_ruled_chain() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(false);
     let nf = netfilter_in(&ns);
     assert_eq!(nf.reconcile().expect("install"), Reconciled::Repaired);
 
     let ipt = |args: &[&str]| {
-        let mut argv = vec!["iptables", "-w", "5", "-t", "nat"];
-        argv.extend_from_slice(args);
-        ns.ok(&argv);
+        ns.iptables("nat", args);
     };
     let drifts: Vec<Drift<'_>> = vec![
         ("flushed chain", Box::new(|| ipt(&["-F", "aad-metadata"]))),
@@ -475,7 +458,7 @@ fn a1_reconcile_repairs_flushed_edited_and_foreign_ruled_chain() {
 type Drift<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
 fn chain_listing_or_empty(ns: &Netns) -> Vec<String> {
-    let table = lines(&ns.ok(&["iptables", "-w", "5", "-t", "nat", "-S"]));
+    let table = lines(&ns.iptables("nat", &["-S"]));
     if table.iter().any(|l| l == "-N aad-metadata") {
         chain_listing(ns)
     } else {
@@ -629,8 +612,7 @@ impl Drop for ProxyRun {
 
 #[test]
 fn a1_proxy_binary_installs_chain_repairs_it_and_removes_it_on_sigterm() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(false);
     let mut proxy = ProxyRun::start(&ns, &["--ipt-update-interval-sec=1"]);
 
     proxy.wait_until(
@@ -652,9 +634,7 @@ fn a1_proxy_binary_installs_chain_repairs_it_and_removes_it_on_sigterm() {
         &["-F", "aad-metadata"][..],
         &["-A", "aad-metadata", "-p", "tcp", "-j", "ACCEPT"][..],
     ] {
-        let mut full = vec!["iptables", "-w", "5", "-t", "nat"];
-        full.extend_from_slice(argv);
-        ns.ok(&full);
+        ns.iptables("nat", argv);
     }
     assert_ne!(chain_listing(&ns), A1_LISTING);
     proxy.wait_until(
@@ -707,19 +687,19 @@ impl Flows {
     fn open(ns: &Netns) -> Flows {
         ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
         ns.ok(&["ip", "addr", "add", "10.213.0.1/32", "dev", "lo"]);
-        ns.ok(&[
-            "iptables",
-            "-w",
-            "5",
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ]);
+        ns.iptables(
+            "filter",
+            &[
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
         let imds: SocketAddr = IMDS.parse().expect("literal");
         let targets: [SocketAddr; 3] = [
             imds,
@@ -799,8 +779,7 @@ impl Flows {
 
 #[test]
 fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
-    skip_unless_ready!(true);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(true);
     let flows = Flows::open(&ns);
     assert_eq!(
         flows.tracked(&ns),
@@ -847,8 +826,7 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
 /// once, right after the first reconcile; other flows survive. Shutdown here is by SIGINT.
 #[test]
 fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only() {
-    skip_unless_ready!(true);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(true);
     let flows = Flows::open(&ns);
     assert_eq!(
         flows.tracked(&ns),
@@ -882,8 +860,7 @@ fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only()
 
 #[test]
 fn route_localnet_off_yields_the_fix_message_and_on_yields_none() {
-    skip_unless_ready!(false);
-    let ns = Netns::create();
+    let ns = netns_or_skip!(false);
     let nf = netfilter_in(&ns);
     ns.ok(&["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0"]);
     assert!(!route_localnet_enabled(Some(ns.name())).expect("read sysctl"));
