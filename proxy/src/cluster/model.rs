@@ -70,3 +70,51 @@ pub struct ExceptionInfo {
     pub name: String,
     pub pod_labels: BTreeMap<String, String>,
 }
+
+/// Hand-built values for the unit tests of the modules that decide on or store these types.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A `Running` pod.
+    pub(crate) fn pod(ns: &str, name: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            ip: ip.parse().ok(),
+            phase: "Running".into(),
+            labels: BTreeMap::new(),
+            replicaset: None,
+            host_network: false,
+        }
+    }
+
+    /// A user-assigned MSI identity.
+    pub(crate) fn identity(ns: &str, name: &str, client_id: &str) -> IdentityInfo {
+        IdentityInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            identity_type: 0,
+            client_id: client_id.into(),
+            resource_id: format!(
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+            ),
+            namespaced: false,
+        }
+    }
+
+    /// An AAI of `id` for pod `p` on `node-1`.
+    pub(crate) fn aai(p: &PodInfo, id: IdentityInfo, status: &str) -> AssignedIdentityInfo {
+        AssignedIdentityInfo {
+            namespace: "default".into(),
+            name: format!("{}-{}-{}", p.name, p.namespace, id.name),
+            pod: p.name.clone(),
+            pod_namespace: p.namespace.clone(),
+            node: "node-1".into(),
+            status: status.into(),
+            identity: id,
+        }
+    }
+}

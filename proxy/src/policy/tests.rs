@@ -5,44 +5,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::cluster::model::fixtures::*;
 use crate::cluster::model::*;
-
-fn pod(ns: &str, name: &str, ip: &str) -> PodInfo {
-    PodInfo {
-        namespace: ns.into(),
-        name: name.into(),
-        ip: ip.parse().ok(),
-        phase: "Running".into(),
-        labels: BTreeMap::new(),
-        replicaset: None,
-        host_network: false,
-    }
-}
-
-fn identity(ns: &str, name: &str, client_id: &str) -> IdentityInfo {
-    IdentityInfo {
-        namespace: ns.into(),
-        name: name.into(),
-        identity_type: 0,
-        client_id: client_id.into(),
-        resource_id: format!(
-            "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-        ),
-        namespaced: false,
-    }
-}
-
-fn aai(p: &PodInfo, id: IdentityInfo, status: &str) -> AssignedIdentityInfo {
-    AssignedIdentityInfo {
-        namespace: "default".into(),
-        name: format!("{}-{}-{}", p.name, p.namespace, id.name),
-        pod: p.name.clone(),
-        pod_namespace: p.namespace.clone(),
-        node: "node-1".into(),
-        status: status.into(),
-        identity: id,
-    }
-}
 
 const BUDGET: RetryBudget = RetryBudget {
     attempts_for_created: 16,
