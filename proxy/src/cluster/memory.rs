@@ -41,6 +41,15 @@ impl MemoryView {
         f(&guard)
     }
 
+    /// Clones of the items of one list of the state that `keep` selects.
+    fn select<T: Clone>(
+        &self,
+        list: impl FnOnce(&State) -> &Vec<T>,
+        keep: impl Fn(&T) -> bool,
+    ) -> Vec<T> {
+        self.read(|s| list(s).iter().filter(|x| keep(x)).cloned().collect())
+    }
+
     /// `Err(reason)` makes the view not ready (the proxy fails closed).
     pub fn set_ready(&self, ready: Result<(), String>) {
         self.write(|s| s.ready = ready.err());
@@ -70,56 +79,82 @@ impl ClusterView for MemoryView {
         })
     }
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
-        self.read(|s| {
-            s.pods
-                .iter()
-                .filter(|p| p.ip == Some(ip))
-                .cloned()
-                .collect()
-        })
+        self.select(|s| &s.pods, |p| p.ip == Some(ip))
     }
     fn pod_named(&self, namespace: &str, name: &str) -> Option<PodInfo> {
-        self.read(|s| {
-            s.pods
-                .iter()
-                .find(|p| p.namespace == namespace && p.name == name)
-                .cloned()
-        })
+        self.select(|s| &s.pods, |p| p.namespace == namespace && p.name == name)
+            .into_iter()
+            .next()
     }
     fn assigned_identities_for(&self, namespace: &str, name: &str) -> Vec<AssignedIdentityInfo> {
-        self.read(|s| {
-            s.aais
-                .iter()
-                .filter(|a| a.pod_namespace == namespace && a.pod == name)
-                .cloned()
-                .collect()
-        })
+        self.select(
+            |s| &s.aais,
+            |a| a.pod_namespace == namespace && a.pod == name,
+        )
     }
     fn exceptions_in(&self, namespace: &str) -> Vec<ExceptionInfo> {
-        self.read(|s| {
-            s.exceptions
-                .iter()
-                .filter(|e| e.namespace == namespace)
-                .cloned()
-                .collect()
-        })
+        self.select(|s| &s.exceptions, |e| e.namespace == namespace)
     }
     fn bindings_in(&self, namespace: &str) -> Vec<BindingInfo> {
-        self.read(|s| {
-            s.bindings
-                .iter()
-                .filter(|b| b.namespace == namespace)
-                .cloned()
-                .collect()
-        })
+        self.select(|s| &s.bindings, |b| b.namespace == namespace)
     }
     fn identities_in(&self, namespace: &str) -> Vec<IdentityInfo> {
-        self.read(|s| {
-            s.identities
-                .iter()
-                .filter(|i| i.namespace == namespace)
-                .cloned()
-                .collect()
-        })
+        self.select(|s| &s.identities, |i| i.namespace == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cluster::model::fixtures::{aai, identity, pod};
+
+    #[test]
+    fn queries_select_by_ip_name_pod_and_namespace() -> Result<(), std::net::AddrParseError> {
+        let view = MemoryView::new();
+        assert_eq!(view.ready(), Ok(()));
+        view.set_ready(Err("not synced".into()));
+        assert_eq!(view.ready(), Err("not synced".into()));
+
+        let (a1, b1, a2) = (
+            pod("a", "p1", "10.0.0.1"),
+            pod("b", "p1", "10.0.0.1"),
+            pod("a", "p2", "10.0.0.2"),
+        );
+        view.set_pods(vec![a1.clone(), b1.clone(), a2.clone()]);
+        assert_eq!(
+            view.pods_with_ip("10.0.0.1".parse()?),
+            [a1.clone(), b1.clone()]
+        );
+        assert!(view.pods_with_ip("10.0.0.9".parse()?).is_empty());
+        assert_eq!(view.pod_named("b", "p1"), Some(b1.clone()));
+        assert_eq!(view.pod_named("b", "p2"), None);
+
+        let (id_a, id_b) = (identity("a", "id", "c1"), identity("b", "id", "c2"));
+        let aais = [&a1, &b1, &a2].map(|p| aai(p, id_a.clone(), "Assigned"));
+        view.set_assigned_identities(aais.to_vec());
+        assert_eq!(view.assigned_identities_for("a", "p1"), [aais[0].clone()]);
+        assert!(view.assigned_identities_for("c", "p1").is_empty());
+
+        view.set_identities(vec![id_a.clone(), id_b.clone()]);
+        assert_eq!(view.identities_in("b"), [id_b]);
+        let binding = |ns: &str| BindingInfo {
+            namespace: ns.into(),
+            name: "bind".into(),
+            azure_identity: "id".into(),
+            selector: "sel".into(),
+        };
+        view.set_bindings(vec![binding("a"), binding("b")]);
+        assert_eq!(view.bindings_in("a"), [binding("a")]);
+        let exception = |ns: &str| ExceptionInfo {
+            namespace: ns.into(),
+            name: "ex".into(),
+            pod_labels: BTreeMap::new(),
+        };
+        view.set_exceptions(vec![exception("a"), exception("b")]);
+        assert_eq!(view.exceptions_in("b"), [exception("b")]);
+        assert!(view.exceptions_in("c").is_empty());
+        Ok(())
     }
 }
