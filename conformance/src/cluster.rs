@@ -97,11 +97,7 @@ pub fn aai_object(pod: &PodView, id: &IdentityDef, state: &str, labeled: bool) -
 pub fn baseline_objects(scenario: &Scenario, world: &World) -> Vec<Value> {
     let mut out = Vec::new();
     for pod in &world.pods {
-        let node_ip = world
-            .node(&pod.node)
-            .map(|n| n.ip)
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        out.push(pod_object(pod, node_ip));
+        out.push(pod_object(pod, world.node_ip(&pod.node)));
     }
     for id in &scenario.identities {
         out.push(identity_object(id));

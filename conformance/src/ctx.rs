@@ -412,6 +412,24 @@ impl Ctx {
         None
     }
 
+    /// Sends a token request (with `extra` query, e.g. `&client_id=...`) as `pod` to IMDS.
+    pub async fn send_token(&mut self, pod: &str, extra: &str) -> Sent {
+        self.send(
+            pod,
+            Target::Imds,
+            Request::get(token_target(extra)).metadata(),
+        )
+        .await
+    }
+
+    /// Polls `pod`'s token request (with `extra` query) until it is answered 200 or `timeout` passes;
+    /// returns the last attempt.
+    pub async fn poll_token(&mut self, pod: &str, extra: &str, timeout: Duration) -> Sent {
+        let req = Request::get(token_target(extra)).metadata();
+        self.poll(pod, &req, timeout, |s| s.status() == Some(200))
+            .await
+    }
+
     /// Sends `req` as `pod` until `done(response)` holds or `timeout` passes; returns the last attempt.
     /// For waiting on watch propagation (an applied AAI reaches the interceptor within ~1 s).
     pub async fn poll<F>(&mut self, pod: &str, req: &Request, timeout: Duration, done: F) -> Sent

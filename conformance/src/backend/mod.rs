@@ -117,6 +117,13 @@ impl World {
     pub fn node(&self, name: &str) -> Option<&NodeView> {
         self.nodes.iter().find(|n| n.name == name)
     }
+
+    /// The IP of node `name` (`0.0.0.0` for an unknown node).
+    pub fn node_ip(&self, name: &str) -> std::net::Ipv4Addr {
+        self.node(name)
+            .map(|n| n.ip)
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+    }
 }
 
 /// Where a connection goes.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::backend::Target;
 use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::has_token;
-use crate::catalog::interception::remove_redirects;
+use crate::catalog::interception::connect_without_interceptor;
+use crate::catalog::{has_token, plain_pod, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, Sent, token_target};
 use crate::http::Request;
 
@@ -30,20 +30,9 @@ enum After {
 /// Stops the interceptor (and its rules), opens a pod connection straight to IMDS, restarts the
 /// interceptor, sends again on the old connection.
 async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
-    let pod = ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&node, false)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
-    remove_redirects(ctx, &node).await?;
-    let mut conn = ctx
-        .open(&pod.name, Target::Imds)
-        .await
-        .map_err(|e| Outcome::skip(format!("pod cannot reach IMDS without interceptor: {e}")))?;
+    let mut conn = connect_without_interceptor(ctx, &pod).await?;
     let first = ctx
         .send_on(&mut conn, Request::get(token_target("")).metadata())
         .await;
@@ -53,10 +42,7 @@ async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
             first.summary()
         )));
     }
-    ctx.backend
-        .start_interceptor(&node)
-        .await
-        .map_err(|e| Outcome::fail("the interceptor to start", e.to_string()))?;
+    start_interceptor(ctx, &node, "the interceptor to start").await?;
     let second: Sent = ctx
         .send_on(&mut conn, Request::get(token_target("")).metadata())
         .await;
@@ -79,13 +65,7 @@ case_fn!(ct_001, |ctx| {
         After::Cut(_) => {
             // And a new connection is intercepted.
             let pod = ctx.plain_pod().map(|p| p.name).unwrap_or_default();
-            let sent = ctx
-                .send(
-                    &pod,
-                    Target::Imds,
-                    Request::get(token_target("")).metadata(),
-                )
-                .await;
+            let sent = ctx.send_token(&pod, "").await;
             match sent.response() {
                 Some(r) if has_token(r) => Err(Outcome::fail(
                     "a new connection after the restart is intercepted",
@@ -109,9 +89,7 @@ case_fn!(ct_002, |ctx| {
 });
 
 case_fn!(ct_003, |ctx| {
-    let pod = ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
     let mut conn = ctx
         .open(&pod.name, Target::ApiServer)
@@ -124,15 +102,8 @@ case_fn!(ct_003, |ctx| {
             before.summary()
         )));
     }
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&node, false)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
-    ctx.backend
-        .start_interceptor(&node)
-        .await
-        .map_err(|e| Outcome::fail("the interceptor to start", e.to_string()))?;
+    stop_interceptor(ctx, &node, false).await?;
+    start_interceptor(ctx, &node, "the interceptor to start").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = ctx.send_on(&mut conn, Request::get("/version")).await;
     if after.status() != Some(200) {

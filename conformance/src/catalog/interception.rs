@@ -7,23 +7,18 @@
 
 use std::time::Duration;
 
+use crate::backend::PodView;
 use crate::backend::Target;
 use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{has_token, response};
+use crate::catalog::{has_token, plain_pod, response, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, token_target};
-use crate::http::Request;
+use crate::http::{Conn, Request};
 
 /// The cases of this area.
 pub static CASES: &[&Case] = &[&IPT_001, &IPT_002, &IPT_003, &IPT_004, &IPT_005];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
-
-fn plain(ctx: &Ctx) -> Result<crate::backend::PodView, Outcome> {
-    ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })
-}
 
 /// The nat table of `node` as `iptables-save` prints it.
 async fn nat_rules(ctx: &Ctx, node: &str) -> Result<String, Outcome> {
@@ -41,11 +36,14 @@ async fn nat_rules(ctx: &Ctx, node: &str) -> Result<String, Outcome> {
 /// Whether the nat table redirects IMDS traffic (any rule naming 169.254.169.254 with DNAT/REDIRECT,
 /// plus a jump from PREROUTING to whichever chain holds it).
 fn redirects(nat: &str) -> bool {
-    nat.lines().any(|l| {
-        l.starts_with("-A ")
-            && l.contains("169.254.169.254")
-            && (l.contains("DNAT") || l.contains("REDIRECT"))
-    })
+    nat.lines().any(is_redirect)
+}
+
+/// Whether an `iptables-save` line appends a DNAT/REDIRECT rule for 169.254.169.254.
+fn is_redirect(line: &str) -> bool {
+    line.starts_with("-A ")
+        && line.contains("169.254.169.254")
+        && (line.contains("DNAT") || line.contains("REDIRECT"))
 }
 
 /// Whether a pod without identity is intercepted now: its token request is not a token (direct IMDS
@@ -65,7 +63,7 @@ async fn intercepted(ctx: &mut Ctx, pod: &str) -> Result<bool, Outcome> {
 }
 
 case_fn!(ipt_001, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     if !intercepted(ctx, &pod.name).await? {
         return Err(Outcome::fail(
             "a non-host pod without identity is answered by the interceptor (no token)",
@@ -73,13 +71,7 @@ case_fn!(ipt_001, |ctx| {
         ));
     }
     let host = ctx.host_pod(&pod.node);
-    let sent = ctx
-        .send(
-            &host,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&host, "").await;
     let r = response(&sent, "a token for host traffic")?;
     if r.status != 200 {
         return Err(Outcome::fail(
@@ -91,7 +83,7 @@ case_fn!(ipt_001, |ctx| {
 });
 
 case_fn!(ipt_002, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
     let interval: u64 = ctx
         .flag("ipt-update-interval-sec")
@@ -131,11 +123,7 @@ case_fn!(ipt_002, |ctx| {
 pub(crate) async fn remove_redirects(ctx: &Ctx, node: &str) -> Result<usize, Outcome> {
     let nat = nat_rules(ctx, node).await?;
     let mut deleted = 0;
-    for line in nat.lines().filter(|l| {
-        l.starts_with("-A ")
-            && l.contains("169.254.169.254")
-            && (l.contains("DNAT") || l.contains("REDIRECT"))
-    }) {
+    for line in nat.lines().filter(|l| is_redirect(l)) {
         let mut argv: Vec<String> = vec![
             "iptables".into(),
             "-w".into(),
@@ -154,6 +142,19 @@ pub(crate) async fn remove_redirects(ctx: &Ctx, node: &str) -> Result<usize, Out
         }
     }
     Ok(deleted)
+}
+
+/// Kills the interceptor of `pod`'s node, removes whatever redirects it left, and opens a keep-alive
+/// connection from `pod` straight to IMDS (SKIP when the pod cannot reach it).
+pub(crate) async fn connect_without_interceptor(
+    ctx: &mut Ctx,
+    pod: &PodView,
+) -> Result<Conn, Outcome> {
+    stop_interceptor(ctx, &pod.node, false).await?;
+    remove_redirects(ctx, &pod.node).await?;
+    ctx.open(&pod.name, Target::Imds)
+        .await
+        .map_err(|e| Outcome::skip(format!("pod cannot reach IMDS without interceptor: {e}")))
 }
 
 /// Splits an `iptables -S` rule line into arguments (quotes around comments are honoured).
@@ -184,13 +185,9 @@ fn shell_split(s: &str) -> Vec<String> {
 }
 
 case_fn!(ipt_003, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&node, true)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
+    stop_interceptor(ctx, &node, true).await?;
     let nat = nat_rules(ctx, &node).await?;
     if redirects(&nat) {
         return Err(Outcome::fail(
@@ -211,16 +208,12 @@ case_fn!(ipt_003, |ctx| {
 });
 
 case_fn!(ipt_004, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
     let Some(probe) = ctx.backend.probe_port() else {
         return Err(Outcome::skip("no health probe port for this interceptor"));
     };
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&node, false)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
+    stop_interceptor(ctx, &node, false).await?;
     // Remove any leftovers of the killed process so "rules present" is the new instance's doing.
     remove_redirects(ctx, &node).await?;
     let backend = ctx.backend.clone();
@@ -265,25 +258,13 @@ case_fn!(ipt_004, |ctx| {
 });
 
 case_fn!(ipt_005, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&node, false)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
-    remove_redirects(ctx, &node).await?;
-    let mut conn = ctx
-        .open(&pod.name, Target::Imds)
-        .await
-        .map_err(|e| Outcome::skip(format!("pod cannot reach IMDS without interceptor: {e}")))?;
+    let mut conn = connect_without_interceptor(ctx, &pod).await?;
     let first = ctx
         .send_on(&mut conn, Request::get("/metadata/versions").metadata())
         .await;
-    ctx.backend
-        .start_interceptor(&node)
-        .await
-        .map_err(|e| Outcome::fail("the interceptor to restart", e.to_string()))?;
+    start_interceptor(ctx, &node, "the interceptor to restart").await?;
     let second = ctx
         .send_on(&mut conn, Request::get(token_target("")).metadata())
         .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::backend::{PodView, Target};
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{has_token, response};
+use crate::catalog::{has_token, identity_pod, plain_pod, response};
 use crate::cluster;
 use crate::ctx::{Ctx, token_client_id, token_target};
 use crate::http::Request;
@@ -21,13 +21,7 @@ pub static CASES: &[&Case] = &[&ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005]
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 fn pair(ctx: &Ctx) -> Result<(PodView, PodView), Outcome> {
-    let a = ctx.identity_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod with an Assigned identity on the first node")
-    })?;
-    let b = ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })?;
-    Ok((a, b))
+    Ok((identity_pod(ctx)?, plain_pod(ctx)?))
 }
 
 /// FAIL if `r` is a token of one of `forbidden` client ids (or any token when `any`).
@@ -84,13 +78,7 @@ case_fn!(iso_001, |ctx| {
         .filter(|(i, _)| n == 0 || *i == 1)
         .map(|(_, e)| e)
         {
-            let sent = ctx
-                .send(
-                    &b.name,
-                    Target::Imds,
-                    Request::get(token_target(&extra)).metadata(),
-                )
-                .await;
+            let sent = ctx.send_token(&b.name, &extra).await;
             let r = response(&sent, "a refusal")?;
             if r.status == 200 {
                 return Err(Outcome::fail(
@@ -146,11 +134,7 @@ case_fn!(iso_002, |ctx| {
 case_fn!(iso_003, |ctx| {
     let (a, _) = pair(ctx)?;
     let forbidden = a_ids(ctx, &a);
-    let node_ip = ctx
-        .world()
-        .node(&a.node)
-        .map(|n| n.ip)
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let node_ip = ctx.world().node_ip(&a.node);
     // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
     let old = cluster::pod_object(&a, node_ip);
     ctx.delete(&old)
@@ -177,13 +161,7 @@ case_fn!(iso_003, |ctx| {
 
 case_fn!(iso_004, |ctx| {
     let (_, b) = pair(ctx)?;
-    let sent = ctx
-        .send(
-            &b.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&b.name, "").await;
     let r = response(&sent, "a refusal")?;
     let text = r.text();
     if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
@@ -199,11 +177,7 @@ case_fn!(iso_005, |ctx| {
     let (a, b) = pair(ctx)?;
     let forbidden = a_ids(ctx, &a);
     // A pod the interceptor has never seen appears while the API server is down.
-    let node_ip = ctx
-        .world()
-        .node(&b.node)
-        .map(|n| n.ip)
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let node_ip = ctx.world().node_ip(&b.node);
     ctx.api().set_available(false);
     // The lenient `delete` bookkeeping restores availability after the case.
     ctx.delete(&cluster::pod_object(&b, node_ip)).ok();
@@ -215,13 +189,7 @@ case_fn!(iso_005, |ctx| {
             forbidden.first().cloned().unwrap_or_default()
         ),
     ] {
-        let sent = ctx
-            .send(
-                &b.name,
-                Target::Imds,
-                Request::get(token_target(&extra)).metadata(),
-            )
-            .await;
+        let sent = ctx.send_token(&b.name, &extra).await;
         if let Some(r) = sent.response() {
             if r.status == 200 {
                 return Err(Outcome::fail(

@@ -10,9 +10,11 @@ use std::time::Duration;
 use crate::backend::{PodView, Target};
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{has_token, response};
+use crate::catalog::{
+    apply, expect_token_within, has_token, identity_pod, plain_pod, response, vm_identity,
+};
 use crate::cluster;
-use crate::ctx::{Ctx, token_target};
+use crate::ctx::Ctx;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
@@ -23,17 +25,36 @@ const P: &[Profile] = &[Profile::Nmi];
 const AAI: &str = "azureassignedidentities";
 
 fn setup(ctx: &Ctx) -> Result<(PodView, IdentityDef), Outcome> {
-    let pod = ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })?;
-    let id = ctx
-        .scenario
-        .identities
-        .iter()
-        .find(|i| i.on_vm)
-        .cloned()
-        .ok_or_else(|| Outcome::skip("scenario has no identity assigned to the VM"))?;
-    Ok((pod, id))
+    Ok((plain_pod(ctx)?, vm_identity(ctx)?))
+}
+
+/// Assigns the VM's identity to the plain pod by an `Assigned` AAI, `labelled` with its node or not.
+fn assign(ctx: &mut Ctx, labelled: bool) -> Result<PodView, Outcome> {
+    let (pod, id) = setup(ctx)?;
+    apply(
+        ctx,
+        cluster::aai_object(&pod, &id, "Assigned", labelled),
+        "applying",
+    )?;
+    Ok(pod)
+}
+
+/// [`assign`], then the pod's token request must succeed within 10 s (watch, not restart).
+async fn served_live(ctx: &mut Ctx, labelled: bool, expected: &str) -> Result<(), Outcome> {
+    let pod = assign(ctx, labelled)?;
+    expect_token_within(ctx, &pod.name, Duration::from_secs(10), "a token", expected).await
+}
+
+/// Applies `aai`, lets the watch deliver it, and returns how many AAI objects `node`'s interceptor has
+/// been sent so far.
+async fn apply_and_count(
+    ctx: &mut Ctx,
+    aai: serde_json::Value,
+    node: &str,
+) -> Result<u64, Outcome> {
+    apply(ctx, aai, "applying")?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(ctx.api().stats().objects_sent(node, AAI))
 }
 
 case_fn!(lbl_001, |ctx| {
@@ -50,10 +71,12 @@ case_fn!(lbl_001, |ctx| {
         .map(|n| n.name.clone())
         .find(|n| n != &node)
         .unwrap_or_else(|| "ghost-node".into());
-    ctx.apply(cluster::aai_object(&ghost, &id, "Assigned", true))
-        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = ctx.api().stats().objects_sent(&node, AAI);
+    let after = apply_and_count(
+        ctx,
+        cluster::aai_object(&ghost, &id, "Assigned", true),
+        &node,
+    )
+    .await?;
     if after != before {
         return Err(Outcome::fail(
             format!(
@@ -67,10 +90,7 @@ case_fn!(lbl_001, |ctx| {
         ));
     }
     // And the positive control: an AAI for its own node does reach it.
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
-        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let own = ctx.api().stats().objects_sent(&node, AAI);
+    let own = apply_and_count(ctx, cluster::aai_object(&pod, &id, "Assigned", true), &node).await?;
     if own <= after {
         return Err(Outcome::fail(
             format!(
@@ -83,17 +103,9 @@ case_fn!(lbl_001, |ctx| {
 });
 
 case_fn!(lbl_002, |ctx| {
-    let (pod, id) = setup(ctx)?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", false))
-        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
+    let pod = assign(ctx, false)?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&pod.name, "").await;
     let r = response(&sent, "a refusal")?;
     if has_token(r) {
         return Err(Outcome::fail(
@@ -105,23 +117,12 @@ case_fn!(lbl_002, |ctx| {
 });
 
 case_fn!(lbl_003, |ctx| {
-    let (pod, id) = setup(ctx)?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", false))
-        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(10), |s| {
-            s.status() == Some(200)
-        })
-        .await;
-    let r = response(&sent, "a token")?;
-    if r.status != 200 {
-        return Err(Outcome::fail(
-            "with label filtering off, an unlabelled AzureAssignedIdentity is served (200 within 10 s)",
-            r.summary(),
-        ));
-    }
-    Ok(())
+    served_live(
+        ctx,
+        false,
+        "with label filtering off, an unlabelled AzureAssignedIdentity is served (200 within 10 s)",
+    )
+    .await
 });
 
 case_fn!(lbl_004, |ctx| {
@@ -148,43 +149,24 @@ case_fn!(lbl_004, |ctx| {
         )));
     }
     // The interceptor (which must use labels) still serves tokens.
-    let pod = ctx.identity_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod with an Assigned identity on the first node")
-    })?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(5), |s| {
-            s.status() == Some(200)
-        })
-        .await;
-    let r = response(&sent, "a token")?;
-    if r.status != 200 {
-        return Err(Outcome::fail(
-            "tokens are served while CRD field selectors are refused (the interceptor filters by label)",
-            r.summary(),
-        ));
-    }
-    Ok(())
+    let pod = identity_pod(ctx)?;
+    expect_token_within(
+        ctx,
+        &pod.name,
+        Duration::from_secs(5),
+        "a token",
+        "tokens are served while CRD field selectors are refused (the interceptor filters by label)",
+    )
+    .await
 });
 
 case_fn!(lbl_005, |ctx| {
-    let (pod, id) = setup(ctx)?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
-        .map_err(|e| Outcome::skip(format!("applying failed: {e}")))?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(10), |s| {
-            s.status() == Some(200)
-        })
-        .await;
-    let r = response(&sent, "a token")?;
-    if r.status != 200 {
-        return Err(Outcome::fail(
-            "an AzureAssignedIdentity labelled nodename=<node> is served (200 within 10 s)",
-            r.summary(),
-        ));
-    }
-    Ok(())
+    served_live(
+        ctx,
+        true,
+        "an AzureAssignedIdentity labelled nodename=<node> is served (200 within 10 s)",
+    )
+    .await
 });
 
 case_fn!(lbl_006, |ctx| {

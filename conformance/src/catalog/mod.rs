@@ -30,9 +30,15 @@ pub mod restriction;
 pub mod retry_after;
 pub mod tokens;
 
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::backend::PodView;
 use crate::case::{Case, Outcome};
 use crate::ctx::{Ctx, Sent};
 use crate::http::Response;
+use crate::scenario::IdentityDef;
 
 /// Every case, in area order.
 pub fn all() -> Vec<&'static Case> {
@@ -74,6 +80,71 @@ pub fn expect_status<'s>(sent: &'s Sent, want: u16, what: &str) -> Result<&'s Re
         return Err(Outcome::fail(format!("{what}: status {want}"), r.summary()));
     }
     Ok(r)
+}
+
+/// The first node's non-host pod without identity ([`Ctx::plain_pod`]), else a SKIP.
+pub fn plain_pod(ctx: &Ctx) -> Result<PodView, Outcome> {
+    ctx.plain_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod without identity on the first node")
+    })
+}
+
+/// The first node's non-host pod with an Assigned identity ([`Ctx::identity_pod`]), else a SKIP.
+pub fn identity_pod(ctx: &Ctx) -> Result<PodView, Outcome> {
+    ctx.identity_pod().ok_or_else(|| {
+        Outcome::skip("scenario has no non-host pod with an Assigned identity on the first node")
+    })
+}
+
+/// The scenario's first identity assigned to the VM, else a SKIP.
+pub fn vm_identity(ctx: &Ctx) -> Result<IdentityDef, Outcome> {
+    ctx.scenario
+        .identities
+        .iter()
+        .find(|i| i.on_vm)
+        .cloned()
+        .ok_or_else(|| Outcome::skip("scenario has no identity assigned to the VM"))
+}
+
+/// [`Ctx::apply`], or a SKIP saying `"{doing} failed: <error>"` (the case cannot set up its world).
+pub fn apply(ctx: &mut Ctx, obj: Value, doing: &str) -> Result<(), Outcome> {
+    ctx.apply(obj)
+        .map_err(|e| Outcome::skip(format!("{doing} failed: {e}")))
+}
+
+/// Stops `node`'s interceptor (SIGTERM and wait when `graceful`, else SIGKILL) and notes it so the runner
+/// brings it back after the case; SKIP when it cannot be stopped.
+pub async fn stop_interceptor(ctx: &mut Ctx, node: &str, graceful: bool) -> Result<(), Outcome> {
+    ctx.touched_interceptor();
+    ctx.backend
+        .stop_interceptor(node, graceful)
+        .await
+        .map_err(|e| Outcome::skip(e.to_string()))
+}
+
+/// Starts `node`'s interceptor again; FAIL with `expected` when it does not come up ready.
+pub async fn start_interceptor(ctx: &Ctx, node: &str, expected: &str) -> Result<(), Outcome> {
+    ctx.backend
+        .start_interceptor(node)
+        .await
+        .map_err(|e| Outcome::fail(expected, e.to_string()))
+}
+
+/// Polls `pod`'s token request until it is answered 200 (watch propagation) or `timeout` passes; FAIL
+/// with `expected` when the last answer is not 200 (`none`: what was wanted when there was no answer).
+pub async fn expect_token_within(
+    ctx: &mut Ctx,
+    pod: &str,
+    timeout: Duration,
+    none: &str,
+    expected: &str,
+) -> Result<(), Outcome> {
+    let sent = ctx.poll_token(pod, "", timeout).await;
+    let r = response(&sent, none)?;
+    if r.status != 200 {
+        return Err(Outcome::fail(expected, r.summary()));
+    }
+    Ok(())
 }
 
 /// Whether a response carries an access token (a leak when the caller must not get one).

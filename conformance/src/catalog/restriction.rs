@@ -10,7 +10,7 @@ use crate::backend::Target;
 use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_args};
 use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::expect_status;
+use crate::catalog::{expect_status, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, INSTANCE};
 use crate::http::{Request, SendError};
 
@@ -89,25 +89,15 @@ case_fn!(rst_003, |ctx| {
     let sent = try_pod(ctx, &p.name).await;
     expect_status(&sent, 200, "after removing the rule the pod reaches IMDS")?;
     // The node re-applies the rule (AgentBaker: on every kubelet start).
-    ctx.backend
-        .stop_interceptor(&node, true)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
-    ctx.backend
-        .start_interceptor(&node)
-        .await
-        .map_err(|e| Outcome::fail("the rule to be re-applied", e.to_string()))?;
+    stop_interceptor(ctx, &node, true).await?;
+    start_interceptor(ctx, &node, "the rule to be re-applied").await?;
     let sent = try_pod(ctx, &p.name).await;
     expect_timeout(&sent, "after the node re-applied the rule")
 });
 
 case_fn!(rst_004, |ctx| {
     let p = pod(ctx)?;
-    ctx.touched_interceptor();
-    ctx.backend
-        .stop_interceptor(&p.node, true)
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
+    stop_interceptor(ctx, &p.node, true).await?;
     let sent = try_pod(ctx, &p.name).await;
     expect_status(
         &sent,

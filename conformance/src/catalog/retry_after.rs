@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use crate::backend::Target;
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{has_token, response};
+use crate::catalog::{apply, expect_token_within, has_token, plain_pod, response, vm_identity};
 use crate::cluster;
-use crate::ctx::{Ctx, token_target};
+use crate::ctx::Ctx;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
@@ -21,22 +21,10 @@ pub static CASES: &[&Case] = &[&RTA_001, &RTA_002, &RTA_003, &RTA_004, &RTA_005,
 
 const P: &[Profile] = &[Profile::Nmi];
 
-fn plain(ctx: &Ctx) -> Result<crate::backend::PodView, Outcome> {
-    ctx.plain_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod without identity on the first node")
-    })
-}
-
 /// An identity for ad-hoc assignments: the scenario's first on-VM identity, or `on_vm = false` variant.
 fn adhoc_identity(ctx: &Ctx, on_vm: bool) -> Result<IdentityDef, Outcome> {
     if on_vm {
-        return ctx
-            .scenario
-            .identities
-            .iter()
-            .find(|i| i.on_vm)
-            .cloned()
-            .ok_or_else(|| Outcome::skip("scenario has no identity assigned to the VM"));
+        return vm_identity(ctx);
     }
     Ok(IdentityDef {
         name: "not-on-vm".into(),
@@ -61,22 +49,19 @@ fn expect_503(sent: &crate::ctx::Sent, what: &str) -> Result<(), Outcome> {
 }
 
 case_fn!(rta_001, |ctx| {
-    let pod = plain(ctx)?;
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let pod = plain_pod(ctx)?;
+    let sent = ctx.send_token(&pod.name, "").await;
     expect_503(&sent, "token request from a pod without identity")
 });
 
 async fn with_created(ctx: &mut Ctx) -> Result<(crate::backend::PodView, IdentityDef), Outcome> {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let id = adhoc_identity(ctx, true)?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Created", true))
-        .map_err(|e| Outcome::skip(format!("applying an AzureAssignedIdentity failed: {e}")))?;
+    apply(
+        ctx,
+        cluster::aai_object(&pod, &id, "Created", true),
+        "applying an AzureAssignedIdentity",
+    )?;
     // Let the watch deliver it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     Ok((pod, id))
@@ -84,13 +69,7 @@ async fn with_created(ctx: &mut Ctx) -> Result<(crate::backend::PodView, Identit
 
 case_fn!(rta_002, |ctx| {
     let (pod, _) = with_created(ctx).await?;
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&pod.name, "").await;
     expect_503(
         &sent,
         "token request while the AzureAssignedIdentity is Created",
@@ -99,39 +78,36 @@ case_fn!(rta_002, |ctx| {
 
 case_fn!(rta_003, |ctx| {
     let (pod, id) = with_created(ctx).await?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
-        .map_err(|e| Outcome::skip(format!("updating the AzureAssignedIdentity failed: {e}")))?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(10), |s| {
-            s.status() == Some(200)
-        })
-        .await;
-    let r = response(&sent, "200 once the identity is Assigned")?;
-    if r.status != 200 {
-        return Err(Outcome::fail(
-            "200 within 10 s of the AzureAssignedIdentity becoming Assigned",
-            r.summary(),
-        ));
-    }
-    Ok(())
+    apply(
+        ctx,
+        cluster::aai_object(&pod, &id, "Assigned", true),
+        "updating the AzureAssignedIdentity",
+    )?;
+    expect_token_within(
+        ctx,
+        &pod.name,
+        Duration::from_secs(10),
+        "200 once the identity is Assigned",
+        "200 within 10 s of the AzureAssignedIdentity becoming Assigned",
+    )
+    .await
 });
 
 case_fn!(rta_004, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let id = adhoc_identity(ctx, false)?;
-    ctx.apply(cluster::identity_object(&id))
-        .map_err(|e| Outcome::skip(format!("applying an AzureIdentity failed: {e}")))?;
-    ctx.apply(cluster::aai_object(&pod, &id, "Assigned", true))
-        .map_err(|e| Outcome::skip(format!("applying an AzureAssignedIdentity failed: {e}")))?;
+    apply(
+        ctx,
+        cluster::identity_object(&id),
+        "applying an AzureIdentity",
+    )?;
+    apply(
+        ctx,
+        cluster::aai_object(&pod, &id, "Assigned", true),
+        "applying an AzureAssignedIdentity",
+    )?;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&pod.name, "").await;
     let r = response(&sent, "a non-503 error")?;
     if r.status == 503 || r.header("retry-after").is_some() || has_token(r) {
         return Err(Outcome::fail(
@@ -143,7 +119,7 @@ case_fn!(rta_004, |ctx| {
 });
 
 case_fn!(rta_005, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
     let host = ctx.host_pod(&node);
     let sent = ctx
@@ -172,7 +148,7 @@ case_fn!(rta_005, |ctx| {
 });
 
 case_fn!(rta_006, |ctx| {
-    let pod = plain(ctx)?;
+    let pod = plain_pod(ctx)?;
     let created: u64 = ctx
         .flag("retry-attempts-for-created")
         .and_then(|v| v.parse().ok())
@@ -189,13 +165,7 @@ case_fn!(rta_006, |ctx| {
         )));
     }
     let start = Instant::now();
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target("")).metadata(),
-        )
-        .await;
+    let sent = ctx.send_token(&pod.name, "").await;
     let took = start.elapsed();
     let r = response(&sent, "404 after the retry budget")?;
     if r.status != 404 {

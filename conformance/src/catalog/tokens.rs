@@ -10,7 +10,7 @@ use crate::backend::{PodView, Target};
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::{expect_status, has_token, response};
-use crate::ctx::{Ctx, token_client_id, token_target};
+use crate::ctx::{Ctx, token_client_id};
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
@@ -22,9 +22,7 @@ pub static CASES: &[&Case] = &[
 const P: &[Profile] = &[Profile::Nmi];
 
 fn identity_pod(ctx: &Ctx) -> Result<(PodView, Vec<IdentityDef>), Outcome> {
-    let pod = ctx.identity_pod().ok_or_else(|| {
-        Outcome::skip("scenario has no non-host pod with an Assigned identity on the first node")
-    })?;
+    let pod = crate::catalog::identity_pod(ctx)?;
     let ids = ctx.identities_of(&pod.name).into_iter().cloned().collect();
     Ok((pod, ids))
 }
@@ -41,13 +39,8 @@ async fn token_for(
     want: &str,
     what: &str,
 ) -> Result<(), Outcome> {
-    let req = Request::get(token_target(extra)).metadata();
     // A just-restored cluster may need a moment to reach the interceptor's cache.
-    let sent = ctx
-        .poll(pod, &req, Duration::from_secs(5), |s| {
-            s.status() == Some(200)
-        })
-        .await;
+    let sent = ctx.poll_token(pod, extra, Duration::from_secs(5)).await;
     let r = expect_status(&sent, 200, what)?;
     match token_client_id(r) {
         Some(c) if c.eq_ignore_ascii_case(want) => Ok(()),
@@ -60,12 +53,7 @@ async fn token_for(
 
 case_fn!(tok_001, |ctx| {
     let (pod, ids) = identity_pod(ctx)?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(5), |s| {
-            s.status() == Some(200)
-        })
-        .await;
+    let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
     let r = expect_status(
         &sent,
         200,
@@ -142,11 +130,7 @@ case_fn!(tok_005, |ctx| {
         .find(|c| !mine.contains(c))
         .unwrap_or_else(|| "0badc0de-0000-4000-8000-000000000000".into());
     let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get(token_target(&format!("&client_id={other}"))).metadata(),
-        )
+        .send_token(&pod.name, &format!("&client_id={other}"))
         .await;
     let r = response(&sent, "404 for an identity not assigned to the pod")?;
     let ok = r.status == 404 || (ctx.claims(Feature::SetRetryAfterHeader) && r.status == 503);
@@ -177,12 +161,7 @@ case_fn!(tok_006, |ctx| {
 
 case_fn!(tok_007, |ctx| {
     let (pod, _) = identity_pod(ctx)?;
-    let req = Request::get(token_target("")).metadata();
-    let sent = ctx
-        .poll(&pod.name, &req, Duration::from_secs(5), |s| {
-            s.status() == Some(200)
-        })
-        .await;
+    let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
     let r = expect_status(&sent, 200, "token")?;
     let body = r
         .json()
