@@ -8,6 +8,7 @@ mod netns_common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use imds_conformance::backend::interceptor::aks_rule_argv;
 use imds_conformance::netns::{self, IMDS_IP, NetnsError, NodeSpec, Topology, TopologySpec};
 use netns_common::{CONNECT_TIMEOUT, ask, serve_tag, supported, two_by_two};
 
@@ -299,31 +300,10 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
 
     // REFERENCE C: AgentBaker's rule, filter table, FORWARD position 1.
     let node_ip = n1.ip.to_string();
+    let insert = aks_rule_argv(&node_ip, true);
     netns::exec_in(
         &n1.ns,
-        &[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "1",
-            "!",
-            "-s",
-            &node_ip,
-            "-d",
-            "169.254.169.254/32",
-            "-p",
-            "tcp",
-            "-m",
-            "tcp",
-            "--dport",
-            "80",
-            "-m",
-            "comment",
-            "--comment",
-            "AKS managed: added by AgentBaker ensureIMDSRestriction for IMDS restriction feature",
-            "-j",
-            "DROP",
-        ],
+        &insert.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .await
     .expect("AKS rule");
@@ -340,9 +320,13 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
             .expect("node still connects");
         assert_eq!(tag, "imds");
     }
-    netns::exec_in(&n1.ns, &["iptables", "-D", "FORWARD", "1"])
-        .await
-        .expect("remove rule");
+    let delete = aks_rule_argv(&node_ip, false);
+    netns::exec_in(
+        &n1.ns,
+        &delete.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("remove rule");
     ask(&p1.ns, imds, CONNECT_TIMEOUT)
         .await
         .expect("reachable again after removal");

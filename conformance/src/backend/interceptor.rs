@@ -6,7 +6,7 @@
 //! built-in interceptor's command line (the `imds-proxy` binary with NMI flags). It does not decide where
 //! the process runs: backends hand it a ready-made [`tokio::process::Command`] (plain on loopback,
 //! `ip netns exec NODE ...` on netns). The AKS rule "interceptor" is not a process; backends apply it with
-//! iptables through their exec helpers, using [`aks_rule_args`].
+//! iptables through their exec helpers, using [`aks_rule_argv`] (tests use it too: one spelling of the rule).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -131,9 +131,10 @@ pub fn argv(spec: &InterceptorSpec, p: &LaunchParams) -> Option<Vec<String>> {
     }
 }
 
-/// `iptables` arguments (after the binary) inserting (`insert = true`) or deleting AgentBaker's rule.
-pub fn aks_rule_args(node_ip: &str, insert: bool) -> Vec<String> {
-    let mut v: Vec<String> = vec!["-w".into(), "-t".into(), "filter".into()];
+/// The `iptables` command line (binary first) inserting (`insert = true`, FORWARD position 1) or deleting
+/// AgentBaker's rule (REFERENCE C).
+pub fn aks_rule_argv(node_ip: &str, insert: bool) -> Vec<String> {
+    let mut v: Vec<String> = vec!["iptables".into(), "-w".into(), "-t".into(), "filter".into()];
     if insert {
         v.extend(["-I".into(), "FORWARD".into(), "1".into()]);
     } else {
@@ -332,7 +333,13 @@ mod tests {
 
     #[test]
     fn aks_rule_matches_agentbaker() {
-        let v = aks_rule_args("10.0.0.2", true).join(" ");
+        let v = aks_rule_argv("10.0.0.2", true).join(" ");
+        assert!(v.starts_with("iptables -w -t filter -I FORWARD 1 "));
+        assert!(
+            aks_rule_argv("10.0.0.2", false)
+                .join(" ")
+                .starts_with("iptables -w -t filter -D FORWARD ! -s 10.0.0.2 ")
+        );
         assert!(v.contains("-I FORWARD 1 ! -s 10.0.0.2 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment"));
         assert!(v.ends_with("-j DROP"));
     }

@@ -76,6 +76,11 @@ fn env_err(context: &str) -> impl FnOnce(NetnsError) -> BackendError + '_ {
     move |e| BackendError::env(context, e)
 }
 
+/// Borrows an owned argv as the `&[&str]` the netns exec helpers take.
+fn str_args(argv: &[String]) -> Vec<&str> {
+    argv.iter().map(String::as_str).collect()
+}
+
 fn send_err(e: NetnsError) -> SendError {
     if e.is_connect_timeout() {
         return SendError::ConnectTimeout;
@@ -197,10 +202,8 @@ impl Netns {
         if matches!(self.spec, InterceptorSpec::AksRule) {
             let mut on = rt.aks_rule.lock().await;
             if !*on {
-                let args = interceptor::aks_rule_args(&rt.ip.to_string(), true);
-                let mut argv = vec!["iptables"];
-                argv.extend(args.iter().map(String::as_str));
-                netns::exec_in(&rt.ns, &argv)
+                let argv = interceptor::aks_rule_argv(&rt.ip.to_string(), true);
+                netns::exec_in(&rt.ns, &str_args(&argv))
                     .await
                     .map_err(env_err("inserting the AKS IMDS restriction rule"))?;
                 *on = true;
@@ -257,11 +260,10 @@ impl Netns {
         if matches!(self.spec, InterceptorSpec::AksRule) {
             let mut on = rt.aks_rule.lock().await;
             if *on {
-                let args = interceptor::aks_rule_args(&rt.ip.to_string(), false);
-                let mut argv = vec!["iptables"];
-                argv.extend(args.iter().map(String::as_str));
+                let argv = interceptor::aks_rule_argv(&rt.ip.to_string(), false);
                 // The rule may have been tampered with already; a failed delete is fine.
-                let _ = netns::exec_in_unchecked(&rt.ns, &argv, netns::DEFAULT_TIMEOUT).await;
+                let _ = netns::exec_in_unchecked(&rt.ns, &str_args(&argv), netns::DEFAULT_TIMEOUT)
+                    .await;
                 *on = false;
             }
             return Ok(());
@@ -366,8 +368,7 @@ impl Backend for Netns {
     ) -> BoxFut<'a, Result<ExecOutput, BackendError>> {
         Box::pin(async move {
             let rt = self.node_rt(node)?;
-            let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let out = netns::exec_in_unchecked(&rt.ns, &args, netns::DEFAULT_TIMEOUT)
+            let out = netns::exec_in_unchecked(&rt.ns, &str_args(&argv), netns::DEFAULT_TIMEOUT)
                 .await
                 .map_err(env_err("running a command in the node"))?;
             Ok(ExecOutput {

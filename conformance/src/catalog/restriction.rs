@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::backend::Target;
-use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_args};
+use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_argv};
 use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::{expect_status, start_interceptor, stop_interceptor};
@@ -73,11 +73,9 @@ case_fn!(rst_003, |ctx| {
         .map(|n| n.ip.to_string())
         .unwrap_or_default();
     ctx.touched_interceptor();
-    let mut argv = vec!["iptables".to_string()];
-    argv.extend(aks_rule_args(&node_ip, false));
     let out = ctx
         .backend
-        .exec(&node, argv)
+        .exec(&node, aks_rule_argv(&node_ip, false))
         .await
         .map_err(|e| Outcome::skip(e.to_string()))?;
     if out.code != 0 {
