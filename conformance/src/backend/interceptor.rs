@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
 
 use super::BackendError;
 
@@ -291,6 +292,85 @@ impl Supervised {
             }
         }
         let _ = child.kill().await;
+    }
+}
+
+/// One node's interceptor slot, shared by both backends: the supervised process while there is one, and
+/// its log file (which outlives restarts). Where the process runs is the backend's choice of [`Command`].
+#[derive(Debug)]
+pub struct NodeInterceptor {
+    proc: Mutex<Option<Supervised>>,
+    log: PathBuf,
+}
+
+impl NodeInterceptor {
+    /// An empty slot logging to `log`.
+    pub fn new(log: PathBuf) -> Self {
+        NodeInterceptor {
+            proc: Mutex::new(None),
+            log,
+        }
+    }
+
+    /// Spawns `cmd` unless the process runs already, then waits until it is ready: the built-in
+    /// interceptor's ready line within `ready_line_timeout`; any other interceptor (no agreed ready line)
+    /// until `listening()` holds, polled every 50 ms at most 400 times while the process lives. When it
+    /// never listens, `not_listening(exited, log_tail)` is the error.
+    pub async fn start<F: Future<Output = bool>>(
+        &self,
+        spec: &InterceptorSpec,
+        cmd: Command,
+        ready_line_timeout: Duration,
+        mut listening: impl FnMut() -> F,
+        not_listening: impl FnOnce(bool, String) -> BackendError,
+    ) -> Result<(), BackendError> {
+        let mut guard = self.proc.lock().await;
+        if let Some(p) = guard.as_mut()
+            && p.running()
+        {
+            return Ok(());
+        }
+        let mut sup = Supervised::spawn(cmd, &self.log)?;
+        if matches!(spec, InterceptorSpec::Builtin { .. }) {
+            sup.wait_log_line(BUILTIN_READY_LINE, ready_line_timeout)
+                .await?;
+        } else {
+            let mut exited = false;
+            let mut ok = false;
+            for _ in 0..400 {
+                if listening().await {
+                    ok = true;
+                    break;
+                }
+                if !sup.running() {
+                    exited = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !ok {
+                return Err(not_listening(exited, sup.log_tail(15)));
+            }
+        }
+        *guard = Some(sup);
+        Ok(())
+    }
+
+    /// Stops the process, if any: SIGTERM then wait up to `grace` (graceful), else / then SIGKILL.
+    pub async fn stop(&self, graceful: bool, grace: Duration) {
+        if let Some(mut p) = self.proc.lock().await.take() {
+            p.stop(graceful, grace).await;
+        }
+    }
+
+    /// Whether the process is running (started and not exited).
+    pub async fn running(&self) -> bool {
+        self.proc.lock().await.as_mut().is_some_and(|p| p.running())
+    }
+
+    /// The last 30 lines of its log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, 30)
     }
 }
 

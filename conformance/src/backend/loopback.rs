@@ -9,15 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use mock_imds::MockImds;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::Command;
-use tokio::sync::Mutex;
 
-use super::interceptor::{self, InterceptorSpec, LaunchParams, Supervised};
+use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
 use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
 use crate::apiserver::ApiServer;
@@ -32,8 +31,7 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
 struct NodeRt {
     mock: MockImds,
     params: LaunchParams,
-    proc: Mutex<Option<Supervised>>,
-    log: PathBuf,
+    interceptor: NodeInterceptor,
 }
 
 /// The loopback environment of one run.
@@ -78,8 +76,9 @@ impl Loopback {
                 NodeRt {
                     mock,
                     params,
-                    proc: Mutex::new(None),
-                    log: run_dir.join(format!("{}-interceptor.log", n.name)),
+                    interceptor: NodeInterceptor::new(
+                        run_dir.join(format!("{}-interceptor.log", n.name)),
+                    ),
                 },
             );
         }
@@ -108,62 +107,38 @@ impl Loopback {
         let Some(argv) = interceptor::argv(&self.spec, &rt.params) else {
             return Ok(());
         };
-        let mut guard = rt.proc.lock().await;
-        if let Some(p) = guard.as_mut()
-            && p.running()
-        {
-            return Ok(());
-        }
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        let mut sup = Supervised::spawn(cmd, &rt.log)?;
-        match &self.spec {
-            InterceptorSpec::Builtin { .. } => {
-                sup.wait_log_line(interceptor::BUILTIN_READY_LINE, Duration::from_secs(20))
-                    .await?
-            }
-            _ => {
-                wait_port(
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port)),
-                    &mut sup,
-                )
-                .await?
-            }
-        }
-        *guard = Some(sup);
-        Ok(())
+        // Vendor interceptors have no agreed ready line: wait until something accepts on the port.
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
+        rt.interceptor
+            .start(
+                &self.spec,
+                cmd,
+                Duration::from_secs(20),
+                move || async move { TcpStream::connect(addr).await.is_ok() },
+                |exited, tail| {
+                    if exited {
+                        BackendError::env("interceptor exited before listening", tail)
+                    } else {
+                        BackendError::env(
+                            format!("interceptor not listening on {addr} after 20s"),
+                            tail,
+                        )
+                    }
+                },
+            )
+            .await
     }
 
     /// Where a non-host pod's IMDS traffic lands right now.
     async fn pod_imds_addr(&self, rt: &NodeRt) -> SocketAddr {
-        let mut g = rt.proc.lock().await;
-        let running = g.as_mut().is_some_and(|p| p.running());
-        if running {
+        if rt.interceptor.running().await {
             SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port))
         } else {
             rt.mock.addr()
         }
     }
-}
-
-/// Waits until something accepts on `addr` (vendor interceptors have no agreed ready line).
-async fn wait_port(addr: SocketAddr, sup: &mut Supervised) -> Result<(), BackendError> {
-    for _ in 0..400 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if !sup.running() {
-            return Err(BackendError::env(
-                "interceptor exited before listening",
-                sup.log_tail(15),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(BackendError::env(
-        format!("interceptor not listening on {addr} after 20s"),
-        sup.log_tail(15),
-    ))
 }
 
 /// The loopback addressing plan.
@@ -268,10 +243,10 @@ impl Backend for Loopback {
         graceful: bool,
     ) -> BoxFut<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let rt = self.node_rt(node)?;
-            if let Some(mut p) = rt.proc.lock().await.take() {
-                p.stop(graceful, Duration::from_secs(15)).await;
-            }
+            self.node_rt(node)?
+                .interceptor
+                .stop(graceful, Duration::from_secs(15))
+                .await;
             Ok(())
         })
     }
@@ -283,7 +258,7 @@ impl Backend for Loopback {
     fn interceptor_running<'a>(&'a self, node: &'a str) -> BoxFut<'a, bool> {
         Box::pin(async move {
             match self.nodes.get(node) {
-                Some(rt) => rt.proc.lock().await.as_mut().is_some_and(|p| p.running()),
+                Some(rt) => rt.interceptor.running().await,
                 None => false,
             }
         })
@@ -307,19 +282,17 @@ impl Backend for Loopback {
 
     fn interceptor_log<'a>(&'a self, node: &'a str) -> BoxFut<'a, String> {
         Box::pin(async move {
-            match self.nodes.get(node) {
-                Some(rt) => interceptor::log_tail(&rt.log, 30),
-                None => String::new(),
-            }
+            self.nodes
+                .get(node)
+                .map(|rt| rt.interceptor.log_tail())
+                .unwrap_or_default()
         })
     }
 
     fn teardown<'a>(&'a self) -> BoxFut<'a, ()> {
         Box::pin(async move {
             for rt in self.nodes.values() {
-                if let Some(mut p) = rt.proc.lock().await.take() {
-                    p.stop(true, Duration::from_secs(5)).await;
-                }
+                rt.interceptor.stop(true, Duration::from_secs(5)).await;
             }
         })
     }

@@ -9,14 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use mock_imds::MockImds;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::interceptor::{self, InterceptorSpec, LaunchParams, Supervised};
+use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
 use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
 use crate::apiserver::ApiServer;
@@ -39,9 +39,8 @@ struct NodeRt {
     ip: Ipv4Addr,
     mock: MockImds,
     params: LaunchParams,
-    proc: Mutex<Option<Supervised>>,
+    interceptor: NodeInterceptor,
     aks_rule: Mutex<bool>,
-    log: PathBuf,
 }
 
 /// The netns environment of one run.
@@ -156,9 +155,10 @@ impl Netns {
                     ip: n.ip,
                     mock,
                     params,
-                    proc: Mutex::new(None),
+                    interceptor: NodeInterceptor::new(
+                        run_dir.join(format!("{}-interceptor.log", n.name)),
+                    ),
                     aks_rule: Mutex::new(false),
-                    log: run_dir.join(format!("{}-interceptor.log", n.name)),
                 },
             );
         }
@@ -213,46 +213,27 @@ impl Netns {
         let Some(argv) = interceptor::argv(&self.spec, &rt.params) else {
             return Ok(());
         };
-        let mut guard = rt.proc.lock().await;
-        if let Some(p) = guard.as_mut()
-            && p.running()
-        {
-            return Ok(());
-        }
         let mut cmd = netns::command_in(&rt.ns, &argv[0]);
         cmd.args(&argv[1..]);
-        let mut sup = Supervised::spawn(cmd, &rt.log)?;
-        match &self.spec {
-            InterceptorSpec::Builtin { .. } => {
-                sup.wait_log_line(interceptor::BUILTIN_READY_LINE, Duration::from_secs(30))
-                    .await?
-            }
-            _ => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
-                let mut ok = false;
-                for _ in 0..400 {
-                    if netns::connect_in(&rt.ns, addr, Duration::from_millis(500))
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
+        rt.interceptor
+            .start(
+                &self.spec,
+                cmd,
+                Duration::from_secs(30),
+                || async {
+                    netns::connect_in(&rt.ns, addr, Duration::from_millis(500))
                         .await
                         .is_ok()
-                    {
-                        ok = true;
-                        break;
-                    }
-                    if !sup.running() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if !ok {
-                    return Err(BackendError::env(
+                },
+                |_, tail| {
+                    BackendError::env(
                         format!("interceptor on {node} not listening on {addr}"),
-                        sup.log_tail(15),
-                    ));
-                }
-            }
-        }
-        *guard = Some(sup);
-        Ok(())
+                        tail,
+                    )
+                },
+            )
+            .await
     }
 
     async fn stop_inner(&self, node: &str, graceful: bool) -> Result<(), BackendError> {
@@ -268,17 +249,13 @@ impl Netns {
             }
             return Ok(());
         }
-        if let Some(mut p) = rt.proc.lock().await.take() {
-            p.stop(graceful, Duration::from_secs(15)).await;
-        }
+        rt.interceptor.stop(graceful, Duration::from_secs(15)).await;
         Ok(())
     }
 
     async fn teardown_inner(&self) {
         for rt in self.nodes.values() {
-            if let Some(mut p) = rt.proc.lock().await.take() {
-                p.stop(false, Duration::from_secs(1)).await;
-            }
+            rt.interceptor.stop(false, Duration::from_secs(1)).await;
         }
         if let Err(e) = self.topo.teardown().await {
             eprintln!("imds-conformance: netns teardown incomplete: {e}");
@@ -357,7 +334,7 @@ impl Backend for Netns {
             if matches!(self.spec, InterceptorSpec::AksRule) {
                 return *rt.aks_rule.lock().await;
             }
-            rt.proc.lock().await.as_mut().is_some_and(|p| p.running())
+            rt.interceptor.running().await
         })
     }
 
@@ -381,10 +358,10 @@ impl Backend for Netns {
 
     fn interceptor_log<'a>(&'a self, node: &'a str) -> BoxFut<'a, String> {
         Box::pin(async move {
-            match self.nodes.get(node) {
-                Some(rt) => interceptor::log_tail(&rt.log, 30),
-                None => String::new(),
-            }
+            self.nodes
+                .get(node)
+                .map(|rt| rt.interceptor.log_tail())
+                .unwrap_or_default()
         })
     }
 
