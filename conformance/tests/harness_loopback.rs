@@ -6,29 +6,15 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{proxy_or_skip, run, scenario};
-
-fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|s| s.to_string()).collect()
-}
-
-fn fails(r: &common::Run) -> BTreeSet<String> {
-    r.ids("FAIL").into_iter().collect()
-}
+use common::{proxy_or_skip, run, run_loopback, scenario};
 
 #[test]
 fn loopback_nmi_default_passes() {
     if proxy_or_skip("loopback_nmi_default_passes").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
-    let report = r
-        .report
-        .as_ref()
-        .unwrap_or_else(|| panic!("no report\n{}", r.log()));
-    assert_eq!(report.summary.must_failed, 0, "{}", r.log());
-    assert_eq!(r.code, 0, "{}", r.log());
+    let r = run_loopback("nmi-default.yaml", &[]);
+    let report = r.assert_conformant();
     assert!(report.summary.pass >= 20, "{}", r.log());
     // The kernel areas are listed as skipped, with the reason.
     assert!(
@@ -51,8 +37,7 @@ fn loopback_nmi_all_features_passes() {
     if proxy_or_skip("loopback_nmi_all_features_passes").is_none() {
         return;
     }
-    let sc = scenario("nmi-all-features.yaml");
-    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
+    let r = run_loopback("nmi-all-features.yaml", &[]);
     assert_eq!(r.code, 0, "{}", r.log());
 }
 
@@ -61,8 +46,7 @@ fn loopback_hardened_passes() {
     if proxy_or_skip("loopback_hardened_passes").is_none() {
         return;
     }
-    let sc = scenario("hardened.yaml");
-    let r = run(&["--scenario", sc.to_str().unwrap(), "--backend", "loopback"]);
+    let r = run_loopback("hardened.yaml", &[]);
     assert_eq!(r.code, 0, "{}", r.log());
 }
 
@@ -71,23 +55,15 @@ fn selftest_hdr_header_check_off_but_claimed() {
     if proxy_or_skip("selftest_hdr").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--focus",
-        "^HDR",
-        "--proxy-flag=--metadata-header-required=false",
-    ]);
-    assert_eq!(
-        fails(&r),
-        set(&["HDR-001", "HDR-002", "HDR-003", "HDR-005"]),
-        "{}",
-        r.log()
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &[
+            "--focus",
+            "^HDR",
+            "--proxy-flag=--metadata-header-required=false",
+        ],
     );
-    assert_eq!(r.code, 1, "{}", r.log());
+    r.assert_fails_exactly(&["HDR-001", "HDR-002", "HDR-003", "HDR-005"]);
 }
 
 #[test]
@@ -95,24 +71,16 @@ fn selftest_blk_block_off_but_claimed() {
     if proxy_or_skip("selftest_blk").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--focus",
-        "^BLK",
-        "--features",
-        "blockInstanceMetadata,passthrough,metadataHeaderRequired,tokens",
-    ]);
-    assert_eq!(
-        fails(&r),
-        set(&["BLK-001", "BLK-002", "BLK-003", "BLK-004"]),
-        "{}",
-        r.log()
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &[
+            "--focus",
+            "^BLK",
+            "--features",
+            "blockInstanceMetadata,passthrough,metadataHeaderRequired,tokens",
+        ],
     );
-    assert_eq!(r.code, 1);
+    r.assert_fails_exactly(&["BLK-001", "BLK-002", "BLK-003", "BLK-004"]);
 }
 
 #[test]
@@ -120,19 +88,16 @@ fn selftest_rta_retry_after_off_but_claimed() {
     if proxy_or_skip("selftest_rta").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--focus",
-        "^RTA",
-        "--features",
-        "setRetryAfterHeader,tokens,hostToken,metadataHeaderRequired,enableScaleFeatures",
-    ]);
-    assert_eq!(fails(&r), set(&["RTA-001", "RTA-002"]), "{}", r.log());
-    assert_eq!(r.code, 1);
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &[
+            "--focus",
+            "^RTA",
+            "--features",
+            "setRetryAfterHeader,tokens,hostToken,metadataHeaderRequired,enableScaleFeatures",
+        ],
+    );
+    r.assert_fails_exactly(&["RTA-001", "RTA-002"]);
 }
 
 #[test]
@@ -140,43 +105,27 @@ fn selftest_lbl_label_filter_off_but_claimed() {
     if proxy_or_skip("selftest_lbl").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--focus",
-        "^LBL",
-        "--proxy-flag=--enableScaleFeatures=false",
-    ]);
-    assert_eq!(fails(&r), set(&["LBL-001", "LBL-002"]), "{}", r.log());
-    assert_eq!(r.code, 1);
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &[
+            "--focus",
+            "^LBL",
+            "--proxy-flag=--enableScaleFeatures=false",
+        ],
+    );
+    r.assert_fails_exactly(&["LBL-001", "LBL-002"]);
 }
 
 #[test]
 fn selftest_tok_iso_no_interceptor_but_claimed() {
     // Without any interceptor pods reach IMDS directly: the VM's token for everyone.
-    let sc = scenario("nmi-default.yaml");
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--interceptor",
-        "none",
-        "--focus",
-        "^(TOK|ISO)",
-    ]);
-    assert_eq!(
-        fails(&r),
-        set(&[
-            "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002", "ISO-004", "ISO-005"
-        ]),
-        "{}",
-        r.log()
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &["--interceptor", "none", "--focus", "^(TOK|ISO)"],
     );
-    assert_eq!(r.code, 1);
+    r.assert_fails_exactly(&[
+        "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002", "ISO-004", "ISO-005",
+    ]);
 }
 
 #[test]
@@ -185,28 +134,15 @@ fn selftest_pt_wrong_upstream_vendor_template() {
     let Some(proxy) = proxy_or_skip("selftest_pt") else {
         return;
     };
-    let sc = scenario("nmi-default.yaml");
     let template = format!(
         "cmd:{} --node={{node}} --kubeconfig={{kubeconfig}} --metadata-ip=127.0.0.1 --metadata-port=1 --nmi-port={{listen_port}} --http-probe-port={{probe_port}} --prometheus-port={{metrics_port}} --manage-iptables=false",
         proxy.display()
     );
-    let r = run(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--backend",
-        "loopback",
-        "--interceptor",
-        &template,
-        "--focus",
-        "^PT",
-    ]);
-    assert_eq!(
-        fails(&r),
-        set(&["PT-001", "PT-002", "PT-003"]),
-        "{}",
-        r.log()
+    let r = run_loopback(
+        "nmi-default.yaml",
+        &["--interceptor", &template, "--focus", "^PT"],
     );
-    assert_eq!(r.code, 1);
+    r.assert_fails_exactly(&["PT-001", "PT-002", "PT-003"]);
 }
 
 #[test]
@@ -236,7 +172,7 @@ fn selftest_imds_fidelity_against_a_fake_imds() {
         &format!("http://{addr}"),
     ]);
     let expected: BTreeSet<String> = (1..=12).map(|i| format!("IMDS-{i:03}")).collect();
-    assert_eq!(fails(&r), expected, "{}", r.log());
+    assert_eq!(r.fails(), expected, "{}", r.log());
     assert_eq!(r.code, 1);
 }
 

@@ -9,15 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{netns_or_skip, proxy_or_skip, scenario};
-
-fn fails(r: &common::Run) -> BTreeSet<String> {
-    r.ids("FAIL").into_iter().collect()
-}
-
-fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|s| s.to_string()).collect()
-}
+use common::{netns_or_skip, proxy_or_skip, scenario, set};
 
 /// Everything in the system carrying the prefix of runs owned by `pid`.
 fn leftovers(pid: u32) -> Vec<String> {
@@ -39,54 +31,23 @@ fn leftovers(pid: u32) -> Vec<String> {
     out
 }
 
-/// Runs a netns conformance run and returns it with the child's PID (for the leftover check).
-fn run_netns(args: &[&str]) -> (common::Run, u32) {
+/// Runs the scenario file `file` on the netns backend with `extra` arguments, one run at a time, and
+/// returns it with the child's PID (for the leftover check).
+fn run_netns(file: &str, extra: &[&str]) -> (common::Run, u32) {
     let _serial = common::serial_guard();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("r.json");
-    let mut cmd = Command::new(common::conformance_bin());
-    cmd.arg("run")
-        .args(args)
-        .args(["--backend", "netns", "--report"])
-        .arg(format!("json={}", json.display()))
-        // Run directories (kept on FAIL for debugging) land in the test's temp dir and go with it.
-        .env("TMPDIR", dir.path())
-        .env("NO_COLOR", "1");
-    if let Some(p) = common::proxy_bin() {
-        cmd.env("IMDS_PROXY_BIN", p);
-    }
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let output = child.wait_with_output().unwrap();
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .map(|s| serde_json::from_str(&s).expect("JSON report parses"));
-    (
-        common::Run {
-            code: output.status.code().unwrap_or(-1),
-            report,
-            output,
-        },
-        pid,
-    )
+    let sc = scenario(file);
+    let mut args = vec!["--scenario", sc.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--backend", "netns"]);
+    common::run_with_pid(&args)
 }
 
 fn must_pass(file: &str, test: &str) {
     if !netns_or_skip(test) || proxy_or_skip(test).is_none() {
         return;
     }
-    let sc = scenario(file);
-    let (r, pid) = run_netns(&["--scenario", sc.to_str().unwrap()]);
-    let report = r
-        .report
-        .as_ref()
-        .unwrap_or_else(|| panic!("no report\n{}", r.log()));
-    assert_eq!(report.summary.must_failed, 0, "{}", r.log());
-    assert_eq!(r.code, 0, "{}", r.log());
+    let (r, pid) = run_netns(file, &[]);
+    let report = r.assert_conformant();
     assert_eq!(report.backend, "netns");
     for area in ["CT-", "IPT-"] {
         assert!(
@@ -122,13 +83,7 @@ fn netns_aks_restriction_passes_with_aks_rule() {
     if !netns_or_skip("netns_aks_restriction") {
         return;
     }
-    let sc = scenario("aks-restriction.yaml");
-    let (r, pid) = run_netns(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--interceptor",
-        "aks-rule",
-    ]);
+    let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "aks-rule"]);
     assert_eq!(r.code, 0, "{}", r.log());
     assert_eq!(
         r.ids("PASS").into_iter().collect::<BTreeSet<_>>(),
@@ -144,15 +99,8 @@ fn selftest_rst_no_rule_but_claimed() {
     if !netns_or_skip("selftest_rst") {
         return;
     }
-    let sc = scenario("aks-restriction.yaml");
-    let (r, pid) = run_netns(&["--scenario", sc.to_str().unwrap(), "--interceptor", "none"]);
-    assert_eq!(
-        fails(&r),
-        set(&["RST-001", "RST-003", "RST-005"]),
-        "{}",
-        r.log()
-    );
-    assert_eq!(r.code, 1);
+    let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "none"]);
+    r.assert_fails_exactly(&["RST-001", "RST-003", "RST-005"]);
     assert!(leftovers(pid).is_empty());
 }
 
@@ -161,17 +109,16 @@ fn selftest_ct_deletion_off_but_claimed() {
     if !netns_or_skip("selftest_ct") || proxy_or_skip("selftest_ct").is_none() {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let (r, _) = run_netns(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--focus",
-        "^CT",
-        "--features",
-        "enableConntrackDeletion,iptables,tokens,metadataHeaderRequired",
-    ]);
-    assert_eq!(fails(&r), set(&["CT-001"]), "{}", r.log());
-    assert_eq!(r.code, 1);
+    let (r, _) = run_netns(
+        "nmi-default.yaml",
+        &[
+            "--focus",
+            "^CT",
+            "--features",
+            "enableConntrackDeletion,iptables,tokens,metadataHeaderRequired",
+        ],
+    );
+    r.assert_fails_exactly(&["CT-001"]);
 }
 
 #[test]
@@ -179,22 +126,11 @@ fn selftest_ipt_no_interceptor_but_claimed() {
     if !netns_or_skip("selftest_ipt") {
         return;
     }
-    let sc = scenario("nmi-default.yaml");
-    let (r, _) = run_netns(&[
-        "--scenario",
-        sc.to_str().unwrap(),
-        "--interceptor",
-        "none",
-        "--focus",
-        "^IPT",
-    ]);
-    assert_eq!(
-        fails(&r),
-        set(&["IPT-001", "IPT-002", "IPT-004"]),
-        "{}",
-        r.log()
+    let (r, _) = run_netns(
+        "nmi-default.yaml",
+        &["--interceptor", "none", "--focus", "^IPT"],
     );
-    assert_eq!(r.code, 1);
+    r.assert_fails_exactly(&["IPT-001", "IPT-002", "IPT-004"]);
 }
 
 #[test]

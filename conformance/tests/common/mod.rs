@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use imds_conformance::report::RunReport;
 
@@ -73,6 +74,28 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// Asserts that the run wrote a report, no MUST case failed and it exited 0; returns the report.
+    pub fn assert_conformant(&self) -> &RunReport {
+        let report = self
+            .report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no report\n{}", self.log()));
+        assert_eq!(report.summary.must_failed, 0, "{}", self.log());
+        assert_eq!(self.code, 0, "{}", self.log());
+        report
+    }
+
+    /// Ids that FAILed.
+    pub fn fails(&self) -> BTreeSet<String> {
+        self.ids("FAIL").into_iter().collect()
+    }
+
+    /// Asserts that exactly `ids` FAILed and the run exited 1 (a self-test's verdict).
+    pub fn assert_fails_exactly(&self, ids: &[&str]) {
+        assert_eq!(self.fails(), set(ids), "{}", self.log());
+        assert_eq!(self.code, 1, "{}", self.log());
+    }
+
     /// stdout + stderr for assertion messages.
     pub fn log(&self) -> String {
         format!(
@@ -84,8 +107,31 @@ impl Run {
     }
 }
 
+/// A set of case ids.
+pub fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
 /// Runs `imds-conformance run ARGS --report json=<tmp>` and parses the report.
 pub fn run(args: &[&str]) -> Run {
+    run_with_pid(args).0
+}
+
+/// [`run`] with the scenario file `file` of the repository on the loopback backend, then `extra`.
+pub fn run_loopback(file: &str, extra: &[&str]) -> Run {
+    let sc = scenario(file);
+    let mut args = vec![
+        "--scenario",
+        sc.to_str().expect("UTF-8 path"),
+        "--backend",
+        "loopback",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// [`run`], also returning the child's PID (the netns tests look for leftovers carrying it).
+pub fn run_with_pid(args: &[&str]) -> (Run, u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
     let mut cmd = Command::new(conformance_bin());
@@ -99,15 +145,23 @@ pub fn run(args: &[&str]) -> Run {
     if let Some(p) = proxy_bin() {
         cmd.env("IMDS_PROXY_BIN", p);
     }
-    let output = cmd.output().expect("running imds-conformance");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running imds-conformance");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("running imds-conformance");
     let report = std::fs::read_to_string(&json)
         .ok()
         .map(|s| serde_json::from_str::<RunReport>(&s).expect("JSON report parses into RunReport"));
-    Run {
+    let run = Run {
         code: output.status.code().unwrap_or(-1),
         report,
         output,
-    }
+    };
+    (run, pid)
 }
 
 /// Serialises the heavy netns runs across test threads *and* processes (nextest runs each test in its
