@@ -79,9 +79,9 @@ mod pkcs7;
 pub mod rules;
 pub mod server;
 mod state;
-pub mod token;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
+pub mod token;
 pub mod versions;
 
 use std::net::SocketAddr;
