@@ -221,6 +221,27 @@ fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
     )
 }
 
+/// The objects of `store` that `keep` selects, converted. `None` is a store this operation mode does not
+/// watch: it holds nothing.
+fn select<K, T>(
+    store: Option<&Store<K>>,
+    keep: impl Fn(&K) -> bool,
+    convert: impl Fn(&K) -> T,
+) -> Vec<T>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.map_or_else(Vec::new, |s| {
+        s.state_filter(keep).iter().map(|o| convert(o)).collect()
+    })
+}
+
+/// `keep` for [`select`]: objects in `namespace`.
+fn in_namespace<K: Resource>(namespace: &str) -> impl Fn(&K) -> bool + '_ {
+    move |o| o.meta().namespace.as_deref() == Some(namespace)
+}
+
 /// Converts a core/v1 pod.
 pub fn pod_info(pod: &Pod) -> PodInfo {
     let (namespace, name) = ns_name(&pod.metadata);
@@ -307,14 +328,11 @@ impl ClusterView for KubeView {
 
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
         let want = ip.to_string();
-        self.inner
-            .pods
-            .state_filter(|p| {
-                p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(want.as_str())
-            })
-            .iter()
-            .map(|p| pod_info(p))
-            .collect()
+        select(
+            Some(&self.inner.pods),
+            |p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(want.as_str()),
+            pod_info,
+        )
     }
 
     fn pod_named(&self, namespace: &str, name: &str) -> Option<PodInfo> {
@@ -329,59 +347,41 @@ impl ClusterView for KubeView {
     }
 
     fn assigned_identities_for(&self, namespace: &str, name: &str) -> Vec<AssignedIdentityInfo> {
-        let Some(store) = &self.inner.aais else {
-            return Vec::new();
-        };
-        store
-            .state_filter(|a| a.spec.pod == name && a.spec.pod_namespace == namespace)
-            .iter()
-            .map(|a| aai_info(a))
-            .collect()
+        select(
+            self.inner.aais.as_ref(),
+            |a| a.spec.pod == name && a.spec.pod_namespace == namespace,
+            aai_info,
+        )
     }
 
     fn exceptions_in(&self, namespace: &str) -> Vec<ExceptionInfo> {
-        self.inner
-            .exceptions
-            .state_filter(|e| e.metadata.namespace.as_deref() == Some(namespace))
-            .iter()
-            .map(|e| {
-                let (namespace, name) = ns_name(&e.metadata);
-                ExceptionInfo {
-                    namespace,
-                    name,
-                    pod_labels: e.spec.pod_labels.clone(),
-                }
-            })
-            .collect()
+        select(Some(&self.inner.exceptions), in_namespace(namespace), |e| {
+            let (namespace, name) = ns_name(&e.metadata);
+            ExceptionInfo {
+                namespace,
+                name,
+                pod_labels: e.spec.pod_labels.clone(),
+            }
+        })
     }
 
     fn bindings_in(&self, namespace: &str) -> Vec<BindingInfo> {
-        let Some(store) = &self.inner.bindings else {
-            return Vec::new();
-        };
-        store
-            .state_filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
-            .iter()
-            .map(|b| {
-                let (namespace, name) = ns_name(&b.metadata);
-                BindingInfo {
-                    namespace,
-                    name,
-                    azure_identity: b.spec.azure_identity.clone(),
-                    selector: b.spec.selector.clone(),
-                }
-            })
-            .collect()
+        select(self.inner.bindings.as_ref(), in_namespace(namespace), |b| {
+            let (namespace, name) = ns_name(&b.metadata);
+            BindingInfo {
+                namespace,
+                name,
+                azure_identity: b.spec.azure_identity.clone(),
+                selector: b.spec.selector.clone(),
+            }
+        })
     }
 
     fn identities_in(&self, namespace: &str) -> Vec<IdentityInfo> {
-        let Some(store) = &self.inner.identities else {
-            return Vec::new();
-        };
-        store
-            .state_filter(|i| i.metadata.namespace.as_deref() == Some(namespace))
-            .iter()
-            .map(|i| identity_info(&i.metadata, &i.spec))
-            .collect()
+        select(
+            self.inner.identities.as_ref(),
+            in_namespace(namespace),
+            |i| identity_info(&i.metadata, &i.spec),
+        )
     }
 }
