@@ -78,65 +78,72 @@ impl std::fmt::Debug for KubeView {
     }
 }
 
-fn spawn_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    what: &'static str,
+/// The watchers being started: what each new one needs, and the health flags and tasks the view keeps.
+struct Watchers {
+    client: Client,
     metrics: Metrics,
-    health_list: &mut Vec<Arc<Health>>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, mut writer) = reflector::store();
-    let health = Health::new(what);
-    health_list.push(health.clone());
-    tasks.push(tokio::spawn(async move {
-        // After any error the watcher is dropped and a new one starts with a full list: a resumed watch
-        // reports nothing when nothing changed, so only a fresh `InitDone` proves the store is current
-        // again. The writer swaps the store's content atomically at `InitDone`.
-        let mut delay = RESTART_MIN;
-        loop {
-            let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(ev) => {
-                        writer.apply_watcher_event(&ev);
-                        match ev {
-                            watcher::Event::InitDone => {
-                                health.synced.store(true, Ordering::SeqCst);
-                                health.healthy.store(true, Ordering::SeqCst);
-                                delay = RESTART_MIN;
+    health: Vec<Arc<Health>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Starts a cluster-wide watch of `K` (`what`: its plural, for logs, metrics and health) feeding the
+    /// returned store.
+    fn spawn<K>(&mut self, config: watcher::Config, what: &'static str) -> Store<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let api = Api::<K>::all(self.client.clone());
+        let metrics = self.metrics.clone();
+        let (store, mut writer) = reflector::store();
+        let health = Health::new(what);
+        self.health.push(health.clone());
+        self.tasks.push(tokio::spawn(async move {
+            // After any error the watcher is dropped and a new one starts with a full list: a resumed watch
+            // reports nothing when nothing changed, so only a fresh `InitDone` proves the store is current
+            // again. The writer swaps the store's content atomically at `InitDone`.
+            let mut delay = RESTART_MIN;
+            loop {
+                let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(ev) => {
+                            writer.apply_watcher_event(&ev);
+                            match ev {
+                                watcher::Event::InitDone => {
+                                    health.synced.store(true, Ordering::SeqCst);
+                                    health.healthy.store(true, Ordering::SeqCst);
+                                    delay = RESTART_MIN;
+                                }
+                                watcher::Event::Init
+                                | watcher::Event::InitApply(_)
+                                | watcher::Event::Apply(_)
+                                | watcher::Event::Delete(_) => {}
                             }
-                            watcher::Event::Init
-                            | watcher::Event::InitApply(_)
-                            | watcher::Event::Apply(_)
-                            | watcher::Event::Delete(_) => {}
                         }
-                    }
-                    Err(err) => {
-                        if health.healthy.swap(false, Ordering::SeqCst) {
-                            tracing::warn!(resource = what, error = %err, "watch failed; failing closed until a fresh list succeeds");
-                        } else {
-                            tracing::debug!(resource = what, error = %err, "watch still failing");
+                        Err(err) => {
+                            if health.healthy.swap(false, Ordering::SeqCst) {
+                                tracing::warn!(resource = what, error = %err, "watch failed; failing closed until a fresh list succeeds");
+                            } else {
+                                tracing::debug!(resource = what, error = %err, "watch still failing");
+                            }
+                            metrics.kubernetes_api_error(what);
+                            break;
                         }
-                        metrics.kubernetes_api_error(what);
-                        break;
                     }
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RESTART_MAX);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RESTART_MAX);
-        }
-    }));
-    store
+        }));
+        store
+    }
 }
 
 /// Back-off between watcher restarts after errors.
@@ -146,56 +153,28 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 impl KubeView {
     /// Starts the watchers the plan asks for. Returns at once; `ready()` says when the view is usable.
     pub fn start(client: Client, plan: &WatchPlan, metrics: Metrics) -> Self {
-        let mut health = Vec::new();
-        let mut tasks = Vec::new();
-        let pods = spawn_watch(
-            Api::<Pod>::all(client.clone()),
+        let mut w = Watchers {
+            client,
+            metrics,
+            health: Vec::new(),
+            tasks: Vec::new(),
+        };
+        let pods = w.spawn::<Pod>(
             watcher::Config::default().fields(&format!("spec.nodeName={}", plan.node_name)),
             "pods",
-            metrics.clone(),
-            &mut health,
-            &mut tasks,
         );
         let aais = plan.assigned_identities.then(|| {
             let mut cfg = watcher::Config::default();
             if let Some(sel) = &plan.aai_label_selector {
                 cfg = cfg.labels(sel);
             }
-            spawn_watch(
-                Api::<AzureAssignedIdentity>::all(client.clone()),
-                cfg,
-                "azureassignedidentities",
-                metrics.clone(),
-                &mut health,
-                &mut tasks,
-            )
+            w.spawn(cfg, "azureassignedidentities")
         });
-        let exceptions = spawn_watch(
-            Api::<AzurePodIdentityException>::all(client.clone()),
-            watcher::Config::default(),
-            "azurepodidentityexceptions",
-            metrics.clone(),
-            &mut health,
-            &mut tasks,
-        );
+        let exceptions = w.spawn(watcher::Config::default(), "azurepodidentityexceptions");
         let (bindings, identities) = if plan.bindings_and_identities {
             (
-                Some(spawn_watch(
-                    Api::<AzureIdentityBinding>::all(client.clone()),
-                    watcher::Config::default(),
-                    "azureidentitybindings",
-                    metrics.clone(),
-                    &mut health,
-                    &mut tasks,
-                )),
-                Some(spawn_watch(
-                    Api::<AzureIdentity>::all(client),
-                    watcher::Config::default(),
-                    "azureidentities",
-                    metrics,
-                    &mut health,
-                    &mut tasks,
-                )),
+                Some(w.spawn(watcher::Config::default(), "azureidentitybindings")),
+                Some(w.spawn(watcher::Config::default(), "azureidentities")),
             )
         } else {
             (None, None)
@@ -207,8 +186,8 @@ impl KubeView {
                 exceptions,
                 bindings,
                 identities,
-                health,
-                tasks,
+                health: w.health,
+                tasks: w.tasks,
             }),
         }
     }
