@@ -577,6 +577,17 @@ impl ProxyRun {
         );
     }
 
+    /// Sends `signal` and checks what NMI does on it: exit 0 with the chain and the jump removed.
+    fn shut_down_cleanly(&mut self, ns: &Netns, signal: Signal) {
+        let status = self.terminate(signal);
+        assert!(
+            status.success(),
+            "imds-proxy must exit 0 after a clean {signal} shutdown, got {status}; log:\n{}",
+            self.log()
+        );
+        assert_removed(ns);
+    }
+
     /// Sends `signal` (by PID) and waits (bounded) for the exit status.
     fn terminate(&mut self, signal: Signal) -> std::process::ExitStatus {
         let pid = self.child.0.as_ref().map(Child::id).expect("child");
@@ -646,13 +657,7 @@ fn a1_proxy_binary_installs_chain_repairs_it_and_removes_it_on_sigterm() {
         },
     );
 
-    let status = proxy.terminate(Signal::SIGTERM);
-    assert!(
-        status.success(),
-        "imds-proxy must exit 0 after a clean SIGTERM shutdown, got {status}; log:\n{}",
-        proxy.log()
-    );
-    assert_removed(&ns);
+    proxy.shut_down_cleanly(&ns, Signal::SIGTERM);
     assert!(
         prerouting_rules(&ns).is_empty(),
         "PREROUTING must be empty again"
@@ -683,7 +688,8 @@ struct Flows {
 
 impl Flows {
     /// Puts the addresses on the namespace's `lo` (they exist nowhere else), adds a stateful rule so the
-    /// kernel tracks flows in this namespace (on a node, kube-proxy/CNI rules do) and opens the flows.
+    /// kernel tracks flows in this namespace (on a node, kube-proxy/CNI rules do), opens the flows and checks
+    /// that conntrack lists every one of them.
     fn open(ns: &Netns) -> Flows {
         ns.ok(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
         ns.ok(&["ip", "addr", "add", "10.213.0.1/32", "dev", "lo"]);
@@ -706,29 +712,37 @@ impl Flows {
             "10.213.0.1:80".parse().expect("literal"),
             "169.254.169.254:443".parse().expect("literal"),
         ];
-        ns.enter(move || {
-            let (mut listeners, mut servers, mut clients) = (Vec::new(), Vec::new(), Vec::new());
-            for target in targets {
-                let l = TcpListener::bind(target)?;
-                clients.push(TcpStream::connect_timeout(&target, Duration::from_secs(5))?);
-                servers.push(l.accept()?.0);
-                listeners.push(l);
-            }
-            let udp_server = UdpSocket::bind(imds)?;
-            let udp_client = UdpSocket::bind("0.0.0.0:0")?;
-            udp_client.send_to(b"ping", imds)?;
-            let mut buf = [0u8; 8];
-            udp_server.recv_from(&mut buf)?;
-            let udp_src = udp_client.local_addr()?;
-            Ok(Flows {
-                _listeners: listeners,
-                _servers: servers,
-                clients,
-                _udp: vec![udp_server, udp_client],
-                udp_src,
+        let flows = ns
+            .enter(move || {
+                let (mut listeners, mut servers, mut clients) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for target in targets {
+                    let l = TcpListener::bind(target)?;
+                    clients.push(TcpStream::connect_timeout(&target, Duration::from_secs(5))?);
+                    servers.push(l.accept()?.0);
+                    listeners.push(l);
+                }
+                let udp_server = UdpSocket::bind(imds)?;
+                let udp_client = UdpSocket::bind("0.0.0.0:0")?;
+                udp_client.send_to(b"ping", imds)?;
+                let mut buf = [0u8; 8];
+                udp_server.recv_from(&mut buf)?;
+                let udp_src = udp_client.local_addr()?;
+                Ok(Flows {
+                    _listeners: listeners,
+                    _servers: servers,
+                    clients,
+                    _udp: vec![udp_server, udp_client],
+                    udp_src,
+                })
             })
-        })
-        .expect("open the flows inside the namespace")
+            .expect("open the flows inside the namespace");
+        assert_eq!(
+            flows.tracked(ns),
+            flows.all(),
+            "every flow must be tracked once open"
+        );
+        flows
     }
 
     /// All four flows, sorted.
@@ -781,11 +795,6 @@ impl Flows {
 fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
     let ns = netns_or_skip!(true);
     let flows = Flows::open(&ns);
-    assert_eq!(
-        flows.tracked(&ns),
-        flows.all(),
-        "every flow must be tracked before deletion"
-    );
     assert_eq!(flows.all().len(), 4);
 
     let imds_ip = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
@@ -828,11 +837,6 @@ fn a1_conntrack_deletion_removes_only_tcp_flows_to_imds() {
 fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only() {
     let ns = netns_or_skip!(true);
     let flows = Flows::open(&ns);
-    assert_eq!(
-        flows.tracked(&ns),
-        flows.all(),
-        "every flow must be tracked before the proxy starts"
-    );
 
     let mut proxy = ProxyRun::start(&ns, &["--enable-conntrack-deletion=true"]);
     proxy.wait_ready();
@@ -845,13 +849,7 @@ fn a1_proxy_binary_with_conntrack_deletion_removes_preexisting_imds_flows_only()
     );
 
     // NMI cleans up on SIGINT as on SIGTERM.
-    let status = proxy.terminate(Signal::SIGINT);
-    assert!(
-        status.success(),
-        "exit after SIGINT: {status}; log:\n{}",
-        proxy.log()
-    );
-    assert_removed(&ns);
+    proxy.shut_down_cleanly(&ns, Signal::SIGINT);
 }
 
 // ---------------------------------------------------------------------------------------------------------
