@@ -8,6 +8,22 @@ use super::*;
 use crate::cluster::model::fixtures::*;
 use crate::cluster::model::*;
 
+/// The candidates of a `Found` step (panics on any other step).
+fn found(step: StandardStep) -> Vec<IdentityInfo> {
+    match step {
+        StandardStep::Found(ids) => ids,
+        other => panic!("expected Found, got {other:?}"),
+    }
+}
+
+/// The message of a `Fail` step (panics on any other step).
+fn failure(step: StandardStep) -> String {
+    match step {
+        StandardStep::Fail(m) => m,
+        other => panic!("expected Fail, got {other:?}"),
+    }
+}
+
 const BUDGET: RetryBudget = RetryBudget {
     attempts_for_created: 16,
     attempts_for_assigned: 4,
@@ -237,14 +253,14 @@ fn standard_no_id_prefers_legacy_then_assigned() {
         aai(&p, identity("ns", "id-legacy", "22222222-bbbb"), ""),
     ];
     let req = IdentityRequest::default();
-    match standard_step(&aais, &p, &req, 0, &BUDGET) {
-        StandardStep::Found(ids) => assert_eq!(ids[0].name, "id-legacy"),
-        other => panic!("{other:?}"),
-    }
-    match standard_step(&aais[..1], &p, &req, 0, &BUDGET) {
-        StandardStep::Found(ids) => assert_eq!(ids[0].name, "id-assigned"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        found(standard_step(&aais, &p, &req, 0, &BUDGET))[0].name,
+        "id-legacy"
+    );
+    assert_eq!(
+        found(standard_step(&aais[..1], &p, &req, 0, &BUDGET))[0].name,
+        "id-assigned"
+    );
 }
 
 #[test]
@@ -270,40 +286,25 @@ fn standard_created_waits_then_fails_after_budget() {
             StandardStep::Wait
         );
     }
-    match standard_step(&[], &p, &req, 16, &BUDGET) {
-        StandardStep::Fail(m) => assert_eq!(
-            m,
-            "getting assigned identities for pod ns/a in CREATED state failed after 16 attempts, retry duration [5]s, error: <nil>. Check MIC pod logs for identity assignment errors"
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        failure(standard_step(&[], &p, &req, 16, &BUDGET)),
+        "getting assigned identities for pod ns/a in CREATED state failed after 16 attempts, retry duration [5]s, error: <nil>. Check MIC pod logs for identity assignment errors"
+    );
 }
 
 #[test]
 fn standard_ignores_other_pods_aais() {
     let p = pod("ns", "a", "10.0.0.1");
-    let q = pod("ns", "b", "10.0.0.2");
-    let aais = vec![aai(
-        &q,
-        identity("ns", "theirs", "44444444-dddd"),
-        "Assigned",
-    )];
-    assert_eq!(
-        standard_step(&aais, &p, &IdentityRequest::default(), 0, &BUDGET),
-        StandardStep::Wait
-    );
-    let mut same_name_other_ns = q.clone();
-    same_name_other_ns.name = "a".into();
-    same_name_other_ns.namespace = "other".into();
-    let aais = vec![aai(
-        &same_name_other_ns,
-        identity("other", "theirs", "44444444-dddd"),
-        "Assigned",
-    )];
-    assert_eq!(
-        standard_step(&aais, &p, &IdentityRequest::default(), 0, &BUDGET),
-        StandardStep::Wait
-    );
+    // Another pod of the namespace, and a pod of the same name in another namespace.
+    for owner in [pod("ns", "b", "10.0.0.2"), pod("other", "a", "10.0.0.2")] {
+        let theirs = identity(&owner.namespace, "theirs", "44444444-dddd");
+        let aais = vec![aai(&owner, theirs, "Assigned")];
+        assert_eq!(
+            standard_step(&aais, &p, &IdentityRequest::default(), 0, &BUDGET),
+            StandardStep::Wait,
+            "{owner:?}"
+        );
+    }
 }
 
 #[test]
@@ -340,13 +341,11 @@ fn standard_selection_by_client_id_and_resource_id_case_insensitive() {
         standard_step(&aais, &p, &unknown, 0, &BUDGET),
         StandardStep::Wait
     );
-    match standard_step(&aais, &p, &unknown, 16, &BUDGET) {
-        StandardStep::Fail(m) => assert!(
-            m.starts_with("clientID in request: cccc##### REDACTED #####3333, getting"),
-            "{m}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    let m = failure(standard_step(&aais, &p, &unknown, 16, &BUDGET));
+    assert!(
+        m.starts_with("clientID in request: cccc##### REDACTED #####3333, getting"),
+        "{m}"
+    );
 }
 
 #[test]
