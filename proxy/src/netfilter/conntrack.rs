@@ -1,5 +1,5 @@
 //! Conntrack flow deletion for IMDS (REFERENCE A.1, `--enable-conntrack-deletion`) and a flow listing
-//! for tests and the harness.
+//! for tests.
 //!
 //! Why: a pod that connected to IMDS before our DNAT rule existed keeps its conntrack entry, and NAT is
 //! decided only for a flow's first packet, so its keep-alive connection would bypass the proxy forever.
