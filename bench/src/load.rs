@@ -167,17 +167,18 @@ pub async fn bare_server(body: Bytes) -> Result<(SocketAddr, tokio::task::JoinHa
             let _ = stream.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json; charset=utf-8")
-                                .body(Full::new(body))
-                                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-                        )
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json; charset=utf-8")
+                                    .body(Full::new(body))
+                                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+                            )
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -190,7 +191,8 @@ pub async fn bare_server(body: Bytes) -> Result<(SocketAddr, tokio::task::JoinHa
 /// One GET with the load generator's client: status and body (used to size the baselines).
 pub async fn fetch(target: &Target) -> Result<(u16, Bytes)> {
     let mut s = connect(target.addr).await?;
-    let mut req = Request::get(target.path_and_query.as_str()).header("host", target.addr.to_string());
+    let mut req =
+        Request::get(target.path_and_query.as_str()).header("host", target.addr.to_string());
     for (k, v) in &target.headers {
         req = req.header(*k, *v);
     }
