@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use imds_conformance::backend::interceptor::aks_rule_argv;
 use imds_conformance::netns::{self, IMDS_IP, NetnsError, NodeSpec, Topology, TopologySpec};
-use netns_common::{CONNECT_TIMEOUT, ask, serve_tag, supported, two_by_two};
+use netns_common::{CONNECT_TIMEOUT, ask, exec_argv, serve_imds, serve_tag, supported, two_by_two};
 
 /// Packet count of the rule carrying `comment` in `iptables-save -c` output.
 fn counter(save: &str, comment: &str) -> u64 {
@@ -25,6 +25,41 @@ fn counter(save: &str, comment: &str) -> u64 {
     packets
         .parse()
         .unwrap_or_else(|_| panic!("bad counter in {line}"))
+}
+
+/// Inserts a rule without target at the top of `chain` (filter table) that only counts IMDS packets.
+async fn insert_counter(ns: &str, chain: &str, comment: &str) {
+    netns::exec_in(
+        ns,
+        &[
+            "iptables",
+            "-I",
+            chain,
+            "1",
+            "-d",
+            "169.254.169.254/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+        ],
+    )
+    .await
+    .expect("count rule");
+}
+
+/// Asserts that node `n1` itself and its host-network pod `h1` (locally generated traffic) reach the
+/// VM's IMDS un-intercepted.
+async fn assert_node_side_reaches_imds(topo: &Topology, imds: SocketAddr, why: &str) {
+    let n1 = topo.node("n1").expect("n1");
+    for who in [n1.ns.as_str(), topo.pod("h1").expect("h1").ns.as_str()] {
+        let (tag, _) = ask(who, imds, CONNECT_TIMEOUT).await.expect(why);
+        assert_eq!(tag, "imds", "{why}");
+    }
 }
 
 async fn filter_counters(ns: &str) -> String {
@@ -76,14 +111,8 @@ async fn pods_and_node_reach_their_vm_imds_forwarded_and_masqueraded() {
         imds,
         SocketAddr::from((Ipv4Addr::new(169, 254, 169, 254), 80))
     );
-    let _imds1 = serve_tag(
-        netns::bind_in(&n1.host_side_ns, imds).expect("bind n1 imds"),
-        "imds-n1",
-    );
-    let _imds2 = serve_tag(
-        netns::bind_in(&n2.host_side_ns, imds).expect("bind n2 imds"),
-        "imds-n2",
-    );
+    let _imds1 = serve_imds(&n1.host_side_ns, imds, "imds-n1");
+    let _imds2 = serve_imds(&n2.host_side_ns, imds, "imds-n2");
 
     // Kubernetes-node sysctls inside the node, and nothing of it leaked into the root namespace's view.
     for key in [
@@ -99,48 +128,8 @@ async fn pods_and_node_reach_their_vm_imds_forwarded_and_masqueraded() {
     }
 
     // Count IMDS packets per chain in n1 (rules without a target only count).
-    netns::exec_in(
-        &n1.ns,
-        &[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "1",
-            "-d",
-            "169.254.169.254/32",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-m",
-            "comment",
-            "--comment",
-            "imdsc-count-forward",
-        ],
-    )
-    .await
-    .expect("count rule");
-    netns::exec_in(
-        &n1.ns,
-        &[
-            "iptables",
-            "-I",
-            "OUTPUT",
-            "1",
-            "-d",
-            "169.254.169.254/32",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-m",
-            "comment",
-            "--comment",
-            "imdsc-count-output",
-        ],
-    )
-    .await
-    .expect("count rule");
+    insert_counter(&n1.ns, "FORWARD", "imdsc-count-forward").await;
+    insert_counter(&n1.ns, "OUTPUT", "imdsc-count-output").await;
 
     // A pod: answered by its VM's IMDS, which sees the node's address (masquerade). Forwarded, not output.
     let p1 = topo.pod("p1").expect("p1");
@@ -213,14 +202,8 @@ async fn nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic() {
     let topo = Topology::create(two_by_two()).await.expect("topology");
     let n1 = topo.node("n1").expect("n1").clone();
     let imds = topo.imds_addr();
-    let _imds1 = serve_tag(
-        netns::bind_in(&n1.host_side_ns, imds).expect("bind imds"),
-        "imds",
-    );
-    let _imds2 = serve_tag(
-        netns::bind_in(&topo.node("n2").expect("n2").host_side_ns, imds).expect("bind"),
-        "imds",
-    );
+    let _imds1 = serve_imds(&n1.host_side_ns, imds, "imds");
+    let _imds2 = serve_imds(&topo.node("n2").expect("n2").host_side_ns, imds, "imds");
     let nmi_listener =
         netns::bind_in(&n1.ns, "127.0.0.1:0".parse().expect("addr")).expect("bind nmi");
     let nmi_port = nmi_listener.local_addr().expect("port").port();
@@ -252,10 +235,8 @@ async fn nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic() {
         p1.ip,
         "the interceptor identifies the pod by its own source address"
     );
-    for who in [n1.ns.as_str(), topo.pod("h1").expect("h1").ns.as_str()] {
-        let (tag, _) = ask(who, imds, CONNECT_TIMEOUT).await.expect("node -> imds");
-        assert_eq!(tag, "imds", "node traffic (OUTPUT) must not be intercepted");
-    }
+    assert_node_side_reaches_imds(&topo, imds, "node traffic (OUTPUT) must not be intercepted")
+        .await;
     let (tag, _) = ask(&topo.pod("p3").expect("p3").ns, imds, CONNECT_TIMEOUT)
         .await
         .expect("p3");
@@ -289,10 +270,7 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
     let topo = Topology::create(two_by_two()).await.expect("topology");
     let n1 = topo.node("n1").expect("n1").clone();
     let imds = topo.imds_addr();
-    let _imds = serve_tag(
-        netns::bind_in(&n1.host_side_ns, imds).expect("bind imds"),
-        "imds",
-    );
+    let _imds = serve_imds(&n1.host_side_ns, imds, "imds");
     let p1 = topo.pod("p1").expect("p1");
     ask(&p1.ns, imds, CONNECT_TIMEOUT)
         .await
@@ -300,13 +278,9 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
 
     // REFERENCE C: AgentBaker's rule, filter table, FORWARD position 1.
     let node_ip = n1.ip.to_string();
-    let insert = aks_rule_argv(&node_ip, true);
-    netns::exec_in(
-        &n1.ns,
-        &insert.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await
-    .expect("AKS rule");
+    exec_argv(&n1.ns, &aks_rule_argv(&node_ip, true))
+        .await
+        .expect("AKS rule");
     let err = netns::connect_in(&p1.ns, imds, Duration::from_millis(800))
         .await
         .expect_err("dropped");
@@ -314,19 +288,10 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
         err.is_connect_timeout(),
         "DROP must time out (no RST), got {err}"
     );
-    for who in [n1.ns.as_str(), topo.pod("h1").expect("h1").ns.as_str()] {
-        let (tag, _) = ask(who, imds, CONNECT_TIMEOUT)
-            .await
-            .expect("node still connects");
-        assert_eq!(tag, "imds");
-    }
-    let delete = aks_rule_argv(&node_ip, false);
-    netns::exec_in(
-        &n1.ns,
-        &delete.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await
-    .expect("remove rule");
+    assert_node_side_reaches_imds(&topo, imds, "node still connects").await;
+    exec_argv(&n1.ns, &aks_rule_argv(&node_ip, false))
+        .await
+        .expect("remove rule");
     ask(&p1.ns, imds, CONNECT_TIMEOUT)
         .await
         .expect("reachable again after removal");

@@ -48,6 +48,24 @@ pub fn serve_tag(
     })
 }
 
+/// A tag server standing in for a VM's IMDS: bound to `imds` in that VM's host-side namespace.
+pub fn serve_imds(
+    host_side_ns: &str,
+    imds: SocketAddr,
+    tag: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    serve_tag(
+        netns::bind_in(host_side_ns, imds).expect("bind imds on the host side"),
+        tag,
+    )
+}
+
+/// [`netns::exec_in`] with an owned argv (as the library builds them).
+pub async fn exec_argv(ns: &str, argv: &[String]) -> Result<std::process::Output, NetnsError> {
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    netns::exec_in(ns, &args).await
+}
+
 /// Connects from namespace `ns` to `addr`, reads the tag server's line and returns (tag, peer it saw).
 pub async fn ask(
     ns: &str,
