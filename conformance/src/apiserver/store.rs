@@ -64,6 +64,16 @@ struct Inner {
     compacted: u64,
 }
 
+impl Inner {
+    /// A copy of the stored object of type `rt` at `key`.
+    fn object(&self, rt: &ResourceType, key: &Key) -> Option<Value> {
+        self.objects
+            .get(rt.plural)
+            .and_then(|b| b.get(key))
+            .cloned()
+    }
+}
+
 /// Shared object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -262,12 +272,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
-        let Some(old) = inner
-            .objects
-            .get(rt.plural)
-            .and_then(|b| b.get(&key))
-            .cloned()
-        else {
+        let Some(old) = inner.object(rt, &key) else {
             return Err(ApiError::not_found(rt, name));
         };
         if scope != WriteScope::Everything
@@ -361,12 +366,7 @@ impl Store {
     ) -> Result<(Value, bool), ApiError> {
         let mut inner = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
-        let Some(old) = inner
-            .objects
-            .get(rt.plural)
-            .and_then(|b| b.get(&key))
-            .cloned()
-        else {
+        let Some(old) = inner.object(rt, &key) else {
             return Err(ApiError::not_found(rt, name));
         };
         if precondition_rv.is_some_and(|rv| Some(rv) != meta_str(&old, "resourceVersion"))
@@ -408,10 +408,7 @@ impl Store {
 
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
         self.lock()
-            .objects
-            .get(rt.plural)
-            .and_then(|b| b.get(&(namespace.to_owned(), name.to_owned())))
-            .cloned()
+            .object(rt, &(namespace.to_owned(), name.to_owned()))
     }
 
     /// Snapshot of matching objects (ordered by namespace, name) and the revision it reflects.
