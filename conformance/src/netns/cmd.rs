@@ -62,11 +62,7 @@ pub async fn run(
     let command = command_line(program, args);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin_for(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Dropping the future on timeout drops the child: it must die with it.
@@ -117,32 +113,14 @@ pub fn run_blocking(
     };
     let mut child = std::process::Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin_for(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
     // Drain the pipes on threads so a chatty child cannot block on a full pipe while we poll for exit.
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(pipe) = stdout.as_mut() {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(pipe) = stderr.as_mut() {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    });
+    let out_reader = drain(child.stdout.take());
+    let err_reader = drain(child.stderr.take());
     if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // As in `run`: a broken pipe is reported through the exit status and stderr.
         let _ = pipe.write_all(bytes);
@@ -165,6 +143,26 @@ pub fn run_blocking(
         stderr: err_reader.join().unwrap_or_default(),
     };
     check(command, output)
+}
+
+/// The child's stdin: a pipe when there is input to write, else nothing.
+fn stdin_for(stdin: Option<&[u8]>) -> Stdio {
+    if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// Reads `pipe` to its end on a thread (empty when there is none or it fails).
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
