@@ -94,6 +94,22 @@ pub struct Summary {
     pub must_failed: usize,
 }
 
+impl Summary {
+    /// The counts in the order every report shows them: total, pass, fail, must failed, skip,
+    /// unclaimed, info.
+    pub fn counts(&self) -> [usize; 7] {
+        [
+            self.total,
+            self.pass,
+            self.fail,
+            self.must_failed,
+            self.skip,
+            self.unclaimed,
+            self.info,
+        ]
+    }
+}
+
 /// One case's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseResult {

@@ -79,16 +79,10 @@ impl Terminal {
         } else {
             self.paint("31;1", "NOT CONFORMANT")
         };
+        let [total, pass, fail, must, skip, unclaimed, info] = s.counts();
+        let secs = r.duration_ms as f64 / 1000.0;
         println!(
-            "\n{verdict}: {} cases — {} pass, {} fail ({} MUST), {} skip, {} unclaimed, {} info — {:.1} s",
-            s.total,
-            s.pass,
-            s.fail,
-            s.must_failed,
-            s.skip,
-            s.unclaimed,
-            s.info,
-            r.duration_ms as f64 / 1000.0
+            "\n{verdict}: {total} cases — {pass} pass, {fail} fail ({must} MUST), {skip} skip, {unclaimed} unclaimed, {info} info — {secs:.1} s"
         );
     }
 }
