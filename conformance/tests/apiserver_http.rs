@@ -40,6 +40,11 @@ async fn get_url(url: &str) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
+/// Sends `req` and decodes the JSON answer.
+async fn json_of<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> T {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 fn aai(name: &str, node: &str) -> Value {
     json!({
         "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
@@ -360,27 +365,19 @@ async fn writes_over_http_follow_kubernetes_semantics() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}});
     let r = c.post(&pods).json(&pod).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let r: Value = c
-        .patch(format!("{pods}/p/status"))
-        .header("content-type", "application/merge-patch+json")
-        .body(r#"{"status":{"phase":"Running","podIP":"10.1.0.5"}}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(
+        c.patch(format!("{pods}/p/status"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"status":{"phase":"Running","podIP":"10.1.0.5"}}"#),
+    )
+    .await;
     assert_eq!(r["status"]["phase"], "Running");
-    let r: Value = c
-        .patch(format!("{pods}/p"))
-        .header("content-type", "application/strategic-merge-patch+json")
-        .body(r#"{"status":{"phase":"Failed"},"metadata":{"labels":{"x":"y"}}}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(
+        c.patch(format!("{pods}/p"))
+            .header("content-type", "application/strategic-merge-patch+json")
+            .body(r#"{"status":{"phase":"Failed"},"metadata":{"labels":{"x":"y"}}}"#),
+    )
+    .await;
     assert_eq!(
         (
             r["status"]["phase"].as_str(),
@@ -445,14 +442,7 @@ async fn stats_endpoint_outage_and_accounting_by_token_or_source_ip() {
         .await
         .unwrap();
     assert_eq!(anon.status().as_u16(), 200);
-    let stats: Stats = http()
-        .get(format!("{}/_test/stats", api.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Stats = json_of(http().get(format!("{}/_test/stats", api.url()))).await;
     assert_eq!(stats, api.stats());
     let n1 = stats.client("node-1");
     assert_eq!(
@@ -680,14 +670,7 @@ async fn run_standalone_writes_a_kubeconfig_and_serves_until_shutdown() {
         .to_owned();
     let (status, _) = get_url(&format!("{server}/api/v1/pods")).await;
     assert_eq!(status, 200);
-    let stats: Stats = http()
-        .get(format!("{base}/_test/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Stats = json_of(http().get(format!("{base}/_test/stats"))).await;
     assert_eq!(
         stats.client("admin").resource("pods").requests.get("list"),
         Some(&1)
