@@ -430,6 +430,13 @@ impl Ctx {
             .await
     }
 
+    /// A numeric built-in interceptor flag of the scenario, or `default` when absent or not a number.
+    pub fn flag_u64(&self, name: &str, default: u64) -> u64 {
+        self.flag(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Sends `req` as `pod` until `done(response)` holds or `timeout` passes; returns the last attempt.
     /// For waiting on watch propagation (an applied AAI reaches the interceptor within ~1 s).
     pub async fn poll<F>(&mut self, pod: &str, req: &Request, timeout: Duration, done: F) -> Sent

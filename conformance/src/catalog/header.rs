@@ -7,7 +7,7 @@
 use crate::backend::Target;
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{expect_not_forwarded, expect_status, metadata_error_json, response};
+use crate::catalog::{any_pod, expect_not_forwarded, expect_status, metadata_error_json, response};
 use crate::ctx::{Ctx, token_target};
 use crate::http::Request;
 
@@ -18,10 +18,7 @@ const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 /// A non-host pod to send from (prefers one with an identity, so a wrongly accepted request would succeed).
 fn sender(ctx: &Ctx) -> Result<(String, String), Outcome> {
-    let pod = ctx
-        .identity_pod()
-        .or_else(|| ctx.plain_pod())
-        .ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))?;
+    let pod = any_pod(ctx, true)?;
     Ok((pod.name, pod.node))
 }
 

@@ -8,7 +8,7 @@
 use crate::backend::Target;
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{expect_not_forwarded, expect_status, response};
+use crate::catalog::{any_pod, expect_not_forwarded, expect_status, response};
 use crate::ctx::{Ctx, INSTANCE};
 use crate::http::Request;
 
@@ -18,10 +18,7 @@ pub static CASES: &[&Case] = &[&BLK_001, &BLK_002, &BLK_003, &BLK_004, &BLK_005,
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 fn pod(ctx: &Ctx) -> Result<(String, String), Outcome> {
-    let p = ctx
-        .identity_pod()
-        .or_else(|| ctx.plain_pod())
-        .ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))?;
+    let p = any_pod(ctx, true)?;
     Ok((p.name, p.node))
 }
 

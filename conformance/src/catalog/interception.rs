@@ -85,10 +85,7 @@ case_fn!(ipt_001, |ctx| {
 case_fn!(ipt_002, |ctx| {
     let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
-    let interval: u64 = ctx
-        .flag("ipt-update-interval-sec")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let interval = ctx.flag_u64("ipt-update-interval-sec", 60);
     if interval > 60 {
         return Err(Outcome::skip(format!(
             "reconcile interval {interval}s too long for a run"

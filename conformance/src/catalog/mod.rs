@@ -96,6 +96,17 @@ pub fn identity_pod(ctx: &Ctx) -> Result<PodView, Outcome> {
     })
 }
 
+/// A non-host pod on the first node — the one with an identity first when `identity_first`, else the
+/// one without — or a SKIP when there is neither.
+pub fn any_pod(ctx: &Ctx, identity_first: bool) -> Result<PodView, Outcome> {
+    let pod = if identity_first {
+        ctx.identity_pod().or_else(|| ctx.plain_pod())
+    } else {
+        ctx.plain_pod().or_else(|| ctx.identity_pod())
+    };
+    pod.ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))
+}
+
 /// The scenario's first identity assigned to the VM, else a SKIP.
 pub fn vm_identity(ctx: &Ctx) -> Result<IdentityDef, Outcome> {
     ctx.scenario

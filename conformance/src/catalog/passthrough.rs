@@ -6,7 +6,7 @@
 use crate::backend::Target;
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::response;
+use crate::catalog::{any_pod, response};
 use crate::ctx::Ctx;
 use crate::http::{Request, Response};
 
@@ -17,10 +17,7 @@ const P: &[Profile] = &[Profile::Nmi];
 
 /// Sends `req` directly to the VM's IMDS and through the interceptor as a non-host pod.
 async fn both(ctx: &mut Ctx, req: Request) -> Result<(Response, Response), Outcome> {
-    let pod = ctx
-        .plain_pod()
-        .or_else(|| ctx.identity_pod())
-        .ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))?;
+    let pod = any_pod(ctx, false)?;
     let direct = ctx.send(&pod.node, Target::DirectImds, req.clone()).await;
     let d = response(&direct, "direct IMDS answer (reference)")?.clone();
     let via = ctx.send(&pod.name, Target::Imds, req).await;

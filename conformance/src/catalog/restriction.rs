@@ -10,7 +10,7 @@ use crate::backend::Target;
 use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_argv};
 use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
 use crate::case_fn;
-use crate::catalog::{expect_status, start_interceptor, stop_interceptor};
+use crate::catalog::{any_pod, expect_status, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, INSTANCE};
 use crate::http::{Request, SendError};
 
@@ -20,9 +20,7 @@ pub static CASES: &[&Case] = &[&RST_001, &RST_002, &RST_003, &RST_004, &RST_005]
 const P: &[Profile] = &[Profile::AksRestriction];
 
 fn pod(ctx: &Ctx) -> Result<crate::backend::PodView, Outcome> {
-    ctx.plain_pod()
-        .or_else(|| ctx.identity_pod())
-        .ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))
+    any_pod(ctx, false)
 }
 
 /// Sends the instance request as `pod` with a 3 s connect timeout.

@@ -149,14 +149,8 @@ case_fn!(rta_005, |ctx| {
 
 case_fn!(rta_006, |ctx| {
     let pod = plain_pod(ctx)?;
-    let created: u64 = ctx
-        .flag("retry-attempts-for-created")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
-    let interval: u64 = ctx
-        .flag("find-identity-retry-interval")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let created = ctx.flag_u64("retry-attempts-for-created", 16);
+    let interval = ctx.flag_u64("find-identity-retry-interval", 5);
     // NMI: with nothing assigned the loop gives up at attempt index == created, after `created` sleeps.
     let budget = Duration::from_secs(created * interval);
     if budget > Duration::from_secs(60) {

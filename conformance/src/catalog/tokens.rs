@@ -71,52 +71,45 @@ case_fn!(tok_001, |ctx| {
     Ok(())
 });
 
-case_fn!(tok_002, |ctx| {
+/// For each identity of the identity pod: a token requested with the query `select(identity)` must be
+/// that identity's.
+async fn token_for_each(
+    ctx: &mut Ctx,
+    select: impl Fn(&IdentityDef) -> String,
+    what: &str,
+) -> Result<(), Outcome> {
     let (pod, ids) = identity_pod(ctx)?;
     for id in &ids {
-        let c = id.client_id();
-        token_for(
-            ctx,
-            &pod.name,
-            &format!("&client_id={c}"),
-            &c,
-            "token by client_id",
-        )
-        .await?;
+        token_for(ctx, &pod.name, &select(id), &id.client_id(), what).await?;
     }
     Ok(())
+}
+
+case_fn!(tok_002, |ctx| {
+    token_for_each(
+        ctx,
+        |id| format!("&client_id={}", id.client_id()),
+        "token by client_id",
+    )
+    .await
 });
 
 case_fn!(tok_003, |ctx| {
-    let (pod, ids) = identity_pod(ctx)?;
-    for id in &ids {
-        let extra = format!("&msi_res_id={}", enc(&id.resource_id()));
-        token_for(
-            ctx,
-            &pod.name,
-            &extra,
-            &id.client_id(),
-            "token by msi_res_id",
-        )
-        .await?;
-    }
-    Ok(())
+    token_for_each(
+        ctx,
+        |id| format!("&msi_res_id={}", enc(&id.resource_id())),
+        "token by msi_res_id",
+    )
+    .await
 });
 
 case_fn!(tok_004, |ctx| {
-    let (pod, ids) = identity_pod(ctx)?;
-    for id in &ids {
-        let extra = format!("&mi_res_id={}", enc(&id.resource_id()));
-        token_for(
-            ctx,
-            &pod.name,
-            &extra,
-            &id.client_id(),
-            "token by mi_res_id",
-        )
-        .await?;
-    }
-    Ok(())
+    token_for_each(
+        ctx,
+        |id| format!("&mi_res_id={}", enc(&id.resource_id())),
+        "token by mi_res_id",
+    )
+    .await
 });
 
 case_fn!(tok_005, |ctx| {
