@@ -209,33 +209,26 @@ impl Scenario {
         if self.nodes.is_empty() {
             return Err("at least one node is required".into());
         }
-        let name_ok = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 12
-                && n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        };
+        // Node and pod names share one namespace (a node name may stand for a node process).
         let mut names = BTreeSet::new();
+        let mut check_name = |kind: &str, name: &str| -> Result<(), String> {
+            let ok = !name.is_empty()
+                && name.len() <= 12
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(format!("{kind} name {name:?}: use 1-12 chars of [a-z0-9-]"));
+            }
+            if !names.insert(name.to_string()) {
+                return Err(format!("duplicate node/pod name {name:?}"));
+            }
+            Ok(())
+        };
         for n in &self.nodes {
-            if !name_ok(&n.name) {
-                return Err(format!(
-                    "node name {:?}: use 1-12 chars of [a-z0-9-]",
-                    n.name
-                ));
-            }
-            if !names.insert(n.name.clone()) {
-                return Err(format!("duplicate node/pod name {:?}", n.name));
-            }
+            check_name("node", &n.name)?;
             for p in &n.pods {
-                if !name_ok(&p.name) {
-                    return Err(format!(
-                        "pod name {:?}: use 1-12 chars of [a-z0-9-]",
-                        p.name
-                    ));
-                }
-                if !names.insert(p.name.clone()) {
-                    return Err(format!("duplicate node/pod name {:?}", p.name));
-                }
+                check_name("pod", &p.name)?;
             }
             if n.pods.len() > 40 {
                 return Err(format!("node {}: at most 40 pods", n.name));
