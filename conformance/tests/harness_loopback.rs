@@ -8,6 +8,15 @@ use std::collections::BTreeSet;
 
 use common::{proxy_or_skip, run, run_loopback, scenario};
 
+/// A self-test on loopback: nmi-default with `extra` arguments (a feature switched off while claimed)
+/// makes exactly `fails` FAIL.
+fn selftest(test: &str, extra: &[&str], fails: &[&str]) {
+    if proxy_or_skip(test).is_none() {
+        return;
+    }
+    run_loopback("nmi-default.yaml", extra).assert_fails_exactly(fails);
+}
+
 #[test]
 fn loopback_nmi_default_passes() {
     if proxy_or_skip("loopback_nmi_default_passes").is_none() {
@@ -52,68 +61,56 @@ fn loopback_hardened_passes() {
 
 #[test]
 fn selftest_hdr_header_check_off_but_claimed() {
-    if proxy_or_skip("selftest_hdr").is_none() {
-        return;
-    }
-    let r = run_loopback(
-        "nmi-default.yaml",
+    selftest(
+        "selftest_hdr",
         &[
             "--focus",
             "^HDR",
             "--proxy-flag=--metadata-header-required=false",
         ],
+        &["HDR-001", "HDR-002", "HDR-003", "HDR-005"],
     );
-    r.assert_fails_exactly(&["HDR-001", "HDR-002", "HDR-003", "HDR-005"]);
 }
 
 #[test]
 fn selftest_blk_block_off_but_claimed() {
-    if proxy_or_skip("selftest_blk").is_none() {
-        return;
-    }
-    let r = run_loopback(
-        "nmi-default.yaml",
+    selftest(
+        "selftest_blk",
         &[
             "--focus",
             "^BLK",
             "--features",
             "blockInstanceMetadata,passthrough,metadataHeaderRequired,tokens",
         ],
+        &["BLK-001", "BLK-002", "BLK-003", "BLK-004"],
     );
-    r.assert_fails_exactly(&["BLK-001", "BLK-002", "BLK-003", "BLK-004"]);
 }
 
 #[test]
 fn selftest_rta_retry_after_off_but_claimed() {
-    if proxy_or_skip("selftest_rta").is_none() {
-        return;
-    }
-    let r = run_loopback(
-        "nmi-default.yaml",
+    selftest(
+        "selftest_rta",
         &[
             "--focus",
             "^RTA",
             "--features",
             "setRetryAfterHeader,tokens,hostToken,metadataHeaderRequired,enableScaleFeatures",
         ],
+        &["RTA-001", "RTA-002"],
     );
-    r.assert_fails_exactly(&["RTA-001", "RTA-002"]);
 }
 
 #[test]
 fn selftest_lbl_label_filter_off_but_claimed() {
-    if proxy_or_skip("selftest_lbl").is_none() {
-        return;
-    }
-    let r = run_loopback(
-        "nmi-default.yaml",
+    selftest(
+        "selftest_lbl",
         &[
             "--focus",
             "^LBL",
             "--proxy-flag=--enableScaleFeatures=false",
         ],
+        &["LBL-001", "LBL-002"],
     );
-    r.assert_fails_exactly(&["LBL-001", "LBL-002"]);
 }
 
 #[test]
