@@ -11,7 +11,7 @@ use std::{
 };
 
 use imds_conformance::netns::{self, NodeSpec, Topology, TopologySpec};
-use netns_common::{leftovers, supported, two_by_two};
+use netns_common::{leftovers, one_pod, supported, two_by_two};
 
 /// Child-process helpers are driven through these variables; without them the helper tests do nothing.
 const CHILD_ENV: &str = "IMDSC_NETNS_SIGINT_CHILD";
@@ -111,9 +111,7 @@ async fn dropping_a_topology_removes_it() {
     if !supported("dropping_a_topology_removes_it") {
         return;
     }
-    let topo = Topology::create(TopologySpec::new().node(NodeSpec::new("n1").pod("p1")))
-        .await
-        .expect("topology");
+    let topo = Topology::create(one_pod()).await.expect("topology");
     let prefix = topo.prefix().to_string();
     let standing = netns::registered_namespaces().expect("list");
     assert_eq!(
@@ -371,7 +369,7 @@ async fn a_kept_environment_outlives_its_handle_and_is_removed_through_attach() 
     if !supported("a_kept_environment_outlives_its_handle_and_is_removed_through_attach") {
         return;
     }
-    let spec = TopologySpec::new().node(NodeSpec::new("n1").pod("p1"));
+    let spec = one_pod();
     let topo = Topology::create(spec.clone()).await.expect("topology");
     let prefix = topo.keep_standing();
     assert_eq!(prefix, spec.run_prefix);

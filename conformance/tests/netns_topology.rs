@@ -9,8 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use imds_conformance::backend::interceptor::aks_rule_argv;
-use imds_conformance::netns::{self, IMDS_IP, NetnsError, NodeSpec, Topology, TopologySpec};
-use netns_common::{CONNECT_TIMEOUT, ask, exec_argv, serve_imds, serve_tag, supported, two_by_two};
+use imds_conformance::netns::{self, IMDS_IP, NetnsError, Topology};
+use netns_common::{
+    CONNECT_TIMEOUT, ask, exec_argv, one_pod, serve_imds, serve_tag, supported, two_by_two,
+};
 
 /// Packet count of the rule carrying `comment` in `iptables-save -c` output.
 fn counter(save: &str, comment: &str) -> u64 {
@@ -381,9 +383,7 @@ async fn errors_name_the_command_and_carry_stderr_timeouts_and_os_errors() {
     if !supported("errors_name_the_command_and_carry_stderr_timeouts_and_os_errors") {
         return;
     }
-    let topo = Topology::create(TopologySpec::new().node(NodeSpec::new("n1").pod("p1")))
-        .await
-        .expect("topology");
+    let topo = Topology::create(one_pod()).await.expect("topology");
     let node = topo.node("n1").expect("n1");
 
     let err = netns::exec_in(

@@ -28,6 +28,11 @@ pub fn two_by_two() -> TopologySpec {
         .node(NodeSpec::new("n2").pod("p3").pod("p4"))
 }
 
+/// The smallest topology: one node `n1` with one pod `p1`.
+pub fn one_pod() -> TopologySpec {
+    TopologySpec::new().node(NodeSpec::new("n1").pod("p1"))
+}
+
 /// Serves `listener` (bound in some namespace) forever: each connection gets one line
 /// `"<tag> <peer address>\n"` and is closed. The task ends when its handle is aborted or dropped with
 /// the runtime.
