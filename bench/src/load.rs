@@ -154,7 +154,12 @@ async fn worker(
 
 /// A bare hyper HTTP/1.1 server answering every request with `body` (and a JSON content type).
 /// Runs on the current runtime until the returned handle is aborted.
-pub async fn bare_server(body: Bytes) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// `zero_sleep` adds `tokio::time::sleep(Duration::ZERO).await` before each answer: a diagnostic
+/// baseline that shows what an unconditional zero-length timer costs per request.
+pub async fn bare_server(
+    body: Bytes,
+    zero_sleep: bool,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the bare server")?;
@@ -171,6 +176,9 @@ pub async fn bare_server(body: Bytes) -> Result<(SocketAddr, tokio::task::JoinHa
                     hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                         let body = body.clone();
                         async move {
+                            if zero_sleep {
+                                tokio::time::sleep(Duration::ZERO).await;
+                            }
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .header("content-type", "application/json; charset=utf-8")
