@@ -7,6 +7,7 @@
 //! after tearing everything down.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -209,6 +210,9 @@ pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run_cmd(args).await,
         Command::List { profile } => {
+            // Written through a locked handle so a closed pipe (`list | head`) ends the listing quietly
+            // instead of panicking in println!.
+            let mut out = std::io::stdout().lock();
             for c in catalog::all()
                 .into_iter()
                 .filter(|c| profile.is_none_or(|p| c.profiles.contains(&p)))
@@ -220,7 +224,8 @@ pub async fn main_with(cli: Cli) -> i32 {
                     "netns"
                 };
                 let profiles: Vec<String> = c.profiles.iter().map(|p| p.to_string()).collect();
-                println!(
+                let line = writeln!(
+                    out,
                     "{:<9} {:<6} {:<6} {:<28} {:<32} {}",
                     c.id,
                     c.level.to_string(),
@@ -229,6 +234,9 @@ pub async fn main_with(cli: Cli) -> i32 {
                     feats.join(","),
                     c.title
                 );
+                if line.is_err() {
+                    break;
+                }
             }
             0
         }
