@@ -52,3 +52,9 @@ images:
 # Run the mock IMDS on 127.0.0.1:8080 (never on 169.254.169.254 outside a namespace we own).
 mock *ARGS:
     cargo run -p mock-imds -- {{ARGS}}
+
+# Benchmarks: ratios measured side by side in one run (root for the netns part); writes docs/BENCHMARKS.md.
+# `just bench --quick` takes about 30 s.
+bench *ARGS:
+    cargo build --release -p imds-proxy -p imds-conformance --bins
+    cargo run --release -p imds-bench -- {{ARGS}}
