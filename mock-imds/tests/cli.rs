@@ -19,6 +19,26 @@ fn bin() -> Command {
     c
 }
 
+/// Sends SIGTERM to the mock and waits (at most 10 s) for it to exit; returns its exit status.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mock-imds did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn print_config(cmd: &mut Command) -> Config {
     let out = cmd.arg("--print-config").output().expect("run mock-imds");
     assert!(
@@ -177,23 +197,8 @@ fn serves_and_exits_cleanly_on_sigterm() {
             .map(|r| r.status().as_u16())
     });
     assert_eq!(status.ok(), Some(200));
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mock-imds did not exit within 10 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    let status = terminate(&mut child);
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 #[test]
@@ -219,21 +224,6 @@ fn sigterm_during_key_generation_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Unseeded RSA generation takes far longer than this; the mock is serving but not yet "ready".
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mock-imds did not exit within 10 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut child);
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
