@@ -4,14 +4,13 @@
 #   imds-conformance/mock-imds:<version>    FROM scratch + statically linked mock-imds
 #   imds-conformance/imds-proxy:<version>   FROM scratch + statically linked imds-proxy + the host's iptables
 #                                           (nft), conntrack and ip tools with their libraries
+#   imds-conformance/imds-probe:<version>   FROM scratch + statically linked imds-probe (crate probe/: the conformance probe
+#                                           the kind backend runs inside test pods)
 #
 # No base image is pulled (there is none: FROM scratch). The binaries are linked statically against glibc
 # (`-C target-feature=+crt-static` on the gnu target; musl is not installable here) and checked with `file`
 # and `ldd` before packaging. Each image is also saved as a tarball under $IMAGES_OUT (default
 # target/images) so that `kind load image-archive` or `docker load` can use it elsewhere.
-#
-# The conformance probe image (the binary that runs inside test pods) is not built: the harness has no probe
-# binary yet (see ci/README.md).
 #
 # Needs a Docker engine. If none answers, this script starts one with ci/dockerd.sh and stops it at the end
 # (the images then survive only as the tarballs). With an engine already answering, the images stay in it.
@@ -47,11 +46,11 @@ source_url="$(sed -n '/^\[workspace.package\]/,/^\[/s/^repository *= *"\(.*\)"/\
 start_s=$SECONDS
 
 if [ -z "$skip_build" ]; then
-  log "building static release binaries (mock-imds, imds-proxy) for $triple"
-  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p mock-imds -p imds-proxy
+  log "building static release binaries (mock-imds, imds-proxy, imds-probe) for $triple"
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p mock-imds -p imds-proxy -p imds-probe
 fi
 
-for b in mock-imds imds-proxy; do
+for b in mock-imds imds-proxy imds-probe; do
   f="$bin_dir/$b"
   [ -x "$f" ] || { log "missing $f (run without --skip-build)"; exit 2; }
   desc="$(file -b "$f")"
@@ -156,9 +155,15 @@ fi
 mkdir -p "$rootfs/run" "$rootfs/tmp" "$rootfs/etc"
 build_image imds-proxy ci/docker/imds-proxy.Dockerfile "$stage/imds-proxy"
 
+# imds-probe: std only, static; /tmp so the first layer is not empty (see mock-imds above).
+mkdir -p "$stage/imds-probe/rootfs/tmp"
+chmod 1777 "$stage/imds-probe/rootfs/tmp"
+cp "$bin_dir/imds-probe" "$stage/imds-probe/"
+build_image imds-probe ci/docker/imds-probe.Dockerfile "$stage/imds-probe"
+
 # Smoke check: the images run (no network needed).
 docker run --rm "imds-conformance/mock-imds:$version" --version >/dev/null
 docker run --rm --entrypoint /usr/sbin/iptables "imds-conformance/imds-proxy:$version" --version >&2
 docker run --rm "imds-conformance/imds-proxy:$version" --version >/dev/null
-log "images built and smoke-checked in $((SECONDS - start_s))s: imds-conformance/{mock-imds,imds-proxy}:$version"
-log "not built: the conformance probe image (the harness has no probe binary yet)"
+docker run --rm "imds-conformance/imds-probe:$version" --version >/dev/null
+log "images built and smoke-checked in $((SECONDS - start_s))s: imds-conformance/{mock-imds,imds-proxy,imds-probe}:$version"

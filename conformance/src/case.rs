@@ -262,6 +262,8 @@ pub enum BackendKind {
     Loopback,
     /// Root: network namespaces, real iptables and conntrack.
     Netns,
+    /// A kind cluster: real Kubernetes, real pods, the interceptor as a DaemonSet.
+    Kind,
 }
 
 impl fmt::Display for BackendKind {
@@ -269,14 +271,16 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Loopback => "loopback",
             BackendKind::Netns => "netns",
+            BackendKind::Kind => "kind",
         })
     }
 }
 
-/// Both backends.
-pub const ANY_BACKEND: &[BackendKind] = &[BackendKind::Loopback, BackendKind::Netns];
-/// Only the kernel backend.
-pub const NETNS_ONLY: &[BackendKind] = &[BackendKind::Netns];
+/// Every backend.
+pub const ANY_BACKEND: &[BackendKind] =
+    &[BackendKind::Loopback, BackendKind::Netns, BackendKind::Kind];
+/// Backends with real kernel networking (iptables, conntrack, the redirect): netns and kind.
+pub const KERNEL_BACKENDS: &[BackendKind] = &[BackendKind::Netns, BackendKind::Kind];
 
 /// The signature of a case body.
 pub type CaseFn = for<'a> fn(&'a mut Ctx) -> BoxFut<'a, Outcome>;

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use regex::Regex;
 
 use crate::backend::interceptor::{self, InterceptorSpec};
-use crate::case::{BackendKind, Feature, Profile};
+use crate::case::{Feature, Profile};
 use crate::catalog;
 use crate::report::ReportTargets;
 use crate::runner::{self, BackendChoice, RunError, RunOptions};
@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the catalogue against an interceptor and report (exit 0 all MUST pass, 1 a MUST fails, 2 error).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {
         /// Only cases of this profile.
@@ -92,9 +92,11 @@ pub enum EnvCommand {
 #[derive(Debug, Clone, Args)]
 pub struct InterceptorArgs {
     /// Interceptor under test: `builtin` (imds-proxy), `aks-rule` (AgentBaker's FORWARD DROP rule), `none`,
-    /// or `cmd:TEMPLATE` — a shell command started inside each node with placeholders {node}, {node_ip},
+    /// `cmd:TEMPLATE` — a shell command started inside each node with placeholders {node}, {node_ip},
     /// {kubeconfig}, {imds_ip}, {imds_port}, {listen_port}, {probe_port}, {metrics_port}. It must listen
-    /// on 127.0.0.1:{listen_port} and, on netns, install its own redirect rules.
+    /// on 127.0.0.1:{listen_port} and, on netns, install its own redirect rules — or, on kind only,
+    /// `manifest:FILE`: a multi-document YAML with exactly one DaemonSet (the interceptor), applied as
+    /// given plus a per-node gate label in its nodeSelector.
     /// Default: the scenario's `interceptor.kind`, else `builtin`.
     #[arg(long, env = "IMDS_CONFORMANCE_INTERCEPTOR")]
     pub interceptor: Option<String>,
@@ -105,6 +107,64 @@ pub struct InterceptorArgs {
     /// e.g. `--proxy-flag=--metadata-header-required=false`.
     #[arg(long = "proxy-flag", allow_hyphen_values = true)]
     pub proxy_flags: Vec<String>,
+}
+
+/// Options of `--backend kind`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "kind backend (--backend kind)")]
+pub struct KindArgs {
+    /// kind cluster to use: reused when it exists, else created (and deleted after the run unless
+    /// --keep-cluster). Default: a new cluster named per run (imdsc-<pid>-<random>).
+    #[arg(long)]
+    pub kind_cluster: Option<String>,
+    /// Keep the cluster and everything deployed in it after the run (for debugging).
+    #[arg(long)]
+    pub keep_cluster: bool,
+    /// kind configuration for a new cluster (multi-node: the scenario's nodes map to its workers).
+    #[arg(long, default_value = "ci/kind/two-workers.yaml")]
+    pub kind_config: PathBuf,
+    /// Node image for a new cluster, e.g. kindest/node:v1.33.1 (default: kind's own).
+    #[arg(long)]
+    pub kind_node_image: Option<String>,
+    /// Directory with the image archives of ci/build-images.sh (`kind load image-archive`); default:
+    /// target/images when it holds them, else `kind load docker-image` from the local engine.
+    #[arg(long)]
+    pub kind_images: Option<PathBuf>,
+    /// Tag of the imds-conformance/{mock-imds,imds-proxy,imds-probe} images.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub kind_image_tag: String,
+    /// The interceptor's node-local listen port (127.0.0.1:<port> on every node).
+    #[arg(long, default_value_t = crate::backend::kind::DEFAULT_LISTEN_PORT)]
+    pub kind_listen_port: u16,
+    /// Print the kind / kubectl / docker commands the set-up and teardown would run, without running
+    /// anything (answers are simulated), and exit.
+    #[arg(long)]
+    pub kind_dry_run: bool,
+}
+
+impl KindArgs {
+    /// The backend's options.
+    pub fn options(&self) -> crate::backend::kind::KindOptions {
+        let cluster = self
+            .kind_cluster
+            .clone()
+            .unwrap_or_else(crate::netns::new_run_prefix);
+        let mut o = crate::backend::kind::KindOptions::new(cluster);
+        o.keep_cluster = self.keep_cluster;
+        o.config = self.kind_config.clone();
+        o.node_image = self.kind_node_image.clone();
+        o.images = crate::kind::manifests::Images::tagged(&self.kind_image_tag);
+        o.listen_port = self.kind_listen_port;
+        o.archives = self.kind_images.clone().or_else(|| {
+            let dir = PathBuf::from("target/images");
+            o.images
+                .archives()
+                .iter()
+                .all(|f| dir.join(f).is_file())
+                .then_some(dir)
+        });
+        o
+    }
 }
 
 /// `run` arguments.
@@ -141,12 +201,15 @@ pub struct RunArgs {
     /// No live per-case lines (reports only).
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub kind: KindArgs,
 }
 
 /// Parses `--interceptor`.
 pub fn interceptor_spec(
     args: &InterceptorArgs,
     scenario: &Scenario,
+    backend: BackendChoice,
 ) -> Result<InterceptorSpec, String> {
     let s = args
         .interceptor
@@ -162,7 +225,30 @@ pub fn interceptor_spec(
             template: t.to_string(),
         });
     }
+    if let Some(p) = s.strip_prefix("manifest:") {
+        if backend != BackendChoice::Kind {
+            return Err(
+                "--interceptor manifest:FILE deploys a DaemonSet: it needs --backend kind".into(),
+            );
+        }
+        let path = PathBuf::from(p.trim());
+        if !path.is_file() {
+            return Err(format!(
+                "--interceptor manifest: {} is not a file",
+                path.display()
+            ));
+        }
+        return Ok(InterceptorSpec::Manifest { path });
+    }
     match s {
+        // On kind the built-in interceptor runs from its image; the local binary is not needed.
+        "builtin" if backend == BackendChoice::Kind => {
+            let mut flags = scenario.interceptor.flags.clone();
+            flags.extend(args.proxy_flags.iter().cloned());
+            let bin = interceptor::find_proxy_bin(args.proxy_bin.as_deref())
+                .unwrap_or_else(|| PathBuf::from("imds-proxy"));
+            Ok(InterceptorSpec::Builtin { bin, flags })
+        }
         "builtin" => {
             let bin = interceptor::find_proxy_bin(args.proxy_bin.as_deref()).ok_or_else(|| {
                 "imds-proxy binary not found (build it with `cargo build -p imds-proxy`, or pass --proxy-bin)".to_string()
@@ -174,7 +260,7 @@ pub fn interceptor_spec(
         "aks-rule" => Ok(InterceptorSpec::AksRule),
         "none" => Ok(InterceptorSpec::None),
         other => Err(format!(
-            "unknown --interceptor {other:?}: builtin, aks-rule, none or cmd:TEMPLATE"
+            "unknown --interceptor {other:?}: builtin, aks-rule, none, cmd:TEMPLATE or manifest:FILE"
         )),
     }
 }
@@ -208,7 +294,7 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
 /// Runs the CLI and returns the process exit code.
 pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
-        Command::Run(args) => run_cmd(args).await,
+        Command::Run(args) => run_cmd(*args).await,
         Command::List { profile } => {
             // Written through a locked handle so a closed pipe (`list | head`) ends the listing quietly
             // instead of panicking in println!.
@@ -218,15 +304,16 @@ pub async fn main_with(cli: Cli) -> i32 {
                 .filter(|c| profile.is_none_or(|p| c.profiles.contains(&p)))
             {
                 let feats: Vec<&str> = c.features.iter().map(|f| f.name()).collect();
-                let backends = if c.backends.contains(&BackendKind::Loopback) {
-                    "any"
+                let backends = if c.backends == crate::case::ANY_BACKEND {
+                    "any".to_string()
                 } else {
-                    "netns"
+                    let b: Vec<String> = c.backends.iter().map(|b| b.to_string()).collect();
+                    b.join(",")
                 };
                 let profiles: Vec<String> = c.profiles.iter().map(|p| p.to_string()).collect();
                 let line = writeln!(
                     out,
-                    "{:<9} {:<6} {:<6} {:<28} {:<32} {}",
+                    "{:<9} {:<6} {:<10} {:<28} {:<32} {}",
                     c.id,
                     c.level.to_string(),
                     backends,
@@ -295,10 +382,29 @@ async fn run_cmd(args: RunArgs) -> i32 {
         },
         None => scenario.interceptor.features.clone(),
     };
-    let interceptor = match interceptor_spec(&args.interceptor, &scenario) {
+    let interceptor = match interceptor_spec(&args.interceptor, &scenario, args.backend) {
         Ok(i) => i,
         Err(e) => return usage(e),
     };
+    if args.backend == BackendChoice::Kind && matches!(interceptor, InterceptorSpec::Cmd { .. }) {
+        return usage(
+            "--interceptor cmd:TEMPLATE starts a process inside a node; on kind give the interceptor's \
+             manifest instead: --interceptor manifest:FILE",
+        );
+    }
+    if args.kind.kind_dry_run {
+        if args.backend != BackendChoice::Kind {
+            return usage("--kind-dry-run needs --backend kind");
+        }
+        return match crate::kind::dryrun::transcript(&scenario, interceptor, args.kind.options()) {
+            Ok(t) => {
+                // A closed pipe (`--kind-dry-run | head`) just ends the output.
+                let _ = writeln!(std::io::stdout().lock(), "{t}");
+                0
+            }
+            Err(e) => usage(e),
+        };
+    }
     let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
         s.as_deref()
             .map(Regex::new)
@@ -326,6 +432,7 @@ async fn run_cmd(args: RunArgs) -> i32 {
         skip,
         imds_url: args.imds_url.clone(),
         live: !args.quiet,
+        kind: (args.backend == BackendChoice::Kind).then(|| args.kind.options()),
     };
     match runner::run(opts).await {
         Ok(report) => {
@@ -365,7 +472,7 @@ async fn env_cmd(cmd: EnvCommand) -> i32 {
                 Ok(s) => s,
                 Err(e) => return usage(e),
             };
-            let spec = match interceptor_spec(&interceptor, &scenario) {
+            let spec = match interceptor_spec(&interceptor, &scenario, BackendChoice::Netns) {
                 Ok(s) => s,
                 Err(e) => return usage(e),
             };
@@ -409,10 +516,7 @@ async fn env_cmd(cmd: EnvCommand) -> i32 {
             for (name, ns) in &namespaces {
                 println!("  {name:<14} ip netns exec {ns} ...");
             }
-            println!(
-                "  API server    {}",
-                crate::backend::Backend::api(&env).url()
-            );
+            println!("  API server    {}", env.api_server().url());
             println!("  logs          {}", run_dir.display());
             println!(
                 "try: imds-conformance env exec <pod> -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions"

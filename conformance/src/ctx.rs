@@ -11,7 +11,7 @@
 //!   gets a unique `x-ms-client-request-id` tag, returned in [`Sent::tag`], so the journal of the VM's mock
 //!   ([`Ctx::journal_since`], [`Ctx::tagged`]) tells whether *that* request reached IMDS.
 //! - change the cluster: [`Ctx::apply`] / [`Ctx::delete`] (the runner restores the scenario's baseline after
-//!   the case), [`Ctx::api`] for stats and availability.
+//!   the case), [`Ctx::set_api_available`], [`Ctx::api_load`] and [`Ctx::api_list`] for the API server.
 //! - drive the interceptor: `ctx.backend.stop_interceptor(node, true)`, `start_interceptor(node)`;
 //!   kernel tables: `ctx.backend.exec(node, argv)` (netns only; loopback returns Unsupported).
 //! - conclude: `Outcome::Pass`, `Outcome::fail(expected, observed)`, `Outcome::skip(reason)`,
@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::apiserver::ApiServer;
-use crate::backend::{Backend, JournalEntry, PodView, Target, World};
+use crate::backend::{ApiLoad, Backend, ClusterApi, JournalEntry, PodView, Target, World};
 use crate::case::Feature;
 use crate::cluster;
 use crate::http::{Conn, Request, Response, SendError};
@@ -121,8 +120,8 @@ impl Ctx {
         self.backend.world()
     }
 
-    /// The test API server.
-    pub fn api(&self) -> &ApiServer {
+    /// The cluster's API server.
+    pub fn api(&self) -> &dyn ClusterApi {
         self.backend.api()
     }
 
@@ -263,20 +262,35 @@ impl Ctx {
     }
 
     /// Applies an object (create or replace) and remembers to restore the baseline after the case.
-    pub fn apply(&mut self, obj: Value) -> Result<(), String> {
+    pub async fn apply(&mut self, obj: Value) -> Result<(), String> {
         self.dirty = true;
         self.created.push(obj.clone());
-        self.api().apply(obj).map(|_| ()).map_err(|e| e.to_string())
+        self.api().apply(obj).await.map_err(|e| e.to_string())
     }
 
     /// Deletes an object and remembers to restore the baseline after the case.
-    pub fn delete(&mut self, obj: &Value) -> Result<(), String> {
+    pub async fn delete(&mut self, obj: &Value) -> Result<(), String> {
         self.dirty = true;
-        let (av, kind, ns, name) = cluster::object_key(obj);
+        self.api().delete(obj).await.map_err(|e| e.to_string())
+    }
+
+    /// Takes the API server down or back up (restored to up after the case).
+    pub async fn set_api_available(&mut self, available: bool) -> Result<(), String> {
+        self.dirty = true;
         self.api()
-            .delete(&av, &kind, &ns, &name)
-            .map(|_| ())
+            .set_available(available)
+            .await
             .map_err(|e| e.to_string())
+    }
+
+    /// The API server's load figures.
+    pub async fn api_load(&self) -> Result<ApiLoad, String> {
+        self.api().load().await.map_err(|e| e.to_string())
+    }
+
+    /// Objects of a kind in the cluster (every namespace); empty when the list fails.
+    pub async fn api_list(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        self.api().list(api_version, kind).await.unwrap_or_default()
     }
 
     /// Notes that the case stopped, restarted or tampered with an interceptor.
@@ -288,19 +302,19 @@ impl Ctx {
     /// every interceptor back if a case stopped one.
     pub async fn restore(&mut self) -> Result<(), String> {
         if self.dirty {
-            self.api().set_available(true);
+            // Not every backend can take its API server down; then there is nothing to bring back.
+            let _ = self.api().set_available(true).await;
             let baseline = cluster::baseline_objects(&self.scenario, self.world());
             let keys: BTreeSet<_> = baseline.iter().map(cluster::object_key).collect();
             for obj in std::mem::take(&mut self.created) {
                 let key = cluster::object_key(&obj);
                 if !keys.contains(&key) {
-                    let (av, kind, ns, name) = key;
                     // Already deleted by the case is fine.
-                    let _ = self.api().delete(&av, &kind, &ns, &name);
+                    let _ = self.api().delete(&obj).await;
                 }
             }
             for obj in baseline {
-                self.api().apply(obj).map_err(|e| e.to_string())?;
+                self.api().apply(obj).await.map_err(|e| e.to_string())?;
             }
             self.dirty = false;
             // Give watchers a moment to see the restored objects before the next case.

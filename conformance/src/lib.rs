@@ -15,7 +15,9 @@
 //! - [`scenario`], [`cluster`] — scenario files and the Kubernetes objects they imply;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
 //! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
-//! - [`apiserver`] — the test Kubernetes API server; [`netns`] — namespaces, veths, cleanup.
+//! - [`apiserver`] — the test Kubernetes API server; [`netns`] — namespaces, veths, cleanup;
+//! - [`kind`] — typed kind / kubectl / docker wrappers and the manifests of the kind backend;
+//!   [`probe`] — the protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
 
 pub mod apiserver;
 pub mod backend;
@@ -25,7 +27,10 @@ pub mod cli;
 pub mod cluster;
 pub mod ctx;
 pub mod http;
+pub mod kind;
 pub mod netns;
+/// The probe's protocol (crate `imds-probe`), re-exported for the relay and the kind backend.
+pub use imds_probe as probe;
 pub mod report;
 pub mod runner;
 pub mod scenario;

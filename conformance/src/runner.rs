@@ -15,6 +15,7 @@ use futures::FutureExt as _;
 use regex::Regex;
 
 use crate::backend::interceptor::InterceptorSpec;
+use crate::backend::kind::{KindBackend, KindOptions};
 use crate::backend::{Backend, BackendError, loopback::Loopback, netns::Netns};
 use crate::case::{BackendKind, Case, Feature, Outcome, Profile};
 use crate::catalog;
@@ -35,6 +36,8 @@ pub enum BackendChoice {
     Loopback,
     /// Network namespaces (root).
     Netns,
+    /// A kind cluster (needs docker, kind and kubectl; see --kind-* options).
+    Kind,
 }
 
 /// Everything a run needs.
@@ -58,6 +61,8 @@ pub struct RunOptions {
     pub imds_url: Option<String>,
     /// Print live progress.
     pub live: bool,
+    /// Options of the kind backend (with `--backend kind`).
+    pub kind: Option<crate::backend::kind::KindOptions>,
 }
 
 /// Errors that stop a run before a verdict (exit 2).
@@ -94,8 +99,10 @@ pub fn backend_skip_reason(case: &Case, backend: BackendKind) -> Option<String> 
     if case.backends.contains(&backend) {
         return None;
     }
+    let needs: Vec<String> = case.backends.iter().map(|b| b.to_string()).collect();
     Some(format!(
-        "needs the netns backend (root, network namespaces: real iptables/conntrack); running on {backend}"
+        "needs the {} backend (real iptables/conntrack: root for netns); running on {backend}",
+        needs.join(" or ")
     ))
 }
 
@@ -195,6 +202,8 @@ pub fn resolve_backend(choice: BackendChoice) -> Result<(BackendKind, Option<Str
     let supported = || crate::netns::netns_supported();
     match choice {
         BackendChoice::Loopback => Ok((BackendKind::Loopback, None)),
+        // kind, kubectl and docker are checked by their first call, with the command in the error.
+        BackendChoice::Kind => Ok((BackendKind::Kind, None)),
         BackendChoice::Netns => {
             if !root {
                 return Err(RunError::Unavailable(
@@ -235,6 +244,8 @@ pub struct Env {
     pub run_dir: PathBuf,
     /// Run id.
     pub run_id: String,
+    /// The scenario as the backend built it (kind renames nodes to the cluster's workers).
+    pub scenario: Scenario,
 }
 
 impl Env {
@@ -247,18 +258,33 @@ impl Env {
     }
 }
 
-/// Builds the environment for `scenario` on `kind`.
+/// Builds the environment for `scenario` on `kind` (`kind_opts` for the kind backend).
 pub async fn start_env(
     scenario: &Scenario,
     interceptor: InterceptorSpec,
     kind: BackendKind,
+    kind_opts: Option<KindOptions>,
 ) -> Result<Env, RunError> {
+    if matches!(interceptor, InterceptorSpec::Manifest { .. }) && kind != BackendKind::Kind {
+        return Err(RunError::Unavailable(
+            "--interceptor manifest:FILE needs --backend kind".into(),
+        ));
+    }
+    let mut scenario = scenario.clone();
     let run_id = run_id();
     let run_dir = std::env::temp_dir().join(format!("imds-conformance-{run_id}"));
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| RunError::Io(format!("creating {}: {e}", run_dir.display())))?;
     let backend: Arc<dyn Backend> = match kind {
-        BackendKind::Loopback => Arc::new(Loopback::start(scenario, interceptor, &run_dir).await?),
+        BackendKind::Loopback => Arc::new(Loopback::start(&scenario, interceptor, &run_dir).await?),
+        BackendKind::Kind => {
+            let opts = kind_opts.ok_or_else(|| {
+                RunError::Unavailable("--backend kind: no kind options given".into())
+            })?;
+            let runner: Arc<dyn crate::kind::tools::Runner> =
+                Arc::new(crate::kind::tools::SystemRunner);
+            Arc::new(KindBackend::start(&mut scenario, interceptor, opts, runner).await?)
+        }
         BackendKind::Netns => {
             // Leftovers of crashed runs (dead owner PID, our prefix only) go first.
             match crate::netns::sweep_stale(crate::netns::ROOT_PREFIX) {
@@ -269,13 +295,14 @@ pub async fn start_env(
                 Err(e) => eprintln!("imds-conformance: stale sweep incomplete: {e}"),
             }
             let prefix = crate::netns::new_run_prefix();
-            Arc::new(Netns::start(scenario, interceptor, &prefix, &run_dir).await?)
+            Arc::new(Netns::start(&scenario, interceptor, &prefix, &run_dir).await?)
         }
     };
     Ok(Env {
         backend,
         run_dir,
         run_id,
+        scenario,
     })
 }
 
@@ -313,7 +340,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         .collect();
     if !skipped.is_empty() {
         notes.push(format!(
-            "skipped on {kind} (need the netns backend): {}",
+            "skipped on {kind} (need real kernel networking: the netns or kind backend): {}",
             skipped.join(", ")
         ));
     }
@@ -331,7 +358,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
     }
     let label = opts.interceptor.label();
     let env = tokio::select! {
-        r = start_env(&opts.scenario, opts.interceptor.clone(), kind) => r?,
+        r = start_env(&opts.scenario, opts.interceptor.clone(), kind, opts.kind.clone()) => r?,
         sig = shutdown_signal() => {
             if kind == BackendKind::Netns {
                 let _ = tokio::task::spawn_blocking(crate::netns::cleanup_all_live_blocking).await;
@@ -341,7 +368,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
     };
     let mut ctx = Ctx::new(
         env.backend.clone(),
-        opts.scenario.clone(),
+        env.scenario.clone(),
         opts.features.clone(),
         env.run_id.clone(),
     );

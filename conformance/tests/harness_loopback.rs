@@ -221,7 +221,9 @@ fn auto_backend_as_non_root_is_loopback_and_lists_skips() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("skipped on loopback (need the netns backend): CT-002"),
+        stdout.contains(
+            "skipped on loopback (need real kernel networking: the netns or kind backend): CT-002"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("IPT-001"), "{stdout}");

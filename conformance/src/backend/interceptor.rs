@@ -43,6 +43,11 @@ pub enum InterceptorSpec {
         /// Template with `{placeholders}`.
         template: String,
     },
+    /// A vendor's interceptor deployed from a Kubernetes manifest with one DaemonSet (kind backend only).
+    Manifest {
+        /// The multi-document YAML file.
+        path: PathBuf,
+    },
 }
 
 impl InterceptorSpec {
@@ -53,6 +58,7 @@ impl InterceptorSpec {
             InterceptorSpec::AksRule => "aks-rule".into(),
             InterceptorSpec::None => "none".into(),
             InterceptorSpec::Cmd { template } => format!("cmd:{template}"),
+            InterceptorSpec::Manifest { path } => format!("manifest:{}", path.display()),
         }
     }
 
@@ -60,7 +66,9 @@ impl InterceptorSpec {
     pub fn is_process(&self) -> bool {
         matches!(
             self,
-            InterceptorSpec::Builtin { .. } | InterceptorSpec::Cmd { .. }
+            InterceptorSpec::Builtin { .. }
+                | InterceptorSpec::Cmd { .. }
+                | InterceptorSpec::Manifest { .. }
         )
     }
 }
@@ -128,7 +136,7 @@ pub fn argv(spec: &InterceptorSpec, p: &LaunchParams) -> Option<Vec<String>> {
             "-c".into(),
             format!("exec {}", p.expand(template)),
         ]),
-        InterceptorSpec::AksRule | InterceptorSpec::None => None,
+        InterceptorSpec::AksRule | InterceptorSpec::None | InterceptorSpec::Manifest { .. } => None,
     }
 }
 

@@ -193,7 +193,7 @@ impl Backend for Loopback {
         &self.world
     }
 
-    fn api(&self) -> &ApiServer {
+    fn api(&self) -> &dyn super::ClusterApi {
         &self.api
     }
 

@@ -9,22 +9,29 @@
 //!   is reached directly (no kernel redirect); kernel operations return [`BackendError::Unsupported`].
 //! - [`netns::Netns`] — root; the netns helper's `Topology` (SPEC §4): nodes, per-VM host-side namespaces
 //!   owning 169.254.169.254, pods behind veths, real iptables and conntrack.
+//! - [`kind::KindBackend`] — a kind cluster: real pods running the probe (connections through
+//!   [`relay`]), a mock-imds pod per node that owns 169.254.169.254 and is routed to by the node, the
+//!   interceptor as a DaemonSet, the real API server behind [`ClusterApi`].
 //!
 //! This module must not judge anything (that is the catalogue's job) and must not depend on imds-proxy:
 //! the interceptor is a black-box process.
 
 pub mod interceptor;
+pub mod kind;
 pub mod loopback;
 pub mod netns;
+pub mod relay;
 pub mod services;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::apiserver::ApiServer;
+use crate::apiserver::{ApiServer, Stats};
 use crate::case::{BackendKind, BoxFut};
 use crate::http::SendError;
 
@@ -190,6 +197,81 @@ impl JournalEntry {
     }
 }
 
+/// What an API server can tell about the load its clients put on it.
+#[derive(Debug, Clone)]
+pub enum ApiLoad {
+    /// Per-client accounting (the test API server: each node's interceptor is one client).
+    PerClient(Stats),
+    /// Only totals per resource, as a real API server's `/metrics` gives them (`apiserver_watch_events_total`
+    /// summed over kinds of the same resource), for all watchers together.
+    Aggregate {
+        /// Watch events sent, per resource (plural, e.g. `azureassignedidentities`).
+        watch_events: BTreeMap<String, u64>,
+        /// Where the figures come from.
+        source: String,
+    },
+}
+
+/// The cluster's API as cases use it: the test API server on loopback / netns, the real one on kind.
+pub trait ClusterApi: Send + Sync {
+    /// Creates or replaces an object.
+    fn apply<'a>(&'a self, obj: Value) -> BoxFut<'a, Result<(), BackendError>>;
+
+    /// Deletes the object `obj` names (`apiVersion`, `kind`, namespace, name); absent is fine.
+    fn delete<'a>(&'a self, obj: &'a Value) -> BoxFut<'a, Result<(), BackendError>>;
+
+    /// Lists objects of a kind in every namespace.
+    fn list<'a>(
+        &'a self,
+        api_version: &'a str,
+        kind: &'a str,
+    ) -> BoxFut<'a, Result<Vec<Value>, BackendError>>;
+
+    /// Takes the API server down (connections reset) or back up.
+    fn set_available<'a>(&'a self, available: bool) -> BoxFut<'a, Result<(), BackendError>>;
+
+    /// The load figures available.
+    fn load<'a>(&'a self) -> BoxFut<'a, Result<ApiLoad, BackendError>>;
+}
+
+impl ClusterApi for ApiServer {
+    fn apply<'a>(&'a self, obj: Value) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            ApiServer::apply(self, obj)
+                .map(|_| ())
+                .map_err(|e| BackendError::env("applying to the test API server", e))
+        })
+    }
+
+    fn delete<'a>(&'a self, obj: &'a Value) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let (av, kind, ns, name) = crate::cluster::object_key(obj);
+            ApiServer::delete(self, &av, &kind, &ns, &name)
+                .map(|_| ())
+                .map_err(|e| BackendError::env("deleting from the test API server", e))
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        api_version: &'a str,
+        kind: &'a str,
+    ) -> BoxFut<'a, Result<Vec<Value>, BackendError>> {
+        Box::pin(async move { Ok(ApiServer::list(self, api_version, kind, None)) })
+    }
+
+    fn set_available<'a>(&'a self, available: bool) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            ApiServer::set_available(self, available);
+            Ok(())
+        })
+    }
+
+    fn load<'a>(&'a self) -> BoxFut<'a, Result<ApiLoad, BackendError>> {
+        Box::pin(async move { Ok(ApiLoad::PerClient(self.stats())) })
+    }
+}
+
 /// What a case may ask of an environment. All methods take `&self`: backends keep their mutable state
 /// (interceptor processes) behind locks so a case can hold several borrows at once.
 pub trait Backend: Send + Sync {
@@ -199,8 +281,8 @@ pub trait Backend: Send + Sync {
     /// Nodes and pods with their addresses.
     fn world(&self) -> &World;
 
-    /// The shared test API server (apply / delete objects, availability, per-client stats).
-    fn api(&self) -> &ApiServer;
+    /// The cluster's API server (apply / delete objects, availability, load).
+    fn api(&self) -> &dyn ClusterApi;
 
     /// Opens a TCP connection from `from` (a pod name, or a node name = a node process) to `to`.
     /// A DROP rule shows up as [`SendError::ConnectTimeout`] after `timeout`.

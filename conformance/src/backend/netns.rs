@@ -185,6 +185,11 @@ impl Netns {
         &self.topo
     }
 
+    /// The test API server (for `env up`).
+    pub fn api_server(&self) -> &ApiServer {
+        &self.api
+    }
+
     /// The namespace of a pod (a host-network pod's is its node's).
     pub fn pod_netns(&self, pod: &str) -> Option<&str> {
         self.pod_ns.get(pod).map(String::as_str)
@@ -272,7 +277,7 @@ impl Backend for Netns {
         &self.world
     }
 
-    fn api(&self) -> &ApiServer {
+    fn api(&self) -> &dyn super::ClusterApi {
         &self.api
     }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::backend::Target;
-use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
+use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::interception::connect_without_interceptor;
 use crate::catalog::{has_token, plain_pod, start_interceptor, stop_interceptor};
@@ -122,7 +122,7 @@ pub static CT_001: Case = Case {
     level: Level::Must,
     features: &[Feature::EnableConntrackDeletion, Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Conntrack; REFERENCE A.1 (conntrack deletion after the first reconcile), A.12",
     explain: "With no interceptor, a pod opens a keep-alive connection to 169.254.169.254 and gets the VM's token directly. The interceptor starts; after it is ready, a request on the old connection must not reach IMDS (reset or intercepted), and a new connection is intercepted.",
@@ -136,7 +136,7 @@ pub static CT_002: Case = Case {
     level: Level::Info,
     features: &[Feature::Iptables],
     unless: &[Feature::EnableConntrackDeletion],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Conntrack (feature off)",
     explain: "Same procedure as CT-001 with the feature off: reports whether the old connection keeps reaching IMDS directly (the known NMI issue).",
@@ -150,7 +150,7 @@ pub static CT_003: Case = Case {
     level: Level::Must,
     features: &[Feature::EnableConntrackDeletion],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
     explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",

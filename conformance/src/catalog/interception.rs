@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::backend::PodView;
 use crate::backend::Target;
-use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
+use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::{has_token, plain_pod, response, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, token_target};
@@ -302,7 +302,7 @@ pub static IPT_001: Case = Case {
     level: Level::Must,
     features: &[Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Interception; REFERENCE A.1 (PREROUTING DNAT, OUTPUT untouched)",
     explain: "A pod without identity asking 169.254.169.254 for a token is answered by the interceptor (no token), while a host-network caller's identical request reaches IMDS (the node's token).",
@@ -316,7 +316,7 @@ pub static IPT_002: Case = Case {
     level: Level::Must,
     features: &[Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Interception; REFERENCE A.1 (reconcile every --ipt-update-interval-sec)",
     explain: "Every nat rule that DNATs/REDIRECTs 169.254.169.254 is deleted in the node; within interval + 5 s the rules are back and a pod is intercepted again.",
@@ -330,7 +330,7 @@ pub static IPT_003: Case = Case {
     level: Level::Must,
     features: &[Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Interception; REFERENCE A.1 (shutdown removes the jump and the chain)",
     explain: "After SIGTERM (and the process's exit) the nat table holds no IMDS redirect and pods reach IMDS directly (nothing black-holed).",
@@ -344,7 +344,7 @@ pub static IPT_004: Case = Case {
     level: Level::Must,
     features: &[Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Interception; REFERENCE A.1 (Initialized after the first reconcile), A.10",
     explain: "The interceptor is restarted; the first time its health probe reports `Active`, the nat table already redirects IMDS traffic.",
@@ -358,7 +358,7 @@ pub static IPT_005: Case = Case {
     level: Level::Info,
     features: &[Feature::Iptables],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 Interception; REFERENCE A.12",
     explain: "A pod opens a keep-alive connection to IMDS while no interceptor runs, then the interceptor starts; reports whether the old connection still reaches IMDS directly and how many IMDS flows conntrack holds.",

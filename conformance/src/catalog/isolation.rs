@@ -138,11 +138,13 @@ case_fn!(iso_003, |ctx| {
     // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
     let old = cluster::pod_object(&a, node_ip);
     ctx.delete(&old)
+        .await
         .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
     let mut reused = a.clone();
     reused.name = format!("{}-new", a.name);
     reused.labels.clear();
     ctx.apply(cluster::pod_object(&reused, node_ip))
+        .await
         .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
     let req = Request::get(token_target("")).metadata();
     // Watch propagation: within 10 s the new pod must no longer get A's identity.
@@ -178,9 +180,11 @@ case_fn!(iso_005, |ctx| {
     let forbidden = a_ids(ctx, &a);
     // A pod the interceptor has never seen appears while the API server is down.
     let node_ip = ctx.world().node_ip(&b.node);
-    ctx.api().set_available(false);
-    // The lenient `delete` bookkeeping restores availability after the case.
-    ctx.delete(&cluster::pod_object(&b, node_ip)).ok();
+    ctx.set_api_available(false)
+        .await
+        .map_err(|e| Outcome::skip(format!("taking the API server down: {e}")))?;
+    // The runner restores availability and the pod after the case.
+    ctx.delete(&cluster::pod_object(&b, node_ip)).await.ok();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for extra in [
         String::new(),
@@ -200,7 +204,6 @@ case_fn!(iso_005, |ctx| {
             no_foreign_token(r, &forbidden, "API server down")?;
         }
     }
-    ctx.api().set_available(true);
     Ok(())
 });
 

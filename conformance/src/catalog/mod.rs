@@ -118,8 +118,9 @@ pub fn vm_identity(ctx: &Ctx) -> Result<IdentityDef, Outcome> {
 }
 
 /// [`Ctx::apply`], or a SKIP saying `"{doing} failed: <error>"` (the case cannot set up its world).
-pub fn apply(ctx: &mut Ctx, obj: Value, doing: &str) -> Result<(), Outcome> {
+pub async fn apply(ctx: &mut Ctx, obj: Value, doing: &str) -> Result<(), Outcome> {
     ctx.apply(obj)
+        .await
         .map_err(|e| Outcome::skip(format!("{doing} failed: {e}")))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::Target;
 use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_argv};
-use crate::case::{Case, Feature, Level, NETNS_ONLY, Outcome, Profile};
+use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::{any_pod, expect_status, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, INSTANCE};
@@ -153,7 +153,7 @@ pub static RST_001: Case = Case {
     level: Level::Must,
     features: &[Feature::ImdsRestriction],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 AKS restriction; REFERENCE C",
     explain: "AKS drops forwarded pod traffic to IMDS in FORWARD; the client sees a connect timeout, not a refusal (curl exit 28).",
@@ -167,7 +167,7 @@ pub static RST_002: Case = Case {
     level: Level::Must,
     features: &[Feature::ImdsRestriction],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 AKS restriction; REFERENCE C (OUTPUT is not FORWARD)",
     explain: "Node-originated traffic traverses OUTPUT, so a host-network pod and a node process get the instance document.",
@@ -181,7 +181,7 @@ pub static RST_003: Case = Case {
     level: Level::Must,
     features: &[Feature::ImdsRestriction],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 AKS restriction; REFERENCE C (re-applied on every kubelet start)",
     explain: "The rule is deleted (pods reach IMDS), the node re-applies it (kubelet restart), and pods time out again.",
@@ -195,7 +195,7 @@ pub static RST_004: Case = Case {
     level: Level::Must,
     features: &[Feature::ImdsRestriction],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "SPEC §3 AKS restriction; REFERENCE C (--disable-imds-restriction)",
     explain: "With the restriction disabled (rule deleted from both tables), a non-host pod gets 200 again.",
@@ -209,7 +209,7 @@ pub static RST_005: Case = Case {
     level: Level::Should,
     features: &[Feature::ImdsRestriction],
     unless: &[],
-    backends: NETNS_ONLY,
+    backends: KERNEL_BACKENDS,
     profiles: P,
     spec: "REFERENCE C",
     explain: "`iptables -S FORWARD` (filter or mangle) lists the DROP for 169.254.169.254/32 tcp dport 80 first, with AgentBaker's comment.",

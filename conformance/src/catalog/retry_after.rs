@@ -61,7 +61,8 @@ async fn with_created(ctx: &mut Ctx) -> Result<(crate::backend::PodView, Identit
         ctx,
         cluster::aai_object(&pod, &id, "Created", true),
         "applying an AzureAssignedIdentity",
-    )?;
+    )
+    .await?;
     // Let the watch deliver it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     Ok((pod, id))
@@ -82,7 +83,8 @@ case_fn!(rta_003, |ctx| {
         ctx,
         cluster::aai_object(&pod, &id, "Assigned", true),
         "updating the AzureAssignedIdentity",
-    )?;
+    )
+    .await?;
     expect_token_within(
         ctx,
         &pod.name,
@@ -100,12 +102,14 @@ case_fn!(rta_004, |ctx| {
         ctx,
         cluster::identity_object(&id),
         "applying an AzureIdentity",
-    )?;
+    )
+    .await?;
     apply(
         ctx,
         cluster::aai_object(&pod, &id, "Assigned", true),
         "applying an AzureAssignedIdentity",
-    )?;
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let sent = ctx.send_token(&pod.name, "").await;
     let r = response(&sent, "a non-503 error")?;
