@@ -6,6 +6,7 @@
 //! locally instead of through `kubectl exec`.
 
 mod common;
+mod netns_common;
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -520,4 +521,87 @@ async fn relay_reports_refused_and_reproduces_resets() {
         .expect("clean EOF");
     server.join().unwrap();
     assert_eq!(got, b"done");
+}
+
+/// The probe run inside a pod's network namespace (what `kubectl exec` does on kind), on the netns
+/// topology of SPEC §4: its connections are the pod's (forwarded by the node, masqueraded), a DROP in the
+/// node's FORWARD chain is a connect timeout, and an HTTP exchange with the VM's mock-imds goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_relay_from_inside_a_pod_namespace() {
+    let test = "probe_relay_from_inside_a_pod_namespace";
+    if !netns_common::supported(test) {
+        return;
+    }
+    let Some(probe) = probe_or_skip(test) else {
+        return;
+    };
+    use imds_conformance::netns::{self, Topology};
+    let topo = Topology::create(netns_common::one_pod())
+        .await
+        .expect("topology");
+    let n1 = topo.node("n1").expect("n1").clone();
+    let p1 = topo.pod("p1").expect("p1").clone();
+    let imds = topo.imds_addr();
+    let listener = netns::bind_in(&n1.host_side_ns, imds).expect("bind the VM's IMDS");
+    listener.set_nonblocking(true).unwrap();
+    let mock = mock_imds::MockImds::builder()
+        .rate_limits(false)
+        .listener(listener)
+        .start()
+        .await
+        .unwrap();
+    let relay_from_pod = |timeout: Duration| {
+        let argv = imds_conformance::backend::kind::relay_argv(imds, timeout);
+        let mut c = netns::command_in(&p1.ns, &probe.display().to_string());
+        c.args(&argv[1..]);
+        c
+    };
+    let result = async {
+        let stream = relay::connect(
+            relay_from_pod(Duration::from_secs(3)),
+            Duration::from_secs(3),
+        )
+        .await
+        .map_err(|e| format!("relay: {e}"))?;
+        let mut conn = Conn::new(stream, "169.254.169.254".to_string());
+        let req = Request::get("/metadata/instance?api-version=2021-02-01")
+            .metadata()
+            .header("x-ms-client-request-id", "from-pod");
+        let r = conn
+            .send(&req, false, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("expected 200, got {}", r.summary()));
+        }
+        let seen = mock.journal();
+        let entry = seen
+            .iter()
+            .find(|e| e.headers.iter().any(|(_, v)| v == "from-pod"))
+            .ok_or("the mock did not journal the request")?;
+        // Forwarded by the node and masqueraded: IMDS sees the node's address, not the pod's.
+        if !entry.source.starts_with(&format!("{}:", n1.ip)) {
+            return Err(format!("IMDS saw {} (node is {})", entry.source, n1.ip));
+        }
+        // AgentBaker's DROP in the node's FORWARD chain: the probe reports a timeout, not a refusal.
+        let rule = imds_conformance::backend::interceptor::aks_rule_argv(&n1.ip.to_string(), true);
+        netns_common::exec_argv(&n1.ns, &rule)
+            .await
+            .map_err(|e| format!("AKS rule: {e}"))?;
+        match relay::connect(
+            relay_from_pod(Duration::from_millis(800)),
+            Duration::from_millis(800),
+        )
+        .await
+        {
+            Err(SendError::ConnectTimeout) => Ok(()),
+            Err(e) => Err(format!("expected a connect timeout, got {e:?}")),
+            Ok(_) => Err("connected through a DROP rule".to_string()),
+        }
+    }
+    .await;
+    topo.teardown().await.expect("teardown");
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
