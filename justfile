@@ -17,6 +17,11 @@ conformance-hardened *ARGS: build
 conformance-aks *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
 
+# The catalogue on a kind cluster (needs docker, kind, kubectl and `just images`): creates a cluster from
+# ci/kind/two-workers.yaml unless --kind-cluster names an existing one; `--kind-dry-run` prints the commands.
+kind-conformance *ARGS: build
+    target/debug/imds-conformance run --backend kind --scenario scenarios/nmi-default.yaml {{ARGS}}
+
 # Build every binary of the workspace (the harness starts imds-proxy from target/debug).
 build:
     cargo build --workspace --bins
@@ -45,7 +50,7 @@ lint:
     ci/check-manifests.sh
     ci/lint-workflows.sh
 
-# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy}:<version>.
+# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy,imds-probe}:<version>.
 images:
     ci/build-images.sh
 
