@@ -33,6 +33,8 @@ test: lint
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --workspace --bins {{test_features}}
+    # The probe statically linked, for the probe-image test (std only: seconds).
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build -p imds-probe --target x86_64-unknown-linux-gnu
     # A Docker engine for the testcontainers tests: the one that answers, else our own dockerd under a
     # temporary directory (ci/dockerd.sh), always stopped again on exit.
     if engine="$(ci/dockerd.sh start)"; then
