@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiVersionStyle, ErrorKind, ImdsError, Surface};
 use crate::faults::Bucket;
-use crate::journal::JournalEntry;
+use crate::journal::RequestRecord;
 use crate::server::ConnInfo;
 use crate::state::{AppState, lock};
 use crate::versions::Category;
@@ -181,40 +181,29 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let arrival = state.now();
     let method = req.method().clone();
-    let raw_path = req.uri().path().to_string();
-    let raw_query = req.uri().query().unwrap_or("").to_string();
-    let path = normalize_path(&raw_path).to_string();
-    let surface = Surface::of_path(&path);
-    let mut entry = JournalEntry {
-        seq: 0,
-        time: arrival.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        method: method.to_string(),
-        path: raw_path.clone(),
-        query: raw_query.clone(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        source: conn
-            .as_ref()
-            .map_or_else(|| "unknown".to_string(), |c| c.peer.to_string()),
-        status: 0,
-    };
+    // A clone of the URI is a reference count, not a copy; it outlives the request moved into `next`.
+    let uri = req.uri().clone();
+    let raw_path = uri.path();
+    let raw_query = uri.query().unwrap_or("");
+    let path = normalize_path(raw_path);
+    let surface = Surface::of_path(path);
+    let entry = RequestRecord::new(
+        arrival,
+        &method,
+        raw_path,
+        raw_query,
+        req.headers(),
+        conn.as_ref().map(|c| c.peer),
+    );
 
     // Faults first: a broken or starting service is broken for every request. Latency delays every answer
     // except a 429 (throttling answers at once) and, for admitted requests, holds the concurrency slot.
-    let decision = lock(&state.faults).decide(&path, arrival, state.started);
+    let decision = lock(&state.faults).decide(path, arrival, state.started);
     let latency = Duration::from_millis(decision.latency_ms);
     if decision.reset {
         delay(latency).await;
         if let Some(conn) = &conn {
-            state.journal.record(entry);
+            state.journal.record_request(entry);
             conn.reset.notify_one();
             // The connection task drops this future together with the socket.
             return std::future::pending().await;
@@ -239,8 +228,8 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
 
     let query = match validate(
         &method,
-        &path,
-        &raw_query,
+        path,
+        raw_query,
         req.headers(),
         surface,
         &state.config.behavior,
@@ -269,18 +258,21 @@ pub async fn enforce(State(state): State<AppState>, mut req: Request, next: Next
         }
     };
 
-    let normalized = if raw_query.is_empty() {
-        path.clone()
-    } else {
-        format!("{path}?{raw_query}")
-    };
-    if let Ok(uri) = normalized.parse::<Uri>() {
-        *req.uri_mut() = uri;
+    // Only a trailing slash is ever removed: when nothing was, the URI is already normal and is not
+    // rebuilt and re-parsed (a per-request cost found by `just bench`).
+    if path.len() != raw_path.len() {
+        let normalized = if raw_query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{raw_query}")
+        };
+        if let Ok(uri) = normalized.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
     }
     req.extensions_mut().insert(query);
     delay(latency).await;
     let response = next.run(req).await;
-    entry.status = response.status().as_u16();
     finish(&state, response, entry)
 }
 
@@ -293,17 +285,17 @@ async fn delay(latency: Duration) {
 }
 
 /// Adds the headers every IMDS response carries and journals the request.
-fn finish(state: &AppState, mut response: Response, mut entry: JournalEntry) -> Response {
+fn finish(state: &AppState, mut response: Response, mut entry: RequestRecord) -> Response {
     entry.status = response.status().as_u16();
     apply_headers(state, response.headers_mut());
     tracing::debug!(
-        method = %entry.method,
-        path = %entry.path,
-        source = %entry.source,
+        method = %entry.method(),
+        path = %entry.path(),
+        source = %entry.source(),
         status = entry.status,
         "imds request"
     );
-    state.journal.record(entry);
+    state.journal.record_request(entry);
     response
 }
 
@@ -320,12 +312,42 @@ pub fn apply_headers(state: &AppState, headers: &mut HeaderMap) {
         );
     }
     headers.insert(header::SERVER, state.server_header.clone());
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        headers.insert("x-ms-request-id", v);
-    }
-    let date = httpdate::fmt_http_date(std::time::SystemTime::from(state.now()));
-    if let Ok(v) = HeaderValue::from_str(&date) {
+    headers.insert("x-ms-request-id", request_id());
+    if let Some(v) = state.http_date.get(state.now()) {
         headers.insert(header::DATE, v);
+    }
+}
+
+/// A fresh random (version 4) request id. Drawn from the thread-local `rand` generator rather than
+/// `Uuid::new_v4`, which asks the OS (`getrandom`, a system call) for every id: ~2% of a request's CPU.
+fn request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(text)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-0000-0000-000000000000"))
+}
+
+/// The `Date` header value of the current second, formatted once per second instead of once per request.
+/// Keyed by the exact Unix second of the mock's clock, so a fake clock that jumps (or goes back) gets the
+/// right value too.
+#[derive(Debug, Default)]
+pub struct HttpDate(std::sync::Mutex<Option<(i64, HeaderValue)>>);
+
+impl HttpDate {
+    pub fn get(&self, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
+        let second = now.timestamp();
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, v)) = cached.as_ref()
+            && *s == second
+        {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::from(now)))
+            .ok()?;
+        *cached = Some((second, v.clone()));
+        Some(v)
     }
 }
 
@@ -350,6 +372,35 @@ mod tests {
             Err(ErrorKind::DuplicateQuery("a".into()))
         );
         assert_eq!(ImdsQuery::parse("a=1&&b").expect("ok").get("b"), Some(""));
+    }
+
+    #[test]
+    fn request_ids_are_v4_and_dates_follow_the_clock() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(a.to_str().expect("ascii")).expect("uuid");
+        assert_eq!(parsed.get_version_num(), 4);
+        let cache = HttpDate::default();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.250Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(cache.get(t).expect("date"), "Fri, 02 Jan 2026 03:04:05 GMT");
+        // Same second: the cached value; next second and a jump back: re-formatted.
+        assert_eq!(
+            cache
+                .get(t + chrono::Duration::milliseconds(500))
+                .expect("date"),
+            "Fri, 02 Jan 2026 03:04:05 GMT"
+        );
+        assert_eq!(
+            cache.get(t + chrono::Duration::seconds(1)).expect("date"),
+            "Fri, 02 Jan 2026 03:04:06 GMT"
+        );
+        assert_eq!(
+            cache.get(t - chrono::Duration::days(1)).expect("date"),
+            "Thu, 01 Jan 2026 03:04:05 GMT"
+        );
     }
 
     proptest! {

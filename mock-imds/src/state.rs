@@ -58,6 +58,11 @@ pub struct Shared {
     pub limiter: RateLimiter,
     pub journal: Journal,
     pub events: Mutex<EventsState>,
+    /// Rendered `/metadata/instance` documents of `config` (built on first use, never invalidated: the
+    /// base configuration does not change while the mock runs).
+    pub instance_docs: crate::instance::DocCache,
+    /// The `Date` header of the current second (see `rules::HttpDate`).
+    pub http_date: crate::rules::HttpDate,
 }
 
 /// Generates the signing keys on a dedicated OS thread (not tokio's blocking pool: dropping a runtime waits
@@ -100,6 +105,8 @@ impl AppState {
             limiter: RateLimiter::new(config.rate_limits.clone()),
             journal: Journal::new(config.server.journal_capacity),
             events: Mutex::new(EventsState::new(&config, started)),
+            instance_docs: crate::instance::DocCache::default(),
+            http_date: crate::rules::HttpDate::default(),
             keys: keys_cell,
             server_header,
             started,
