@@ -108,9 +108,15 @@ pub fn backend_skip_reason(case: &Case, backend: BackendKind) -> Option<String> 
 
 /// Runs one case with the pre-checks, containment and restoration.
 pub async fn run_case(ctx: &mut Ctx, case: &Case) -> CaseResult {
+    run_case_timed(ctx, case).await.0
+}
+
+/// [`run_case`], also returning how long restoring the environment after the case took (included in the
+/// case's `duration_ms`; near zero when the case changed nothing).
+pub async fn run_case_timed(ctx: &mut Ctx, case: &Case) -> (CaseResult, Duration) {
     let start = Instant::now();
-    let outcome = decide(ctx, case).await;
-    CaseResult {
+    let (outcome, restore) = decide(ctx, case).await;
+    let result = CaseResult {
         id: case.id.into(),
         title: case.title.into(),
         area: case.area().into(),
@@ -119,10 +125,12 @@ pub async fn run_case(ctx: &mut Ctx, case: &Case) -> CaseResult {
         spec: case.spec.into(),
         outcome,
         duration_ms: start.elapsed().as_millis() as u64,
-    }
+    };
+    (result, restore)
 }
 
-async fn decide(ctx: &mut Ctx, case: &Case) -> Outcome {
+/// The outcome, and the time [`Ctx::restore`] took (zero when the case did not run).
+async fn decide(ctx: &mut Ctx, case: &Case) -> (Outcome, Duration) {
     let missing: Vec<Feature> = case
         .features
         .iter()
@@ -130,15 +138,14 @@ async fn decide(ctx: &mut Ctx, case: &Case) -> Outcome {
         .filter(|f| !ctx.claims(*f))
         .collect();
     if !missing.is_empty() {
-        return Outcome::Unclaimed { features: missing };
+        return (Outcome::Unclaimed { features: missing }, Duration::ZERO);
     }
     if let Some(f) = case.unless.iter().find(|f| ctx.claims(**f)) {
-        return Outcome::skip(format!(
-            "checks the behaviour with {f} off; the interceptor claims {f}"
-        ));
+        let reason = format!("checks the behaviour with {f} off; the interceptor claims {f}");
+        return (Outcome::skip(reason), Duration::ZERO);
     }
     if let Some(reason) = backend_skip_reason(case, ctx.backend.kind()) {
-        return Outcome::skip(reason);
+        return (Outcome::skip(reason), Duration::ZERO);
     }
     let run = (case.run)(ctx);
     let result = tokio::time::timeout(
@@ -161,6 +168,7 @@ async fn decide(ctx: &mut Ctx, case: &Case) -> Outcome {
             "it did not (timed out)",
         ),
     };
+    let restore_started = Instant::now();
     if let Err(e) = ctx.restore().await {
         let note = format!("restoring the cluster after the case failed: {e}");
         outcome = match outcome {
@@ -168,27 +176,70 @@ async fn decide(ctx: &mut Ctx, case: &Case) -> Outcome {
             other => other,
         };
     }
+    let restore = restore_started.elapsed();
     if let Outcome::Fail { expected, observed } = outcome {
         // FAIL messages cite the id, so a log line alone says which rule broke.
-        return Outcome::Fail {
+        let outcome = Outcome::Fail {
             expected: format!("[{}] {expected}", case.id),
             observed,
         };
+        return (outcome, restore);
     }
-    outcome
+    (outcome, restore)
 }
 
 /// Runs `cases` in order, printing live lines when `term` is given.
 pub async fn run_cases(ctx: &mut Ctx, cases: &[&Case], term: Option<&Terminal>) -> Vec<CaseResult> {
+    run_cases_timed(ctx, cases, term).await.0
+}
+
+/// [`run_cases`], also returning each case's restore time (see [`run_case_timed`]).
+async fn run_cases_timed(
+    ctx: &mut Ctx,
+    cases: &[&Case],
+    term: Option<&Terminal>,
+) -> (Vec<CaseResult>, Vec<Duration>) {
     let mut out = Vec::new();
+    let mut restores = Vec::new();
     for c in cases {
-        let r = run_case(ctx, c).await;
+        let (r, restore) = run_case_timed(ctx, c).await;
         if let Some(t) = term {
             t.case(&r);
         }
         out.push(r);
+        restores.push(restore);
     }
-    out
+    (out, restores)
+}
+
+/// Prefix of the run-timing note in [`RunReport::notes`](crate::report::RunReport::notes).
+pub const TIMING_NOTE_PREFIX: &str = "timing:";
+
+/// The run-timing note: `timing: setup_ms=… sync_ms=… teardown_ms=… restores=… restore_ms_total=…
+/// restore_ms_max=…` — set-up (backend, services, interceptors up), the fixed wait for the interceptors'
+/// watches, teardown, and the baseline restores between cases (`restores` counts those that took ≥ 1 ms,
+/// i.e. that had something to restore). Read by `imds-bench` (`just bench`).
+pub fn timing_note(
+    setup: Duration,
+    sync: Duration,
+    teardown: Duration,
+    restores: &[Duration],
+) -> String {
+    let ms = |d: Duration| d.as_millis();
+    let real: Vec<Duration> = restores
+        .iter()
+        .copied()
+        .filter(|d| *d >= Duration::from_millis(1))
+        .collect();
+    format!(
+        "{TIMING_NOTE_PREFIX} setup_ms={} sync_ms={} teardown_ms={} restores={} restore_ms_total={} restore_ms_max={}",
+        ms(setup),
+        ms(sync),
+        ms(teardown),
+        real.len(),
+        ms(real.iter().sum()),
+        ms(real.iter().max().copied().unwrap_or_default())
+    )
 }
 
 /// A short random run id (also the journal tag prefix).
@@ -357,6 +408,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         ));
     }
     let label = opts.interceptor.label();
+    let setup_started = Instant::now();
     let env = tokio::select! {
         r = start_env(&opts.scenario, opts.interceptor.clone(), kind, opts.kind.clone()) => r?,
         sig = shutdown_signal() => {
@@ -373,17 +425,19 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         env.run_id.clone(),
     );
     ctx.imds_url = opts.imds_url.clone();
+    let setup = setup_started.elapsed();
     // Let interceptors' watches sync the seeded objects before the first case.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sync = Duration::from_millis(500);
+    tokio::time::sleep(sync).await;
     let results = tokio::select! {
-        r = run_cases(&mut ctx, &cases, opts.live.then_some(&term)) => Some(r),
+        r = run_cases_timed(&mut ctx, &cases, opts.live.then_some(&term)) => Some(r),
         sig = shutdown_signal() => {
             eprintln!("imds-conformance: {sig} received, tearing down");
             env.teardown(false).await;
             return Err(RunError::Interrupted(sig));
         }
     };
-    let results = results.unwrap_or_default();
+    let (results, restores) = results.unwrap_or_default();
     let failed = results.iter().any(|r| r.outcome.status() == "FAIL");
     if failed {
         notes.push(format!(
@@ -391,7 +445,14 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
             env.run_dir.display()
         ));
     }
+    let teardown_started = Instant::now();
     env.teardown(failed).await;
+    notes.push(timing_note(
+        setup,
+        sync,
+        teardown_started.elapsed(),
+        &restores,
+    ));
     let report = RunReport {
         schema_version: SCHEMA_VERSION,
         tool: format!("imds-conformance {}", env!("CARGO_PKG_VERSION")),
@@ -410,4 +471,24 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         term.summary(&report);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_note_counts_only_real_restores() {
+        let ms = Duration::from_millis;
+        let note = timing_note(
+            ms(2500),
+            ms(500),
+            ms(800),
+            &[Duration::from_micros(20), ms(310), ms(0), ms(450)],
+        );
+        assert_eq!(
+            note,
+            "timing: setup_ms=2500 sync_ms=500 teardown_ms=800 restores=2 restore_ms_total=760 restore_ms_max=450"
+        );
+    }
 }

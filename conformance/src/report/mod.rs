@@ -16,7 +16,10 @@
 //!   "claimed_features": ["metadataHeaderRequired", ...],
 //!   "started_at": "2026-01-01T00:00:00Z",  // RFC 3339
 //!   "duration_ms": 1234,
-//!   "notes": ["..."],                      // environment notes (e.g. why the backend was chosen)
+//!   "notes": ["..."],                      // environment notes (e.g. why the backend was chosen); the
+//!                                          // last is the run timing, "timing: setup_ms=… sync_ms=…
+//!                                          // teardown_ms=… restores=… restore_ms_total=… restore_ms_max=…"
+//!                                          // (`runner::timing_note`)
 //!   "summary": { "total": 40, "pass": 30, "fail": 1, "skip": 5, "unclaimed": 3, "info": 1,
 //!                "must_failed": 1 },
 //!   "cases": [ {
@@ -67,7 +70,8 @@ pub struct RunReport {
     pub started_at: String,
     /// Wall time of the whole run (set-up and teardown included), milliseconds.
     pub duration_ms: u64,
-    /// Environment notes (backend choice, skipped areas).
+    /// Environment notes (backend choice, skipped areas) and, last, the run timing
+    /// (`runner::timing_note`).
     pub notes: Vec<String>,
     /// Counts.
     pub summary: Summary,
@@ -127,7 +131,7 @@ pub struct CaseResult {
     pub spec: String,
     /// The outcome.
     pub outcome: Outcome,
-    /// Wall time of the case, milliseconds.
+    /// Wall time of the case, milliseconds (restoring the baseline afterwards included).
     pub duration_ms: u64,
 }
 
