@@ -34,6 +34,8 @@ pub struct ClusterResult {
     pub nodes: usize,
     pub populate: Duration,
     pub runs: Vec<ProxyRun>,
+    /// In-process identity lookups (section 4), see `lookup`.
+    pub lookups: Vec<crate::lookup::LookupRun>,
 }
 
 /// Writes N × 20 pods and as many AAIs into `api`.

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod load;
+mod lookup;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,6 +43,10 @@ struct Opts {
     /// Nodes in the scale run (× 20 pods, one AAI per pod); the target is 5000.
     #[arg(long)]
     nodes: Option<usize>,
+    /// Also time identity lookups in a view holding every node's AAIs (label filter off): costs one
+    /// more unfiltered list of the whole API server.
+    #[arg(long)]
+    lookup_unfiltered: bool,
     /// Skip the scale run.
     #[arg(long)]
     skip_cluster: bool,
@@ -54,6 +59,11 @@ struct Opts {
     /// imds-conformance binary for the harness run (default: next to this executable).
     #[arg(long)]
     conformance_bin: Option<PathBuf>,
+    /// Profiling aid: load only these HTTP targets (bare-instance, mock-instance, proxy-instance,
+    /// bare-token, mock-token, bare-zero-sleep) for --rounds × --secs, print their req/s and exit
+    /// (no report). Run under `perf record` to see one target's server-side profile alone.
+    #[arg(long, value_name = "TARGET")]
+    only: Vec<String>,
     /// Where to write the Markdown report ("-" for none).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md"))]
     out: PathBuf,
@@ -210,6 +220,25 @@ fn main() -> Result<()> {
         ("mock-token", &mock_t),
         ("bare-zero-sleep", &bare_z),
     ];
+    if !opts.only.is_empty() {
+        // Interleaved round by round, like the full run, so background load hits all targets alike.
+        for _ in 0..rounds {
+            for (name, t) in targets
+                .iter()
+                .filter(|(n, _)| opts.only.iter().any(|o| o == n))
+            {
+                let r = load_rt.block_on(load::run(t, load_at(opts.concurrency)))?;
+                println!(
+                    "{name}: {:.0} req/s, p50 {:.1} µs, p99 {:.1} µs, {} errors",
+                    r.rps(),
+                    us(r.hist.value_at_quantile(0.5)),
+                    us(r.hist.value_at_quantile(0.99)),
+                    r.errors
+                );
+            }
+        }
+        return Ok(());
+    }
     // Warm-up: connections, allocator, caches (the mock's token cache gets its entry here).
     for (_, t) in &targets {
         load_rt.block_on(load::run(
@@ -422,7 +451,7 @@ fn main() -> Result<()> {
     if opts.skip_cluster {
         rows.push(row(s4, "scale run", "SKIP: --skip-cluster", "", ""));
     } else if let Some(bin) = proxy_bin {
-        match run_cluster(&server_rt, &bin, mock.addr(), nodes) {
+        match run_cluster(&server_rt, &bin, mock.addr(), nodes, opts.lookup_unfiltered) {
             Ok(res) => cluster_rows(&mut rows, &mut notes, &res),
             Err(e) => rows.push(row(s4, "scale run", format!("FAILED: {e:#}"), "", "")),
         }
@@ -461,16 +490,7 @@ fn main() -> Result<()> {
         rows.push(row(s5, "netns default profile", "SKIP: needs root", "", ""));
     } else if let (Some(conf), Some(proxy)) = (conf_bin, proxy_bin) {
         match run_harness(&conf, &proxy) {
-            Ok((took, code)) => rows.push(row(
-                s5,
-                "netns nmi-default full profile wall time (set-up + teardown)",
-                format!("{:.1} s", took.as_secs_f64()),
-                format!("exit code {code:?}"),
-                format!(
-                    "goal ≤ 30 s {}",
-                    verdict(took.as_secs_f64() <= 30.0 && code == Some(0))
-                ),
-            )),
+            Ok(h) => harness_rows(&mut rows, &h),
             Err(e) => rows.push(row(
                 s5,
                 "netns default profile",
@@ -538,6 +558,7 @@ fn run_cluster(
     proxy_bin: &std::path::Path,
     imds: std::net::SocketAddr,
     nodes: usize,
+    lookup_unfiltered: bool,
 ) -> Result<cluster::ClusterResult> {
     let api = rt.block_on(imds_conformance::apiserver::ApiServer::start(
         "127.0.0.1:0".parse()?,
@@ -547,6 +568,25 @@ fn run_cluster(
         cluster::PODS_PER_NODE
     );
     let populate = cluster::populate(&api, nodes)?;
+    let mut lookups = Vec::new();
+    // In-process lookups first, filter on; the unfiltered view only when asked for (it needs the
+    // whole unfiltered list once more).
+    for filtering in [true, false] {
+        if !filtering && !lookup_unfiltered {
+            continue;
+        }
+        eprintln!("imds-bench: in-process identity lookups, label filtering {filtering}");
+        match rt.block_on(lookup::measure(
+            &api,
+            filtering,
+            200_000,
+            Duration::from_secs(3),
+            Duration::from_secs(240),
+        )) {
+            Ok(r) => lookups.push(r),
+            Err(e) => eprintln!("imds-bench: in-process lookup (filter {filtering}) failed: {e:#}"),
+        }
+    }
     let dir = tempfile::tempdir().context("temp dir")?;
     let mut runs = Vec::new();
     for filtering in [true, false] {
@@ -563,6 +603,7 @@ fn run_cluster(
         nodes,
         populate,
         runs,
+        lookups,
     })
 }
 
@@ -636,31 +677,79 @@ fn cluster_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, res: &cluster::Clu
             ));
         }
     }
-    rows.push(row(
-        s4,
-        "identity lookup p99",
-        "not measured",
-        "",
-        "needs an in-process hook into the proxy's lookup; not built in this round",
-    ));
+    for l in &res.lookups {
+        let (p50, p99) = (
+            us(l.hist.value_at_quantile(0.5)),
+            us(l.hist.value_at_quantile(0.99)),
+        );
+        let aais = if l.filtering {
+            cluster::PODS_PER_NODE
+        } else {
+            n * cluster::PODS_PER_NODE
+        };
+        rows.push(row(
+            s4,
+            format!(
+                "identity lookup p50 / p99, in-process KubeView, filter {} ({} pods, {aais} AAIs in view)",
+                if l.filtering { "on" } else { "off" },
+                cluster::PODS_PER_NODE
+            ),
+            format!("{p50:.2} / {p99:.2} µs"),
+            format!(
+                "{} lookups; view ready after {:.2} s",
+                l.lookups,
+                l.ready_after.as_secs_f64()
+            ),
+            if l.filtering {
+                format!("goal p99 ≤ 10 µs {}", verdict(p99 <= 10.0))
+            } else {
+                "for comparison (goal applies with the filter on)".into()
+            },
+        ));
+    }
+    if res.lookups.is_empty() {
+        rows.push(row(
+            s4,
+            "identity lookup p99",
+            "FAILED: in-process view did not become ready (see stderr)",
+            "",
+            "",
+        ));
+    }
 }
 
-fn run_harness(conf: &std::path::Path, proxy: &std::path::Path) -> Result<(Duration, Option<i32>)> {
+/// What the harness run reports about itself (its JSON report), for the per-case set-up cost.
+#[derive(Default)]
+struct HarnessRun {
+    took: Duration,
+    code: Option<i32>,
+    /// `duration_ms` of every case that ran (PASS/FAIL/INFO; SKIP and UNCLAIMED take no time).
+    case_ms: Vec<u64>,
+    cases_total: usize,
+    /// `key=value` pairs of the report's `timing:` note (set-up, sync, teardown, restores).
+    timing: BTreeMap<String, u64>,
+}
+
+fn run_harness(conf: &std::path::Path, proxy: &std::path::Path) -> Result<HarnessRun> {
     let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/nmi-default.yaml");
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let json = dir.path().join("report.json");
     eprintln!("imds-bench: harness run (netns, nmi-default)");
     let start = Instant::now();
     let mut child = std::process::Command::new(conf)
         .args(["run", "--backend", "netns", "--quiet", "--scenario"])
         .arg(&scenario)
+        .arg("--report")
+        .arg(format!("json={}", json.display()))
         .env("IMDS_PROXY_BIN", proxy)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", conf.display()))?;
     // Bounded: 300 s, then SIGINT (the harness cleans up on Ctrl-C) and a final wait.
-    loop {
+    let (took, code) = loop {
         if let Some(status) = child.try_wait()? {
-            return Ok((start.elapsed(), status.code()));
+            break (start.elapsed(), status.code());
         }
         if start.elapsed() > Duration::from_secs(300) {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -673,6 +762,107 @@ fn run_harness(conf: &std::path::Path, proxy: &std::path::Path) -> Result<(Durat
             bail!("harness run exceeded 300 s (stopped; exit {status})");
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut run = HarnessRun {
+        took,
+        code,
+        ..HarnessRun::default()
+    };
+    // A missing or unreadable report only costs the per-case rows.
+    match std::fs::read_to_string(&json)
+        .context("reading the JSON report")
+        .and_then(|t| {
+            serde_json::from_str::<serde_json::Value>(&t).context("parsing the JSON report")
+        }) {
+        Ok(report) => {
+            let cases = report["cases"].as_array().cloned().unwrap_or_default();
+            run.cases_total = cases.len();
+            run.case_ms = cases
+                .iter()
+                .filter(|c| !matches!(c["outcome"]["status"].as_str(), Some("SKIP" | "UNCLAIMED")))
+                .filter_map(|c| c["duration_ms"].as_u64())
+                .collect();
+            run.case_ms.sort_unstable();
+            let timing = report["notes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .find_map(|n| n.strip_prefix("timing:"))
+                .unwrap_or_default();
+            run.timing = timing
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                .collect();
+        }
+        Err(e) => eprintln!("imds-bench: harness report: {e:#}"),
+    }
+    Ok(run)
+}
+
+/// Rows of section 5 from one harness run.
+fn harness_rows(rows: &mut Vec<Row>, h: &HarnessRun) {
+    let s5 = "5 harness";
+    rows.push(row(
+        s5,
+        "netns nmi-default full profile wall time (set-up + teardown)",
+        format!("{:.1} s", h.took.as_secs_f64()),
+        format!("exit code {:?}", h.code),
+        format!(
+            "goal ≤ 30 s {}",
+            verdict(h.took.as_secs_f64() <= 30.0 && h.code == Some(0))
+        ),
+    ));
+    let t = |k: &str| h.timing.get(k).copied();
+    if let (Some(setup), Some(sync), Some(teardown)) =
+        (t("setup_ms"), t("sync_ms"), t("teardown_ms"))
+    {
+        rows.push(row(
+            s5,
+            "set-up (topology, services, interceptors up) / watch sync wait / teardown",
+            format!(
+                "{:.2} s / {:.2} s / {:.2} s",
+                setup as f64 / 1000.0,
+                sync as f64 / 1000.0,
+                teardown as f64 / 1000.0
+            ),
+            "from the report's timing note",
+            "",
+        ));
+    }
+    if !h.case_ms.is_empty() {
+        let q = |p: f64| {
+            let i = ((h.case_ms.len() - 1) as f64 * p).round() as usize;
+            h.case_ms[i.min(h.case_ms.len() - 1)]
+        };
+        let sum: u64 = h.case_ms.iter().sum();
+        rows.push(row(
+            s5,
+            "per case wall time median / p90 / max (cases that ran; restore included)",
+            format!("{} / {} / {} ms", q(0.5), q(0.9), q(1.0)),
+            format!(
+                "{} of {} cases ran, {:.1} s in cases",
+                h.case_ms.len(),
+                h.cases_total,
+                sum as f64 / 1000.0
+            ),
+            "",
+        ));
+    }
+    if let (Some(n), Some(total), Some(max)) =
+        (t("restores"), t("restore_ms_total"), t("restore_ms_max"))
+    {
+        rows.push(row(
+            s5,
+            "baseline restore after cases that changed the cluster",
+            format!(
+                "{n} restores, {:.2} s total, max {max} ms",
+                total as f64 / 1000.0
+            ),
+            "each includes a fixed 300 ms wait for the watches",
+            "",
+        ));
     }
 }
 
