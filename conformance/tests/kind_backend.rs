@@ -434,31 +434,18 @@ async fn relay_carries_an_http_exchange_to_mock_imds() {
     let Some(probe) = probe_or_skip("relay_carries_an_http_exchange_to_mock_imds") else {
         return;
     };
-    let mock = mock_imds::MockImds::builder()
-        .rate_limits(false)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
+    let mock = common::loopback_mock().await;
     let stream = relay::connect(local_relay(&probe, mock.addr()), Duration::from_secs(2))
         .await
         .unwrap();
-    let mut conn = Conn::new(stream, "169.254.169.254".to_string());
-    let req = Request::get("/metadata/instance?api-version=2021-02-01")
-        .metadata()
-        .header("x-ms-client-request-id", "relay-1");
-    let r = conn
-        .send(&req, false, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.summary());
-    assert!(r.text().contains("\"compute\""));
-    let seen = mock.journal();
-    assert!(
-        seen.iter()
-            .any(|e| e.headers.iter().any(|(_, v)| v == "relay-1")),
-        "the mock journaled the relayed request"
-    );
+    let body = common::relayed_get(
+        stream,
+        "/metadata/instance?api-version=2021-02-01",
+        "relay-1",
+        &mock,
+    )
+    .await;
+    assert!(body.contains("\"compute\""));
 }
 
 #[tokio::test]

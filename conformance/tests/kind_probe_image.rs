@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use imds_conformance::backend::kind::relay_argv;
 use imds_conformance::backend::relay;
-use imds_conformance::http::{Conn, Request, SendError};
+use imds_conformance::http::SendError;
 use imds_conformance::kind::tools::{Runner, SystemRunner, ToolCmd};
 use imds_conformance::kind::wrappers::Docker;
 
@@ -114,36 +114,23 @@ async fn probe_image_relays_through_docker_exec() {
     ])
     .expect("the probe image runs its default command (sleep)");
 
-    let mock = mock_imds::MockImds::builder()
-        .rate_limits(false)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
+    let mock = common::loopback_mock().await;
     let wrapper = Docker::new(Arc::new(SystemRunner), "docker");
     let relay_cmd = |addr| wrapper.exec_cmd(&tag, true, &relay_argv(addr, Duration::from_secs(3)));
-
     let stream = relay::connect(
         relay_cmd(mock.addr()).tokio_command(),
         Duration::from_secs(3),
     )
     .await
     .expect("a connection from inside the container");
-    let mut conn = Conn::new(stream, "169.254.169.254".to_string());
-    let req = Request::get("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F")
-        .metadata()
-        .header("x-ms-client-request-id", "probe-image");
-    let r = conn
-        .send(&req, false, Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.summary());
-    assert!(r.text().contains("access_token"));
-    assert!(
-        mock.journal()
-            .iter()
-            .any(|e| e.headers.iter().any(|(_, v)| v == "probe-image"))
-    );
+    let body = common::relayed_get(
+        stream,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F",
+        "probe-image",
+        &mock,
+    )
+    .await;
+    assert!(body.contains("access_token"));
 
     // Nothing listens on this address: the probe in the container says so, the harness maps it.
     let free = std::net::TcpListener::bind("127.0.0.78:0")

@@ -178,3 +178,40 @@ pub fn serial_guard() -> nix::fcntl::Flock<std::fs::File> {
         .map_err(|(_, e)| e)
         .expect("flock")
 }
+
+/// A mock-imds on 127.0.0.1 with rate limits off (relay tests).
+pub async fn loopback_mock() -> mock_imds::MockImds {
+    mock_imds::MockImds::builder()
+        .rate_limits(false)
+        .listen("127.0.0.1:0".parse().expect("address"))
+        .start()
+        .await
+        .expect("mock-imds starts")
+}
+
+/// Sends `GET target` with `Metadata: true`, tagged `tag`, over a relayed `stream` to `mock`; asserts a 200
+/// and that the mock journaled exactly that request; returns the body.
+pub async fn relayed_get(
+    stream: tokio::net::TcpStream,
+    target: &str,
+    tag: &str,
+    mock: &mock_imds::MockImds,
+) -> String {
+    use imds_conformance::http::{Conn, Request};
+    let mut conn = Conn::new(stream, "169.254.169.254".to_string());
+    let req = Request::get(target)
+        .metadata()
+        .header("x-ms-client-request-id", tag);
+    let r = conn
+        .send(&req, false, std::time::Duration::from_secs(20))
+        .await
+        .expect("a response through the relay");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(
+        mock.journal()
+            .iter()
+            .any(|e| e.headers.iter().any(|(_, v)| v == tag)),
+        "the mock journaled the relayed request {tag}"
+    );
+    r.text()
+}
