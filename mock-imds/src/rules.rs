@@ -30,9 +30,10 @@ pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The decoded query string of an IMDS request: pairs in order, keys unique (duplicates were rejected).
+/// Shared, not copied, when cloned: axum's `Extension` extractor clones it for every handler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImdsQuery {
-    pairs: Vec<(String, String)>,
+    pairs: std::sync::Arc<[(String, String)]>,
 }
 
 impl ImdsQuery {
@@ -49,7 +50,9 @@ impl ImdsQuery {
             }
             pairs.push((key, value));
         }
-        Ok(ImdsQuery { pairs })
+        Ok(ImdsQuery {
+            pairs: pairs.into(),
+        })
     }
 
     /// The value of `key`, if present.
