@@ -196,6 +196,59 @@ pub async fn bare_server(
     Ok((addr, handle))
 }
 
+/// A bare hyper pass-through in front of `upstream`: every accepted connection gets one upstream
+/// HTTP/1.1 keep-alive connection of its own, and each request is forwarded on it as received (head and
+/// body) and the answer returned as is. No routing, no policy, no metrics: the practical ceiling of any
+/// HTTP pass-through on the same cores (the baseline imds-proxy's pass-through is compared with).
+pub async fn bare_forwarder(
+    upstream: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the bare forwarder")?;
+    let addr = listener.local_addr().context("bare forwarder address")?;
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<
+                    _,
+                    hyper::body::Incoming,
+                >(TokioIo::new(up))
+                .await
+                else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                // One request at a time per connection (HTTP/1.1 without pipelining), so a mutex
+                // around the sender never waits.
+                let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let sender = sender.clone();
+                    async move {
+                        let mut s = sender.lock().await;
+                        s.ready().await?;
+                        s.send_request(req).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, handle))
+}
+
 /// One GET with the load generator's client: status and body (used to size the baselines).
 pub async fn fetch(target: &Target) -> Result<(u16, Bytes)> {
     let mut s = connect(target.addr).await?;

@@ -60,7 +60,7 @@ struct Opts {
     #[arg(long)]
     conformance_bin: Option<PathBuf>,
     /// Profiling aid: load only these HTTP targets (bare-instance, mock-instance, proxy-instance,
-    /// bare-token, mock-token, bare-zero-sleep) for --rounds × --secs, print their req/s and exit
+    /// forwarder-instance, bare-token, mock-token, bare-zero-sleep) for --rounds × --secs, print their req/s and exit
     /// (no report). Run under `perf record` to see one target's server-side profile alone.
     #[arg(long, value_name = "TARGET")]
     only: Vec<String>,
@@ -199,6 +199,11 @@ fn main() -> Result<()> {
     let (bare_t_addr, bare_t_task) =
         server_rt.block_on(load::bare_server(body_t.clone(), false))?;
     let (bare_z_addr, bare_z_task) = server_rt.block_on(load::bare_server(body_i.clone(), true))?;
+    let (fwd_addr, fwd_task) = server_rt.block_on(load::bare_forwarder(mock.addr()))?;
+    let fwd_i = Target {
+        addr: fwd_addr,
+        ..mock_i.clone()
+    };
     let bare_z = Target {
         addr: bare_z_addr,
         ..mock_i.clone()
@@ -216,6 +221,7 @@ fn main() -> Result<()> {
         ("bare-instance", &bare_i),
         ("mock-instance", &mock_i),
         ("proxy-instance", &proxy_i),
+        ("forwarder-instance", &fwd_i),
         ("bare-token", &bare_t),
         ("mock-token", &mock_t),
         ("bare-zero-sleep", &bare_z),
@@ -289,7 +295,8 @@ fn main() -> Result<()> {
     let (_, pi50, pi99, _) = get(&lat, "proxy-instance");
     let (_, bt50, bt99, _) = get(&lat, "bare-token");
     let (_, mt50, mt99, _) = get(&lat, "mock-token");
-    let errs = bie + mie + pie + bte + mte;
+    let fie = get(&thr, "forwarder-instance").3;
+    let errs = bie + mie + pie + bte + mte + fie;
     if errs > 0 {
         notes.push(format!(
             "{errs} non-200 answers or connection errors during the HTTP runs (excluded from req/s)."
@@ -368,6 +375,23 @@ fn main() -> Result<()> {
         format!("direct to mock {mi:.0}"),
         format!("{:.2}× (goal ≥ 0.60×) {}", pi / mi, verdict(pi / mi >= 0.6)),
     ));
+    let (fi, _, _, _) = get(&thr, "forwarder-instance");
+    let (_, fi50, fi99, _) = get(&lat, "forwarder-instance");
+    rows.push(row(
+        s2,
+        format!("baseline: bare hyper forwarder → mock req/s (c={c})"),
+        format!(
+            "{fi:.0}; p50 / p99 (c=1) {:.1} / {:.1} µs",
+            us(fi50),
+            us(fi99)
+        ),
+        format!("direct to mock {mi:.0}"),
+        format!(
+            "forwarder {:.2}× direct; imds-proxy {:.2}× the forwarder",
+            fi / mi.max(1e-9),
+            pi / fi.max(1e-9)
+        ),
+    ));
 
     // ---- 3: uncached RS256 token issue rate ----
     let s3 = "3 RS256";
@@ -437,6 +461,7 @@ fn main() -> Result<()> {
     bare_i_task.abort();
     bare_t_task.abort();
     bare_z_task.abort();
+    fwd_task.abort();
     server_rt.block_on(async {
         let _ = proxy.shutdown().await;
     });
