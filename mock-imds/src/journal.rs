@@ -118,6 +118,27 @@ impl std::fmt::Write for Counter {
     }
 }
 
+/// Decimal digits of `n`.
+fn digits(n: u32) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Length of `addr.to_string()`, computed without formatting for IPv4 (the common case; formatting it
+/// showed in the request path's profile) and by counting the formatted bytes for IPv6.
+fn display_len(addr: SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(a) => {
+            let octets: usize = a.ip().octets().iter().map(|o| digits(u32::from(*o))).sum();
+            octets + 3 + 1 + digits(u32::from(a.port()))
+        }
+        SocketAddr::V6(a) => {
+            let mut c = Counter(0);
+            let _ = write!(c, "{a}");
+            c.0
+        }
+    }
+}
+
 impl RequestRecord {
     /// Records the request as it arrived: `path` and `query` raw (before normalisation, query without `?`),
     /// `source` the peer (`None` when driven in-process without a socket). Status starts at 0.
@@ -153,14 +174,7 @@ impl RequestRecord {
                     Err(_) => String::from_utf8_lossy(v.as_bytes()).len(),
                 };
         }
-        size += match source {
-            Some(addr) => {
-                let mut c = Counter(0);
-                let _ = write!(c, "{addr}");
-                c.0
-            }
-            None => "unknown".len(),
-        };
+        size += source.map_or("unknown".len(), display_len);
         RequestRecord {
             seq: 0,
             arrival,
@@ -384,6 +398,21 @@ mod tests {
         let inner = j.lock();
         for (stored, entry) in inner.entries.iter().zip(&e) {
             assert_eq!(stored.size(), entry.size());
+        }
+    }
+
+    #[test]
+    fn display_len_matches_formatting() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:54321",
+            "10.20.255.9:80",
+            "255.255.255.255:65535",
+            "[::1]:8080",
+            "[fe80::1%3]:9",
+        ] {
+            let addr: SocketAddr = a.parse().expect("addr");
+            assert_eq!(display_len(addr), addr.to_string().len(), "{a}");
         }
     }
 
