@@ -571,40 +571,42 @@ impl Ctx<'_> {
             }
             (None, None) => {}
         }
-        let (mut rv, mut items) = self.shared.store.list(self.rt, namespace, |o| {
-            labels.matches_object(o) && fields.matches(|f| self.rt.field_value(o, f))
-        });
         // Pagination. Later pages are cut from the current state but carry the first page's
         // revision, so a client that watches from it replays every change made in between and
         // converges (the contract informers rely on). resourceVersion=0 is served "from the
         // cache", which ignores limit, as kube-apiserver's watch cache does.
+        let mut rv = None;
+        let mut after = None;
         if let Some(c) = &continuation {
             if c.rv < self.shared.store.oldest_rv() {
                 return Err(ApiError::continue_expired());
             }
-            rv = c.rv;
-            items.retain(|o| object_key(o) > (c.namespace.as_str(), c.name.as_str()));
+            rv = Some(c.rv);
+            after = Some((c.namespace.clone(), c.name.clone()));
         }
-        let mut next = None;
-        let mut remaining = 0;
         let paginate = limit > 0 && p.resource_version.as_deref() != Some("0");
-        if let Ok(limit) = usize::try_from(limit)
-            && paginate
-            && items.len() > limit
+        let page = usize::try_from(limit).ok().filter(|_| paginate);
+        let (current_rv, mut items, remaining) = self.shared.store.list_page(
+            self.rt,
+            namespace,
+            |o| labels.matches_object(o) && fields.matches(|f| self.rt.field_value(o, f)),
+            after.as_ref(),
+            page,
+        );
+        let rv = rv.unwrap_or(current_rv);
+        let mut next = None;
+        if remaining > 0
+            && let Some(last) = items.last()
         {
-            remaining = items.len() - limit;
-            items.truncate(limit);
-            if let Some(last) = items.last() {
-                let (namespace, name) = object_key(last);
-                next = Some(
-                    Continue {
-                        rv,
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }
-                    .encode(),
-                );
-            }
+            let (namespace, name) = object_key(last);
+            next = Some(
+                Continue {
+                    rv,
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }
+                .encode(),
+            );
         }
         if self.rt.group.is_empty() {
             // Typed (built-in) lists carry kind/apiVersion only on the list, not on each item.

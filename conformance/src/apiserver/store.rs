@@ -53,7 +53,8 @@ pub enum Since {
     },
 }
 
-type Key = (String, String);
+/// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
+pub type Key = (String, String);
 
 struct Inner {
     rv: u64,
@@ -418,20 +419,43 @@ impl Store {
         namespace: Option<&str>,
         filter: impl Fn(&Value) -> bool,
     ) -> (u64, Vec<Value>) {
+        let (rv, items, _) = self.list_page(rt, namespace, filter, None, None);
+        (rv, items)
+    }
+
+    /// One page of matching objects, ordered by (namespace, name): those after `after` (exclusive), at
+    /// most `limit` of them (all when `None`), plus how many more match and the revision. Only the page is
+    /// cloned, and the scan starts at `after`, so paging through N objects costs O(N) clones in total.
+    pub fn list_page(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        filter: impl Fn(&Value) -> bool,
+        after: Option<&Key>,
+        limit: Option<usize>,
+    ) -> (u64, Vec<Value>, usize) {
+        use std::ops::Bound;
         let inner = self.lock();
-        let items = inner
-            .objects
-            .get(rt.plural)
-            .map(|b| {
-                b.iter()
-                    .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
-                    .map(|(_, v)| v)
-                    .filter(|v| filter(v))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        (inner.rv, items)
+        let Some(objects) = inner.objects.get(rt.plural) else {
+            return (inner.rv, Vec::new(), 0);
+        };
+        let start = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut items = Vec::new();
+        let mut remaining = 0;
+        for ((ns, _), v) in objects.range((start, Bound::Unbounded)) {
+            if namespace.is_some_and(|want| want != ns) || !filter(v) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                remaining += 1;
+            } else {
+                items.push(v.clone());
+            }
+        }
+        (inner.rv, items, remaining)
     }
 
     /// Events with revision > `rv`, plus the revision they bring a watcher up to.
@@ -479,6 +503,30 @@ mod tests {
 
     fn pod(name: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": "n1"}})
+    }
+
+    #[test]
+    fn pages_start_after_the_key_and_count_the_rest() {
+        let s = Store::new(100);
+        for n in ["a", "b", "c", "d", "e"] {
+            s.create(&POD, "default", pod(n)).unwrap();
+        }
+        s.create(&POD, "other", pod("z")).unwrap();
+        let names = |v: &[Value]| -> Vec<String> {
+            v.iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (_, first, rest) = s.list_page(&POD, Some("default"), |_| true, None, Some(2));
+        assert_eq!((names(&first), rest), (vec!["a".into(), "b".into()], 3));
+        let after = ("default".to_string(), "b".to_string());
+        let (_, next, rest) = s.list_page(&POD, Some("default"), |_| true, Some(&after), Some(2));
+        assert_eq!((names(&next), rest), (vec!["c".into(), "d".into()], 1));
+        // The filter applies before the limit; no limit returns everything after the key.
+        let odd = |o: &Value| ["a", "c", "e"].contains(&o["metadata"]["name"].as_str().unwrap());
+        let (_, all, rest) = s.list_page(&POD, None, odd, Some(&after), None);
+        assert_eq!((names(&all), rest), (vec!["c".into(), "e".into()], 0));
+        assert_eq!(s.list(&POD, None, |_| true).1.len(), 6);
     }
 
     #[test]
