@@ -63,5 +63,6 @@ mock *ARGS:
 # Benchmarks: ratios measured side by side in one run (root for the netns part); writes docs/BENCHMARKS.md.
 # `just bench --quick` takes about 30 s.
 bench *ARGS:
-    cargo build --release -p imds-proxy -p imds-conformance --bins
+    # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
+    cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}

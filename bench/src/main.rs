@@ -982,7 +982,7 @@ fn render_markdown(
     );
     let _ = writeln!(
         md,
-        "## Command\n\n```sh\njust bench{}\n# = cargo build --release -p imds-proxy -p imds-conformance --bins && cargo run --release -p imds-bench --{}\n```\n",
+        "## Command\n\n```sh\njust bench{}\n# = cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins && cargo run --release -p imds-bench --{}\n```\n",
         args.iter().map(|a| format!(" {a}")).collect::<String>(),
         args.iter().map(|a| format!(" {a}")).collect::<String>()
     );

@@ -392,6 +392,16 @@ async fn run_cmd(args: RunArgs) -> i32 {
              manifest instead: --interceptor manifest:FILE",
         );
     }
+    if args.backend == BackendChoice::Kind
+        && args.kind.kind_cluster.is_none()
+        && !args.kind.kind_config.is_file()
+    {
+        return usage(format!(
+            "--kind-config {}: no such file (a new cluster needs a kind config; run from the repository \
+             root, or pass --kind-config or --kind-cluster NAME of an existing cluster)",
+            args.kind.kind_config.display()
+        ));
+    }
     if args.kind.kind_dry_run {
         if args.backend != BackendChoice::Kind {
             return usage("--kind-dry-run needs --backend kind");

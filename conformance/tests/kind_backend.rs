@@ -389,6 +389,16 @@ fn cli_dry_run_and_refusals() {
         "needs --backend kind",
     );
     refused(
+        &[
+            "run",
+            "--backend",
+            "kind",
+            "--kind-config",
+            "/nonexistent/kind.yaml",
+        ],
+        "no such file",
+    );
+    refused(
         &["run", "--backend", "loopback", "--kind-dry-run"],
         "needs --backend kind",
     );
