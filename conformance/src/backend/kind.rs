@@ -1115,11 +1115,7 @@ impl KindBackend {
     }
 
     /// Where a connection from `from` to `to` starts (namespace, pod) and what it connects to.
-    pub fn relay_plan(
-        &self,
-        from: &str,
-        to: Target,
-    ) -> Result<((String, String), SocketAddr), String> {
+    fn relay_plan(&self, from: &str, to: Target) -> Result<((String, String), SocketAddr), String> {
         let nodes = lock(&self.inner.nodes);
         let (origin, node) = match self.world.pod(from) {
             Some(p) => ((p.namespace.clone(), p.name.clone()), p.node.clone()),

@@ -232,15 +232,10 @@ pub fn mock_objects(scenario: &Scenario, images: &Images) -> Result<Vec<Value>, 
         json!([{ "name": "config", "configMap": { "name": MOCK_CONFIG } }]);
     // Faster readiness for the harness than the manifest's operator-friendly default.
     ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    let mut out: Vec<Value> = Vec::new();
-    for d in docs {
-        out.push(d);
-        if out.len() == 1 {
-            out.push(config.clone());
-        }
-    }
-    out.iter_mut().for_each(mark_owned);
-    Ok(out)
+    // Right after the Namespace, before the DaemonSet that mounts it.
+    docs.insert(1.min(docs.len()), config);
+    docs.iter_mut().for_each(mark_owned);
+    Ok(docs)
 }
 
 /// The `--name` of a `--name=value` / `--name` flag.

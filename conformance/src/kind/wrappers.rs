@@ -142,11 +142,6 @@ impl Kubectl {
         }
     }
 
-    /// The context every call uses.
-    pub fn context(&self) -> &str {
-        &self.context
-    }
-
     fn cmd(&self) -> ToolCmd {
         ToolCmd::new(&self.bin)
             .args(["--context", &self.context])
