@@ -172,6 +172,8 @@ pub struct Conn {
     head_started_ms: AtomicU64,
     /// Notified when the table evicts this connection.
     pub close: Notify,
+    /// Notified when a request head starts (the watchdog's deadline moves to the header read timeout).
+    pub head_started: Notify,
     /// The request in flight (the latest one, when pipelining), for the shutdown report.
     current: Mutex<Option<(Method, Uri, Instant)>>,
 }
@@ -198,12 +200,13 @@ impl Conn {
             && self.head_started_ms.load(Ordering::Acquire) == NONE
         {
             let now = self.millis_since_accept(at);
-            let _ = self.head_started_ms.compare_exchange(
-                NONE,
-                now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            if self
+                .head_started_ms
+                .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.head_started.notify_one();
+            }
         }
     }
 
@@ -368,6 +371,7 @@ impl ConnTable {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NONE),
             close: Notify::new(),
+            head_started: Notify::new(),
             current: Mutex::new(None),
         });
         inner.next_id += 1;

@@ -253,6 +253,8 @@ async fn connection(
                 let _ = conn.as_mut().await;
                 break;
             }
+            // A head started: the deadline moves (back to the top of the loop).
+            () = activity.head_started.notified() => {}
             () = tokio::time::sleep_until(deadline) => {
                 if let Some(expiry) = activity.expired(&limits, Instant::now()) {
                     tracing::debug!(%peer, ?expiry, "connection timed out");
