@@ -110,7 +110,7 @@ async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
         .rate_limits(false)
         .start()
         .await?;
-    let api = imds_conformance::apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
+    let api = kube_test_apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "cli-node")?;

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use imds_conformance::apiserver::{ApiServer, kubeconfig};
 use imds_proxy::{Proxy, Settings};
+use kube_test_apiserver::{ApiServer, kubeconfig};
 use mock_imds::config::UserAssignedIdentity;
 use nix::sched::CloneFlags;
 use serde_json::json;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use imds_conformance::apiserver::{ApiServer, Stats};
+use kube_test_apiserver::{ApiServer, Stats};
 use serde_json::{Value, json};
 
 const AAIS: &str = "/apis/aadpodidentity.k8s.io/v1/azureassignedidentities";
@@ -646,7 +646,7 @@ async fn run_standalone_writes_a_kubeconfig_and_serves_until_shutdown() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let kc = path.clone();
     let task = tokio::spawn(async move {
-        imds_conformance::apiserver::run_standalone("127.0.0.1:0".parse().unwrap(), &kc, async {
+        kube_test_apiserver::run_standalone("127.0.0.1:0".parse().unwrap(), &kc, async {
             let _ = stopped.await;
         })
         .await

@@ -262,8 +262,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::apiserver::resources::{AZURE_ASSIGNED_IDENTITY, POD};
-    use crate::apiserver::store::{Since, Store};
+    use crate::resources::{AZURE_ASSIGNED_IDENTITY, POD};
+    use crate::store::{Since, Store};
 
     /// One write to the store: (object index, Some(node label) to apply | None to delete).
     fn ops() -> impl Strategy<Value = Vec<(u8, Option<u8>)>> {

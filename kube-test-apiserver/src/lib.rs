@@ -5,7 +5,7 @@
 //! selectors on CRDs refused as kube-apiserver refuses them) and per-client accounting of what it
 //! sends, so that an interceptor's API-server load is measured rather than guessed.
 //!
-//! This module owns the server handle and its public API; it must not depend on the interceptor
+//! The crate root owns the server handle and its public API; it must not depend on the interceptor
 //! (the harness treats interceptors as black boxes). Submodules: `resources` (served types and
 //! discovery), `selectors`, `store`, `watch`, `handlers` (HTTP), `stats`, `kubeconfig`, `status`.
 //!
@@ -20,7 +20,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use imds_conformance::apiserver::ApiServer;
+//! use kube_test_apiserver::ApiServer;
 //! use serde_json::json;
 //! let api = ApiServer::start("127.0.0.1:0".parse()?).await?;
 //! api.apply(json!({
