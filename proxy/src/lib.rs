@@ -132,14 +132,15 @@ async fn kube_client(settings: &Settings) -> Result<kube::Client, ProxyError> {
     // kube's built-in retry layer would retry a 503 for minutes inside the client, hiding an API server
     // outage from the watchers; the watchers' own back-off retries instead, and the view fails closed.
     config.default_retry = false;
-    // Client-side timeouts on every request: a hung API server or a black-holed path must show up as an
-    // error within the staleness bound, not after the kernel gives up on the connection. The read timeout
-    // counts from each write (not from when a pooled connection went idle); healthy watches deliver
-    // something at least every half bound (see `cluster::freshness`).
-    let bound = settings.freshness().request_deadline();
-    config.connect_timeout = Some(bound);
-    config.read_timeout = Some(bound);
-    config.write_timeout = Some(bound);
+    // Client-side timeouts on every request, so that a hung API server or a black-holed path shows up as
+    // an error rather than after the kernel gives up on the connection: connecting and writing get one
+    // staleness bound; reading gets the list deadline (counted from each write, not from when a pooled
+    // connection went idle), because a large list may take the server a while to start sending. Watches
+    // and caller confirmations have their own deadlines of one bound (see `cluster::freshness`).
+    let freshness = settings.freshness();
+    config.connect_timeout = Some(freshness.request_deadline());
+    config.write_timeout = Some(freshness.request_deadline());
+    config.read_timeout = Some(freshness.list_deadline());
     config.reset_reader_on_write = true;
     kube::Client::try_from(config).map_err(ProxyError::KubeClient)
 }

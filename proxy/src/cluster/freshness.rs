@@ -53,9 +53,9 @@ impl Freshness {
         self.bound
     }
 
-    /// Deadline of a whole list. Lists of large clusters take a while to transfer (the client's read
-    /// timeout still catches a server that stops sending), and the view is not fresh while one runs, so
-    /// this only bounds how long a hung list delays the next attempt.
+    /// Deadline of a whole list (and the kube client's read timeout). A large list takes the server a
+    /// while to produce and send, and the view is not fresh while one runs anyway, so this only bounds how
+    /// long a hung list delays the next attempt.
     pub fn list_deadline(&self) -> Duration {
         (self.bound * 6).max(Duration::from_secs(30))
     }
