@@ -1,5 +1,7 @@
 //! Command line and settings: every NMI flag of REFERENCE A.9 with its name and default, plus the few this
-//! proxy adds (`--kubeconfig`, `--manage-iptables`, `--probe-listen-address`, `--imds-retry-backoff-unit-ms`).
+//! proxy adds (`--kubeconfig`, `--manage-iptables`, `--probe-listen-address`, `--imds-retry-backoff-unit-ms`,
+//! and the listener bounds and shutdown grace: `--header-read-timeout-sec`, `--idle-timeout-sec`,
+//! `--max-connections[-per-ip]`, `--probe-max-connections[-per-ip]`, `--shutdown-grace-sec`).
 //!
 //! Boolean flags behave like Go's pflag booleans: bare `--flag` means true and `--flag=<v>` accepts what
 //! `strconv.ParseBool` accepts (`1 t T TRUE true True 0 f F FALSE false False`); anything else is a usage
