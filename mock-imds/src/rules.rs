@@ -341,6 +341,10 @@ pub struct HttpDate(std::sync::Mutex<Option<(i64, HeaderValue)>>);
 impl HttpDate {
     pub fn get(&self, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
         let second = now.timestamp();
+        // httpdate panics outside 1970-01-01 ..= 9999-12-31 (a fake clock can be anywhere): no header then.
+        if !(0..=253_402_300_799).contains(&second) {
+            return None;
+        }
         let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, v)) = cached.as_ref()
             && *s == second

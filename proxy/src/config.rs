@@ -9,8 +9,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::cluster::freshness::Freshness;
 
 /// Go's `strconv.ParseBool`.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
@@ -228,6 +231,13 @@ pub struct Settings {
     #[arg(long = "shutdown-grace-sec", default_value_t = 90,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_sec: u64,
+
+    /// Staleness bound of the cluster view: when any watched resource has had no list, watch event,
+    /// bookmark or watch end from the API server for this long, no token is handed out and /healthz says
+    /// Not Active until a fresh list succeeds; also the client-side timeout of every API request
+    /// (at least 2000)
+    #[arg(long = "cluster-view-staleness-bound-ms", default_value_t = 10_000)]
+    pub cluster_view_staleness_bound_ms: u64,
 }
 
 impl Default for Settings {
@@ -279,6 +289,12 @@ impl Settings {
                 return Err("--ipt-update-interval-sec must be at least 1".into());
             }
         }
+        if Duration::from_millis(self.cluster_view_staleness_bound_ms) < Freshness::MIN_BOUND {
+            return Err(format!(
+                "--cluster-view-staleness-bound-ms must be at least {}",
+                Freshness::MIN_BOUND.as_millis()
+            ));
+        }
         if self
             .retry_attempts_for_created
             .saturating_add(self.retry_attempts_for_assigned)
@@ -287,6 +303,11 @@ impl Settings {
             return Err("--retry-attempts-for-created plus --retry-attempts-for-assigned must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The cluster view's staleness bound and the deadlines derived from it.
+    pub fn freshness(&self) -> Freshness {
+        Freshness::new(Duration::from_millis(self.cluster_view_staleness_bound_ms))
     }
 
     /// The `User-Agent` of requests to IMDS (NMI: `aad-pod-identity/NMI/<version>/...` + custom suffix).
@@ -359,6 +380,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.custom_user_agent, "");
         assert!(s.manage_iptables);
+        assert_eq!(s.freshness().bound, Duration::from_secs(10));
         assert!(s.validate().is_ok());
     }
 
@@ -400,6 +422,19 @@ mod tests {
         assert!(s.validate().is_err());
         let s = parse(&["--operation-mode=Managed", "--forceNamespaced=true"])?;
         assert!(s.validate().is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn staleness_bound_has_a_floor() -> Result<(), clap::Error> {
+        let s = parse(&["--cluster-view-staleness-bound-ms=2000"])?;
+        assert_eq!(s.freshness().bound, Duration::from_secs(2));
+        assert!(s.validate().is_ok());
+        assert!(
+            parse(&["--cluster-view-staleness-bound-ms=1999"])?
+                .validate()
+                .is_err()
+        );
         Ok(())
     }
 

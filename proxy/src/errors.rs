@@ -150,6 +150,9 @@ pub enum CallerError {
     /// No pod, or more than one, has the caller's IP (`pod list is empty`, `failed to match pod IP …`).
     #[error("{0}")]
     NoMatch(String),
+    /// The source of truth did not confirm that the matched pod still holds the caller's IP.
+    #[error("{0}")]
+    NotConfirmed(String),
 }
 
 /// Identity selection failed (A.6).

@@ -65,15 +65,16 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("kubernetes client: kubeconfig {path}: {source}")]
+    #[error("reading kubeconfig {path}: {source}")]
     Kubeconfig {
         path: std::path::PathBuf,
+        #[source]
         source: kube::config::KubeconfigError,
     },
+    #[error("no usable Kubernetes client configuration: {0}")]
+    KubeConfigInfer(#[source] kube::config::InferConfigError),
     #[error("kubernetes client: {0}")]
-    KubeInfer(#[source] kube::config::InferConfigError),
-    #[error("kubernetes client: {0}")]
-    Kube(#[source] kube::Error),
+    KubeClient(#[source] kube::Error),
     #[error("iptables: {0}")]
     Netfilter(#[from] NetfilterError),
     #[error("iptables: netfilter task failed: {0}")]
@@ -147,24 +148,34 @@ async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, ProxyError> {
 }
 
 async fn kube_client(settings: &Settings) -> Result<kube::Client, ProxyError> {
-    let config = match &settings.kubeconfig {
+    let mut config = match &settings.kubeconfig {
         Some(path) => {
-            let kubeconfig = |source| ProxyError::Kubeconfig {
+            let kubeconfig_err = |source| ProxyError::Kubeconfig {
                 path: path.clone(),
                 source,
             };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig)?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(kubeconfig)?
+                .map_err(kubeconfig_err)?
         }
-        None => kube::Config::infer().await.map_err(ProxyError::KubeInfer)?,
+        None => kube::Config::infer()
+            .await
+            .map_err(ProxyError::KubeConfigInfer)?,
     };
-    let mut config = config;
     // kube's built-in retry layer would retry a 503 for minutes inside the client, hiding an API server
     // outage from the watchers; the watchers' own back-off retries instead, and the view fails closed.
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(ProxyError::Kube)
+    // Client-side timeouts on every request: a hung API server or a black-holed path must show up as an
+    // error within the staleness bound, not after the kernel gives up on the connection. The read timeout
+    // counts from each write (not from when a pooled connection went idle); healthy watches deliver
+    // something at least every half bound (see `cluster::freshness`).
+    let bound = settings.freshness().request_deadline();
+    config.connect_timeout = Some(bound);
+    config.read_timeout = Some(bound);
+    config.write_timeout = Some(bound);
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).map_err(ProxyError::KubeClient)
 }
 
 fn netfilter_for(settings: &Settings, addr: SocketAddr) -> Result<Netfilter, ProxyError> {
@@ -279,7 +290,7 @@ impl Proxy {
             settings.operation_mode == config::OperationMode::Managed,
             settings.enable_scale_features,
         );
-        let view = KubeView::start(client, &plan, metrics.clone());
+        let view = KubeView::start(client, &plan, metrics.clone(), settings.freshness());
         Self::start_inner(settings, Arc::new(view), metrics).await
     }
 
@@ -362,7 +373,7 @@ impl Proxy {
                 probe,
                 ListenerKind::Probe,
                 probe_limits,
-                server::probe_router(initialized.clone()),
+                server::probe_router(initialized.clone(), view.clone()),
                 metrics.clone(),
                 serve_rx.clone(),
             ),

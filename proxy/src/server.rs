@@ -278,7 +278,15 @@ async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
     for attempt in 0..POD_LOOKUP_ATTEMPTS {
         view_ready(st)?;
         match policy::match_pod(&st.view.pods_with_ip(ip), ip) {
-            Ok(p) => return Ok(p),
+            Ok(p) => {
+                // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
+                // address reused: the API server confirms the caller before anything is handed out.
+                st.view
+                    .confirm_caller(&p, ip)
+                    .await
+                    .map_err(CallerError::NotConfirmed)?;
+                return Ok(p);
+            }
             Err(e) => last = CallerError::NoMatch(e),
         }
         if attempt + 1 < POD_LOOKUP_ATTEMPTS {
@@ -571,19 +579,14 @@ async fn pass_through(
     }
 }
 
-/// `/healthz` on the probe port: always 200, `Active` once initialised (A.10).
-pub fn probe_router(initialized: Arc<AtomicBool>) -> Router {
+/// `/healthz` on the probe port: always 200, `Active` once initialised and while the cluster view is current
+/// (A.10; NMI stays `Active` through an API server outage, imds-proxy does not).
+pub fn probe_router(initialized: Arc<AtomicBool>, view: Arc<dyn ClusterView>) -> Router {
     Router::new().route(
         "/healthz",
         get(move || {
-            let init = initialized.clone();
-            async move {
-                if init.load(Ordering::SeqCst) {
-                    "Active"
-                } else {
-                    "Not Active"
-                }
-            }
+            let active = initialized.load(Ordering::SeqCst) && view.ready().is_ok();
+            async move { if active { "Active" } else { "Not Active" } }
         }),
     )
 }

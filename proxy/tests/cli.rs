@@ -120,7 +120,7 @@ struct Launched {
     port: u16,
     probe: u16,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    _api: imds_conformance::apiserver::ApiServer,
+    _api: kube_test_apiserver::ApiServer,
     _dir: tempfile::TempDir,
 }
 
@@ -129,7 +129,7 @@ async fn launch(
     imds: std::net::SocketAddr,
     extra: &[&str],
 ) -> Result<Launched, Box<dyn std::error::Error + Send + Sync>> {
-    let api = imds_conformance::apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
+    let api = kube_test_apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "cli-node")?;

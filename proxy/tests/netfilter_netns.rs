@@ -488,7 +488,7 @@ impl Drop for ChildGuard {
 /// Field order is drop order: the child is killed (if still running) before the API server stops.
 struct ProxyRun {
     child: ChildGuard,
-    api: Option<imds_conformance::apiserver::ApiServer>,
+    api: Option<kube_test_apiserver::ApiServer>,
     runtime: tokio::runtime::Runtime,
     log_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -509,7 +509,7 @@ impl ProxyRun {
             .enter(|| TcpListener::bind("127.0.0.1:0"))
             .expect("bind the API server inside the namespace");
         let api = runtime
-            .block_on(imds_conformance::apiserver::ApiServer::start_on(listener))
+            .block_on(kube_test_apiserver::ApiServer::start_on(listener))
             .expect("start the test API server");
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig, "node-1")

@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::apiserver::{ApiServer, Stats};
 use crate::case::{BackendKind, BoxFut};
 use crate::http::SendError;
+use kube_test_apiserver::{ApiServer, Stats};
 
 /// The IMDS address every pod talks to.
 pub const IMDS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);

@@ -19,12 +19,12 @@ use tokio::sync::Mutex;
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
 use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
-use crate::apiserver::ApiServer;
 use crate::case::{BackendKind, BoxFut};
 use crate::cluster;
 use crate::http::SendError;
 use crate::netns::{self, NetnsError, NodeSpec, Topology, TopologySpec};
 use crate::scenario::Scenario;
+use kube_test_apiserver::ApiServer;
 
 /// Port the interceptor listens on inside each node (NMI's default).
 pub const LISTEN_PORT: u16 = 2579;
