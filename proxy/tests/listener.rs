@@ -432,8 +432,18 @@ async fn slow_imds(delay: Duration) -> std::io::Result<(SocketAddr, Arc<tokio::s
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() -> TestResult {
     let (imds, started) = slow_imds(Duration::from_secs(3)).await?;
-    let proxy = proxy_over_memory(imds, |_| {}).await?;
+    // Timeouts far beyond the test: quiet connections must be closed by the drain itself.
+    let proxy = proxy_over_memory(imds, |s| {
+        s.header_read_timeout_sec = 600;
+        s.idle_timeout_sec = 600;
+    })
+    .await?;
     let addr = proxy.addr();
+    let mut silent = connect_from("127.0.0.4", addr).await?;
+    let mut kept = connect_from("127.0.0.4", addr).await?;
+    kept.write_all(b"GET /metadata/identity/oauth2/token HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    assert_eq!(read_response(&mut kept).await?.0, 400);
     let c = client_from("127.0.0.2")?;
     let request = tokio::spawn(async move {
         let resp = get_md(&c, format!("http://{addr}{INSTANCE}")).await?;
@@ -457,6 +467,11 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() -> T
     let report = tokio::time::timeout(Duration::from_secs(30), shutdown).await???;
     assert_eq!(report.in_flight_at_start, 1);
     assert_eq!(report.cut_requests, 0);
+    for s in [&mut silent, &mut kept] {
+        read_until_closed(s, Duration::from_secs(10))
+            .await
+            .ok_or("a quiet connection outlived the drain")?;
+    }
     Ok(())
 }
 
