@@ -226,8 +226,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub probe_max_connections_per_ip: u64,
 
-    /// Seconds in-flight requests may still run after SIGTERM/SIGINT (new connections are refused
-    /// meanwhile); what is still running then is cut and counted in the exit log (exit code 3)
+    /// Seconds in-flight requests may still run after SIGTERM/SIGINT (the listeners stop accepting and the
+    /// rules are removed at once); what is still running then is cut and counted in the exit log (exit 3)
     #[arg(long = "shutdown-grace-sec", default_value_t = 90,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_sec: u64,

@@ -4,7 +4,7 @@
 //! This file owns the lifecycle: bind the listeners, start the cluster view, wait for it to sync, install
 //! the interception rules (`netfilter`, when `--manage-iptables`), run conntrack deletion once, report
 //! `Active`, reconcile every `--ipt-update-interval-sec`, log an info-level summary every minute, and on
-//! shutdown stop accepting, drain in-flight requests (up to `--shutdown-grace-sec`), then undo the rules.
+//! shutdown stop accepting, undo the rules and drain in-flight requests (up to `--shutdown-grace-sec`).
 //! Decisions live in `policy`, request handling in `server`, connections and their bounds in `listener`, the
 //! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`.
 //!
@@ -15,7 +15,7 @@
 //! let proxy = Proxy::start(settings).await?;   // uses --kubeconfig / KUBECONFIG / in-cluster config
 //! proxy.ready().await?;
 //! println!("intercepting on {}", proxy.addr());
-//! let report = proxy.shutdown().await?;  // drains, then removes the rules
+//! let report = proxy.shutdown().await?;  // removes the rules, drains in-flight requests
 //! assert_eq!(report.cut_requests, 0);
 //! # Ok(()) }
 //! ```
@@ -514,26 +514,32 @@ impl ProxyHandle {
         }
     }
 
-    /// Drains (see [`ProxyHandle::shutdown_until`]) with the configured grace, then removes the rules.
+    /// Removes the rules and drains (see [`ProxyHandle::shutdown_until`]) with the configured grace.
     pub async fn shutdown(self) -> Result<ShutdownReport, ProxyError> {
         self.shutdown_until(std::future::pending()).await
     }
 
-    /// Stops accepting on every listener, lets in-flight requests finish for up to `--shutdown-grace-sec`
-    /// (or until `cut_now` resolves, e.g. a second signal), cuts what still runs, then stops the lifecycle,
-    /// which removes the interception rules (when managed). The rules stay in place while draining: new
-    /// connections from pods are refused rather than reaching IMDS unchecked. Returns what was cut, or the
-    /// removal error.
+    /// Stops accepting on every listener and, at the same time, stops the lifecycle, which removes the
+    /// interception rules (when managed); lets in-flight requests finish for up to `--shutdown-grace-sec` (or
+    /// until `cut_now` resolves, e.g. a second signal) and cuts what still runs. Returns what was cut, or
+    /// the removal error.
     pub async fn shutdown_until(
         mut self,
         cut_now: impl Future<Output = ()>,
     ) -> Result<ShutdownReport, ProxyError> {
-        let report = self.drain(cut_now).await;
-        let _ = self.shutdown_tx.send(true);
-        let result = match self.lifecycle.take() {
-            Some(lc) => lc.await.map_err(ProxyError::Lifecycle).and_then(|r| r),
-            None => Ok(()),
+        let lifecycle = self.lifecycle.take();
+        let shutdown_tx = self.shutdown_tx.clone();
+        // Rules go as soon as nothing new is accepted (as NMI removes them at once): a kill before the drain
+        // ends then leaves no redirect behind. In-flight requests keep their redirected connections
+        // (conntrack translates established flows without the rule) and finish.
+        let removal = async move {
+            let _ = shutdown_tx.send(true);
+            match lifecycle {
+                Some(lc) => lc.await.map_err(ProxyError::Lifecycle).and_then(|r| r),
+                None => Ok(()),
+            }
         };
+        let (report, result) = tokio::join!(self.drain(cut_now), removal);
         self.summary.abort();
         let stats: Vec<_> = self.servers.iter().map(Server::stats_handle).collect();
         log_summary(&self.metrics, &stats, "since the last summary");

@@ -1,7 +1,7 @@
 //! The `imds-proxy` binary: parse flags (NMI's, see `imds_proxy::config`), set up logging, run the kubenet
-//! guard, raise RLIMIT_NOFILE, start the proxy and stop it cleanly on SIGTERM/SIGINT: stop accepting, drain
-//! in-flight requests for up to `--shutdown-grace-sec` (a second signal cuts them at once), remove the
-//! interception rules, and log what was cut.
+//! guard, raise RLIMIT_NOFILE, start the proxy and stop it cleanly on SIGTERM/SIGINT: stop accepting, remove
+//! the interception rules, drain in-flight requests for up to `--shutdown-grace-sec` (a second signal cuts
+//! them at once), and log what was cut.
 //!
 //! Exit codes: 0 clean shutdown (every in-flight request answered), 1 runtime failure (iptables, Kubernetes
 //! client, rule removal), 2 usage or environment error (unknown flag, invalid value, kubenet guard), 3 clean
