@@ -403,7 +403,8 @@ fn patch(
         op.subscription,
         op.location,
         op.name,
-        percent_encoding::utf8_percent_encode(version, percent_encoding::NON_ALPHANUMERIC)
+        // Validated: digits, '-' and "preview" only.
+        version
     );
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&op_url) {
