@@ -4,7 +4,7 @@
 //! transitions are deterministic: an operation is `InProgress` until its end time, the resource `Updating`
 //! until then, and a change reaches IMDS at end time + propagation delay. No I/O here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -77,6 +77,8 @@ pub struct Estate {
     /// Keyed by lower-case id.
     pub identities: HashMap<String, IdentityConfig>,
     pub operations: HashMap<String, Operation>,
+    /// Operation names in creation order (for expiry and the [`MAX_OPERATIONS`] bound).
+    op_order: VecDeque<String>,
     /// Ordered by insertion; taken when due.
     pub pending: Vec<Effect>,
     pub tenant_id: String,
@@ -85,6 +87,8 @@ pub struct Estate {
 
 /// Operations are forgotten this long after they end.
 pub const OPERATION_TTL_SECS: i64 = 3600;
+/// Most operations remembered (the oldest are forgotten first), whatever the PATCH rate.
+pub const MAX_OPERATIONS: usize = 100_000;
 
 fn secs(s: f64) -> Duration {
     Duration::milliseconds((s * 1000.0).round() as i64)
@@ -155,6 +159,7 @@ impl Estate {
             resources,
             identities,
             operations: HashMap::new(),
+            op_order: VecDeque::new(),
             pending: Vec::new(),
             tenant_id: config.tenant_id.clone(),
             ids,
@@ -277,6 +282,7 @@ impl Estate {
             end,
         };
         let imds = r.imds.clone();
+        self.op_order.push_back(op.name.clone());
         self.operations.insert(op.name.clone(), op.clone());
         let due = end + secs(delay_secs);
         self.schedule(&imds, &plan.added, &plan.removed, due);
@@ -365,9 +371,21 @@ impl Estate {
         ))
     }
 
+    /// Forgets operations that ended more than [`OPERATION_TTL_SECS`] ago, and the oldest beyond
+    /// [`MAX_OPERATIONS`]. Amortised O(1): operations are visited in creation order.
     fn expire_operations(&mut self, now: DateTime<Utc>) {
-        self.operations
-            .retain(|_, op| now - op.end < Duration::seconds(OPERATION_TTL_SECS));
+        while let Some(front) = self.op_order.front() {
+            let expired = self
+                .operations
+                .get(front)
+                .is_none_or(|op| now - op.end >= Duration::seconds(OPERATION_TTL_SECS));
+            if !expired && self.op_order.len() < MAX_OPERATIONS {
+                break;
+            }
+            if let Some(name) = self.op_order.pop_front() {
+                self.operations.remove(&name);
+            }
+        }
     }
 
     /// Takes the changes due at `now`, oldest due first (insertion order among equals).
