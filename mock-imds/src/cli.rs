@@ -123,7 +123,7 @@ impl Cli {
             limits.max_connections_per_source = n;
         }
         limits.validate().map_err(|e| ConfigError::Invalid {
-            origin: "the command line".into(),
+            origin: "the flags and MOCK_IMDS_* environment".into(),
             message: e.to_string(),
         })?;
         Ok(config)

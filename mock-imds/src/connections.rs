@@ -45,7 +45,8 @@ pub struct ConnectionLimits {
     pub idle_timeout_secs: u64,
     /// Most connections open at once on one listener.
     pub max_connections: usize,
-    /// Most connections open at once from one source IP address on one listener.
+    /// Most connections open at once from one source IP address on one listener (above `max_connections`:
+    /// `max_connections`).
     pub max_connections_per_source: usize,
     /// On shutdown, requests in flight get this many seconds to finish before they are cut.
     pub shutdown_grace_secs: u64,
@@ -74,8 +75,8 @@ pub struct LimitError {
 }
 
 impl ConnectionLimits {
-    /// Checks every value against its range (timeouts 1 s to one day, grace 0 to one day, at least one
-    /// connection, per-source limit at most the total).
+    /// Checks every value against its range (timeouts 1 s to one day, grace 0 to one day, 1 to a million
+    /// connections; a per-source limit above the total acts as the total).
     pub fn validate(&self) -> Result<(), LimitError> {
         let secs = |field, value: u64, min| {
             if (min..=MAX_TIMEOUT_SECS).contains(&value) {
@@ -99,11 +100,11 @@ impl ConnectionLimits {
                 range: "1..=1000000",
             });
         }
-        if !(1..=self.max_connections).contains(&self.max_connections_per_source) {
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections_per_source) {
             return Err(LimitError {
                 field: "max_connections_per_source",
                 value: as_u64(self.max_connections_per_source),
-                range: "1..=max_connections",
+                range: "1..=1000000",
             });
         }
         Ok(())
@@ -624,10 +625,17 @@ mod tests {
             Err("idle_timeout_secs")
         );
         let bad = ConnectionLimits {
-            max_connections_per_source: 600,
+            max_connections_per_source: 0,
             ..ConnectionLimits::default()
         };
         assert!(bad.validate().is_err());
+        let wide = ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_source: 600,
+            ..ConnectionLimits::default()
+        };
+        assert!(wide.validate().is_ok());
+        assert_eq!(wide.max_per_source(), 10);
         let huge = ConnectionLimits {
             header_read_timeout_secs: u64::MAX,
             ..ConnectionLimits::default()
