@@ -268,6 +268,14 @@ fn caller_ip(peer: SocketAddr) -> Option<IpAddr> {
     }
 }
 
+/// The answer while the cluster view cannot be trusted: 500 with its reason, never a token.
+fn view_unavailable(e: &ViewUnavailable) -> Outcome {
+    Outcome::new(
+        go_error(500, &e.to_string()),
+        Decision::ClusterViewUnavailable,
+    )
+}
+
 /// The cluster view's readiness as a typed error.
 fn view_ready(st: &AppState) -> Result<(), ViewUnavailable> {
     st.view.ready().map_err(ViewUnavailable)
@@ -409,11 +417,7 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return Outcome::new(
-                go_error(500, &e.to_string()),
-                Decision::ClusterViewUnavailable,
-            )
-            .pod(&pod);
+            return view_unavailable(&e).pod(&pod);
         }
         Err(SelectError::NotFound(msg)) => {
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
@@ -466,11 +470,7 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
         .host_pod(&podns, &podname);
     }
     if let Err(e) = view_ready(st) {
-        return Outcome::new(
-            go_error(500, &e.to_string()),
-            Decision::ClusterViewUnavailable,
-        )
-        .host_pod(&podns, &podname);
+        return view_unavailable(&e).host_pod(&podns, &podname);
     }
     let pod = PodInfo {
         namespace: podns.clone(),
@@ -499,11 +499,7 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return Outcome::new(
-                go_error(500, &e.to_string()),
-                Decision::ClusterViewUnavailable,
-            )
-            .host_pod(&podns, &podname);
+            return view_unavailable(&e).host_pod(&podns, &podname);
         }
         Err(SelectError::NotFound(msg)) => {
             return Outcome::new(go_error(404, &msg), Decision::IdentityNotFound)

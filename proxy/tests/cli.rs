@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+use common::{TestResult, slow_imds};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imds-proxy");
 
@@ -233,28 +234,6 @@ async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
     assert!(stderr.contains("blocked_instance=1"), "{stderr}");
     assert!(stderr.contains("\"cut_requests\":0"), "{stderr}");
     Ok(())
-}
-
-/// An IMDS stand-in whose every answer takes `delay`; `started` is notified when a request arrives.
-async fn slow_imds(
-    delay: Duration,
-) -> std::io::Result<(std::net::SocketAddr, std::sync::Arc<tokio::sync::Notify>)> {
-    let started = std::sync::Arc::new(tokio::sync::Notify::new());
-    let notify = started.clone();
-    let app = axum::Router::new().fallback(move || {
-        let notify = notify.clone();
-        async move {
-            notify.notify_one();
-            tokio::time::sleep(delay).await;
-            "slow answer"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, started))
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ use common::*;
 use imds_proxy::cluster::memory::MemoryView;
 use imds_proxy::cluster::model::{AssignedIdentityInfo, IdentityInfo, PodInfo};
 use imds_proxy::{Proxy, Settings};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -97,19 +96,6 @@ fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Pod `p1` at 127.0.0.2 with one Assigned identity, and the proxy tuned by `tweak`.
-async fn one_pod(
-    tweak: impl FnOnce(&mut Settings),
-) -> Result<Fixture, Box<dyn std::error::Error + Send + Sync>> {
-    let f = Fixture::start(tweak).await?;
-    let a = f.mock.assign_identity(uami(0xa1, "id-a"));
-    f.pod("p1", "127.0.0.2", NODE, json!({}))?;
-    f.aai("p1", &a, NODE, "Assigned")?;
-    f.wait_for_pod("127.0.0.2").await?;
-    f.wait_for_aais("p1", 1, "Assigned").await?;
-    Ok(f)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_flood_from_one_source_does_not_starve_another_pod() -> TestResult {
     const FLOOD: usize = 5000;
@@ -120,7 +106,7 @@ async fn idle_flood_from_one_source_does_not_starve_another_pod() -> TestResult 
         return Ok(());
     }
     // Header timeout far beyond the test: the flood stays open while the other pod asks.
-    let f = one_pod(|s| s.header_read_timeout_sec = 600).await?;
+    let f = one_pod(|s| s.header_read_timeout_sec = 600).await?.0;
     let per_ip = Settings::default().max_connections_per_ip as usize;
     let mut flood = Vec::with_capacity(FLOOD);
     for _ in 0..FLOOD {
@@ -157,7 +143,7 @@ async fn idle_flood_from_one_source_does_not_starve_another_pod() -> TestResult 
 
 #[tokio::test]
 async fn silent_trickling_and_idle_connections_are_closed_by_their_timeouts() -> TestResult {
-    let f = one_pod(|s| {
+    let (f, _) = one_pod(|s| {
         s.header_read_timeout_sec = 1;
         s.idle_timeout_sec = 2;
     })
@@ -227,7 +213,7 @@ async fn silent_trickling_and_idle_connections_are_closed_by_their_timeouts() ->
 
 #[tokio::test]
 async fn http09_is_answered_at_once_and_h2c_is_not_spoken() -> TestResult {
-    let f = one_pod(|s| s.header_read_timeout_sec = 600).await?;
+    let f = one_pod(|s| s.header_read_timeout_sec = 600).await?.0;
     let addr = f.proxy.addr();
     let mut s = connect_from("127.0.0.2", addr).await?;
     s.write_all(b"GET /\r\n").await?;
@@ -341,7 +327,7 @@ async fn upstream_failures_read_like_nmis_go_client_errors() -> TestResult {
 
 #[tokio::test]
 async fn metric_labels_stay_bounded_under_many_resource_and_namespace_spellings() -> TestResult {
-    let f = one_pod(|_| {}).await?;
+    let (f, _) = one_pod(|_| {}).await?;
     let c = client_from("127.0.0.2")?;
     let spellings: Vec<String> = (0..120)
         .map(|i: u32| {
@@ -407,26 +393,6 @@ async fn metric_labels_stay_bounded_under_many_resource_and_namespace_spellings(
     assert!(namespaces.contains("other"));
     assert!(m.lines().count() < 5000, "{} lines", m.lines().count());
     Ok(())
-}
-
-/// An IMDS stand-in whose every answer takes `delay`; `started` is notified when a request arrives.
-async fn slow_imds(delay: Duration) -> std::io::Result<(SocketAddr, Arc<tokio::sync::Notify>)> {
-    let started = Arc::new(tokio::sync::Notify::new());
-    let notify = started.clone();
-    let app = axum::Router::new().fallback(move || {
-        let notify = notify.clone();
-        async move {
-            notify.notify_one();
-            tokio::time::sleep(delay).await;
-            "slow answer"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, started))
 }
 
 #[tokio::test]

@@ -36,22 +36,6 @@ fn upstream_token_client_ids(f: &Fixture) -> Vec<String> {
         .collect()
 }
 
-/// A fixture with pod `p1` at 127.0.0.2 holding one Assigned identity `id-a`.
-async fn one_pod(
-    tweak: impl FnOnce(&mut Settings),
-) -> Result<
-    (Fixture, mock_imds::config::UserAssignedIdentity),
-    Box<dyn std::error::Error + Send + Sync>,
-> {
-    let f = Fixture::start(tweak).await?;
-    let a = f.mock.assign_identity(uami(0xa1, "id-a"));
-    f.pod("p1", "127.0.0.2", NODE, json!({}))?;
-    f.aai("p1", &a, NODE, "Assigned")?;
-    f.wait_for_pod("127.0.0.2").await?;
-    f.wait_for_aais("p1", 1, "Assigned").await?;
-    Ok((f, a))
-}
-
 // ---- HDR: metadata header ----------------------------------------------------------------------------
 
 #[tokio::test]

@@ -596,6 +596,11 @@ impl ProxyRun {
             signal,
         )
         .expect("signal the proxy");
+        self.wait_exit(signal.as_ref())
+    }
+
+    /// Waits (60 s, bounded) for the exit status after `what`.
+    fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.exited() {
@@ -603,7 +608,7 @@ impl ProxyRun {
             }
             assert!(
                 Instant::now() < deadline,
-                "imds-proxy did not exit within 60 s of {signal}; log:\n{}",
+                "imds-proxy did not exit within 60 s of {what}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -974,18 +979,7 @@ fn a1_sigterm_removes_rules_at_once_and_drains_an_in_flight_request() {
         .expect("the in-flight request got its answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("slow answer"), "{answer}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = proxy.exited() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "imds-proxy did not exit; log:\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = proxy.wait_exit("SIGTERM");
     assert!(status.success(), "exit {status}; log:\n{}", proxy.log());
     assert!(proxy.log().contains("cut_requests=0"), "{}", proxy.log());
 }

@@ -307,3 +307,42 @@ pub async fn raw_get(
 pub fn journal_paths(mock: &MockImds) -> Vec<String> {
     mock.journal().into_iter().map(|e| e.path).collect()
 }
+
+/// A fixture with pod `p1` at 127.0.0.2 holding one Assigned identity `id-a`.
+pub async fn one_pod(
+    tweak: impl FnOnce(&mut Settings),
+) -> Result<
+    (Fixture, mock_imds::config::UserAssignedIdentity),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let f = Fixture::start(tweak).await?;
+    let a = f.mock.assign_identity(uami(0xa1, "id-a"));
+    f.pod("p1", "127.0.0.2", NODE, json!({}))?;
+    f.aai("p1", &a, NODE, "Assigned")?;
+    f.wait_for_pod("127.0.0.2").await?;
+    f.wait_for_aais("p1", 1, "Assigned").await?;
+    Ok((f, a))
+}
+
+/// An IMDS stand-in whose every answer (`slow answer`) takes `delay`; `started` is notified when a request
+/// arrives.
+pub async fn slow_imds(
+    delay: Duration,
+) -> std::io::Result<(SocketAddr, std::sync::Arc<tokio::sync::Notify>)> {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let app = axum::Router::new().fallback(move || {
+        let notify = notify.clone();
+        async move {
+            notify.notify_one();
+            tokio::time::sleep(delay).await;
+            "slow answer"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, started))
+}
