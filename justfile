@@ -2,8 +2,8 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Cargo features the test suite compiles in (the testcontainers module of mock-imds).
-test_features := "--features mock-imds/testcontainers"
+# Cargo features the test suite compiles in (the testcontainers modules of mock-imds and mock-arm).
+test_features := "--features mock-imds/testcontainers,mock-arm/testcontainers"
 
 # Run the default conformance scenario against the built-in interceptor on the best available backend.
 conformance *ARGS: build
@@ -52,7 +52,7 @@ lint:
     ci/check-manifests.sh
     ci/lint-workflows.sh
 
-# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy,imds-probe}:<version>.
+# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy,imds-probe,mock-arm}:<version>.
 images:
     ci/build-images.sh
 
