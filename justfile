@@ -69,6 +69,7 @@ bench *ARGS:
 
 # Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
 # INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both
-# targets run in parallel (two test threads). `cargo test` runs a short pass of each (seconds).
+# targets run in parallel (two test threads); 1 M each took 9 min 13 s on a loaded 2-core machine (query parser
+# 295 s, router 534 s; debug build). `cargo test` runs a short pass of each (seconds).
 fuzz INPUTS="1000000":
     MOCK_IMDS_FUZZ_INPUTS={{INPUTS}} cargo test -p mock-imds --test fuzz -- --ignored --nocapture --test-threads 2

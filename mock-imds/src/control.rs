@@ -40,8 +40,57 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Bytes of JSON per streamed chunk of the journal.
+const JOURNAL_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The journal as a JSON array, streamed a chunk at a time (never the whole document in memory), byte for
+/// byte what `Json(entries)` would send. It holds the entries kept when the request arrived (up to the
+/// sequence number then next) that are still kept when their chunk is written: entries dropped meanwhile
+/// (capacity, `DELETE`) are left out, later ones are not included.
 async fn journal(State(s): State<AppState>) -> Response {
-    Json(s.journal.entries()).into_response()
+    struct Cursor {
+        state: AppState,
+        next: u64,
+        until: u64,
+        first: bool,
+        opened: bool,
+        done: bool,
+    }
+    let until = s.journal.next_seq();
+    let start = Cursor {
+        state: s,
+        next: 0,
+        until,
+        first: true,
+        opened: false,
+        done: false,
+    };
+    let chunks = futures::stream::unfold(start, |mut c| async move {
+        if c.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(JOURNAL_CHUNK_BYTES + 4096);
+        if !std::mem::replace(&mut c.opened, true) {
+            out.push(b'[');
+        }
+        c.next = c.state.journal.write_json_chunk(
+            c.next,
+            c.until,
+            &mut c.first,
+            &mut out,
+            JOURNAL_CHUNK_BYTES,
+        );
+        if c.next >= c.until {
+            out.push(b']');
+            c.done = true;
+        }
+        Some((Ok::<_, std::convert::Infallible>(out), c))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 async fn clear_journal(State(s): State<AppState>) -> StatusCode {

@@ -1,7 +1,14 @@
 //! The request journal: a bounded ring of every IMDS request the mock answered (or dropped), with source
 //! address and final status — bounded in entries (`journal_capacity`) and in bytes ([`MAX_JOURNAL_BYTES`]),
-//! as a request may carry up to 128 KiB of head that the journal keeps verbatim — so tests and the conformance harness can see exactly what reached "IMDS".
-//! Control-API requests are never recorded. This module only stores entries; the rules layer fills them in.
+//! as a request may carry up to 128 KiB of head that the journal keeps verbatim — so tests and the
+//! conformance harness can see exactly what reached "IMDS". Control-API requests are never recorded. This
+//! module only stores entries (the rules layer fills them in) and writes them out as JSON in chunks
+//! ([`Journal::write_json_chunk`], for the streamed `GET /_mock/journal`).
+//!
+//! The byte bound counts the memory the journal really holds, not an estimate of the request's text: for
+//! each entry its boxed record, every heap buffer it owns (at its capacity, rounded up to the allocator's
+//! chunk size, see [`alloc_size`]) and its slot in the ring, plus the ring's unused slots. An ordinary
+//! request costs ~400 bytes, so the default 64 MiB hold ~160,000 of them.
 //!
 //! The request path records a compact [`RequestRecord`] (one byte buffer for path, query and headers, the
 //! arrival time and peer address unformatted) and the journal turns it into a [`JournalEntry`] only when it
@@ -9,7 +16,6 @@
 //! CPU (measured by `just bench`), while journals are read rarely.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -37,10 +43,46 @@ pub struct JournalEntry {
     pub status: u16,
 }
 
-/// Most bytes of request data (path, query, header names and values, ...) the journal holds; the oldest
-/// entries are dropped beyond it, as beyond the entry capacity. 10 000 ordinary requests take ~5 MiB; the
-/// bound matters only for requests with very large heads.
+/// Most bytes of memory the journal holds (entries, their buffers, the ring; module docs); the oldest entries
+/// are dropped beyond it, as beyond the entry capacity. 10,000 ordinary requests take ~4 MiB.
 pub const MAX_JOURNAL_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes the allocator really uses for a request of `n` bytes: glibc malloc's chunks (8 bytes of header,
+/// 16-byte granules, 32 bytes at least); nothing for `n == 0` (no allocation). Other allocators differ by a
+/// few bytes per allocation.
+pub fn alloc_size(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        n.saturating_add(8 + 15).max(32) & !15
+    }
+}
+
+/// Memory of a `String` or `Vec` buffer of `capacity` elements of `elem` bytes.
+fn buffer(capacity: usize, elem: usize) -> usize {
+    alloc_size(capacity.saturating_mul(elem))
+}
+
+/// Heap bytes of a method: the standard ones are constants; an extension longer than 15 bytes is boxed (a
+/// shorter one is inline, counted as if boxed: an upper bound).
+fn method_bytes(m: &Method) -> usize {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::PATCH,
+        Method::TRACE,
+    ];
+    if STANDARD.contains(m) {
+        0
+    } else {
+        alloc_size(m.as_str().len())
+    }
+}
 
 /// Bounded, thread-safe journal.
 #[derive(Debug)]
@@ -53,8 +95,18 @@ pub struct Journal {
 #[derive(Debug, Default)]
 struct Inner {
     next_seq: u64,
+    /// Memory of the entries (each: box, buffers, ring slot); the ring's unused slots are added on top.
     bytes: usize,
-    entries: VecDeque<Stored>,
+    /// Boxed: a ring slot is then 8 bytes, so the ring's spare capacity costs little.
+    entries: VecDeque<Box<Stored>>,
+}
+
+impl Inner {
+    fn total_bytes(&self) -> usize {
+        let spare = self.entries.capacity().saturating_sub(self.entries.len());
+        self.bytes
+            .saturating_add(spare.saturating_mul(std::mem::size_of::<Box<Stored>>()))
+    }
 }
 
 /// An entry as the journal holds it.
@@ -65,10 +117,21 @@ enum Stored {
 }
 
 impl Stored {
+    /// Memory this entry holds in the journal: its box, its buffers and its ring slot.
     fn size(&self) -> usize {
+        let own = match self {
+            Stored::Entry(e) => e.heap_bytes(),
+            Stored::Request(r) => r.heap_bytes,
+        };
+        alloc_size(std::mem::size_of::<Stored>())
+            .saturating_add(own)
+            .saturating_add(std::mem::size_of::<Box<Stored>>())
+    }
+
+    fn seq(&self) -> u64 {
         match self {
-            Stored::Entry(e) => e.size(),
-            Stored::Request(r) => r.size,
+            Stored::Entry(e) => e.seq,
+            Stored::Request(r) => r.seq,
         }
     }
 
@@ -87,9 +150,6 @@ impl Stored {
     }
 }
 
-/// Length of the journal's time format (`2026-01-02T03:04:05.250Z`) for years 0–9999.
-const TIME_LEN: usize = 24;
-
 /// One request in compact form, built on the request path; becomes a [`JournalEntry`] when read.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
@@ -103,40 +163,9 @@ pub struct RequestRecord {
     /// (name length, value length) of each header, in `HeaderMap` iteration order.
     header_lens: Vec<(u32, u32)>,
     source: Option<SocketAddr>,
-    /// What [`JournalEntry::size`] of the converted entry will be (the journal's byte bound counts this).
-    size: usize,
+    /// Heap memory of `method`, `data` and `header_lens`.
+    heap_bytes: usize,
     pub status: u16,
-}
-
-/// Counts the bytes a `Display` value formats to, without allocating.
-struct Counter(usize);
-
-impl std::fmt::Write for Counter {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0 += s.len();
-        Ok(())
-    }
-}
-
-/// Decimal digits of `n`.
-fn digits(n: u32) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Length of `addr.to_string()`, computed without formatting for IPv4 (the common case; formatting it
-/// showed in the request path's profile) and by counting the formatted bytes for IPv6.
-fn display_len(addr: SocketAddr) -> usize {
-    match addr {
-        SocketAddr::V4(a) => {
-            let octets: usize = a.ip().octets().iter().map(|o| digits(u32::from(*o))).sum();
-            octets + 3 + 1 + digits(u32::from(a.port()))
-        }
-        SocketAddr::V6(a) => {
-            let mut c = Counter(0);
-            let _ = write!(c, "{a}");
-            c.0
-        }
-    }
 }
 
 impl RequestRecord {
@@ -158,7 +187,6 @@ impl RequestRecord {
         data.extend_from_slice(path.as_bytes());
         data.extend_from_slice(query.as_bytes());
         let mut header_lens = Vec::with_capacity(headers.len());
-        let mut size = TIME_LEN + method.as_str().len() + path.len() + query.len();
         for (n, v) in headers {
             data.extend_from_slice(n.as_str().as_bytes());
             data.extend_from_slice(v.as_bytes());
@@ -167,14 +195,10 @@ impl RequestRecord {
                 u32::try_from(n.as_str().len()).unwrap_or(u32::MAX),
                 u32::try_from(v.len()).unwrap_or(u32::MAX),
             ));
-            size += n.as_str().len()
-                + match std::str::from_utf8(v.as_bytes()) {
-                    Ok(_) => v.len(),
-                    // The entry will hold the lossy conversion, which can be longer.
-                    Err(_) => String::from_utf8_lossy(v.as_bytes()).len(),
-                };
         }
-        size += source.map_or("unknown".len(), display_len);
+        let heap_bytes = method_bytes(method)
+            + buffer(data.capacity(), 1)
+            + buffer(header_lens.capacity(), std::mem::size_of::<(u32, u32)>());
         RequestRecord {
             seq: 0,
             arrival,
@@ -184,7 +208,7 @@ impl RequestRecord {
             query_len: query.len(),
             header_lens,
             source,
-            size,
+            heap_bytes,
             status: 0,
         }
     }
@@ -235,7 +259,22 @@ impl RequestRecord {
 }
 
 impl JournalEntry {
-    /// Bytes of request data this entry holds (what the journal's byte bound counts).
+    /// Heap memory of this entry: every string and the header list at their capacities, as allocated.
+    pub fn heap_bytes(&self) -> usize {
+        let s = |t: &String| buffer(t.capacity(), 1);
+        s(&self.time)
+            + s(&self.method)
+            + s(&self.path)
+            + s(&self.query)
+            + s(&self.source)
+            + buffer(
+                self.headers.capacity(),
+                std::mem::size_of::<(String, String)>(),
+            )
+            + self.headers.iter().map(|(n, v)| s(n) + s(v)).sum::<usize>()
+    }
+
+    /// Bytes of request text this entry holds (strings only).
     pub fn size(&self) -> usize {
         self.time.len()
             + self.method.len()
@@ -283,13 +322,15 @@ impl Journal {
     }
 
     fn push(&self, mut entry: Stored) {
+        // Boxed before taking the lock.
+        let size = entry.size();
         let mut inner = self.lock();
         entry.set_seq(inner.next_seq);
         inner.next_seq += 1;
-        inner.bytes += entry.size();
-        inner.entries.push_back(entry);
+        inner.bytes += size;
+        inner.entries.push_back(Box::new(entry));
         while inner.entries.len() > 1
-            && (inner.entries.len() > self.capacity || inner.bytes > self.max_bytes)
+            && (inner.entries.len() > self.capacity || inner.total_bytes() > self.max_bytes)
         {
             if let Some(old) = inner.entries.pop_front() {
                 inner.bytes -= old.size();
@@ -298,7 +339,52 @@ impl Journal {
     }
 
     pub fn entries(&self) -> Vec<JournalEntry> {
-        self.lock().entries.iter().map(Stored::to_entry).collect()
+        self.lock().entries.iter().map(|s| s.to_entry()).collect()
+    }
+
+    /// Memory the journal holds now (what [`MAX_JOURNAL_BYTES`] bounds; module docs).
+    pub fn bytes(&self) -> usize {
+        self.lock().total_bytes()
+    }
+
+    /// The sequence number the next entry will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Appends to `out` the JSON of the entries with sequence numbers from `from` (or the oldest kept, if
+    /// later) up to `until` (exclusive), each preceded by a comma unless `*first`, stopping once `out` holds
+    /// `chunk_bytes`. Returns where to continue (`>= until`: done). The entries are written exactly as
+    /// `serde_json` writes a `Vec<JournalEntry>`, so "[" + chunks + "]" is byte for byte that document,
+    /// built a chunk at a time instead of all at once.
+    pub fn write_json_chunk(
+        &self,
+        from: u64,
+        until: u64,
+        first: &mut bool,
+        out: &mut Vec<u8>,
+        chunk_bytes: usize,
+    ) -> u64 {
+        let inner = self.lock();
+        let Some(oldest) = inner.entries.front().map(|e| e.seq()) else {
+            return until;
+        };
+        let start = from.max(oldest);
+        let skip = usize::try_from(start - oldest).unwrap_or(usize::MAX);
+        let mut next = start;
+        for stored in inner.entries.iter().skip(skip) {
+            if next >= until || out.len() >= chunk_bytes {
+                return next;
+            }
+            if !std::mem::take(first) {
+                out.push(b',');
+            }
+            // Serialising plain strings and numbers into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &stored.to_entry());
+            next = stored.seq() + 1;
+        }
+        // Everything kept is written; entries recorded meanwhile are beyond `until` or come later.
+        until.max(next)
     }
 
     pub fn clear(&self) {
@@ -395,25 +481,61 @@ mod tests {
         );
         assert_eq!(e[1].source, "unknown");
         assert_eq!(e[1].seq, 1);
+        // The compact record holds the request's bytes once, plus its box and ring slot.
         let inner = j.lock();
-        for (stored, entry) in inner.entries.iter().zip(&e) {
-            assert_eq!(stored.size(), entry.size());
-        }
+        let text: usize = e[0].path.len() + e[0].query.len() + 8 + 4 + 14 + 14 + 10 + 5;
+        assert!(inner.entries[0].size() >= text + std::mem::size_of::<Stored>());
+        assert_eq!(
+            inner.bytes,
+            inner.entries.iter().map(|s| s.size()).sum::<usize>()
+        );
     }
 
     #[test]
-    fn display_len_matches_formatting() {
-        for a in [
-            "0.0.0.0:0",
-            "127.0.0.1:54321",
-            "10.20.255.9:80",
-            "255.255.255.255:65535",
-            "[::1]:8080",
-            "[fe80::1%3]:9",
-        ] {
-            let addr: SocketAddr = a.parse().expect("addr");
-            assert_eq!(display_len(addr), addr.to_string().len(), "{a}");
+    fn alloc_size_follows_malloc_chunks() {
+        assert_eq!(alloc_size(0), 0);
+        assert_eq!(alloc_size(1), 32);
+        assert_eq!(alloc_size(24), 32);
+        assert_eq!(alloc_size(25), 48);
+        assert_eq!(alloc_size(3000), 3008);
+        assert_eq!(alloc_size(usize::MAX), usize::MAX & !15);
+    }
+
+    #[test]
+    fn json_chunks_concatenate_to_the_whole_document() {
+        let j = Journal::new(100);
+        for i in 0..40 {
+            let mut e = entry(&format!("/p{i}"));
+            e.headers = vec![("h".into(), "\"quoted\" \u{e9}".repeat(i))];
+            j.record(e);
         }
+        let whole = serde_json::to_vec(&j.entries()).expect("json");
+        for chunk_bytes in [1, 100, 1000, usize::MAX] {
+            let (mut out, mut first, mut at) = (vec![b'['], true, 0);
+            let until = j.next_seq();
+            while at < until {
+                let limit = out.len().saturating_add(chunk_bytes);
+                at = j.write_json_chunk(at, until, &mut first, &mut out, limit);
+            }
+            out.push(b']');
+            assert_eq!(out, whole, "chunks of {chunk_bytes} bytes");
+        }
+        // Entries recorded after `until` are not written; dropped ones are skipped.
+        let (mut out, mut first) = (Vec::new(), true);
+        let until = j.next_seq();
+        j.record(entry("/later"));
+        assert_eq!(
+            j.write_json_chunk(0, until, &mut first, &mut out, usize::MAX),
+            until
+        );
+        assert!(!String::from_utf8_lossy(&out).contains("/later"));
+        j.clear();
+        let (mut out, mut first) = (Vec::new(), true);
+        assert_eq!(
+            j.write_json_chunk(0, until, &mut first, &mut out, usize::MAX),
+            until
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -428,8 +550,9 @@ mod tests {
             j.record(big(i));
         }
         let e = j.entries();
-        assert!(e.iter().map(JournalEntry::size).sum::<usize>() <= 10 * 1024);
-        assert_eq!(e.len(), 3, "three 3 KB entries fit in 10 KiB");
+        assert!(j.bytes() <= 10 * 1024, "{}", j.bytes());
+        // Each entry holds 3,000 bytes of header value and some 300 of strings, box and slot.
+        assert_eq!(e.len(), 3, "three such entries fit in 10 KiB, four do not");
         assert_eq!(e.last().map(|e| e.path.as_str()), Some("/9"));
         // An entry larger than the whole bound is still kept (alone).
         let mut huge = entry("/huge");

@@ -60,7 +60,8 @@
 //! # Modules
 //! One module per IMDS surface ([`instance`], [`token`], [`attested`], [`events`], [`loadbalancer`],
 //! [`versions`]), each a small axum router; the cross-cutting request rules are one layer ([`rules`]);
-//! [`faults`], [`journal`], [`control`] and [`config`] hold the rest. Decisions taken where the real service is
+//! [`faults`], [`journal`], [`control`] and [`config`] hold the rest; [`server`] with [`connections`] serves
+//! every listener within timeouts and connection limits, and [`token_cache`] bounds the issued tokens. Decisions taken where the real service is
 //! undocumented are listed in the crate README.
 
 pub mod attested;

@@ -270,3 +270,42 @@ async fn acknowledgement_with_document_incarnation_is_accepted() {
     let doc = get(&m, EVENTS, &[]).await.json();
     assert_eq!(doc["Events"][0]["EventStatus"], "Started");
 }
+
+/// `GET /_mock/journal` is streamed in chunks; the document is byte for byte the JSON of the entries.
+#[tokio::test]
+async fn journal_is_streamed_byte_identical() {
+    let m = mock().await;
+    let padding = "p".repeat(200);
+    for i in 0..600 {
+        let r = get(
+            &m,
+            &format!("/metadata/versions?n={i}"),
+            &[("x-padding", &padding)],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let resp = client()
+        .get(format!("{}/_mock/journal", m.uri()))
+        .send()
+        .await
+        .expect("journal");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert!(
+        resp.content_length().is_none(),
+        "streamed (chunked), not built whole"
+    );
+    let body = resp.bytes().await.expect("body");
+    assert!(body.len() > 3 * 64 * 1024, "spans several chunks");
+    let expected = serde_json::to_vec(&m.journal()).expect("json");
+    assert_eq!(body.as_ref(), expected.as_slice());
+    // Empty journal: `[]`, as before.
+    m.clear_journal();
+    let (s, body) = ctl(&m, reqwest::Method::GET, "/journal", None).await;
+    assert_eq!((s, body.as_str()), (200, "[]"));
+}

@@ -61,7 +61,19 @@ fn fuzz<S: Strategy>(
     // the default hook's printing (and backtraces) for each of thousands of shrinking steps only slows it.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = runner(cases).run(&strategy, test);
+    // Progress every 100,000 inputs (shrinking re-runs inputs; the count then overstates).
+    let done = std::cell::Cell::new(0u64);
+    let result = runner(cases).run(&strategy, |input| {
+        done.set(done.get() + 1);
+        if done.get().is_multiple_of(100_000) {
+            eprintln!(
+                "fuzz {name}: {} inputs, {:.0} s",
+                done.get(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        test(input)
+    });
     std::panic::set_hook(hook);
     if let Err(e) = result {
         panic!("fuzz target {name}: {e}");
