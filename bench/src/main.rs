@@ -601,7 +601,7 @@ fn run_cluster(
     nodes: usize,
     lookup_unfiltered: bool,
 ) -> Result<cluster::ClusterResult> {
-    let api = rt.block_on(imds_conformance::apiserver::ApiServer::start(
+    let api = rt.block_on(kube_test_apiserver::ApiServer::start(
         "127.0.0.1:0".parse()?,
     ))?;
     eprintln!(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use imds_conformance::apiserver::selectors::{FieldSelector, LabelSelector, Operator, Requirement};
+use kube_test_apiserver::selectors::{FieldSelector, LabelSelector, Operator, Requirement};
 use proptest::prelude::*;
 
 fn key() -> impl Strategy<Value = String> {

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use imds_conformance::apiserver::ApiServer;
+use kube_test_apiserver::ApiServer;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use imds_conformance::apiserver::ApiServer;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, WatchEvent, WatchParams,
 };
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube_test_apiserver::ApiServer;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

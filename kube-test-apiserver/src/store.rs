@@ -499,7 +499,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{AZURE_ASSIGNED_IDENTITY, POD};
+    use crate::resources::{AZURE_ASSIGNED_IDENTITY, POD};
 
     fn pod(name: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"nodeName": "n1"}})
