@@ -60,6 +60,10 @@ images:
 mock *ARGS:
     cargo run -p mock-imds -- {{ARGS}}
 
+# Run mock-arm (ARM's VM/VMSS identity surface) on 127.0.0.1:8090; `just mock-arm --help` for its flags.
+mock-arm *ARGS:
+    cargo run -p mock-arm -- {{ARGS}}
+
 # Benchmarks: ratios measured side by side in one run (root for the netns part); writes docs/BENCHMARKS.md.
 # `just bench --quick` takes about 30 s.
 bench *ARGS:

@@ -35,8 +35,23 @@ pub struct Propagation {
     pub imds: String,
     #[serde(flatten)]
     pub change: ImdsChange,
-    /// The mock-imds answer's status, or the error.
-    pub result: Result<u16, String>,
+    /// The mock-imds answer's status, when it answered.
+    pub status: Option<u16>,
+    /// Why the change did not take effect, when it did not.
+    pub error: Option<String>,
+}
+
+/// Why an identity change did not reach a mock-imds.
+#[derive(Debug, thiserror::Error)]
+pub enum PropagationError {
+    #[error("{uri} answered {status}: {body}")]
+    Refused {
+        uri: String,
+        status: u16,
+        body: String,
+    },
+    #[error(transparent)]
+    Call(#[from] crate::client::ClientError),
 }
 
 /// Cheaply clonable handle to the shared state.
@@ -134,6 +149,13 @@ impl AppState {
             if let Err(e) = &result {
                 tracing::warn!(imds = %effect.imds, error = %e, "identity change not propagated");
             }
+            let (status, error) = match result {
+                Ok(status) => (Some(status), None),
+                Err(e @ PropagationError::Refused { status, .. }) => {
+                    (Some(status), Some(e.to_string()))
+                }
+                Err(e) => (None, Some(e.to_string())),
+            };
             let mut log = lock(&self.propagations);
             if log.len() >= PROPAGATION_LOG_CAPACITY {
                 log.pop_front();
@@ -144,13 +166,14 @@ impl AppState {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 imds: effect.imds.clone(),
                 change: effect.change.clone(),
-                result,
+                status,
+                error,
             });
         }
         n
     }
 
-    async fn send(&self, effect: &Effect) -> Result<u16, String> {
+    async fn send(&self, effect: &Effect) -> Result<u16, PropagationError> {
         let base = effect.imds.trim_end_matches('/');
         let (method, uri, body) = match &effect.change {
             ImdsChange::Assign {
@@ -182,14 +205,16 @@ impl AppState {
                 None,
             ),
         };
-        match self.client.call(method, &uri, body).await {
-            // 404 on DELETE: mock-imds no longer had it, which is the wanted state.
-            Ok((status, _)) if status.is_success() || status.as_u16() == 404 => Ok(status.as_u16()),
-            Ok((status, body)) => Err(format!(
-                "{uri} answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            )),
-            Err(e) => Err(e.to_string()),
+        let (status, answer) = self.client.call(method, &uri, body).await?;
+        // 404 on DELETE: mock-imds no longer had it, which is the wanted state.
+        if status.is_success() || status.as_u16() == 404 {
+            Ok(status.as_u16())
+        } else {
+            Err(PropagationError::Refused {
+                uri,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&answer).into_owned(),
+            })
         }
     }
 }

@@ -202,7 +202,7 @@ async fn assignment_propagates_to_each_vms_imds_and_removal_takes_it_away() {
     let attached = serde_json::to_value(&ss.identity).expect("json");
     assert!(!attached.to_string().contains("/id-app"), "{attached}");
     assert!(
-        arm.propagations().iter().all(|p| p.result.is_ok()),
+        arm.propagations().iter().all(|p| p.error.is_none()),
         "{:?}",
         arm.propagations()
     );
