@@ -66,3 +66,10 @@ bench *ARGS:
     # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}
+
+# Reliability soak, bounded (default 120 s of load; loopback, or `--backend netns` as root): hostile corpus,
+# fixed-rate load with error counts and RSS samples, API server down/up and mock latency faults. Writes
+# docs/RELIABILITY-figures-<backend>.md (linked from docs/RELIABILITY.md). `just soak --secs 60 --rate 100`.
+soak *ARGS:
+    cargo build -p imds-proxy -p imds-bench --bins
+    target/debug/imds-soak {{ARGS}}
