@@ -1,4 +1,4 @@
-//! Section 4, the cluster view at scale: the test API server (`imds_conformance::apiserver`) holds
+//! Section 4, the cluster view at scale: the test API server (`kube_test_apiserver`) holds
 //! N nodes × 20 pods and one AzureAssignedIdentity per pod; one imds-proxy *process* for `node-0`
 //! is started against it, once with label filtering (`--enableScaleFeatures=true`) and once
 //! without. Measured: bytes the API server sent to that proxy (its per-client accounting), time
@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use imds_conformance::apiserver::ApiServer;
+use kube_test_apiserver::ApiServer;
 use serde_json::json;
 
 pub const PODS_PER_NODE: usize = 20;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use imds_conformance::apiserver::ApiServer;
 use imds_proxy::cluster::watch::KubeView;
 use imds_proxy::cluster::{ClusterView, WatchPlan};
 use imds_proxy::policy::{self, IdentityRequest, RetryBudget, StandardStep};
+use kube_test_apiserver::ApiServer;
 
 use crate::cluster::PODS_PER_NODE;
 
@@ -77,6 +77,7 @@ pub async fn measure(
         client,
         &plan,
         imds_proxy::metrics::Metrics::new(),
+        imds_proxy::cluster::freshness::Freshness::default(),
     ));
     // Bounded wait for the first complete list of every watched resource.
     loop {

@@ -7,6 +7,7 @@
 //! bare baseline server) and `cluster` (the scale run). It uses the other crates only through
 //! their public APIs and binaries, and sends traffic only to 127.0.0.1.
 
+mod arm;
 mod cluster;
 mod load;
 mod lookup;
@@ -466,6 +467,15 @@ fn main() -> Result<()> {
         let _ = proxy.shutdown().await;
     });
 
+    // ---- 3b: mock-arm (bench/src/arm.rs) ----
+    arm::section(
+        &server_rt,
+        &load_rt,
+        rounds,
+        load_at(opts.concurrency),
+        &mut rows,
+    )?;
+
     // ---- 4: cluster view at scale ----
     let s4 = "4 cluster view";
     let proxy_bin = opts
@@ -591,7 +601,7 @@ fn run_cluster(
     nodes: usize,
     lookup_unfiltered: bool,
 ) -> Result<cluster::ClusterResult> {
-    let api = rt.block_on(imds_conformance::apiserver::ApiServer::start(
+    let api = rt.block_on(kube_test_apiserver::ApiServer::start(
         "127.0.0.1:0".parse()?,
     ))?;
     eprintln!(

@@ -361,7 +361,7 @@ pub async fn main_with(cli: Cli) -> i32 {
             let shutdown = async {
                 runner::shutdown_signal().await;
             };
-            match crate::apiserver::run_standalone(listen, &kubeconfig_out, shutdown).await {
+            match kube_test_apiserver::run_standalone(listen, &kubeconfig_out, shutdown).await {
                 Ok(()) => 0,
                 Err(e) => usage(format!("apiserver: {e}")),
             }

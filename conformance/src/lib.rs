@@ -15,11 +15,11 @@
 //! - [`scenario`], [`cluster`] — scenario files and the Kubernetes objects they imply;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
 //! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
-//! - [`apiserver`] — the test Kubernetes API server; [`netns`] — namespaces, veths, cleanup;
+//! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
+//!   `kube-test-apiserver`);
 //! - [`kind`] — typed kind / kubectl / docker wrappers and the manifests of the kind backend;
 //!   [`probe`] — the protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
 
-pub mod apiserver;
 pub mod backend;
 pub mod case;
 pub mod catalog;

@@ -67,6 +67,7 @@ pub mod attested;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod error;
 pub mod events;
@@ -82,6 +83,7 @@ mod state;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
 pub mod token;
+pub mod token_cache;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -279,20 +281,29 @@ impl MockImdsBuilder {
         // Eagerly, on its own thread: start() stays quick and the first token request does not wait seconds.
         state.start_key_generation();
         let (tx, rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(server::serve(
+        // The report is logged by `serve`. The control listener (if any) is served by the same function with
+        // the same limits and timeouts: its own connection table, so it cannot be starved by IMDS clients.
+        let serving = server::serve(
             listener,
             app(state.clone()),
             state.server_header.clone(),
+            state.config.server.limits.clone(),
             rx.clone(),
-        ))];
+        );
+        let mut tasks = vec![tokio::spawn(async move {
+            serving.await;
+        })];
         if let Some(l) = control_listener {
-            // The same server (limits, timeouts, graceful shutdown) as the IMDS listener.
-            tasks.push(tokio::spawn(server::serve(
+            let serving = server::serve(
                 l,
                 control_app(state.clone()),
                 state.server_header.clone(),
+                state.config.server.limits.clone(),
                 rx,
-            )));
+            );
+            tasks.push(tokio::spawn(async move {
+                serving.await;
+            }));
         }
         Ok(MockImds {
             addr,
@@ -422,7 +433,8 @@ impl MockImds {
         self.state.keys_ready()
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded by `server::SHUTDOWN_GRACE`), and waits.
+    /// Stops accepting, lets in-flight requests finish (bounded by `server.limits.shutdown_grace_secs`; what
+    /// the grace cut is logged), and waits.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {

@@ -286,7 +286,7 @@ async fn label_fixture(
     sent: u64,
 ) -> Result<Fixture, Box<dyn std::error::Error + Send + Sync>> {
     let mock = mock().await?;
-    let api = imds_conformance::apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
+    let api = kube_test_apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
     let mine = mock.assign_identity(uami(0xd1, "id-mine"));
     let legacy = mock.assign_identity(uami(0xd2, "id-legacy"));
     // Two AAIs for this node, three for another node, one unlabelled (created before scale features).

@@ -19,11 +19,11 @@ use tokio::process::Command;
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
 use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
-use crate::apiserver::ApiServer;
 use crate::case::{BackendKind, BoxFut};
 use crate::cluster;
 use crate::http::SendError;
 use crate::scenario::Scenario;
+use kube_test_apiserver::ApiServer;
 
 /// Address of node processes and host-network pods.
 const NODE_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use mock_imds::MockImds;
 
 use super::{BackendError, JournalEntry};
-use crate::apiserver::ApiServer;
 use crate::scenario::Scenario;
+use kube_test_apiserver::ApiServer;
 
 /// Seed of every mock (deterministic ids and keys; the same across nodes like one subscription's VMs).
 pub const MOCK_SEED: u64 = 42;

@@ -3,12 +3,14 @@
 //! Owns the isolation cases: pod B never gets pod A's identity (by client_id or resource id); spoofed
 //! `X-Forwarded-For` / `podname` / `podns` headers change nothing and `X-Forwarded-For` is never forwarded;
 //! a reused pod IP gets no stale identity; denied answers leak no upstream bytes; with the API server down
-//! the interceptor fails closed; no pod reaches the mock's control API (the evidence the verdicts rest on).
+//! the interceptor fails closed; with the API server hung or cut off (no error, just silence) it stops
+//! handing out tokens within the staleness bound and never serves a reused IP the old pod's identity; no pod
+//! reaches the mock's control API (the evidence the verdicts rest on).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{PodView, Target};
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
+use crate::case::{ANY_BACKEND, BackendKind, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
 use crate::catalog::{has_token, identity_pod, plain_pod, response};
 use crate::cluster;
@@ -16,7 +18,10 @@ use crate::ctx::{Ctx, token_client_id, token_target};
 use crate::http::Request;
 
 /// The cases of this area.
-pub static CASES: &[&Case] = &[&ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005, &ISO_006];
+pub static CASES: &[&Case] = &[
+    &ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005, &ISO_006, &ISO_007, &ISO_008, &ISO_009,
+    &ISO_010,
+];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -207,6 +212,129 @@ case_fn!(iso_005, |ctx| {
     Ok(())
 });
 
+/// SPEC §2: an interceptor whose cluster view cannot be shown current for this long hands out no token.
+const STALENESS_BOUND: Duration = Duration::from_secs(10);
+/// Slack after the bound before the verdict (request latency, a watch event just before the outage).
+const STALENESS_MARGIN: Duration = Duration::from_secs(3);
+
+/// An API server outage that raises no error at the client: only silence.
+#[derive(Debug, Clone, Copy)]
+enum Silence {
+    /// The API server hangs (a stopped process): connections accepted, nothing answered, watches silent.
+    Hang,
+    /// The nodes are cut off from the API server (packets dropped both ways).
+    Partition,
+}
+
+impl Silence {
+    async fn begin(self, ctx: &mut Ctx) -> Result<(), Outcome> {
+        let result = match self {
+            Silence::Hang => ctx.set_api_hung(true).await,
+            Silence::Partition => ctx.set_api_partitioned(true).await,
+        };
+        result.map_err(|e| Outcome::skip(format!("{}: {e}", self.what())))
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Silence::Hang => "API server hung",
+            Silence::Partition => "API server cut off",
+        }
+    }
+}
+
+/// The identity pod is served while the API server is up (else there is nothing to take away: SKIP).
+async fn served_before(ctx: &mut Ctx, a: &PodView) -> Result<(), Outcome> {
+    let sent = ctx.poll_token(&a.name, "", Duration::from_secs(10)).await;
+    if sent.response().is_some_and(has_token) {
+        return Ok(());
+    }
+    Err(Outcome::skip(format!(
+        "the identity pod gets no token even with the API server up: {}",
+        sent.summary()
+    )))
+}
+
+/// After the staleness bound of a silent outage, the identity pod gets no token (a stale cache would
+/// still serve it).
+async fn no_token_after_bound(ctx: &mut Ctx, silence: Silence) -> Result<(), Outcome> {
+    let a = identity_pod(ctx)?;
+    served_before(ctx, &a).await?;
+    silence.begin(ctx).await?;
+    // The runner ends the outage after the case.
+    tokio::time::sleep(STALENESS_BOUND + STALENESS_MARGIN).await;
+    let mut extras = vec![String::new()];
+    extras.extend(a_ids(ctx, &a).first().map(|id| format!("&client_id={id}")));
+    for extra in extras {
+        let sent = ctx.send_token(&a.name, &extra).await;
+        if let Some(r) = sent.response().filter(|r| has_token(r)) {
+            return Err(Outcome::fail(
+                format!(
+                    "{}: no token once the cluster view cannot be shown current for {} s",
+                    silence.what(),
+                    STALENESS_BOUND.as_secs()
+                ),
+                format!(
+                    "token request{extra} after {} s: {}",
+                    (STALENESS_BOUND + STALENESS_MARGIN).as_secs(),
+                    r.summary()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// During a silent outage pod A is deleted and a new pod without identity gets its IP: from the first
+/// moment to past the staleness bound, that address never receives A's identity (or any token).
+async fn reused_ip_during_silence(ctx: &mut Ctx, silence: Silence) -> Result<(), Outcome> {
+    let a = identity_pod(ctx)?;
+    let forbidden = a_ids(ctx, &a);
+    let node_ip = ctx.world().node_ip(&a.node);
+    served_before(ctx, &a).await?;
+    silence.begin(ctx).await?;
+    ctx.delete(&cluster::pod_object(&a, node_ip))
+        .await
+        .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
+    let mut reused = a.clone();
+    reused.name = format!("{}-new", a.name);
+    reused.labels.clear();
+    ctx.apply(cluster::pod_object(&reused, node_ip))
+        .await
+        .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
+    let began = Instant::now();
+    let what = format!("{}: reused pod IP", silence.what());
+    loop {
+        let sent = ctx.send_token(&a.name, "").await;
+        if let Some(r) = sent.response() {
+            no_foreign_token(r, &forbidden, &what)?;
+            if has_token(r) {
+                return Err(Outcome::fail(
+                    format!("{what}: a pod without identity gets no token"),
+                    r.summary(),
+                ));
+            }
+        }
+        if began.elapsed() >= STALENESS_BOUND + STALENESS_MARGIN {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+case_fn!(iso_006, |ctx| {
+    no_token_after_bound(ctx, Silence::Hang).await
+});
+case_fn!(iso_007, |ctx| {
+    reused_ip_during_silence(ctx, Silence::Hang).await
+});
+case_fn!(iso_008, |ctx| {
+    no_token_after_bound(ctx, Silence::Partition).await
+});
+case_fn!(iso_009, |ctx| {
+    reused_ip_during_silence(ctx, Silence::Partition).await
+});
+
 /// Whether `r` is what the mock's control API answers to `method path` (a journal array, the VM's
 /// configuration, a 204 for the delete), as opposed to IMDS's answer to an unknown path.
 fn control_api_answer(method: &str, path: &str, r: &crate::http::Response) -> bool {
@@ -220,7 +348,7 @@ fn control_api_answer(method: &str, path: &str, r: &crate::http::Response) -> bo
     }
 }
 
-case_fn!(iso_006, |ctx| {
+case_fn!(iso_010, |ctx| {
     let pod = crate::catalog::any_pod(ctx, false)?;
     let node = pod.node.clone();
     let host = ctx.host_pod(&node);
@@ -347,6 +475,62 @@ pub static ISO_005: Case = Case {
 /// ISO-006.
 pub static ISO_006: Case = Case {
     id: "ISO-006",
+    title: "API server hung → no token after the staleness bound (10 s)",
+    level: Level::Must,
+    features: &[Feature::Tokens],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+    explain: "The API server hangs as a stopped process does: connections are accepted, nothing is answered, open watches go silent without an error. 13 s later the pod with an identity must get no token: an interceptor that keeps serving from its cache cannot know whether the pod still exists or still holds its address.",
+    run: iso_006,
+};
+
+/// ISO-007.
+pub static ISO_007: Case = Case {
+    id: "ISO-007",
+    title: "API server hung → a reused pod IP never gets the deleted pod's identity",
+    level: Level::Must,
+    features: &[Feature::Tokens],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: P,
+    spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+    explain: "With the API server hung, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the hang to past the staleness bound, that address never receives A's identity or any token, although the interceptor's cache still names A.",
+    run: iso_007,
+};
+
+/// ISO-008.
+pub static ISO_008: Case = Case {
+    id: "ISO-008",
+    title: "API server cut off (packets dropped) → no token after the staleness bound (10 s)",
+    level: Level::Must,
+    features: &[Feature::Tokens],
+    unless: &[],
+    backends: &[BackendKind::Netns],
+    profiles: P,
+    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+    explain: "Every packet between the nodes and the API server is dropped (iptables DROP both ways in each node's namespace): no reset, no error, only silence. 13 s later the pod with an identity must get no token.",
+    run: iso_008,
+};
+
+/// ISO-009.
+pub static ISO_009: Case = Case {
+    id: "ISO-009",
+    title: "API server cut off (packets dropped) → a reused pod IP never gets the deleted pod's identity",
+    level: Level::Must,
+    features: &[Feature::Tokens],
+    unless: &[],
+    backends: &[BackendKind::Netns],
+    profiles: P,
+    spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+    explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
+    run: iso_009,
+};
+
+/// ISO-010.
+pub static ISO_010: Case = Case {
+    id: "ISO-010",
     title: "pods cannot reach the mock's control API (/_mock/) through 169.254.169.254",
     level: Level::Must,
     features: &[],
@@ -355,7 +539,7 @@ pub static ISO_006: Case = Case {
     profiles: &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction],
     spec: "SPEC §1 (control API never on an IMDS path), §3.1 (every verdict is observed)",
     explain: "The verdicts rest on each VM's IMDS journal, so no pod (or interceptor) may read or erase it: a non-host and a host-network pod send GET /_mock/journal, GET /_mock/config and DELETE /_mock/journal to 169.254.169.254:80; none gets the control API's answer, and a witness request journaled before is still in the journal afterwards (read through the harness's own path).",
-    run: iso_006,
+    run: iso_010,
 };
 
 #[cfg(test)]
@@ -377,7 +561,7 @@ mod tests {
             .expect("answer")
     }
 
-    /// ISO-006 can fail: the control API's real answers (a mock serving it on the IMDS listener, as the
+    /// ISO-010 can fail: the control API's real answers (a mock serving it on the IMDS listener, as the
     /// harness did before) are recognised, and IMDS's unknown-path answers (control API elsewhere) are not.
     #[tokio::test]
     async fn the_control_api_is_told_apart_from_imds_unknown_paths() {

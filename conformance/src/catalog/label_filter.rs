@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use crate::apiserver::Stats;
 use crate::backend::{ApiLoad, PodView, Target};
 use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
 use crate::case_fn;
@@ -18,6 +17,7 @@ use crate::cluster;
 use crate::ctx::Ctx;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
+use kube_test_apiserver::Stats;
 
 /// The cases of this area.
 pub static CASES: &[&Case] = &[&LBL_001, &LBL_002, &LBL_003, &LBL_004, &LBL_005, &LBL_006];

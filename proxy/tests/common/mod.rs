@@ -7,8 +7,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use imds_conformance::apiserver::ApiServer;
 use imds_proxy::{Proxy, ProxyHandle, Settings};
+use kube_test_apiserver::ApiServer;
 use mock_imds::MockImds;
 use mock_imds::config::UserAssignedIdentity;
 use serde_json::{Value, json};
