@@ -77,3 +77,10 @@ bench *ARGS:
 # 295 s, router 534 s; debug build). `cargo test` runs a short pass of each (seconds).
 fuzz INPUTS="1000000":
     MOCK_IMDS_FUZZ_INPUTS={{INPUTS}} cargo test -p mock-imds --test fuzz -- --ignored --nocapture --test-threads 2
+
+# Reliability soak, bounded (default 120 s of load; loopback, or `--backend netns` as root): hostile corpus,
+# fixed-rate load with error counts and RSS samples, API server down/up and mock latency faults. Writes
+# docs/RELIABILITY-figures-<backend>.md (linked from docs/RELIABILITY.md). `just soak --secs 60 --rate 100`.
+soak *ARGS:
+    cargo build -p imds-proxy -p imds-bench --bins
+    target/debug/imds-soak {{ARGS}}

@@ -527,6 +527,14 @@ async fn env_cmd(cmd: EnvCommand) -> i32 {
                 println!("  {name:<14} ip netns exec {ns} ...");
             }
             println!("  API server    {}", env.api_server().url());
+            for n in env.topology().nodes() {
+                println!(
+                    "  {:<14} ip netns exec {} curl -s http://127.0.0.1:{}/_mock/journal",
+                    format!("{} mock", n.name),
+                    n.host_side_ns,
+                    crate::backend::netns::MOCK_CONTROL_PORT
+                );
+            }
             println!("  logs          {}", run_dir.display());
             println!(
                 "try: imds-conformance env exec <pod> -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions"

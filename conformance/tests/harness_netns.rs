@@ -183,3 +183,122 @@ fn netns_sigint_midway_leaves_nothing() {
         leftovers(pid)
     );
 }
+
+/// Sends `GET path` with `Metadata: true` over a connection made inside `ns`; returns (status, body).
+async fn get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = imds_conformance::netns::connect_in(ns, addr, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr} in {ns}: {e}"));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Issue 10 item 3: each VM's mock serves `/_mock/` only on 127.0.0.1:MOCK_CONTROL_PORT inside its host
+/// side. From every pod, node (= host-network pod) and the cluster namespace, the control port is not
+/// reachable on any address a namespace could name, and `/_mock/journal` through 169.254.169.254:80 is an
+/// unknown IMDS path; from inside the host side (the harness's way in) the control API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_mock_control_api_is_unreachable_from_pods_and_nodes() {
+    use imds_conformance::backend::interceptor::InterceptorSpec;
+    use imds_conformance::backend::netns::{MOCK_CONTROL_PORT, Netns};
+    use std::net::{Ipv4Addr, SocketAddr};
+    let test = "netns_mock_control_api_is_unreachable_from_pods_and_nodes";
+    if !netns_or_skip(test) {
+        return;
+    }
+    let _serial = common::serial_guard();
+    let sc = imds_conformance::scenario::Scenario::load(&scenario("nmi-default.yaml"))
+        .expect("scenario");
+    let dir = tempfile::tempdir().expect("run dir");
+    let prefix = imds_conformance::netns::new_run_prefix();
+    let env = Netns::start(&sc, InterceptorSpec::None, &prefix, dir.path())
+        .await
+        .expect("netns environment");
+    let topo = env.topology();
+    let outcome = async {
+        let mut sources: Vec<String> = topo.pods().iter().map(|p| p.ns.clone()).collect();
+        sources.extend(topo.nodes().iter().map(|n| n.ns.clone()));
+        sources.push(topo.cluster_ns().to_string());
+        sources.sort();
+        sources.dedup();
+        let mut targets = vec![
+            Ipv4Addr::LOCALHOST,
+            imds_conformance::netns::IMDS_IP,
+            topo.api_ip(),
+        ];
+        targets.extend(topo.nodes().iter().map(|n| n.ip));
+        for ns in &sources {
+            for ip in &targets {
+                let addr = SocketAddr::from((*ip, MOCK_CONTROL_PORT));
+                if let Ok(stream) =
+                    imds_conformance::netns::connect_in(ns, addr, Duration::from_secs(2)).await
+                {
+                    return Err(format!(
+                        "{ns} connected to {addr} (peer {:?}): the control port is reachable",
+                        stream.peer_addr()
+                    ));
+                }
+            }
+            // Through the IMDS address (pods and nodes have a route to it), /_mock/ is only an unknown
+            // IMDS path.
+            if ns != topo.cluster_ns() {
+                let (status, body) = get_in(ns, topo.imds_addr(), "/_mock/journal").await;
+                if (status, body.as_str()) != (404, r#"{"error":"Not found"}"#) {
+                    return Err(format!("{ns}: GET /_mock/journal via IMDS answered {status} {body}"));
+                }
+            }
+        }
+        // The harness's way in: inside each host side, on its loopback.
+        for n in topo.nodes() {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, MOCK_CONTROL_PORT));
+            let (status, body) = get_in(&n.host_side_ns, addr, "/_mock/journal").await;
+            let journal: Vec<serde_json::Value> = serde_json::from_str(&body)
+                .map_err(|e| format!("{}: journal over the control port: {status} {body}: {e}", n.name))?;
+            if status != 200 || !journal.iter().any(|e| e["path"] == "/_mock/journal") {
+                return Err(format!(
+                    "{}: the journal lists the pods' /_mock/journal attempts as IMDS requests: {status} {body}",
+                    n.name
+                ));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    imds_conformance::backend::Backend::teardown(&env).await;
+    drop(env);
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    assert!(
+        prefix_leftovers(&prefix).is_empty(),
+        "leftovers: {:?}",
+        prefix_leftovers(&prefix)
+    );
+}
+
+/// Namespaces and links still named with `prefix`.
+fn prefix_leftovers(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for args in [vec!["ip", "netns", "list"], vec!["ip", "-o", "link"]] {
+        if let Ok(o) = Command::new(args[0]).args(&args[1..]).output() {
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(prefix))
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}

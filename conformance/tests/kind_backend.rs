@@ -225,7 +225,8 @@ async fn the_kind_mock_config_gives_the_same_vm_as_the_in_process_mock() {
     // Ask both mocks (the in-process one of the other backends, one started from the ConfigMap) which
     // identities their VM has, through the control API.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let in_process = imds_conformance::backend::services::start_mock(l, &s, "vm")
+    let control = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_process = imds_conformance::backend::services::start_mock(l, control, &s, "vm")
         .await
         .unwrap();
     let from_configmap = mock_imds::MockImds::builder()
@@ -260,8 +261,8 @@ async fn the_kind_mock_config_gives_the_same_vm_as_the_in_process_mock() {
         out.sort();
         out
     }
-    let want = client_ids(in_process.uri()).await;
-    let got = client_ids(from_configmap.uri()).await;
+    let want = client_ids(in_process.control_uri().unwrap()).await;
+    let got = client_ids(from_configmap.control_uri().unwrap()).await;
     assert_eq!(got, want);
     assert!(got.len() > s.identities.iter().filter(|i| i.on_vm).count());
 }

@@ -11,9 +11,9 @@ use crate::config::{Config, ConfigError};
 
 /// A faithful Azure Instance Metadata Service emulator.
 ///
-/// Serves the IMDS API (/metadata/...) and a control API (/_mock/...). It listens on 127.0.0.1:8080 unless
-/// told otherwise and never binds 169.254.169.254 by itself: give that address explicitly, and only inside a
-/// network namespace you own.
+/// Serves the IMDS API (/metadata/...) and a control API (/_mock/...; on its own listener with
+/// --control-listen). It listens on 127.0.0.1:8080 unless told otherwise and never binds 169.254.169.254 by
+/// itself: give that address explicitly, and only inside a network namespace you own.
 ///
 /// Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 on usage or environment errors (bad flag, unreadable
 /// or invalid config file, address in use).
@@ -38,8 +38,14 @@ pub struct Cli {
     pub no_rate_limit: bool,
 
     /// Do not serve the /_mock/ control API.
-    #[arg(long, env = "MOCK_IMDS_NO_CONTROL")]
+    #[arg(long, env = "MOCK_IMDS_NO_CONTROL", conflicts_with = "control_listen")]
     pub no_control: bool,
+
+    /// Serve the /_mock/ control API on its own listener at this address (same limits and timeouts as the
+    /// IMDS listener) instead of on --listen; /_mock/ on the IMDS listener then answers 404 like any unknown
+    /// IMDS path [default: server.control_listen from the config file, else on the IMDS listener].
+    #[arg(long, env = "MOCK_IMDS_CONTROL_LISTEN", value_name = "ADDR:PORT")]
+    pub control_listen: Option<SocketAddr>,
 
     /// Number of requests the journal keeps (oldest dropped first) [default: 10000].
     #[arg(long, env = "MOCK_IMDS_JOURNAL_CAPACITY", value_name = "N")]
@@ -95,6 +101,9 @@ impl Cli {
         }
         if self.no_control {
             config.server.control = false;
+        }
+        if let Some(addr) = self.control_listen {
+            config.server.control_listen = Some(addr);
         }
         if let Some(n) = self.journal_capacity {
             config.server.journal_capacity = n;

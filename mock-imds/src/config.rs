@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub seed: Option<u64>,
     /// Serve the `/_mock/` control API.
     pub control: bool,
+    /// Serve the control API on its own listener at this address instead of on `listen`; `/_mock/` on the
+    /// IMDS listener then answers as the real service answers any unknown path. Ignored when `control` is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_listen: Option<SocketAddr>,
     /// How many requests the journal keeps (oldest dropped first).
     pub journal_capacity: usize,
     /// The `<build>` in `Server: IMDS/150.870.65.<build>`.
@@ -670,6 +674,7 @@ impl Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 seed,
                 control: true,
+                control_listen: None,
                 journal_capacity: 10_000,
                 server_build: "1103".into(),
                 limits: crate::connections::ConnectionLimits::default(),

@@ -115,7 +115,9 @@ pub enum StartError {
     Listener(std::io::Error),
 }
 
-/// Builds the complete application (control API + IMDS routes behind the rules layer) for `state`.
+/// Builds the IMDS application (the IMDS routes behind the rules layer) for `state`, with the control API
+/// nested under `/_mock` when it is on and has no listener of its own. Without it, `/_mock/...` reaches the
+/// IMDS fallback and is answered exactly as the real service answers an unknown path.
 fn app(state: AppState) -> Router {
     let imds = Router::new()
         .merge(instance::router())
@@ -135,14 +137,21 @@ fn app(state: AppState) -> Router {
         imds,
     );
     let mut outer = Router::new();
-    if state.config.server.control {
+    if state.config.server.control && state.config.server.control_listen.is_none() {
         outer = outer.nest("/_mock", control::router(state.clone()));
     }
     outer.fallback_service(imds)
 }
 
+/// The control API alone, for its own listener (`server.control_listen`): `/_mock/...`, and a 404 for any
+/// other path.
+fn control_app(state: AppState) -> Router {
+    Router::new().nest("/_mock", control::router(state))
+}
+
 /// The router of a mock for in-process use (e.g. `tower::ServiceExt::oneshot`), without sockets. The
-/// connection-reset fault answers 500 here, as there is no connection to drop. Unlike [`MockImdsBuilder::start`]
+/// connection-reset fault answers 500 here, as there is no connection to drop. With `server.control_listen`
+/// set it has no `/_mock/` routes (there is no second listener here). Unlike [`MockImdsBuilder::start`]
 /// it does not generate signing keys in the background: the first request that needs them generates them.
 pub fn router(config: Config, clock: Arc<dyn Clock>) -> Router {
     app(AppState::new(config, clock, None))
@@ -157,6 +166,8 @@ pub struct MockImdsBuilder {
     control: Option<bool>,
     listen: Option<SocketAddr>,
     listener: Option<std::net::TcpListener>,
+    control_listen: Option<SocketAddr>,
+    control_listener: Option<std::net::TcpListener>,
     clock: Option<Arc<dyn Clock>>,
     keys: Option<SigningKeys>,
 }
@@ -192,6 +203,19 @@ impl MockImdsBuilder {
         self.listener = Some(listener);
         self
     }
+    /// Serve the control API on its own listener bound to `addr` (port 0: a random port; read it back with
+    /// [`MockImds::control_addr`]) instead of on the IMDS listener, where `/_mock/` then answers 404 like any
+    /// unknown IMDS path. Same limits and timeouts as the IMDS listener. No effect with `control(false)`.
+    pub fn control_listen(mut self, addr: SocketAddr) -> Self {
+        self.control_listen = Some(addr);
+        self
+    }
+    /// A pre-bound listener for the control API (e.g. on loopback inside a namespace no pod can reach);
+    /// overrides `control_listen`, same meaning otherwise.
+    pub fn control_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.control_listener = Some(listener);
+        self
+    }
     /// The clock the service reads (default: system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -218,60 +242,100 @@ impl MockImdsBuilder {
         if let Some(on) = self.control {
             config.server.control = on;
         }
+        if let Some(addr) = self.control_listen {
+            config.server.control_listen = Some(addr);
+        }
         config.complete_identities();
         config
     }
 
-    /// Binds and starts serving; returns once the socket accepts connections.
+    /// Binds and starts serving; returns once the socket (both sockets, with a control listener) accepts
+    /// connections.
     pub async fn start(self) -> Result<MockImds, StartError> {
-        let config = self.effective_config();
+        let mut config = self.effective_config();
         let listener = match self.listener {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(StartError::Listener)?;
-                tokio::net::TcpListener::from_std(l).map_err(StartError::Listener)?
-            }
+            Some(l) => from_std(l)?,
             None => {
                 let addr = self
                     .listen
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?
+                bind(addr).await?
             }
         };
         let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let control_listener = match (config.server.control, self.control_listener) {
+            (false, _) => None,
+            (true, Some(l)) => Some(from_std(l)?),
+            (true, None) => match config.server.control_listen {
+                Some(control_addr) => Some(bind(control_addr).await?),
+                None => None,
+            },
+        };
+        let control_addr = match &control_listener {
+            Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
+            None => None,
+        };
+        // The effective address (a port 0 resolved), so that `GET /_mock/config` tells the truth.
+        config.server.control_listen = control_addr;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = AppState::new(config, clock, self.keys);
         // Eagerly, on its own thread: start() stays quick and the first token request does not wait seconds.
         state.start_key_generation();
         let (tx, rx) = watch::channel(false);
+        // The report is logged by `serve`. The control listener (if any) is served by the same function with
+        // the same limits and timeouts: its own connection table, so it cannot be starved by IMDS clients.
         let serving = server::serve(
             listener,
             app(state.clone()),
             state.server_header.clone(),
             state.config.server.limits.clone(),
-            rx,
+            rx.clone(),
         );
-        // The report is logged by `serve`.
-        let task = tokio::spawn(async move {
+        let mut tasks = vec![tokio::spawn(async move {
             serving.await;
-        });
+        })];
+        if let Some(l) = control_listener {
+            let serving = server::serve(
+                l,
+                control_app(state.clone()),
+                state.server_header.clone(),
+                state.config.server.limits.clone(),
+                rx,
+            );
+            tasks.push(tokio::spawn(async move {
+                serving.await;
+            }));
+        }
         Ok(MockImds {
             addr,
+            control_addr,
             state,
             shutdown: tx,
-            task: Some(task),
+            tasks,
         })
     }
+}
+
+fn from_std(l: std::net::TcpListener) -> Result<tokio::net::TcpListener, StartError> {
+    l.set_nonblocking(true).map_err(StartError::Listener)?;
+    tokio::net::TcpListener::from_std(l).map_err(StartError::Listener)
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// A running mock. Dropping it stops the server (in-flight connections are closed).
 #[derive(Debug)]
 pub struct MockImds {
     addr: SocketAddr,
+    control_addr: Option<SocketAddr>,
     state: AppState,
     shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    /// The IMDS listener's server, then the control listener's if it has one.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl MockImds {
@@ -286,6 +350,20 @@ impl MockImds {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The control API's own listener, when it has one ([`MockImdsBuilder::control_listen`]).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// The base URL under which `/_mock/...` is served: the control listener's, else [`MockImds::uri`];
+    /// `None` when the control API is off.
+    pub fn control_uri(&self) -> Option<String> {
+        match self.control_addr {
+            Some(a) => Some(format!("http://{a}")),
+            None => self.state.config.server.control.then(|| self.uri()),
+        }
     }
 
     /// The configuration the mock started with (identities assigned later are not in it).
@@ -360,7 +438,7 @@ impl MockImds {
     /// the grace cut is logged), and waits.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -369,7 +447,7 @@ impl MockImds {
 impl Drop for MockImds {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
     }

@@ -47,7 +47,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::select! {
         keys = mock.signing_keys() => {
             keys.map_err(|e| anyhow::anyhow!("generating the signing keys: {e}"))?;
-            eprintln!("mock-imds listening on {}", mock.uri());
+            match mock.control_addr() {
+                Some(control) => eprintln!(
+                    "mock-imds listening on {} (control API on http://{control})",
+                    mock.uri()
+                ),
+                None => eprintln!("mock-imds listening on {}", mock.uri()),
+            }
             stop.await;
         }
         () = &mut stop => {}

@@ -105,6 +105,33 @@ fn precedence_flags_over_env_over_file_over_defaults() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9003");
     assert!(!c.rate_limits.enabled && !c.server.control);
     assert_eq!(c.server.journal_capacity, 7);
+    // The control listener: file key, then env, then flag.
+    let ctl_file = dir.path().join("ctl.toml");
+    std::fs::write(&ctl_file, "[server]\ncontrol_listen = \"127.0.0.1:9101\"\n").expect("write");
+    let c = print_config(bin().arg("--config").arg(&ctl_file));
+    assert_eq!(
+        c.server.control_listen,
+        Some("127.0.0.1:9101".parse().expect("addr"))
+    );
+    let c = print_config(
+        bin()
+            .arg("--config")
+            .arg(&ctl_file)
+            .env("MOCK_IMDS_CONTROL_LISTEN", "127.0.0.1:9102"),
+    );
+    assert_eq!(
+        c.server.control_listen,
+        Some("127.0.0.1:9102".parse().expect("addr"))
+    );
+    let c = print_config(
+        bin()
+            .env("MOCK_IMDS_CONTROL_LISTEN", "127.0.0.1:9102")
+            .args(["--control-listen", "127.0.0.1:9103"]),
+    );
+    assert_eq!(
+        c.server.control_listen,
+        Some("127.0.0.1:9103".parse().expect("addr"))
+    );
     // Config file via env.
     let c = print_config(bin().env("MOCK_IMDS_CONFIG", &file));
     assert_eq!(c.compute.location, "westeurope");
@@ -116,6 +143,8 @@ fn usage_errors_exit_2() {
         vec!["--no-such-flag"],
         vec!["--listen", "not-an-address"],
         vec!["--seed", "-1"],
+        vec!["--control-listen", "nowhere"],
+        vec!["--no-control", "--control-listen", "127.0.0.1:0"],
     ] {
         let out = bin().args(&args).output().expect("run");
         assert_eq!(
@@ -152,6 +181,7 @@ fn help_documents_every_flag() {
         "--seed",
         "--no-rate-limit",
         "--no-control",
+        "--control-listen",
         "--journal-capacity",
         "--server-build",
         "--header-read-timeout",

@@ -1,5 +1,6 @@
 //! The `/_mock/` control API (INTERFACES §1): health, journal (not journaling itself), identities, faults,
-//! rate-limit switch, scheduled events, reset, discovery documents; and `--no-control`.
+//! rate-limit switch, scheduled events, reset, discovery documents; `--no-control`, and the control API on
+//! its own listener (`--control-listen`).
 
 mod common;
 
@@ -308,4 +309,129 @@ async fn journal_is_streamed_byte_identical() {
     m.clear_journal();
     let (s, body) = ctl(&m, reqwest::Method::GET, "/journal", None).await;
     assert_eq!((s, body.as_str()), (200, "[]"));
+}
+
+/// The control API on its own listener: the IMDS listener answers `/_mock/...` exactly as a mock without a
+/// control API does (the real service's unknown-path answer), never reaches it, and the journal survives.
+#[tokio::test]
+async fn control_listener_takes_the_control_api_off_the_imds_listener() {
+    let m = MockImds::builder()
+        .config(seeded_config(21))
+        .control_listen("127.0.0.1:0".parse().expect("addr"))
+        .start()
+        .await
+        .expect("start");
+    // One key generation for both mocks (RSA in a debug build is slow; the other tests run meanwhile).
+    let keys = m.signing_keys().await.expect("keys");
+    let none = MockImds::builder()
+        .config(seeded_config(21))
+        .keys(keys)
+        .control(false)
+        .start()
+        .await
+        .expect("start");
+    let control = m.control_addr().expect("a control listener");
+    assert_ne!(control, m.addr());
+    assert_eq!(m.control_uri(), Some(format!("http://{control}")));
+    assert_eq!(none.control_uri(), None);
+    get(&m, INSTANCE, &[("x-ms-client-request-id", "before")]).await;
+    for (method, path, metadata) in [
+        (reqwest::Method::GET, "/_mock/journal", true),
+        (reqwest::Method::GET, "/_mock/journal", false),
+        (reqwest::Method::GET, "/_mock/config", true),
+        (reqwest::Method::DELETE, "/_mock/journal", true),
+        (reqwest::Method::POST, "/_mock/reset", true),
+    ] {
+        let ours = request(&m, method.clone(), path, metadata, &[], None).await;
+        let reference = request(&none, method.clone(), path, metadata, &[], None).await;
+        assert_eq!(
+            (ours.status, ours.text(), ours.header("content-type")),
+            (
+                reference.status,
+                reference.text(),
+                reference.header("content-type")
+            ),
+            "{method} {path} (Metadata: {metadata}) on the IMDS listener"
+        );
+        assert!(ours.status >= 400, "{method} {path}: {}", ours.status);
+        assert!(
+            ours.header("server")
+                .is_some_and(|s| s.starts_with("IMDS/"))
+        );
+    }
+    // Every one of those was an ordinary (unknown-path) IMDS request: journaled, and nothing was erased.
+    let journal = m.journal();
+    assert_eq!(journal.len(), 6, "{journal:?}");
+    assert_eq!(journal[0].path, "/metadata/instance");
+    // The control listener serves the control API, and only it.
+    let base = m.control_uri().expect("control uri");
+    let body: Vec<JournalEntry> = client()
+        .get(format!("{base}/_mock/journal"))
+        .send()
+        .await
+        .expect("journal over the control listener")
+        .json()
+        .await
+        .expect("journal JSON");
+    assert_eq!(body.len(), 6);
+    let config: Value = client()
+        .get(format!("{base}/_mock/config"))
+        .send()
+        .await
+        .expect("config")
+        .json()
+        .await
+        .expect("config JSON");
+    assert_eq!(config["server"]["control_listen"], control.to_string());
+    let r = client()
+        .get(format!("{base}/metadata/instance?api-version=2021-02-01"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("IMDS path on the control listener");
+    assert_eq!(r.status().as_u16(), 404);
+    let text = r.text().await.expect("body");
+    assert!(
+        !text.contains(&m.config().compute.vm_id),
+        "no IMDS data on the control listener: {text}"
+    );
+    let deleted = client()
+        .delete(format!("{base}/_mock/journal"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert!(m.journal().is_empty());
+}
+
+#[tokio::test]
+async fn a_pre_bound_control_listener_is_used_and_control_off_binds_nothing() {
+    let pre = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = pre.local_addr().expect("addr");
+    let keys = mock_imds::keys::SigningKeys::generate(Some(21)).expect("keys");
+    let m = MockImds::builder()
+        .config(seeded_config(21))
+        .keys(keys.clone())
+        .control_listener(pre)
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(m.control_addr(), Some(addr));
+    let r = client()
+        .get(format!("http://{addr}/_mock/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.text().await.expect("body"), "ok");
+    // Control off wins: no second listener, and the IMDS listener has no control API either.
+    let off = MockImds::builder()
+        .config(seeded_config(21))
+        .keys(keys)
+        .control(false)
+        .control_listen("127.0.0.1:0".parse().expect("addr"))
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(off.control_addr(), None);
+    assert_eq!(get(&off, "/_mock/health", &[]).await.status, 404);
 }

@@ -882,7 +882,7 @@ impl Inner {
             .get_raw(&format!(
                 "/api/v1/namespaces/{}/pods/{pod}:{}/proxy/_mock/journal",
                 manifests::HARNESS_NS,
-                manifests::MOCK_PORT
+                manifests::MOCK_CONTROL_PORT
             ))
             .map_err(tool_err(format!("reading the journal of {node}'s mock")))?;
         serde_json::from_slice(&raw).map_err(|e| BackendError::env("decoding a mock journal", e))

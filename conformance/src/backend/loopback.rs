@@ -58,7 +58,11 @@ impl Loopback {
         for n in &world.nodes {
             let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                 .map_err(|e| BackendError::env("binding mock-imds", e))?;
-            let mock = services::start_mock(l, scenario, &n.name).await?;
+            // The control API on a port of its own: nothing sent to the IMDS port reaches it. (On loopback
+            // every "pod" shares one network stack, so this is the only separation there can be.)
+            let control = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(|e| BackendError::env("binding mock-imds's control API", e))?;
+            let mock = services::start_mock(l, control, scenario, &n.name).await?;
             let kubeconfig = services::write_kubeconfig(&api, run_dir, &n.name)?;
             let params = LaunchParams {
                 node: n.name.clone(),
@@ -93,6 +97,11 @@ impl Loopback {
             lb.start_interceptor_inner(&n).await?;
         }
         Ok(lb)
+    }
+
+    /// The mock IMDS of `node` (faults, journal; for the soak run and tests).
+    pub fn mock(&self, node: &str) -> Option<&MockImds> {
+        self.nodes.get(node).map(|rt| &rt.mock)
     }
 
     fn node_rt(&self, node: &str) -> Result<&NodeRt, BackendError> {

@@ -1,9 +1,9 @@
 //! The kernel backend: the netns helper's [`Topology`] (SPEC §4) populated with services.
 //!
 //! Owns what runs where: one mock-imds per VM bound to 169.254.169.254:80 inside that VM's host-side
-//! namespace, the shared API server bound on the cluster bridge (reachable from every node), the
-//! interceptor started inside each node namespace (`ip netns exec`), the AKS rule inserted with iptables in
-//! the node. Building, naming and removing namespaces is the `netns` module's job (not touched here);
+//! namespace (its control API on 127.0.0.1:[`MOCK_CONTROL_PORT`] there, out of every pod's and node's
+//! reach), the shared API server bound on the cluster bridge (reachable from every node), the interceptor
+//! started inside each node namespace (`ip netns exec`), the AKS rule inserted with iptables in the node. Building, naming and removing namespaces is the `netns` module's job (not touched here);
 //! nothing here runs in the root namespace's network stack except the in-process servers' sockets, which
 //! were created inside our namespaces.
 
@@ -32,6 +32,8 @@ pub const LISTEN_PORT: u16 = 2579;
 pub const PROBE_PORT: u16 = 8085;
 /// Metrics port inside each node.
 pub const METRICS_PORT: u16 = 9090;
+/// Port of each mock's control API (`/_mock/`), on 127.0.0.1 inside that VM's host-side namespace only.
+pub const MOCK_CONTROL_PORT: u16 = 8081;
 
 struct NodeRt {
     ns: String,
@@ -136,7 +138,14 @@ impl Netns {
         for n in topo.nodes() {
             let l = netns::bind_in(&n.host_side_ns, topo.imds_addr())
                 .map_err(env_err("binding mock-imds in the host side"))?;
-            let mock = services::start_mock(l, scenario, &n.name).await?;
+            // The control API on the host side's own loopback: no pod or node has a route to it (127/8 is
+            // local in every namespace and never forwarded), so only the harness reaches it, from inside.
+            let control = netns::bind_in(
+                &n.host_side_ns,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, MOCK_CONTROL_PORT)),
+            )
+            .map_err(env_err("binding mock-imds's control API in the host side"))?;
+            let mock = services::start_mock(l, control, scenario, &n.name).await?;
             let kubeconfig = services::write_kubeconfig(&api, run_dir, &n.name)?;
             let params = LaunchParams {
                 node: n.name.clone(),
@@ -196,6 +205,11 @@ impl Netns {
     /// The namespace of a pod (a host-network pod's is its node's).
     pub fn pod_netns(&self, pod: &str) -> Option<&str> {
         self.pod_ns.get(pod).map(String::as_str)
+    }
+
+    /// The mock IMDS of `node` (faults, journal; for the soak run and tests).
+    pub fn mock(&self, node: &str) -> Option<&MockImds> {
+        self.nodes.get(node).map(|rt| &rt.mock)
     }
 
     fn node_rt(&self, node: &str) -> Result<&NodeRt, BackendError> {

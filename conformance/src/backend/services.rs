@@ -4,6 +4,11 @@
 //! and how the API server is seeded with the scenario's objects and hands each node its kubeconfig. Sockets
 //! come from the caller (bound on loopback, or inside a namespace by the netns backend), so this module
 //! never decides where anything listens and never touches the kernel.
+//!
+//! Every mock serves its `/_mock/` control API on a listener of its own, never on the IMDS listener: pods
+//! and the interceptor under test reach IMDS, and through it must not be able to erase the journal the
+//! verdicts rest on, read the VM's configuration, add identities or set faults. The harness itself reads
+//! journals in-process ([`journal_of`]); the control listener is there for people (`env up`) and tests.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -17,19 +22,23 @@ use kube_test_apiserver::ApiServer;
 /// Seed of every mock (deterministic ids and keys; the same across nodes like one subscription's VMs).
 pub const MOCK_SEED: u64 = 42;
 
-/// Starts one mock IMDS on `listener` with the scenario's on-VM identities assigned.
+/// Starts one mock IMDS on `listener`, its control API on `control` (bound where only the harness reaches),
+/// with the scenario's on-VM identities assigned.
 pub async fn start_mock(
     listener: TcpListener,
+    control: TcpListener,
     scenario: &Scenario,
     vm_name: &str,
 ) -> Result<MockImds, BackendError> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| BackendError::env("mock-imds listener", e))?;
+    for l in [&listener, &control] {
+        l.set_nonblocking(true)
+            .map_err(|e| BackendError::env("mock-imds listener", e))?;
+    }
     let mock = MockImds::builder()
         .seed(MOCK_SEED)
         .rate_limits(false)
         .listener(listener)
+        .control_listener(control)
         .start()
         .await
         .map_err(|e| BackendError::env(format!("starting mock-imds for {vm_name}"), e))?;

@@ -4,7 +4,8 @@
 //! `X-Forwarded-For` / `podname` / `podns` headers change nothing and `X-Forwarded-For` is never forwarded;
 //! a reused pod IP gets no stale identity; denied answers leak no upstream bytes; with the API server down
 //! the interceptor fails closed; with the API server hung or cut off (no error, just silence) it stops
-//! handing out tokens within the staleness bound and never serves a reused IP the old pod's identity.
+//! handing out tokens within the staleness bound and never serves a reused IP the old pod's identity; no pod
+//! reaches the mock's control API (the evidence the verdicts rest on).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::http::Request;
 /// The cases of this area.
 pub static CASES: &[&Case] = &[
     &ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005, &ISO_006, &ISO_007, &ISO_008, &ISO_009,
+    &ISO_010,
 ];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
@@ -333,6 +335,73 @@ case_fn!(iso_009, |ctx| {
     reused_ip_during_silence(ctx, Silence::Partition).await
 });
 
+/// Whether `r` is what the mock's control API answers to `method path` (a journal array, the VM's
+/// configuration, a 204 for the delete), as opposed to IMDS's answer to an unknown path.
+fn control_api_answer(method: &str, path: &str, r: &crate::http::Response) -> bool {
+    let json = r.json();
+    match (method, path) {
+        ("DELETE", _) => r.status == 204,
+        (_, "/_mock/journal") => json.as_ref().is_some_and(|j| j.is_array()),
+        _ => json
+            .as_ref()
+            .is_some_and(|j| j.get("server").is_some() || j.get("compute").is_some()),
+    }
+}
+
+case_fn!(iso_010, |ctx| {
+    let pod = crate::catalog::any_pod(ctx, false)?;
+    let node = pod.node.clone();
+    let host = ctx.host_pod(&node);
+    // A witness entry straight from the node's host side: a pod that could clear the journal erases it.
+    let witness = ctx
+        .send(
+            &node,
+            Target::DirectImds,
+            Request::get("/metadata/versions").metadata(),
+        )
+        .await;
+    response(&witness, "IMDS's direct answer to the witness request")?;
+    if ctx.tagged(&node, &witness.tag).await.is_empty() {
+        return Err(Outcome::skip(format!(
+            "the witness request is not in {node}'s journal ({})",
+            ctx.journal_error(&node)
+                .await
+                .unwrap_or_else(|| "journal read fine".into())
+        )));
+    }
+    for from in [pod.name.as_str(), host.as_str()] {
+        for (method, path) in [
+            ("GET", "/_mock/journal"),
+            ("GET", "/_mock/config"),
+            ("DELETE", "/_mock/journal"),
+        ] {
+            let sent = ctx
+                .send(from, Target::Imds, Request::method(method, path).metadata())
+                .await;
+            // No answer at all (refused, dropped by a restriction rule) reaches nothing either; one
+            // unanswered request is enough to know this caller reaches no listener (saves the timeouts).
+            let Some(r) = sent.response() else {
+                break;
+            };
+            if control_api_answer(method, path, r) {
+                return Err(Outcome::fail(
+                    format!(
+                        "{from}: {method} {path} via 169.254.169.254:80 is not the mock's control API"
+                    ),
+                    format!("the control API answered: {}", r.summary()),
+                ));
+            }
+        }
+    }
+    if ctx.tagged(&node, &witness.tag).await.is_empty() {
+        return Err(Outcome::fail(
+            format!("{node}'s IMDS journal intact after pods sent DELETE /_mock/journal"),
+            "the witness entry is gone: a pod cleared the journal",
+        ));
+    }
+    Ok(())
+});
+
 /// ISO-001.
 pub static ISO_001: Case = Case {
     id: "ISO-001",
@@ -458,3 +527,70 @@ pub static ISO_009: Case = Case {
     explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
     run: iso_009,
 };
+
+/// ISO-010.
+pub static ISO_010: Case = Case {
+    id: "ISO-010",
+    title: "pods cannot reach the mock's control API (/_mock/) through 169.254.169.254",
+    level: Level::Must,
+    features: &[],
+    unless: &[],
+    backends: ANY_BACKEND,
+    profiles: &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction],
+    spec: "SPEC §1 (control API never on an IMDS path), §3.1 (every verdict is observed)",
+    explain: "The verdicts rest on each VM's IMDS journal, so no pod (or interceptor) may read or erase it: a non-host and a host-network pod send GET /_mock/journal, GET /_mock/config and DELETE /_mock/journal to 169.254.169.254:80; none gets the control API's answer, and a witness request journaled before is still in the journal afterwards (read through the harness's own path).",
+    run: iso_010,
+};
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::control_api_answer;
+    use crate::http::{Conn, Request, Response};
+
+    async fn ask(addr: std::net::SocketAddr, method: &str, path: &str) -> Response {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Conn::new(stream, addr.to_string())
+            .send(
+                &Request::method(method, path).metadata(),
+                false,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("answer")
+    }
+
+    /// ISO-010 can fail: the control API's real answers (a mock serving it on the IMDS listener, as the
+    /// harness did before) are recognised, and IMDS's unknown-path answers (control API elsewhere) are not.
+    #[tokio::test]
+    async fn the_control_api_is_told_apart_from_imds_unknown_paths() {
+        let inline = mock_imds::MockImds::builder()
+            .seed(1)
+            .start()
+            .await
+            .expect("mock");
+        let separate = mock_imds::MockImds::builder()
+            .seed(1)
+            .control_listen("127.0.0.1:0".parse().expect("addr"))
+            .start()
+            .await
+            .expect("mock");
+        for (method, path) in [
+            ("GET", "/_mock/journal"),
+            ("GET", "/_mock/config"),
+            ("DELETE", "/_mock/journal"),
+        ] {
+            let r = ask(inline.addr(), method, path).await;
+            assert!(
+                control_api_answer(method, path, &r),
+                "{method} {path}: {r:?}"
+            );
+            let r = ask(separate.addr(), method, path).await;
+            assert!(
+                !control_api_answer(method, path, &r),
+                "{method} {path}: {r:?}"
+            );
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub const MOCK_SELECTOR: &str = "app.kubernetes.io/name=mock-imds";
 pub const MOCK_CONFIG: &str = "mock-imds-config";
 /// Port the mocks serve on (inside their pods; 169.254.169.254:80 and pod IP:80).
 pub const MOCK_PORT: u16 = 80;
+/// Port of the mocks' control API (`/_mock/`), bound to the pod IP only (never 169.254.169.254).
+pub const MOCK_CONTROL_PORT: u16 = 8081;
 /// Where the probe binary lives in the probe image.
 pub const PROBE_PATH: &str = "/imds-probe";
 /// Label of node-agent pods.
