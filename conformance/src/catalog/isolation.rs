@@ -8,15 +8,12 @@
 use std::time::Duration;
 
 use crate::backend::{PodView, Target};
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{has_token, identity_pod, plain_pod, response};
 use crate::cluster;
 use crate::ctx::{Ctx, token_client_id, token_target};
+use crate::declare_case;
 use crate::http::Request;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -54,225 +51,210 @@ fn a_ids(ctx: &Ctx, a: &PodView) -> Vec<String> {
         .collect()
 }
 
-case_fn!(iso_001, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let ids: Vec<_> = ctx.identities_of(&a.name).into_iter().cloned().collect();
-    // Every spelling for the first identity; the others by client_id only (each refusal waits out the
-    // interceptor's retry budget, so this keeps the run short without losing coverage of the selectors).
-    for (n, id) in ids.iter().enumerate() {
-        let res = percent_encoding::utf8_percent_encode(
-            &id.resource_id(),
-            percent_encoding::NON_ALPHANUMERIC,
+declare_case!(
+    ISO_001 = Case {
+        id: "ISO-001",
+        title: "pod B never gets pod A's identity (none / client_id any case / msi_res_id / mi_res_id)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2, §3 Isolation",
+        explain: "A pod without identity asks for the token of another pod's identity in every way a client can name it; it is always refused and never receives a token.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let ids: Vec<_> = ctx.identities_of(&a.name).into_iter().cloned().collect();
+        // Every spelling for the first identity; the others by client_id only (each refusal waits out the
+        // interceptor's retry budget, so this keeps the run short without losing coverage of the selectors).
+        for (n, id) in ids.iter().enumerate() {
+            let res = percent_encoding::utf8_percent_encode(
+                &id.resource_id(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            for extra in [
+                String::new(),
+                format!("&client_id={}", id.client_id()),
+                format!("&client_id={}", id.client_id().to_ascii_uppercase()),
+                format!("&msi_res_id={res}"),
+                format!("&mi_res_id={res}"),
+            ]
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| n == 0 || *i == 1)
+            .map(|(_, e)| e)
+            {
+                let sent = ctx.send_token(&b.name, &extra).await;
+                let r = response(&sent, "a refusal")?;
+                if r.status == 200 {
+                    return Err(Outcome::fail(
+                        format!(
+                            "pod {} asking for pod {}'s identity ({extra}): refused",
+                            b.name, a.name
+                        ),
+                        r.summary(),
+                    ));
+                }
+                no_foreign_token(r, &forbidden, "identity of another pod")?;
+            }
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_002 = Case {
+        id: "ISO-002",
+        title: "spoofed X-Forwarded-For / podname / podns change nothing; X-Forwarded-For is not forwarded",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (never forwards a client X-Forwarded-For), §3 Isolation",
+        explain: "The caller is identified by its source address only: headers naming another pod or its IP do not change which identity is served, and an X-Forwarded-For header never reaches IMDS.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let a_ip = a.ip.to_string();
+        let req = Request::get(token_target(""))
+            .metadata()
+            .header("X-Forwarded-For", &a_ip)
+            .header("X-Real-IP", &a_ip)
+            .header("podname", &a.name)
+            .header("podns", &a.namespace);
+        let sent = ctx.send(&b.name, Target::Imds, req).await;
+        let r = response(&sent, "a refusal")?;
+        no_foreign_token(r, &forbidden, "spoofed X-Forwarded-For/podname/podns")?;
+        // X-Forwarded-For is never forwarded upstream (IMDS rejects it; it must not reach IMDS at all).
+        let sent = ctx
+            .send(
+                &b.name,
+                Target::Imds,
+                Request::get("/metadata/versions")
+                    .metadata()
+                    .header("X-Forwarded-For", &a_ip),
+            )
+            .await;
+        let seen = ctx.tagged(&b.node, &sent.tag).await;
+        if let Some(e) = seen.iter().find(|e| e.header("x-forwarded-for").is_some()) {
+            return Err(Outcome::fail(
+                "no X-Forwarded-For header on requests forwarded to IMDS",
+                format!(
+                    "IMDS saw X-Forwarded-For: {:?}",
+                    e.header("x-forwarded-for")
+                ),
+            ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_003 = Case {
+        id: "ISO-003",
+        title: "a reused pod IP gets no stale identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Isolation",
+        explain: "Pod A (with identity) is deleted and a new pod without identity receives its IP while A's AzureAssignedIdentity lingers; within 10 s the address must no longer receive A's identity.",
+    },
+    |ctx| {
+        let (a, _) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let node_ip = ctx.world().node_ip(&a.node);
+        // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
+        let old = cluster::pod_object(&a, node_ip);
+        ctx.delete(&old)
+            .await
+            .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
+        let mut reused = a.clone();
+        reused.name = format!("{}-new", a.name);
+        reused.labels.clear();
+        ctx.apply(cluster::pod_object(&reused, node_ip))
+            .await
+            .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
+        let req = Request::get(token_target("")).metadata();
+        // Watch propagation: within 10 s the new pod must no longer get A's identity.
+        let sent = ctx
+            .poll(&a.name, &req, Duration::from_secs(10), |s| {
+                s.response().is_some_and(|r| !has_token(r))
+            })
+            .await;
+        let r = response(&sent, "a refusal for the new pod")?;
+        no_foreign_token(
+            r,
+            &forbidden,
+            "reused pod IP (within 10 s of the pod change)",
         )
-        .to_string();
+    }
+);
+
+declare_case!(
+    ISO_004 = Case {
+        id: "ISO-004",
+        title: "denied responses leak no token bytes",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Isolation",
+        explain: "A pod without identity is refused and the refusal body contains no access token (no `access_token`, no JWT).",
+    },
+    |ctx| {
+        let (_, b) = pair(ctx)?;
+        let sent = ctx.send_token(&b.name, "").await;
+        let r = response(&sent, "a refusal")?;
+        let text = r.text();
+        if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
+            return Err(Outcome::fail(
+                "a pod without identity gets a refusal with no token bytes",
+                r.summary(),
+            ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_005 = Case {
+        id: "ISO-005",
+        title: "API server down → fail closed (no token for an unknown pod, never a wrong identity)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "With the API server refusing requests and dropping watches, a pod without identity still gets no token and never another pod's identity.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        // A pod the interceptor has never seen appears while the API server is down.
+        let node_ip = ctx.world().node_ip(&b.node);
+        ctx.set_api_available(false)
+            .await
+            .map_err(|e| Outcome::skip(format!("taking the API server down: {e}")))?;
+        // The runner restores availability and the pod after the case.
+        ctx.delete(&cluster::pod_object(&b, node_ip)).await.ok();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         for extra in [
             String::new(),
-            format!("&client_id={}", id.client_id()),
-            format!("&client_id={}", id.client_id().to_ascii_uppercase()),
-            format!("&msi_res_id={res}"),
-            format!("&mi_res_id={res}"),
-        ]
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| n == 0 || *i == 1)
-        .map(|(_, e)| e)
-        {
-            let sent = ctx.send_token(&b.name, &extra).await;
-            let r = response(&sent, "a refusal")?;
-            if r.status == 200 {
-                return Err(Outcome::fail(
-                    format!(
-                        "pod {} asking for pod {}'s identity ({extra}): refused",
-                        b.name, a.name
-                    ),
-                    r.summary(),
-                ));
-            }
-            no_foreign_token(r, &forbidden, "identity of another pod")?;
-        }
-    }
-    Ok(())
-});
-
-case_fn!(iso_002, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let a_ip = a.ip.to_string();
-    let req = Request::get(token_target(""))
-        .metadata()
-        .header("X-Forwarded-For", &a_ip)
-        .header("X-Real-IP", &a_ip)
-        .header("podname", &a.name)
-        .header("podns", &a.namespace);
-    let sent = ctx.send(&b.name, Target::Imds, req).await;
-    let r = response(&sent, "a refusal")?;
-    no_foreign_token(r, &forbidden, "spoofed X-Forwarded-For/podname/podns")?;
-    // X-Forwarded-For is never forwarded upstream (IMDS rejects it; it must not reach IMDS at all).
-    let sent = ctx
-        .send(
-            &b.name,
-            Target::Imds,
-            Request::get("/metadata/versions")
-                .metadata()
-                .header("X-Forwarded-For", &a_ip),
-        )
-        .await;
-    let seen = ctx.tagged(&b.node, &sent.tag).await;
-    if let Some(e) = seen.iter().find(|e| e.header("x-forwarded-for").is_some()) {
-        return Err(Outcome::fail(
-            "no X-Forwarded-For header on requests forwarded to IMDS",
             format!(
-                "IMDS saw X-Forwarded-For: {:?}",
-                e.header("x-forwarded-for")
+                "&client_id={}",
+                forbidden.first().cloned().unwrap_or_default()
             ),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(iso_003, |ctx| {
-    let (a, _) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let node_ip = ctx.world().node_ip(&a.node);
-    // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
-    let old = cluster::pod_object(&a, node_ip);
-    ctx.delete(&old)
-        .await
-        .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
-    let mut reused = a.clone();
-    reused.name = format!("{}-new", a.name);
-    reused.labels.clear();
-    ctx.apply(cluster::pod_object(&reused, node_ip))
-        .await
-        .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
-    let req = Request::get(token_target("")).metadata();
-    // Watch propagation: within 10 s the new pod must no longer get A's identity.
-    let sent = ctx
-        .poll(&a.name, &req, Duration::from_secs(10), |s| {
-            s.response().is_some_and(|r| !has_token(r))
-        })
-        .await;
-    let r = response(&sent, "a refusal for the new pod")?;
-    no_foreign_token(
-        r,
-        &forbidden,
-        "reused pod IP (within 10 s of the pod change)",
-    )
-});
-
-case_fn!(iso_004, |ctx| {
-    let (_, b) = pair(ctx)?;
-    let sent = ctx.send_token(&b.name, "").await;
-    let r = response(&sent, "a refusal")?;
-    let text = r.text();
-    if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
-        return Err(Outcome::fail(
-            "a pod without identity gets a refusal with no token bytes",
-            r.summary(),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(iso_005, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    // A pod the interceptor has never seen appears while the API server is down.
-    let node_ip = ctx.world().node_ip(&b.node);
-    ctx.set_api_available(false)
-        .await
-        .map_err(|e| Outcome::skip(format!("taking the API server down: {e}")))?;
-    // The runner restores availability and the pod after the case.
-    ctx.delete(&cluster::pod_object(&b, node_ip)).await.ok();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for extra in [
-        String::new(),
-        format!(
-            "&client_id={}",
-            forbidden.first().cloned().unwrap_or_default()
-        ),
-    ] {
-        let sent = ctx.send_token(&b.name, &extra).await;
-        if let Some(r) = sent.response() {
-            if r.status == 200 {
-                return Err(Outcome::fail(
-                    "API server down: a pod without identity still gets no token (fail closed)",
-                    r.summary(),
-                ));
+        ] {
+            let sent = ctx.send_token(&b.name, &extra).await;
+            if let Some(r) = sent.response() {
+                if r.status == 200 {
+                    return Err(Outcome::fail(
+                        "API server down: a pod without identity still gets no token (fail closed)",
+                        r.summary(),
+                    ));
+                }
+                no_foreign_token(r, &forbidden, "API server down")?;
             }
-            no_foreign_token(r, &forbidden, "API server down")?;
         }
+        Ok(())
     }
-    Ok(())
-});
-
-/// ISO-001.
-pub static ISO_001: Case = Case {
-    id: "ISO-001",
-    title: "pod B never gets pod A's identity (none / client_id any case / msi_res_id / mi_res_id)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2, §3 Isolation",
-    explain: "A pod without identity asks for the token of another pod's identity in every way a client can name it; it is always refused and never receives a token.",
-    run: iso_001,
-};
-
-/// ISO-002.
-pub static ISO_002: Case = Case {
-    id: "ISO-002",
-    title: "spoofed X-Forwarded-For / podname / podns change nothing; X-Forwarded-For is not forwarded",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (never forwards a client X-Forwarded-For), §3 Isolation",
-    explain: "The caller is identified by its source address only: headers naming another pod or its IP do not change which identity is served, and an X-Forwarded-For header never reaches IMDS.",
-    run: iso_002,
-};
-
-/// ISO-003.
-pub static ISO_003: Case = Case {
-    id: "ISO-003",
-    title: "a reused pod IP gets no stale identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Isolation",
-    explain: "Pod A (with identity) is deleted and a new pod without identity receives its IP while A's AzureAssignedIdentity lingers; within 10 s the address must no longer receive A's identity.",
-    run: iso_003,
-};
-
-/// ISO-004.
-pub static ISO_004: Case = Case {
-    id: "ISO-004",
-    title: "denied responses leak no token bytes",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Isolation",
-    explain: "A pod without identity is refused and the refusal body contains no access token (no `access_token`, no JWT).",
-    run: iso_004,
-};
-
-/// ISO-005.
-pub static ISO_005: Case = Case {
-    id: "ISO-005",
-    title: "API server down → fail closed (no token for an unknown pod, never a wrong identity)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
-    explain: "With the API server refusing requests and dropping watches, a pod without identity still gets no token and never another pod's identity.",
-    run: iso_005,
-};
+);
