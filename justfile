@@ -2,8 +2,8 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Cargo features the test suite compiles in (the testcontainers module of mock-imds).
-test_features := "--features mock-imds/testcontainers"
+# Cargo features the test suite compiles in (the testcontainers modules of mock-imds and mock-arm).
+test_features := "--features mock-imds/testcontainers,mock-arm/testcontainers"
 
 # Run the default conformance scenario against the built-in interceptor on the best available backend.
 conformance *ARGS: build
@@ -52,7 +52,7 @@ lint:
     ci/check-manifests.sh
     ci/lint-workflows.sh
 
-# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy,imds-probe}:<version>.
+# Container images (FROM scratch, static binaries): imds-conformance/{mock-imds,imds-proxy,imds-probe,mock-arm}:<version>.
 images:
     ci/build-images.sh
 
@@ -66,3 +66,9 @@ bench *ARGS:
     # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}
+
+# Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
+# INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both
+# targets run in parallel (two test threads). `cargo test` runs a short pass of each (seconds).
+fuzz INPUTS="1000000":
+    MOCK_IMDS_FUZZ_INPUTS={{INPUTS}} cargo test -p mock-imds --test fuzz -- --ignored --nocapture --test-threads 2

@@ -6,6 +6,7 @@
 #                                           (nft), conntrack and ip tools with their libraries
 #   imds-conformance/imds-probe:<version>   FROM scratch + statically linked imds-probe (crate probe/: the conformance probe
 #                                           the kind backend runs inside test pods)
+#   imds-conformance/mock-arm:<version>     FROM scratch + statically linked mock-arm (ARM's VM/VMSS identity surface)
 #
 # No base image is pulled (there is none: FROM scratch). The binaries are linked statically against glibc
 # (`-C target-feature=+crt-static` on the gnu target; musl is not installable here) and checked with `file`
@@ -46,11 +47,11 @@ source_url="$(sed -n '/^\[workspace.package\]/,/^\[/s/^repository *= *"\(.*\)"/\
 start_s=$SECONDS
 
 if [ -z "$skip_build" ]; then
-  log "building static release binaries (mock-imds, imds-proxy, imds-probe) for $triple"
-  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p mock-imds -p imds-proxy -p imds-probe
+  log "building static release binaries (mock-imds, imds-proxy, imds-probe, mock-arm) for $triple"
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p mock-imds -p imds-proxy -p imds-probe -p mock-arm
 fi
 
-for b in mock-imds imds-proxy imds-probe; do
+for b in mock-imds imds-proxy imds-probe mock-arm; do
   f="$bin_dir/$b"
   [ -x "$f" ] || { log "missing $f (run without --skip-build)"; exit 2; }
   desc="$(file -b "$f")"
@@ -161,9 +162,16 @@ chmod 1777 "$stage/imds-probe/rootfs/tmp"
 cp "$bin_dir/imds-probe" "$stage/imds-probe/"
 build_image imds-probe ci/docker/imds-probe.Dockerfile "$stage/imds-probe"
 
+# mock-arm: static, like mock-imds.
+mkdir -p "$stage/mock-arm/rootfs/tmp"
+chmod 1777 "$stage/mock-arm/rootfs/tmp"
+cp "$bin_dir/mock-arm" "$stage/mock-arm/"
+build_image mock-arm ci/docker/mock-arm.Dockerfile "$stage/mock-arm"
+
 # Smoke check: the images run (no network needed).
 docker run --rm "imds-conformance/mock-imds:$version" --version >/dev/null
 docker run --rm --entrypoint /usr/sbin/iptables "imds-conformance/imds-proxy:$version" --version >&2
 docker run --rm "imds-conformance/imds-proxy:$version" --version >/dev/null
 docker run --rm "imds-conformance/imds-probe:$version" --version >/dev/null
-log "images built and smoke-checked in $((SECONDS - start_s))s: imds-conformance/{mock-imds,imds-proxy,imds-probe}:$version"
+docker run --rm "imds-conformance/mock-arm:$version" --version >/dev/null
+log "images built and smoke-checked in $((SECONDS - start_s))s: imds-conformance/{mock-imds,imds-proxy,imds-probe,mock-arm}:$version"

@@ -77,6 +77,7 @@ pub async fn measure(
         client,
         &plan,
         imds_proxy::metrics::Metrics::new(),
+        imds_proxy::cluster::freshness::Freshness::default(),
     ));
     // Bounded wait for the first complete list of every watched resource.
     loop {

@@ -7,6 +7,7 @@
 //! bare baseline server) and `cluster` (the scale run). It uses the other crates only through
 //! their public APIs and binaries, and sends traffic only to 127.0.0.1.
 
+mod arm;
 mod cluster;
 mod load;
 mod lookup;
@@ -465,6 +466,15 @@ fn main() -> Result<()> {
     server_rt.block_on(async {
         let _ = proxy.shutdown().await;
     });
+
+    // ---- 3b: mock-arm (bench/src/arm.rs) ----
+    arm::section(
+        &server_rt,
+        &load_rt,
+        rounds,
+        load_at(opts.concurrency),
+        &mut rows,
+    )?;
 
     // ---- 4: cluster view at scale ----
     let s4 = "4 cluster view";

@@ -11,7 +11,8 @@
 //!   gets a unique `x-ms-client-request-id` tag, returned in [`Sent::tag`], so the journal of the VM's mock
 //!   ([`Ctx::journal_since`], [`Ctx::tagged`]) tells whether *that* request reached IMDS.
 //! - change the cluster: [`Ctx::apply`] / [`Ctx::delete`] (the runner restores the scenario's baseline after
-//!   the case), [`Ctx::set_api_available`], [`Ctx::api_load`] and [`Ctx::api_list`] for the API server.
+//!   the case), [`Ctx::set_api_available`], [`Ctx::set_api_hung`], [`Ctx::set_api_partitioned`],
+//!   [`Ctx::api_load`] and [`Ctx::api_list`] for the API server.
 //! - drive the interceptor: `ctx.backend.stop_interceptor(node, true)`, `start_interceptor(node)`;
 //!   kernel tables: `ctx.backend.exec(node, argv)` (netns only; loopback returns Unsupported).
 //! - conclude: `Outcome::Pass`, `Outcome::fail(expected, observed)`, `Outcome::skip(reason)`,
@@ -92,6 +93,8 @@ pub struct Ctx {
     dirty: bool,
     created: Vec<Value>,
     touched_interceptor: bool,
+    /// A case hung the API server or cut the nodes off from it: the runner waits for recovery afterwards.
+    api_outage: bool,
 }
 
 impl Ctx {
@@ -112,6 +115,7 @@ impl Ctx {
             dirty: false,
             created: Vec::new(),
             touched_interceptor: false,
+            api_outage: false,
         }
     }
 
@@ -283,6 +287,25 @@ impl Ctx {
             .map_err(|e| e.to_string())
     }
 
+    /// Hangs the API server (connections accepted, nothing answered, watches silent) or resumes it
+    /// (resumed after the case).
+    pub async fn set_api_hung(&mut self, hung: bool) -> Result<(), String> {
+        self.dirty = true;
+        self.api_outage |= hung;
+        self.api().set_hung(hung).await.map_err(|e| e.to_string())
+    }
+
+    /// Cuts every node off from the API server (packets dropped both ways) or heals the cut (healed after
+    /// the case).
+    pub async fn set_api_partitioned(&mut self, partitioned: bool) -> Result<(), String> {
+        self.dirty = true;
+        self.api_outage |= partitioned;
+        self.backend
+            .set_api_partitioned(partitioned)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The API server's load figures.
     pub async fn api_load(&self) -> Result<ApiLoad, String> {
         self.api().load().await.map_err(|e| e.to_string())
@@ -304,6 +327,8 @@ impl Ctx {
         if self.dirty {
             // Not every backend can take its API server down; then there is nothing to bring back.
             let _ = self.api().set_available(true).await;
+            let _ = self.api().set_hung(false).await;
+            let _ = self.backend.set_api_partitioned(false).await;
             let baseline = cluster::baseline_objects(&self.scenario, self.world());
             let keys: BTreeSet<_> = baseline.iter().map(cluster::object_key).collect();
             for obj in std::mem::take(&mut self.created) {
@@ -319,6 +344,9 @@ impl Ctx {
             self.dirty = false;
             // Give watchers a moment to see the restored objects before the next case.
             tokio::time::sleep(Duration::from_millis(300)).await;
+            if std::mem::take(&mut self.api_outage) {
+                self.await_recovery().await;
+            }
         }
         if self.touched_interceptor {
             self.touched_interceptor = false;
@@ -333,6 +361,20 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// After a hang or partition an interceptor that failed closed needs a moment to re-sync: wait (at most
+    /// 30 s) until the identity pod is served again, so the next case does not see the outage's refusals.
+    /// Without an identity pod there is nothing to observe; then wait a fixed 5 s.
+    async fn await_recovery(&mut self) {
+        match self.identity_pod() {
+            Some(pod) => {
+                let _ = self
+                    .poll_token(&pod.name, "", Duration::from_secs(30))
+                    .await;
+            }
+            None => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
     }
 
     /// Identities assigned to `pod` in a serving state (`Assigned` or legacy `""`) and known to the VM.

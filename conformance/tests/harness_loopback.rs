@@ -122,6 +122,7 @@ fn selftest_tok_iso_no_interceptor_but_claimed() {
     );
     r.assert_fails_exactly(&[
         "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002", "ISO-004", "ISO-005",
+        "ISO-006", "ISO-007",
     ]);
 }
 

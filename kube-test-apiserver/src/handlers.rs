@@ -318,6 +318,7 @@ mod tests {
             stats: super::super::stats::Recorder::default(),
             available: tokio::sync::watch::channel(true).0,
             shutdown: tokio::sync::watch::channel(false).0,
+            hung: tokio::sync::watch::channel(false).0,
             bookmark_interval: Duration::from_secs(60),
             server_address: "127.0.0.1:1".into(),
         })

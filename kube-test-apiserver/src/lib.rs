@@ -83,6 +83,8 @@ pub struct Shared {
     pub(crate) stats: stats::Recorder,
     /// `false` while an outage is simulated.
     pub(crate) available: signal::Sender<bool>,
+    /// `true` while a hang is simulated (see [`ApiServer::set_hung`]).
+    pub(crate) hung: signal::Sender<bool>,
     /// `true` once the server is shutting down.
     pub(crate) shutdown: signal::Sender<bool>,
     pub(crate) bookmark_interval: Duration,
@@ -135,10 +137,12 @@ impl Builder {
         let addr = listener.local_addr().map_err(Error::Listener)?;
         let (available, _) = signal::channel(true);
         let (shutdown, _) = signal::channel(false);
+        let (hung, _) = signal::channel(false);
         let shared = Arc::new(Shared {
             store: store::Store::new(self.history_limit),
             stats: stats::Recorder::default(),
             available,
+            hung,
             shutdown,
             bookmark_interval: self.bookmark_interval,
             server_address: addr.to_string(),
@@ -289,6 +293,18 @@ impl ApiServer {
     /// handle works meanwhile (the `/_test/*` HTTP endpoints are unreachable too).
     pub fn set_available(&self, available: bool) {
         self.shared.available.send_replace(available);
+    }
+
+    /// `true` simulates a hung API server (a SIGSTOPped process, a wedged control plane): connections are
+    /// still accepted but nothing is answered — new requests and requests on open connections wait, open
+    /// watches go silent without ending. `false` resumes: waiting requests are answered and watches catch
+    /// up, as after SIGCONT. The handle keeps working meanwhile.
+    pub fn set_hung(&self, hung: bool) {
+        self.shared.hung.send_replace(hung);
+    }
+
+    pub fn is_hung(&self) -> bool {
+        *self.shared.hung.borrow()
     }
 
     pub fn is_available(&self) -> bool {

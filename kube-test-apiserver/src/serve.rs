@@ -5,7 +5,8 @@
 //! not HTTP statuses (kube-rs, for one, silently retries 503 for minutes but reports a reset at
 //! once). So while unavailable, new connections are accepted and reset at once (SO_LINGER 0), and
 //! open connections are closed gracefully — their watch streams have already ended. This module
-//! owns sockets only; what is said over them is `handlers`' business.
+//! owns sockets only; what is said over them is `handlers`' business. A simulated hang holds every
+//! request (new connections included) until it ends; watches go silent in `watch`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, router: Router, shared: A
             drop(stream);
             continue;
         }
+        // While hung, `serve_connection` holds each request until the hang ends.
         tokio::spawn(serve_connection(
             stream,
             peer,
@@ -113,9 +115,18 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
-    let svc = router.map_request(move |mut req: axum::http::Request<Incoming>| {
+    let router = router.map_request(move |mut req: axum::http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         strip_client_prefix(req)
+    });
+    let hang = shared.hung.clone();
+    let svc = tower::service_fn(move |req: axum::http::Request<Incoming>| {
+        let (router, mut hung) = (router.clone(), hang.subscribe());
+        async move {
+            // A hung server reads the request and never answers, until the hang ends.
+            until(&mut hung, false).await;
+            router.oneshot(req).await
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)

@@ -7,7 +7,8 @@
 //!
 //! Each watch is one task feeding a bounded channel; it never holds the store lock while sending,
 //! ends when the client goes away, the timeout expires, the server shuts down or an outage is
-//! simulated. Accounting of events here; of bytes in the HTTP layer.
+//! simulated, and goes silent (sends nothing, does not end) while a hang is simulated. Accounting of
+//! events here; of bytes in the HTTP layer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +172,7 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
     let mut rv_rx = shared.store.subscribe();
     let mut available = shared.available.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
+    let mut hung = shared.hung.subscribe();
     if !*available.borrow_and_update() || *shutdown.borrow_and_update() {
         return;
     }
@@ -208,6 +210,16 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
     bookmark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if *hung.borrow_and_update() {
+            // Hung: silent, neither sending nor ending, until the hang ends (a deadline that passed
+            // meanwhile ends the watch right after).
+            tokio::select! {
+                _ = until(&mut hung, false) => {}
+                _ = until(&mut available, false) => return,
+                _ = until(&mut shutdown, true) => return,
+                _ = out.tx.closed() => return,
+            }
+        }
         // Catch up with the store. Marking the revision seen *before* reading guarantees a change
         // committed after the read wakes us below.
         rv_rx.borrow_and_update();
@@ -238,6 +250,7 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
             _ = until(&mut available, false) => return,
             _ = until(&mut shutdown, true) => return,
             _ = out.tx.closed() => return,
+            _ = until(&mut hung, true) => {}
         }
     }
 }

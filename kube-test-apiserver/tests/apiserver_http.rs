@@ -685,3 +685,47 @@ async fn run_standalone_writes_a_kubeconfig_and_serves_until_shutdown() {
         "listener closed"
     );
 }
+
+/// A hung server (as SIGSTOPped) accepts connections and answers nothing: a list waits, an open watch
+/// goes silent without ending; when the hang ends the waiting list is answered and the watch catches up.
+#[tokio::test]
+async fn hung_server_answers_nothing_and_watches_go_silent_until_it_resumes() {
+    let api = server().await;
+    api.apply(aai("before", "n1")).unwrap();
+    let mut watch = http()
+        .get(format!(
+            "{}{AAIS}?watch=true&resourceVersion=0&timeoutSeconds=30",
+            api.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let first = watch.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("before"));
+    api.set_hung(true);
+    assert!(api.is_hung());
+    api.apply(aai("during", "n1")).unwrap();
+    // Nothing arrives on the watch, and a new request is not answered, while hung.
+    let silent = tokio::time::timeout(Duration::from_millis(700), watch.chunk()).await;
+    assert!(
+        silent.is_err(),
+        "a hung server's watch must stay silent and open"
+    );
+    let url = format!("{}{AAIS}", api.url());
+    let pending = tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!pending.is_finished(), "a hung server must not answer");
+    api.set_hung(false);
+    let status = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&caught_up).contains("during"));
+}

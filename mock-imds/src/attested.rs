@@ -44,7 +44,10 @@ pub fn signed_content(config: &Config, version: &str, nonce: &str, now: DateTime
         "timeStamp".into(),
         json!({
             "createdOn": timestamp(now),
-            "expiresOn": timestamp(now + chrono::Duration::hours(VALIDITY_HOURS)),
+            "expiresOn": timestamp(
+                now.checked_add_signed(chrono::Duration::hours(VALIDITY_HOURS))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            ),
         }),
     );
     m.insert("vmId".into(), Value::String(c.vm_id.clone()));

@@ -49,6 +49,32 @@ pub struct Cli {
     #[arg(long, env = "MOCK_IMDS_SERVER_BUILD", value_name = "BUILD")]
     pub server_build: Option<String>,
 
+    /// Close a connection whose request head is not complete this many seconds after its first byte (or
+    /// whose body is not complete this many seconds after its head) [default: 10, or
+    /// server.limits.header_read_timeout_secs].
+    #[arg(long, env = "MOCK_IMDS_HEADER_READ_TIMEOUT", value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+
+    /// Close a connection with no request in flight that sends nothing for this many seconds [default: 30,
+    /// or server.limits.idle_timeout_secs].
+    #[arg(long, env = "MOCK_IMDS_IDLE_TIMEOUT", value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Most open connections per listener; beyond it an idle connection of the heaviest source is closed,
+    /// or the new one refused [default: 512, or server.limits.max_connections].
+    #[arg(long, env = "MOCK_IMDS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections per source IP address per listener; beyond it that source's oldest idle
+    /// connection is closed, or the new one refused [default: 128, or server.limits.max_connections_per_source].
+    #[arg(long, env = "MOCK_IMDS_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+
+    /// On SIGINT/SIGTERM, requests in flight get this many seconds to finish; the exit log names those cut
+    /// [default: 90, or server.limits.shutdown_grace_secs].
+    #[arg(long, env = "MOCK_IMDS_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
+
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -76,6 +102,30 @@ impl Cli {
         if let Some(b) = &self.server_build {
             config.server.server_build = b.clone();
         }
+        let limits = &mut config.server.limits;
+        let flags = [
+            (
+                self.header_read_timeout,
+                &mut limits.header_read_timeout_secs,
+            ),
+            (self.idle_timeout, &mut limits.idle_timeout_secs),
+            (self.shutdown_grace, &mut limits.shutdown_grace_secs),
+        ];
+        for (flag, slot) in flags {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        }
+        if let Some(n) = self.max_connections {
+            limits.max_connections = n;
+        }
+        if let Some(n) = self.max_connections_per_source {
+            limits.max_connections_per_source = n;
+        }
+        limits.validate().map_err(|e| ConfigError::Invalid {
+            origin: "the flags and MOCK_IMDS_* environment".into(),
+            message: e.to_string(),
+        })?;
         Ok(config)
     }
 }

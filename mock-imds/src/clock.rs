@@ -7,6 +7,13 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 
+/// `t` plus `secs` seconds, or `None` beyond chrono's range (about 262,000 years): fault delays and token
+/// lifetimes come from configuration and the control API, and `DateTime + Duration` panics on overflow.
+pub fn add_secs(t: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(secs).ok()?;
+    t.checked_add_signed(Duration::try_seconds(secs)?)
+}
+
 /// Source of "now" for the emulated service.
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> DateTime<Utc>;
@@ -38,7 +45,10 @@ impl ManualClock {
     /// Moves the clock forward (or backward, with a negative duration).
     pub fn advance(&self, by: Duration) {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
+        // Beyond chrono's range the clock stays where it is.
+        if let Some(t) = now.checked_add_signed(by) {
+            *now = t;
+        }
     }
 
     pub fn set(&self, to: DateTime<Utc>) {

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub journal_capacity: usize,
     /// The `<build>` in `Server: IMDS/150.870.65.<build>`.
     pub server_build: String,
+    /// Timeouts and connection limits of every listener (`[server.limits]`).
+    #[serde(default)]
+    pub limits: crate::connections::ConnectionLimits,
 }
 
 /// Switches for behaviour the real service does not document (README "Decisions").
@@ -169,9 +172,37 @@ pub fn injectable_status(status: u16) -> bool {
     (400..=599).contains(&status)
 }
 
+/// Longest delay a fault may name (100 years): start-up unavailability and assignment delay in seconds, rule
+/// latency in milliseconds up to the same span. Longer ones are refused (config: exit 2; control API: 400).
+pub const MAX_FAULT_DELAY_SECS: u64 = 100 * 365 * 86_400;
+
 impl Faults {
-    /// Checks that every injected status (start-up and per rule) is a 4xx/5xx.
+    /// Checks that every injected status (start-up and per rule) is a 4xx/5xx and every delay at most
+    /// [`MAX_FAULT_DELAY_SECS`].
     pub fn validate(&self) -> Result<(), String> {
+        for (name, secs) in [
+            ("startup_unavailable_secs", self.startup_unavailable_secs),
+            (
+                "identity_assignment_delay_secs",
+                self.identity_assignment_delay_secs,
+            ),
+        ] {
+            if secs > MAX_FAULT_DELAY_SECS {
+                return Err(format!(
+                    "faults.{name} = {secs} exceeds the longest supported delay, {MAX_FAULT_DELAY_SECS} s"
+                ));
+            }
+        }
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.fault.latency_ms / 1000 > MAX_FAULT_DELAY_SECS)
+        {
+            return Err(format!(
+                "fault rule {:?}: latency_ms = {} exceeds the longest supported delay, {MAX_FAULT_DELAY_SECS} s",
+                rule.path_prefix, rule.fault.latency_ms
+            ));
+        }
         if !injectable_status(self.startup_unavailable_status) {
             return Err(format!(
                 "faults.startup_unavailable_status = {} is not a 4xx/5xx status",
@@ -641,6 +672,7 @@ impl Config {
                 control: true,
                 journal_capacity: 10_000,
                 server_build: "1103".into(),
+                limits: crate::connections::ConnectionLimits::default(),
             },
             behavior: Behavior {
                 api_version_style: ApiVersionStyle::NewestVersions,
@@ -860,6 +892,14 @@ impl Config {
             .map_err(|message| ConfigError::Invalid {
                 origin: origin.to_string(),
                 message,
+            })?;
+        config
+            .server
+            .limits
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message: e.to_string(),
             })?;
         config.complete_identities();
         Ok(config)

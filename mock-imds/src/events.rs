@@ -62,7 +62,10 @@ impl EventsState {
             event.resources.push(config.compute.name.clone());
         }
         if event.not_before.is_empty() && event.event_status == "Scheduled" {
-            event.not_before = rfc1123(now + notice(&event.event_type));
+            let at = now
+                .checked_add_signed(notice(&event.event_type))
+                .unwrap_or(now);
+            event.not_before = rfc1123(at);
         }
         self.events.retain(|e| e.event_id != event.event_id);
         self.events.push(event.clone());

@@ -74,10 +74,9 @@ impl FaultState {
         now: DateTime<Utc>,
         started: DateTime<Utc>,
     ) -> FaultDecision {
-        let startup = Duration::seconds(
-            i64::try_from(self.faults.startup_unavailable_secs).unwrap_or(i64::MAX / 1000),
-        );
-        if now < started + startup {
+        // An end beyond chrono's range never comes: unavailable for good.
+        let startup_end = crate::clock::add_secs(started, self.faults.startup_unavailable_secs);
+        if startup_end.is_none_or(|end| now < end) {
             return FaultDecision {
                 status: Some((self.faults.startup_unavailable_status, None)),
                 ..FaultDecision::default()
@@ -205,7 +204,9 @@ pub fn admit_window(
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<(), Throttled> {
-    let horizon = now - Duration::seconds(1);
+    let horizon = now
+        .checked_sub_signed(Duration::seconds(1))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     while window.front().is_some_and(|t| *t <= horizon) {
         window.pop_front();
     }

@@ -67,6 +67,7 @@ pub mod attested;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod error;
 pub mod events;
@@ -82,6 +83,7 @@ mod state;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
 pub mod token;
+pub mod token_cache;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -242,12 +244,17 @@ impl MockImdsBuilder {
         // Eagerly, on its own thread: start() stays quick and the first token request does not wait seconds.
         state.start_key_generation();
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(
+        let serving = server::serve(
             listener,
             app(state.clone()),
             state.server_header.clone(),
+            state.config.server.limits.clone(),
             rx,
-        ));
+        );
+        // The report is logged by `serve`.
+        let task = tokio::spawn(async move {
+            serving.await;
+        });
         Ok(MockImds {
             addr,
             state,
@@ -348,7 +355,8 @@ impl MockImds {
         self.state.keys_ready()
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded by `server::SHUTDOWN_GRACE`), and waits.
+    /// Stops accepting, lets in-flight requests finish (bounded by `server.limits.shutdown_grace_secs`; what
+    /// the grace cut is logged), and waits.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {

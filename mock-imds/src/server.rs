@@ -1,12 +1,15 @@
-//! The HTTP/1.1 server under the router: accept loop, per-connection hyper settings with explicit limits,
-//! graceful shutdown, the connection-reset fault (a real RST: `SO_LINGER` 0, then close), and the rewrite of
-//! hyper's own parse-error answers into IMDS-shaped JSON. Owns sockets and connections only; what a request
-//! means is the router's business.
+//! The HTTP/1.1 server under the router: accept loop with connection limits and per-source fairness,
+//! per-connection hyper settings with explicit limits, the idle / header-read watchdog, graceful shutdown that
+//! drains in-flight requests up to a grace and reports what it cut, the connection-reset fault (a real RST:
+//! `SO_LINGER` 0, then close), and the rewrite of hyper's own parse-error answers into IMDS-shaped JSON. Owns
+//! sockets and connections only; what a request means is the router's business. Every listener of the mock
+//! is served by [`serve`], so every listener gets the same bounds.
 //!
 //! Limits (README "Limits"): the request line plus headers must fit in [`MAX_HEAD_BYTES`] and at most
 //! [`MAX_HEADERS`] header fields; a request target longer than ~64 KiB (the `http` crate's URI limit) is
 //! refused. hyper answers those itself (414/431/400); [`ImdsShapedErrors`] replaces its empty body with an IMDS
-//! JSON error and the usual headers. Smaller violations are answered by the rules layer with 400.
+//! JSON error and the usual headers. Smaller violations are answered by the rules layer with 400. Timeouts
+//! and connection limits are [`ConnectionLimits`] (see `connections`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,16 +26,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tower::ServiceExt as _;
+
+pub use crate::connections::ConnectionLimits;
+use crate::connections::{Admitted, Conn, ConnCounters, ConnTable, TimedBody};
 
 /// Largest request head (request line + headers) hyper buffers.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// Most header fields in one request.
 pub const MAX_HEADERS: usize = 128;
-/// A client must send its complete request head within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// On shutdown, in-flight requests get this long to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Per-connection facts handed to the router as a request extension.
 #[derive(Debug, Clone)]
@@ -44,13 +47,33 @@ pub struct ConnInfo {
     pub reset: Arc<Notify>,
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true (or its sender is dropped).
+/// What a listener's shutdown did (also logged: `info` when nothing was cut, `warn` otherwise).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The listener's address.
+    pub local: Option<SocketAddr>,
+    /// Connections open when shutdown began, and requests in flight on them.
+    pub open_at_shutdown: usize,
+    pub in_flight_at_shutdown: usize,
+    /// Requests still in flight when the grace expired, as `METHOD target from PEER (age)`; they got no answer.
+    pub cut: Vec<String>,
+    /// Connections closed at the grace's expiry without a request in flight (e.g. a half-sent head).
+    pub closed_idle_at_expiry: usize,
+    pub counters: ConnCounters,
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true (or its sender is dropped), within `limits`; then
+/// stops accepting, lets requests in flight finish for up to `limits.shutdown_grace_secs`, cuts the rest and
+/// reports (and logs) what it cut.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     server_header: HeaderValue,
+    limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> ShutdownReport {
+    let local = listener.local_addr().ok();
+    let table = ConnTable::new(limits);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -60,9 +83,22 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    conns.spawn(connection(stream, peer, app.clone(), server_header.clone(), shutdown.clone()));
-                }
+                Ok((stream, peer)) => match table.admit(peer) {
+                    Ok(admitted) => {
+                        conns.spawn(connection(
+                            stream,
+                            admitted,
+                            app.clone(),
+                            server_header.clone(),
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(refused) => {
+                        // Closing it at once is the answer; per-event logging would let a flood fill the log.
+                        tracing::debug!(%peer, reason = %refused, "connection refused");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -73,19 +109,76 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let mut report = ShutdownReport {
+        local,
+        open_at_shutdown: table.open(),
+        in_flight_at_shutdown: table.busy().len(),
+        ..ShutdownReport::default()
+    };
+    let grace = table.limits().shutdown_grace();
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        let now = Instant::now();
+        report.cut = table
+            .busy()
+            .iter()
+            .filter_map(|c| c.describe_request(now))
+            .collect();
+        report.closed_idle_at_expiry = table.open().saturating_sub(report.cut.len());
         conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+    report.counters = table.counters();
+    log_shutdown(&report, grace);
+    report
+}
+
+fn log_shutdown(r: &ShutdownReport, grace: Duration) {
+    let addr = r.local.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let c = &r.counters;
+    if r.cut.is_empty() {
+        tracing::info!(
+            listener = %addr,
+            open = r.open_at_shutdown,
+            in_flight = r.in_flight_at_shutdown,
+            closed_idle_at_expiry = r.closed_idle_at_expiry,
+            accepted = c.accepted, refused = c.refused, evicted = c.evicted,
+            idle_timeouts = c.idle_timeouts, header_timeouts = c.header_timeouts,
+            "listener stopped; every request in flight finished within the shutdown grace"
+        );
+    } else {
+        const SHOWN: usize = 20;
+        let mut list = r
+            .cut
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if r.cut.len() > SHOWN {
+            list.push_str(&format!("; and {} more", r.cut.len() - SHOWN));
+        }
+        tracing::warn!(
+            listener = %addr,
+            grace_secs = grace.as_secs(),
+            cut = r.cut.len(),
+            in_flight = r.in_flight_at_shutdown,
+            "listener stopped; shutdown grace expired, cut {} request(s) in flight without an answer: {list}",
+            r.cut.len()
+        );
     }
 }
 
 async fn connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    admitted: Admitted,
     app: Router,
     server_header: HeaderValue,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let activity = admitted.conn.clone();
+    let limits = admitted.table().limits().clone();
+    let peer = activity.peer;
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -109,34 +202,69 @@ async fn connection(
         local,
         reset: reset.clone(),
     };
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+    let body_timeout = limits.header_read_timeout();
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let in_flight = tracked.request_started(req.method(), req.uri());
+        let mut req = req.map(|body| TimedBody::new(body, body_timeout));
         req.extensions_mut().insert(info.clone());
-        app.clone().oneshot(req)
+        let response = app.clone().oneshot(req);
+        async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        }
     });
-    let io = TokioIo::new(ImdsShapedErrors::new(stream, server_header));
+    let io = TokioIo::new(ImdsShapedErrors::new(stream, server_header).tracking(activity.clone()));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The watchdog below times heads (from their first byte) and idle connections separately.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
+    loop {
+        let deadline = activity.next_deadline(&limits, Instant::now());
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            () = reset.notified() => {
+                let _ = socket2::SockRef::from(&twin).set_linger(Some(Duration::ZERO));
+                // Returning drops `conn` (hyper's descriptor) and `twin`: the kernel sends RST.
+                break;
+            }
+            () = activity.close.notified() => {
+                // Evicted for another connection while idle; a request that arrived meanwhile may finish.
+                tracing::debug!(%peer, "idle connection evicted");
+                if activity.in_flight() > 0 {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+                break;
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+                break;
+            }
+            // A head started: the deadline moves (back to the top of the loop).
+            () = activity.head_started.notified() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                if let Some(expiry) = activity.expired(&limits, Instant::now()) {
+                    tracing::debug!(%peer, ?expiry, "connection timed out");
+                    admitted.table().count_expiry(expiry);
+                    break;
+                }
             }
         }
-        () = reset.notified() => {
-            let _ = socket2::SockRef::from(&twin).set_linger(Some(Duration::ZERO));
-            // Returning drops `conn` (hyper's descriptor) and `twin`: the kernel sends RST.
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+    drop(admitted);
 }
 
 /// Wraps the connection's stream and replaces the bare error answers hyper writes for requests it cannot
@@ -145,6 +273,8 @@ async fn connection(
 pub struct ImdsShapedErrors {
     inner: TcpStream,
     server_header: HeaderValue,
+    /// Told about every read (a request head starting), for the watchdog.
+    activity: Option<Arc<Conn>>,
     /// Replacement bytes still to write, how many are written, and the length of hyper's buffer to report.
     pending: Option<(Vec<u8>, usize, usize)>,
 }
@@ -154,8 +284,15 @@ impl ImdsShapedErrors {
         ImdsShapedErrors {
             inner,
             server_header,
+            activity: None,
             pending: None,
         }
+    }
+
+    /// Reports reads to `conn` (see [`Conn::on_read`]).
+    pub fn tracking(mut self, conn: Arc<Conn>) -> Self {
+        self.activity = Some(conn);
+        self
     }
 }
 
@@ -226,7 +363,14 @@ impl AsyncRead for ImdsShapedErrors {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(conn)) = (&result, &self.activity)
+            && buf.filled().len() > before
+        {
+            conn.on_read();
+        }
+        result
     }
 }
 

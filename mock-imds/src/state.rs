@@ -3,7 +3,6 @@
 //! signing keys. Handlers receive it as axum state. This module holds data and small accessors only; the
 //! behaviour lives in the surface modules.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +17,7 @@ use crate::events::EventsState;
 use crate::faults::{FaultState, RateLimiter};
 use crate::journal::Journal;
 use crate::keys::{KeyError, SigningKeys};
-use crate::token::CachedToken;
+use crate::token_cache::TokenCache;
 
 /// Cheaply clonable handle to the shared state.
 #[derive(Clone, Debug)]
@@ -53,7 +52,7 @@ pub struct Shared {
     pub server_header: HeaderValue,
     keys: OnceCell<SigningKeys>,
     pub identities: Mutex<IdentityRegistry>,
-    pub tokens: Mutex<HashMap<(String, String), CachedToken>>,
+    pub tokens: Mutex<TokenCache>,
     pub faults: Mutex<FaultState>,
     pub limiter: RateLimiter,
     pub journal: Journal,
@@ -100,7 +99,7 @@ impl AppState {
         }
         let shared = Shared {
             identities: Mutex::new(IdentityRegistry::from_config(&config, started)),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(TokenCache::default()),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
             limiter: RateLimiter::new(config.rate_limits.clone()),
             journal: Journal::new(config.server.journal_capacity),
@@ -200,7 +199,7 @@ impl AppState {
         let removed = reg.user_assigned.len() != before;
         drop(reg);
         if removed {
-            lock(&self.tokens).retain(|(cid, _), _| !cid.eq_ignore_ascii_case(client_id));
+            lock(&self.tokens).retain(|(cid, _)| !cid.eq_ignore_ascii_case(client_id));
         }
         removed
     }

@@ -1,6 +1,6 @@
 //! Managed-identity tokens (REFERENCE B.4, B.5): `/metadata/identity/oauth2/token` and
 //! `/metadata/identity/info`. Owns identity selection (a pure function: [`select_identity`]), the
-//! per-(identity, resource) token cache, the claims of the RS256 access token and the response document.
+//! per-(identity, resource) token cache (bounded: `token_cache`), the claims of the RS256 access token and the response document.
 //! Signing itself is `keys::SigningKeys`'s business; request validation happened in `rules`.
 
 use axum::body::Body;
@@ -35,6 +35,18 @@ pub struct CachedToken {
     /// changes every second) and the client id it names. Serialising the ~1.6 KB body (escaping the token)
     /// was the largest part of a cached token request's handler time (measured by `just bench`).
     rendered: Option<(i64, String, axum::body::Bytes)>,
+}
+
+impl CachedToken {
+    /// A token as issued (its response body is rendered on first use).
+    pub fn new(access_token: String, not_before: i64, expires_on: i64) -> Self {
+        CachedToken {
+            access_token,
+            not_before,
+            expires_on,
+            rendered: None,
+        }
+    }
 }
 
 /// How the caller chose an identity.
@@ -88,8 +100,10 @@ pub fn select_identity(
     now: DateTime<Utc>,
     delay_secs: u64,
 ) -> Result<Chosen, ErrorKind> {
-    let delay = chrono::Duration::seconds(i64::try_from(delay_secs).unwrap_or(i64::MAX / 1000));
-    let visible = |at: DateTime<Utc>| now >= at + delay;
+    // A delay reaching beyond chrono's range hides the identity for good.
+    let visible = |at: DateTime<Utc>| {
+        crate::clock::add_secs(at, delay_secs).is_some_and(|visible_from| now >= visible_from)
+    };
     // Only the chosen identity is copied out (this runs on every token request).
     let has_system = reg.system_assigned.is_some_and(visible);
     let system = || Chosen {
@@ -209,14 +223,16 @@ async fn token(
     let lifetime = i64::try_from(ids.token_lifetime_secs).unwrap_or(86_399);
     let margin = i64::try_from(ids.token_refresh_margin_secs).unwrap_or(300);
     let t = now.timestamp();
-    let not_before = t - CLOCK_SKEW_SECS;
+    // Saturating: a configured lifetime near i64::MAX must not overflow (nor panic in debug builds).
+    let not_before = t.saturating_sub(CLOCK_SKEW_SECS);
+    let expires_on = t.saturating_add(lifetime);
     // The response is rendered straight from the cache entry under the cache lock (no copy of the token).
     let render = |c: &CachedToken| {
         render_token(&TokenBody {
             access_token: &c.access_token,
             refresh_token: ids.include_refresh_token.then_some(""),
             client_id: &chosen.client_id,
-            expires_in: (c.expires_on - t).to_string(),
+            expires_in: c.expires_on.saturating_sub(t).to_string(),
             expires_on: c.expires_on.to_string(),
             ext_expires_in: lifetime.to_string(),
             not_before: c.not_before.to_string(),
@@ -230,7 +246,7 @@ async fn token(
         let mut tokens = lock(&state.tokens);
         match tokens
             .get_mut(&key)
-            .filter(|c| t < c.expires_on - margin && t >= c.not_before)
+            .filter(|c| t < c.expires_on.saturating_sub(margin) && t >= c.not_before)
         {
             None => None,
             Some(c) => Some(match &c.rendered {
@@ -252,7 +268,7 @@ async fn token(
                 iss: iss.clone(),
                 iat: not_before,
                 nbf: not_before,
-                exp: t + lifetime,
+                exp: expires_on,
                 aio: b64url_hash(&["aio", &chosen.client_id, resource, &t.to_string()]),
                 appid: &chosen.client_id,
                 appidacr: "2",
@@ -268,12 +284,7 @@ async fn token(
             let access_token = keys
                 .sign_jwt(&claims)
                 .map_err(|e| ImdsError::identity(ErrorKind::Internal(e.to_string())))?;
-            let mut c = CachedToken {
-                access_token,
-                not_before,
-                expires_on: t + lifetime,
-                rendered: None,
-            };
+            let mut c = CachedToken::new(access_token, not_before, expires_on);
             let body = axum::body::Bytes::from(render(&c)?);
             c.rendered = Some((t, chosen.client_id.clone(), body.clone()));
             lock(&state.tokens).insert(key, c);

@@ -154,6 +154,11 @@ fn help_documents_every_flag() {
         "--no-control",
         "--journal-capacity",
         "--server-build",
+        "--header-read-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--max-connections-per-source",
+        "--shutdown-grace",
         "--print-config",
         "MOCK_IMDS_LISTEN",
         "169.254.169.254",
@@ -226,4 +231,103 @@ fn sigterm_during_key_generation_exits_cleanly() {
     // Unseeded RSA generation takes far longer than this; the mock is serving but not yet "ready".
     let status = terminate(&mut child);
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn connection_limits_come_from_file_env_and_flags_and_are_validated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("limits.toml");
+    std::fs::write(
+        &file,
+        "[server.limits]\nidle_timeout_secs = 7\nmax_connections = 100\n",
+    )
+    .expect("write");
+    let c = print_config(
+        bin()
+            .arg("--config")
+            .arg(&file)
+            .env("MOCK_IMDS_MAX_CONNECTIONS_PER_SOURCE", "20")
+            .args(["--header-read-timeout", "3", "--shutdown-grace", "0"]),
+    );
+    let l = &c.server.limits;
+    assert_eq!(
+        (
+            l.idle_timeout_secs,
+            l.max_connections,
+            l.max_connections_per_source,
+            l.header_read_timeout_secs,
+            l.shutdown_grace_secs
+        ),
+        (7, 100, 20, 3, 0)
+    );
+    for args in [
+        vec!["--idle-timeout", "0"],
+        vec!["--header-read-timeout", "86401"],
+        vec!["--max-connections", "0"],
+        vec!["--max-connections-per-source", "0"],
+    ] {
+        let out = bin()
+            .args(&args)
+            .arg("--print-config")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("server.limits."),
+            "{args:?}: the error names the limit"
+        );
+    }
+}
+
+#[test]
+fn sigterm_logs_the_requests_the_grace_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("slow.toml");
+    std::fs::write(
+        &file,
+        "[[faults.rules]]\npath_prefix = \"/metadata/versions\"\nlatency_ms = 600000\n",
+    )
+    .expect("write");
+    let mut child = bin()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "9",
+            "--shutdown-grace",
+            "1",
+        ])
+        .arg("--config")
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read log line");
+    let addr = line
+        .trim()
+        .strip_prefix("mock-imds listening on http://")
+        .unwrap_or_else(|| panic!("log line: {line:?}"))
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /metadata/versions HTTP/1.1\r\nHost: imds\r\nMetadata: true\r\n\r\n",
+    )
+    .expect("write");
+    // The request is in flight once the server has read it; nothing outside shows that moment, so give it a
+    // second (if it were not yet read, shutdown would close the connection as idle and the test fail loudly).
+    std::thread::sleep(Duration::from_secs(1));
+    let status = terminate(&mut child);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    assert!(
+        rest.contains(
+            "cut 1 request(s) in flight without an answer: GET /metadata/versions from 127.0.0.1:"
+        ),
+        "exit log: {rest}"
+    );
 }

@@ -1,5 +1,7 @@
 //! Command line and settings: every NMI flag of REFERENCE A.9 with its name and default, plus the few this
-//! proxy adds (`--kubeconfig`, `--manage-iptables`, `--probe-listen-address`, `--imds-retry-backoff-unit-ms`).
+//! proxy adds (`--kubeconfig`, `--manage-iptables`, `--probe-listen-address`, `--imds-retry-backoff-unit-ms`,
+//! and the listener bounds and shutdown grace: `--header-read-timeout-sec`, `--idle-timeout-sec`,
+//! `--max-connections[-per-ip]`, `--probe-max-connections[-per-ip]`, `--shutdown-grace-sec`).
 //!
 //! Boolean flags behave like Go's pflag booleans: bare `--flag` means true and `--flag=<v>` accepts what
 //! `strconv.ParseBool` accepts (`1 t T TRUE true True 0 f F FALSE false False`); anything else is a usage
@@ -7,8 +9,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::cluster::freshness::Freshness;
 
 /// Go's `strconv.ParseBool`.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
@@ -187,6 +192,52 @@ pub struct Settings {
     /// Unit of the IMDS retry back-off (adal: 1 s, giving waits of 2, 6, 14, 30 s); tests shorten it
     #[arg(long = "imds-retry-backoff-unit-ms", default_value_t = 1000)]
     pub imds_retry_backoff_unit_ms: u64,
+
+    /// Seconds a client has to send a request's header, counted from the connection's accept or from the
+    /// first byte of a later request on a kept-alive connection (every listener; also bounds reading a
+    /// pass-through request body)
+    #[arg(long = "header-read-timeout-sec", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_sec: u64,
+
+    /// Seconds a kept-alive connection may wait for its next request before it is closed (every listener)
+    #[arg(long = "idle-timeout-sec", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout_sec: u64,
+
+    /// Open connections allowed on the IMDS listener; more are answered 503 and closed at once (lowered
+    /// at startup if RLIMIT_NOFILE cannot hold them)
+    #[arg(long = "max-connections", default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Open connections allowed from one source address (one pod) on the IMDS listener
+    #[arg(long = "max-connections-per-ip", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections_per_ip: u64,
+
+    /// Open connections allowed on each of the health and metrics listeners
+    #[arg(long = "probe-max-connections", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub probe_max_connections: u64,
+
+    /// Open connections allowed from one source address on each of the health and metrics listeners
+    #[arg(long = "probe-max-connections-per-ip", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub probe_max_connections_per_ip: u64,
+
+    /// Seconds in-flight requests may still run after SIGTERM/SIGINT (the listeners stop accepting and the
+    /// rules are removed at once); what is still running then is cut and counted in the exit log (exit 3)
+    #[arg(long = "shutdown-grace-sec", default_value_t = 90,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_sec: u64,
+
+    /// Staleness bound of the cluster view: when any watched resource has had no list, watch event,
+    /// bookmark or watch end from the API server for this long, no token is handed out and /healthz says
+    /// Not Active until a fresh list succeeds; also the client-side timeout of every API request
+    /// (at least 2000)
+    #[arg(long = "cluster-view-staleness-bound-ms", default_value_t = 10_000)]
+    pub cluster_view_staleness_bound_ms: u64,
 }
 
 impl Default for Settings {
@@ -238,6 +289,12 @@ impl Settings {
                 return Err("--ipt-update-interval-sec must be at least 1".into());
             }
         }
+        if Duration::from_millis(self.cluster_view_staleness_bound_ms) < Freshness::MIN_BOUND {
+            return Err(format!(
+                "--cluster-view-staleness-bound-ms must be at least {}",
+                Freshness::MIN_BOUND.as_millis()
+            ));
+        }
         if self
             .retry_attempts_for_created
             .saturating_add(self.retry_attempts_for_assigned)
@@ -246,6 +303,11 @@ impl Settings {
             return Err("--retry-attempts-for-created plus --retry-attempts-for-assigned must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The cluster view's staleness bound and the deadlines derived from it.
+    pub fn freshness(&self) -> Freshness {
+        Freshness::new(Duration::from_millis(self.cluster_view_staleness_bound_ms))
     }
 
     /// The `User-Agent` of requests to IMDS (NMI: `aad-pod-identity/NMI/<version>/...` + custom suffix).
@@ -318,6 +380,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.custom_user_agent, "");
         assert!(s.manage_iptables);
+        assert_eq!(s.freshness().bound, Duration::from_secs(10));
         assert!(s.validate().is_ok());
     }
 
@@ -363,6 +426,19 @@ mod tests {
     }
 
     #[test]
+    fn staleness_bound_has_a_floor() -> Result<(), clap::Error> {
+        let s = parse(&["--cluster-view-staleness-bound-ms=2000"])?;
+        assert_eq!(s.freshness().bound, Duration::from_secs(2));
+        assert!(s.validate().is_ok());
+        assert!(
+            parse(&["--cluster-view-staleness-bound-ms=1999"])?
+                .validate()
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
     fn env_fallback() {
         let mut s = Settings::default();
         s.apply_env(|k| (k == "FORCENAMESPACED").then(|| "True".to_string()));
@@ -394,6 +470,30 @@ mod tests {
         assert!(kubenet_guard(&s).is_ok());
         s.kubelet_config = dir.path().join("missing");
         assert!(kubenet_guard(&s).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn listener_flags_have_defaults_and_refuse_zero() -> Result<(), clap::Error> {
+        let s = Settings::default();
+        assert_eq!((s.header_read_timeout_sec, s.idle_timeout_sec), (10, 60));
+        assert_eq!((s.max_connections, s.max_connections_per_ip), (2048, 128));
+        assert_eq!(
+            (s.probe_max_connections, s.probe_max_connections_per_ip),
+            (64, 8)
+        );
+        assert_eq!(s.shutdown_grace_sec, 90);
+        let s = parse(&["--idle-timeout-sec=2", "--shutdown-grace-sec=0"])?;
+        assert_eq!((s.idle_timeout_sec, s.shutdown_grace_sec), (2, 0));
+        for bad in [
+            "--header-read-timeout-sec=0",
+            "--idle-timeout-sec=0",
+            "--max-connections=0",
+            "--max-connections-per-ip=0",
+            "--probe-max-connections=-1",
+        ] {
+            assert_eq!(parse(&[bad]).err().map(|e| e.exit_code()), Some(2), "{bad}");
+        }
         Ok(())
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! This file owns the lifecycle: bind the listeners, start the cluster view, wait for it to sync, install
 //! the interception rules (`netfilter`, when `--manage-iptables`), run conntrack deletion once, report
-//! `Active`, reconcile every `--ipt-update-interval-sec`, and undo the rules on shutdown. Decisions live in
-//! `policy`, request handling in `server`, the cluster in `cluster`, IMDS in `upstream`.
+//! `Active`, reconcile every `--ipt-update-interval-sec`, log an info-level summary every minute, and on
+//! shutdown stop accepting, undo the rules and drain in-flight requests (up to `--shutdown-grace-sec`).
+//! Decisions live in `policy`, request handling in `server`, connections and their bounds in `listener`, the
+//! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imds_proxy::ProxyError> {
@@ -13,12 +15,15 @@
 //! let proxy = Proxy::start(settings).await?;   // uses --kubeconfig / KUBECONFIG / in-cluster config
 //! proxy.ready().await?;
 //! println!("intercepting on {}", proxy.addr());
-//! proxy.shutdown().await?;
+//! let report = proxy.shutdown().await?;  // removes the rules, drains in-flight requests
+//! assert_eq!(report.cut_requests, 0);
 //! # Ok(()) }
 //! ```
 
 pub mod cluster;
 pub mod config;
+pub mod errors;
+pub mod listener;
 pub mod metrics;
 pub mod netfilter;
 pub mod policy;
@@ -30,6 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,13 +46,16 @@ pub use config::Settings;
 
 use cluster::WatchPlan;
 use cluster::watch::KubeView;
+use listener::{Limits, ListenerKind, ServePhase, Server};
 use metrics::Metrics;
-use netfilter::{Netfilter, NetfilterConfig, Reconciled};
+use netfilter::{Netfilter, NetfilterConfig, NetfilterError, Reconciled};
 use server::AppState;
 use upstream::Upstream;
 
-/// How long in-flight requests may run after shutdown was asked for before they are cut.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the info-level summary (requests per decision, connection refusals and timeouts) is logged.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+/// How long connections get to close once the grace is over and they were told to (they close at once).
+const CUT_BOUND: Duration = Duration::from_secs(5);
 
 /// Everything that stops the proxy from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +65,42 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no usable Kubernetes client configuration: {0}")]
+    KubeConfigInfer(#[source] kube::config::InferConfigError),
     #[error("kubernetes client: {0}")]
-    Kube(String),
+    KubeClient(#[source] kube::Error),
     #[error("iptables: {0}")]
-    Netfilter(String),
+    Netfilter(#[from] NetfilterError),
+    #[error("iptables: netfilter task failed: {0}")]
+    NetfilterTask(#[source] tokio::task::JoinError),
     #[error("invalid settings: {0}")]
     Settings(String),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("proxy lifecycle task failed: {0}")]
+    Lifecycle(#[source] tokio::task::JoinError),
     #[error("proxy stopped: {0}")]
     Stopped(String),
+}
+
+/// What a shutdown did with the requests still running when it began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Requests in flight when the listeners stopped accepting.
+    pub in_flight_at_start: usize,
+    /// Requests still running when the grace ran out (or a second signal came): closed without an answer.
+    pub cut_requests: usize,
+    /// Time from the start of the drain to the last connection closed.
+    pub drained_in: Duration,
 }
 
 /// Lifecycle state published to the handle.
@@ -82,9 +120,13 @@ pub struct ProxyHandle {
     probe_addr: SocketAddr,
     metrics_addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
+    serve_tx: watch::Sender<ServePhase>,
     phase_rx: watch::Receiver<Phase>,
     lifecycle: Option<JoinHandle<Result<(), ProxyError>>>,
-    servers: Vec<JoinHandle<()>>,
+    servers: Vec<Server>,
+    summary: JoinHandle<()>,
+    grace: Duration,
+    metrics: Metrics,
     view: Arc<dyn ClusterView>,
 }
 
@@ -106,24 +148,35 @@ async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, ProxyError> {
 }
 
 async fn kube_client(settings: &Settings) -> Result<kube::Client, ProxyError> {
-    let config = match &settings.kubeconfig {
+    let mut config = match &settings.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                ProxyError::Kube(format!("reading kubeconfig {}: {e}", path.display()))
-            })?;
+            let kubeconfig_err = |source| ProxyError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| ProxyError::Kube(format!("kubeconfig {}: {e}", path.display())))?
+                .map_err(kubeconfig_err)?
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| ProxyError::Kube(e.to_string()))?,
+            .map_err(ProxyError::KubeConfigInfer)?,
     };
-    let mut config = config;
     // kube's built-in retry layer would retry a 503 for minutes inside the client, hiding an API server
     // outage from the watchers; the watchers' own back-off retries instead, and the view fails closed.
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(|e| ProxyError::Kube(e.to_string()))
+    // Client-side timeouts on every request, so that a hung API server or a black-holed path shows up as
+    // an error rather than after the kernel gives up on the connection: connecting and writing get one
+    // staleness bound; reading gets the list deadline (counted from each write, not from when a pooled
+    // connection went idle), because a large list may take the server a while to start sending. Watches
+    // and caller confirmations have their own deadlines of one bound (see `cluster::freshness`).
+    let freshness = settings.freshness();
+    config.connect_timeout = Some(freshness.request_deadline());
+    config.write_timeout = Some(freshness.request_deadline());
+    config.read_timeout = Some(freshness.list_deadline());
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).map_err(ProxyError::KubeClient)
 }
 
 fn netfilter_for(settings: &Settings, addr: SocketAddr) -> Result<Netfilter, ProxyError> {
@@ -146,10 +199,9 @@ fn netfilter_for(settings: &Settings, addr: SocketAddr) -> Result<Netfilter, Pro
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, netfilter::NetfilterError> + Send + 'static,
 ) -> Result<T, ProxyError> {
-    tokio::task::spawn_blocking(f)
+    Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ProxyError::Netfilter(format!("netfilter task failed: {e}")))?
-        .map_err(|e| ProxyError::Netfilter(e.to_string()))
+        .map_err(ProxyError::NetfilterTask)??)
 }
 
 /// Start → wait for the cluster view → rules → conntrack → Active → reconcile loop → removal on shutdown.
@@ -239,7 +291,7 @@ impl Proxy {
             settings.operation_mode == config::OperationMode::Managed,
             settings.enable_scale_features,
         );
-        let view = KubeView::start(client, &plan, metrics.clone());
+        let view = KubeView::start(client, &plan, metrics.clone(), settings.freshness());
         Self::start_inner(settings, Arc::new(view), metrics).await
     }
 
@@ -269,6 +321,30 @@ impl Proxy {
         };
         let (addr, probe_addr, metrics_addr) = (local(&main)?, local(&probe)?, local(&prom)?);
 
+        let probe_limits = Limits::probe(&settings);
+        let mut imds_limits = Limits::imds(&settings);
+        // Every connection is a descriptor (two for a forwarded one): keep the limit below RLIMIT_NOFILE so
+        // a flood meets the limit, not EMFILE (which would refuse every pod alike).
+        match listener::nofile_limit() {
+            Ok((soft, _)) => {
+                let fitted = listener::fit_to_nofile(
+                    imds_limits.max_connections,
+                    2 * probe_limits.max_connections,
+                    soft,
+                );
+                if fitted < imds_limits.max_connections {
+                    tracing::warn!(
+                        requested = imds_limits.max_connections,
+                        allowed = fitted,
+                        nofile = soft,
+                        "--max-connections lowered to fit RLIMIT_NOFILE"
+                    );
+                    imds_limits.max_connections = fitted;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE"),
+        }
+
         let initialized = Arc::new(AtomicBool::new(false));
         let upstream = Upstream::new(
             SocketAddr::new(settings.metadata_ip, settings.metadata_port),
@@ -284,29 +360,37 @@ impl Proxy {
             initialized: initialized.clone(),
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let serve = |listener: TcpListener, app: axum::Router, mut rx: watch::Receiver<bool>| {
-            tokio::spawn(async move {
-                let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-                let stop = async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                };
-                if let Err(e) = axum::serve(listener, svc)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "server failed");
-                }
-            })
-        };
+        let (serve_tx, serve_rx) = watch::channel(ServePhase::Serve);
         let servers = vec![
-            serve(main, server::router(state), shutdown_rx.clone()),
-            serve(
-                probe,
-                server::probe_router(initialized.clone()),
-                shutdown_rx.clone(),
+            Server::spawn(
+                main,
+                ListenerKind::Imds,
+                imds_limits,
+                server::router(state),
+                metrics.clone(),
+                serve_rx.clone(),
             ),
-            serve(prom, server::metrics_router(metrics), shutdown_rx.clone()),
+            Server::spawn(
+                probe,
+                ListenerKind::Probe,
+                probe_limits,
+                server::probe_router(initialized.clone(), view.clone()),
+                metrics.clone(),
+                serve_rx.clone(),
+            ),
+            Server::spawn(
+                prom,
+                ListenerKind::Metrics,
+                probe_limits,
+                server::metrics_router(metrics.clone()),
+                metrics.clone(),
+                serve_rx,
+            ),
         ];
+        let summary = tokio::spawn(summarise(
+            metrics.clone(),
+            servers.iter().map(Server::stats_handle).collect(),
+        ));
         let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
         let lc = {
             let (settings, view, phase_tx) = (settings.clone(), view.clone(), phase_tx.clone());
@@ -327,18 +411,64 @@ impl Proxy {
                 result
             })
         };
-        tracing::info!(%addr, %probe_addr, %metrics_addr, node = %settings.node, "imds-proxy serving");
+        tracing::info!(
+            %addr, %probe_addr, %metrics_addr, node = %settings.node,
+            max_connections = imds_limits.max_connections,
+            max_connections_per_ip = imds_limits.max_connections_per_ip,
+            header_read_timeout_sec = settings.header_read_timeout_sec,
+            idle_timeout_sec = settings.idle_timeout_sec,
+            "imds-proxy serving"
+        );
         Ok(ProxyHandle {
             addr,
             probe_addr,
             metrics_addr,
             shutdown_tx,
+            serve_tx,
             phase_rx,
             lifecycle: Some(lc),
             servers,
+            summary,
+            grace: Duration::from_secs(settings.shutdown_grace_sec),
+            metrics,
             view,
         })
     }
+}
+
+/// Logs what happened since the last summary, at info level, every [`SUMMARY_INTERVAL`] (nothing when
+/// nothing happened): requests per decision, connections refused at the limits and closed by timeouts.
+async fn summarise(metrics: Metrics, stats: Vec<Arc<listener::ListenerStats>>) {
+    let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        log_summary(&metrics, &stats, "in the last minute");
+    }
+}
+
+fn log_summary(metrics: &Metrics, stats: &[Arc<listener::ListenerStats>], period: &str) {
+    let tally = metrics.take_decision_tally();
+    let requests: u64 = tally.iter().map(|(_, n)| n).sum();
+    let refused: u64 = stats.iter().map(|s| s.take_refused()).sum();
+    let timeouts: u64 = stats.iter().map(|s| s.take_timeouts()).sum();
+    if requests == 0 && refused == 0 && timeouts == 0 {
+        return;
+    }
+    let decisions = tally
+        .iter()
+        .map(|(d, n)| format!("{d}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let open: usize = stats.iter().map(|s| s.open()).sum();
+    tracing::info!(
+        requests,
+        decisions = %decisions,
+        connections_refused = refused,
+        connection_timeouts = timeouts,
+        connections_open = open,
+        "requests {period}"
+    );
 }
 
 impl ProxyHandle {
@@ -385,32 +515,87 @@ impl ProxyHandle {
         }
     }
 
-    /// Stops serving and removes the interception rules (when managed). Returns the removal error, if any.
-    pub async fn shutdown(mut self) -> Result<(), ProxyError> {
-        let _ = self.shutdown_tx.send(true);
-        let result = match self.lifecycle.take() {
-            Some(lc) => lc
-                .await
-                .map_err(|e| ProxyError::Stopped(e.to_string()))
-                .and_then(|r| r),
-            None => Ok(()),
-        };
-        for s in std::mem::take(&mut self.servers) {
-            let abort = s.abort_handle();
-            if tokio::time::timeout(SHUTDOWN_GRACE, s).await.is_err() {
-                abort.abort();
+    /// Removes the rules and drains (see [`ProxyHandle::shutdown_until`]) with the configured grace.
+    pub async fn shutdown(self) -> Result<ShutdownReport, ProxyError> {
+        self.shutdown_until(std::future::pending()).await
+    }
+
+    /// Stops accepting on every listener and, at the same time, stops the lifecycle, which removes the
+    /// interception rules (when managed); lets in-flight requests finish for up to `--shutdown-grace-sec` (or
+    /// until `cut_now` resolves, e.g. a second signal) and cuts what still runs. Returns what was cut, or
+    /// the removal error.
+    pub async fn shutdown_until(
+        mut self,
+        cut_now: impl Future<Output = ()>,
+    ) -> Result<ShutdownReport, ProxyError> {
+        let lifecycle = self.lifecycle.take();
+        let shutdown_tx = self.shutdown_tx.clone();
+        // Rules go as soon as nothing new is accepted (as NMI removes them at once): a kill before the drain
+        // ends then leaves no redirect behind. In-flight requests keep their redirected connections
+        // (conntrack translates established flows without the rule) and finish.
+        let removal = async move {
+            let _ = shutdown_tx.send(true);
+            match lifecycle {
+                Some(lc) => lc.await.map_err(ProxyError::Lifecycle).and_then(|r| r),
+                None => Ok(()),
             }
+        };
+        let (report, result) = tokio::join!(self.drain(cut_now), removal);
+        self.summary.abort();
+        let stats: Vec<_> = self.servers.iter().map(Server::stats_handle).collect();
+        log_summary(&self.metrics, &stats, "since the last summary");
+        result.map(|()| report)
+    }
+
+    async fn drain(&mut self, cut_now: impl Future<Output = ()>) -> ShutdownReport {
+        let started = tokio::time::Instant::now();
+        let in_flight_at_start = self.servers.iter().map(|s| s.stats().in_flight()).sum();
+        let _ = self.serve_tx.send(ServePhase::Drain);
+        tracing::info!(
+            in_flight = in_flight_at_start,
+            grace_sec = self.grace.as_secs(),
+            "stopped accepting; draining in-flight requests"
+        );
+        let servers = &self.servers;
+        let all_closed = async {
+            while servers.iter().any(|s| s.stats().open() > 0) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let drained = tokio::select! {
+            _ = all_closed => true,
+            _ = tokio::time::sleep(self.grace) => false,
+            _ = cut_now => false,
+        };
+        if !drained {
+            let _ = self.serve_tx.send(ServePhase::Cut);
+            let _ = tokio::time::timeout(CUT_BOUND, async {
+                while servers.iter().any(|s| s.stats().open() > 0) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
         }
-        result
+        for s in &mut self.servers {
+            s.join(CUT_BOUND).await;
+        }
+        let cut_requests = self.servers.iter().map(|s| s.stats().cut()).sum();
+        ShutdownReport {
+            in_flight_at_start,
+            cut_requests,
+            drained_in: started.elapsed(),
+        }
     }
 }
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
+        let _ = self.serve_tx.send(ServePhase::Cut);
         let _ = self.shutdown_tx.send(true);
         for s in &self.servers {
             s.abort();
         }
+        self.summary.abort();
         if let Some(lc) = &self.lifecycle {
             lc.abort();
         }

@@ -1,14 +1,18 @@
 //! The `imds-proxy` binary: parse flags (NMI's, see `imds_proxy::config`), set up logging, run the kubenet
-//! guard, start the proxy and stop it cleanly on SIGTERM/SIGINT (removing the interception rules).
+//! guard, raise RLIMIT_NOFILE, start the proxy and stop it cleanly on SIGTERM/SIGINT: stop accepting, remove
+//! the interception rules, drain in-flight requests for up to `--shutdown-grace-sec` (a second signal cuts
+//! them at once), and log what was cut.
 //!
-//! Exit codes: 0 clean shutdown, 1 runtime failure (iptables, Kubernetes client, rule removal), 2 usage or
-//! environment error (unknown flag, invalid value, kubenet guard).
+//! Exit codes: 0 clean shutdown (every in-flight request answered), 1 runtime failure (iptables, Kubernetes
+//! client, rule removal), 2 usage or environment error (unknown flag, invalid value, kubenet guard), 3 clean
+//! shutdown that had to cut in-flight requests at the end of the grace.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use imds_proxy::config::{LogFormat, Settings, kubenet_guard};
-use imds_proxy::{Proxy, ProxyError};
+use imds_proxy::{Proxy, ProxyError, ShutdownReport};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -32,22 +36,35 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), ProxyError> {
+/// Exit code of a clean shutdown that cut in-flight requests.
+const EXIT_CUT: u8 = 3;
+
+/// How long a proxy whose lifecycle failed drains before it exits (NMI exits at once).
+const FAILURE_DRAIN: Duration = Duration::from_secs(5);
+
+async fn run(settings: Settings) -> Result<ShutdownReport, ProxyError> {
     let proxy = Proxy::start(settings).await?;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ProxyError::Stopped(format!("SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| ProxyError::Stopped(format!("SIGINT handler: {e}")))?;
+    let signal_err = |signal| move |source| ProxyError::Signal { signal, source };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err("SIGINT"))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
         _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
         e = proxy.failed() => {
             // NMI exits when a reconcile fails; still try to leave no rules behind.
-            let _ = proxy.shutdown().await;
+            let _ = proxy.shutdown_until(tokio::time::sleep(FAILURE_DRAIN)).await;
             return Err(ProxyError::Stopped(e));
         }
     }
-    proxy.shutdown().await
+    // A second signal during the drain cuts what is still running.
+    let again = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: cutting in-flight requests now");
+    };
+    proxy.shutdown_until(again).await
 }
 
 fn main() -> ExitCode {
@@ -65,6 +82,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(&settings);
+    // Connections are file descriptors: take all the kernel allows us (the limits are fitted below it).
+    match imds_proxy::listener::raise_nofile_limit() {
+        Ok((before, now)) if now > before => {
+            tracing::info!(before, now, "raised the RLIMIT_NOFILE soft limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the RLIMIT_NOFILE soft limit"),
+    }
     if let Err(msg) = kubenet_guard(&settings) {
         tracing::error!("{msg}");
         return ExitCode::from(2);
@@ -90,7 +115,20 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(report) => {
+            tracing::info!(
+                in_flight_at_start = report.in_flight_at_start,
+                cut_requests = report.cut_requests,
+                drained_ms = report.drained_in.as_millis() as u64,
+                exit_code = if report.cut_requests > 0 { EXIT_CUT } else { 0 },
+                "imds-proxy stopped"
+            );
+            if report.cut_requests > 0 {
+                ExitCode::from(EXIT_CUT)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Err(e) => {
             tracing::error!(error = %e, "imds-proxy failed");
             ExitCode::from(if matches!(e, ProxyError::Settings(_)) {

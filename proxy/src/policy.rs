@@ -191,6 +191,111 @@ pub fn route(raw_path: &str, block_instance_metadata: bool) -> Routed {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Decisions (what the proxy did with a request: log field, metric label, summary bucket)
+// ---------------------------------------------------------------------------------------------------------
+
+/// What the proxy decided for one request. A closed set, so the `decision` metric label and the periodic
+/// log summary stay bounded whatever callers send; [`Decision::label`] is the label text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Decision {
+    /// 400: `Metadata: true` missing on the token path or the pass-through.
+    MetadataHeaderMissing,
+    /// 500: the caller address is not IPv4 (NMI's empty remote address).
+    NoCallerAddress,
+    /// 400: `resource` missing.
+    ResourceMissing,
+    /// 500: no single Running/Pending pod has the caller's IP (or the view failed during the lookup).
+    UnknownCaller,
+    /// 200: exception or MIC pod, token straight from IMDS.
+    ExceptionToken,
+    /// 403: exception or MIC pod, IMDS refused.
+    ExceptionTokenError,
+    /// 500: the cluster view cannot be trusted right now (fail closed).
+    ClusterViewUnavailable,
+    /// 404 (or 503 + Retry-After): no identity for the pod.
+    IdentityNotFound,
+    /// 200: a token for the pod's identity.
+    Token,
+    /// 403/503: IMDS did not give the token.
+    TokenError,
+    /// 400: `/host/token` without `podns`/`podname`.
+    HostHeadersMissing,
+    /// 500: `/host/token` from an address other than 127.0.0.1.
+    HostNotLocal,
+    /// 200: a host token.
+    HostToken,
+    /// 400: a malformed spelling of the token path.
+    InvalidTokenPath,
+    /// 403: `/metadata/instance` with `--block-instance-metadata`.
+    BlockedInstance,
+    /// IMDS's own answer, relayed.
+    PassThrough,
+    /// 400: the request body could not be read (too large, too slow, broken).
+    BadRequestBody,
+    /// 500: IMDS could not be reached for a pass-through request.
+    UpstreamUnreachable,
+}
+
+impl Decision {
+    /// Every decision, in declaration order (summaries iterate over it).
+    pub const ALL: [Decision; 18] = [
+        Decision::MetadataHeaderMissing,
+        Decision::NoCallerAddress,
+        Decision::ResourceMissing,
+        Decision::UnknownCaller,
+        Decision::ExceptionToken,
+        Decision::ExceptionTokenError,
+        Decision::ClusterViewUnavailable,
+        Decision::IdentityNotFound,
+        Decision::Token,
+        Decision::TokenError,
+        Decision::HostHeadersMissing,
+        Decision::HostNotLocal,
+        Decision::HostToken,
+        Decision::InvalidTokenPath,
+        Decision::BlockedInstance,
+        Decision::PassThrough,
+        Decision::BadRequestBody,
+        Decision::UpstreamUnreachable,
+    ];
+
+    /// The `decision` label of `imds_proxy_requests_total` and of the request log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::MetadataHeaderMissing => "metadata_header_missing",
+            Decision::NoCallerAddress => "no_caller_address",
+            Decision::ResourceMissing => "resource_missing",
+            Decision::UnknownCaller => "unknown_caller",
+            Decision::ExceptionToken => "exception_token",
+            Decision::ExceptionTokenError => "exception_token_error",
+            Decision::ClusterViewUnavailable => "cluster_view_unavailable",
+            Decision::IdentityNotFound => "identity_not_found",
+            Decision::Token => "token",
+            Decision::TokenError => "token_error",
+            Decision::HostHeadersMissing => "host_headers_missing",
+            Decision::HostNotLocal => "host_not_local",
+            Decision::HostToken => "host_token",
+            Decision::InvalidTokenPath => "invalid_token_path",
+            Decision::BlockedInstance => "blocked_instance",
+            Decision::PassThrough => "pass_through",
+            Decision::BadRequestBody => "bad_request_body",
+            Decision::UpstreamUnreachable => "upstream_unreachable",
+        }
+    }
+
+    /// Position in [`Decision::ALL`] (array-indexed tallies).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Caller identification (A.3.1 step 2, A.5)
 // ---------------------------------------------------------------------------------------------------------
 

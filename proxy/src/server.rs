@@ -4,9 +4,11 @@
 //! Handlers gather data (caller address, headers, query, cluster view) and apply `policy` decisions; every
 //! answer's status, content type and body follow NMI byte for byte, errors rendered like Go's `http.Error`
 //! (`text/plain; charset=utf-8`, `X-Content-Type-Options: nosniff`, message + `\n`). Each request runs in a
-//! tracing span naming caller, pod, decision, status and latency, and is counted in `metrics`. Handlers
-//! never panic and never return another pod's identity: any doubt about the caller or the cluster view is a
-//! refusal. Listener lifecycles belong to `lib.rs`, kernel rules to `netfilter`.
+//! tracing span naming caller, pod, decision, status and latency, logged at debug level (`-v=4`) and counted
+//! in `metrics` (the periodic info-level summary in `lib.rs` reads those counts). Handlers never panic and
+//! never return another pod's identity: any doubt about the caller or the cluster view is a refusal.
+//! Connections and their bounds belong to `listener`, listener lifecycles to `lib.rs`, kernel rules to
+//! `netfilter`, the request path's error types to `errors`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,8 +29,9 @@ use tracing::Instrument;
 use crate::cluster::ClusterView;
 use crate::cluster::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::config::{OperationMode, Settings};
+use crate::errors::{CallerError, FetchError, SelectError, ViewUnavailable};
 use crate::metrics::{Metrics, RequestRecord};
-use crate::policy::{self, IdentityRequest, RetryBudget, Route, StandardStep};
+use crate::policy::{self, Decision, IdentityRequest, RetryBudget, Route, StandardStep};
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 
 /// Pod lookups by IP: NMI tries 5 times, 300 ms apart, so a pod that just started is found (A.5).
@@ -49,13 +52,13 @@ pub struct AppState {
 /// A response plus what to log and count about it.
 struct Outcome {
     response: Response,
-    decision: &'static str,
+    decision: Decision,
     pod: Option<String>,
     namespace: String,
 }
 
 impl Outcome {
-    fn new(response: Response, decision: &'static str) -> Self {
+    fn new(response: Response, decision: Decision) -> Self {
         Self {
             response,
             decision,
@@ -179,12 +182,13 @@ async fn handle(
             Route::Token => token(&st, peer, req.headers(), &query).await,
             Route::InvalidTokenPath => Outcome::new(
                 go_error(400, policy::INVALID_REQUEST_MESSAGE),
-                "invalid_token_path",
+                Decision::InvalidTokenPath,
             ),
             Route::HostToken => host_token(&st, peer, req.headers(), &query).await,
-            Route::BlockedInstance => {
-                Outcome::new(go_error(403, policy::BLOCKED_MESSAGE), "blocked_instance")
-            }
+            Route::BlockedInstance => Outcome::new(
+                go_error(403, policy::BLOCKED_MESSAGE),
+                Decision::BlockedInstance,
+            ),
             Route::PassThrough => pass_through(&st, req, &routed.forward_path, &query).await,
         }
     }
@@ -193,10 +197,12 @@ async fn handle(
     let status = outcome.response.status().as_u16();
     let latency = started.elapsed();
     span.record("pod", outcome.pod.as_deref().unwrap_or("-"));
-    span.record("decision", outcome.decision);
+    span.record("decision", outcome.decision.label());
     span.record("status", status);
     span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-    span.in_scope(|| tracing::info!("handled"));
+    // Per request at debug: at 1,000 req/s an info line each would be ~1.5 GB/h of logs. The info-level
+    // summary (lib.rs) reports the counts per decision instead.
+    span.in_scope(|| tracing::debug!("handled"));
     let route_name = route_label(routed.route);
     // Labels must stay bounded whatever pods send: the path label is a known IMDS path or "other", and the
     // resource label is kept only for answered tokens (IMDS vouched for the resource).
@@ -262,13 +268,26 @@ fn caller_ip(peer: SocketAddr) -> Option<IpAddr> {
     }
 }
 
-async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, String> {
-    let mut last = String::new();
+/// The cluster view's readiness as a typed error.
+fn view_ready(st: &AppState) -> Result<(), ViewUnavailable> {
+    st.view.ready().map_err(ViewUnavailable)
+}
+
+async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
+    let mut last = CallerError::NoMatch(String::new());
     for attempt in 0..POD_LOOKUP_ATTEMPTS {
-        st.view.ready()?;
+        view_ready(st)?;
         match policy::match_pod(&st.view.pods_with_ip(ip), ip) {
-            Ok(p) => return Ok(p),
-            Err(e) => last = e,
+            Ok(p) => {
+                // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
+                // address reused: the API server confirms the caller before anything is handed out.
+                st.view
+                    .confirm_caller(&p, ip)
+                    .await
+                    .map_err(CallerError::NotConfirmed)?;
+                return Ok(p);
+            }
+            Err(e) => last = CallerError::NoMatch(e),
         }
         if attempt + 1 < POD_LOOKUP_ATTEMPTS {
             tokio::time::sleep(POD_LOOKUP_INTERVAL).await;
@@ -285,7 +304,7 @@ async fn select_identity(
 ) -> Result<IdentityInfo, SelectError> {
     let s = &st.settings;
     if s.operation_mode == OperationMode::Managed {
-        st.view.ready().map_err(SelectError::View)?;
+        view_ready(st)?;
         let bindings = st.view.bindings_in(&pod.namespace);
         let identities = st.view.identities_in(&pod.namespace);
         return policy::pick_managed(&bindings, &identities, pod, req)
@@ -298,7 +317,7 @@ async fn select_identity(
     };
     for attempt in 0..budget.total_attempts() {
         // Re-checked every round: an outage during the wait must not let a stale cache answer.
-        st.view.ready().map_err(SelectError::View)?;
+        view_ready(st)?;
         let aais = st.view.assigned_identities_for(&pod.namespace, &pod.name);
         match policy::standard_step(&aais, pod, req, attempt, &budget) {
             StandardStep::Found(candidates) => {
@@ -317,32 +336,23 @@ async fn select_identity(
     )))
 }
 
-enum SelectError {
-    /// The cluster view cannot be trusted: 500, never a token.
-    View(String),
-    /// No identity (404, or 503 + Retry-After on the token path when enabled).
-    NotFound(String),
-}
-
 async fn fetch_token(
     st: &AppState,
     identity: &IdentityInfo,
     resource: &str,
-) -> Result<MsiToken, (u16, String)> {
+) -> Result<MsiToken, FetchError> {
     match identity.identity_type {
         IDENTITY_TYPE_USER_ASSIGNED_MSI => st
             .upstream
             .token(Some(&identity.client_id), resource)
             .await
-            .map_err(|e| (e.status(), format!("failed to refresh token, error: {e}"))),
-        1 | 2 => Err((
-            403,
-            format!(
-                "identity {}/{} is a service principal (type {}); imds-proxy serves managed identities only",
-                identity.namespace, identity.name, identity.identity_type
-            ),
-        )),
-        other => Err((403, format!("unsupported identity type {other}"))),
+            .map_err(FetchError::Token),
+        kind @ (1 | 2) => Err(FetchError::ServicePrincipal {
+            namespace: identity.namespace.clone(),
+            name: identity.name.clone(),
+            kind,
+        }),
+        other => Err(FetchError::UnsupportedType(other)),
     }
 }
 
@@ -353,13 +363,13 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     if s.metadata_header_required
         && !policy::metadata_header_ok(headers.get_all("metadata").iter().map(|v| v.as_bytes()))
     {
-        return Outcome::new(metadata_required(), "metadata_header_missing");
+        return Outcome::new(metadata_required(), Decision::MetadataHeaderMissing);
     }
     // 2. Caller address.
     let Some(ip) = caller_ip(peer) else {
         return Outcome::new(
             go_error(500, "request remote address is empty"),
-            "no_caller_address",
+            Decision::NoCallerAddress,
         );
     };
     // 3. resource.
@@ -367,13 +377,15 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     if resource.is_empty() {
         return Outcome::new(
             go_error(400, "parameter resource cannot be empty"),
-            "resource_missing",
+            Decision::ResourceMissing,
         );
     }
     // 4. Pod lookup (fails closed when the view is not synced or unavailable, or the caller is ambiguous).
     let pod = match find_pod(st, ip).await {
         Ok(p) => p,
-        Err(e) => return Outcome::new(go_error(500, &e), "unknown_caller"),
+        Err(e) => {
+            return Outcome::new(go_error(500, &e.to_string()), Decision::UnknownCaller);
+        }
     };
     tracing::Span::current().record("pod", format!("{}/{}", pod.namespace, pod.name));
     // 5./6. Exceptions and MIC: token straight from IMDS for the requested client id (or system-assigned).
@@ -382,13 +394,13 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     if policy::is_excepted(&pod, &exceptions) || policy::is_mic(&pod, &s.mic_namespace) {
         let client_id = (!req.client_id.is_empty()).then_some(req.client_id.as_str());
         return match st.upstream.token(client_id, &resource).await {
-            Ok(t) => Outcome::new(json_ok(&t), "exception_token").pod(&pod),
+            Ok(t) => Outcome::new(json_ok(&t), Decision::ExceptionToken).pod(&pod),
             Err(e) => Outcome::new(
                 go_error(
                     403,
                     &format!("failed to get service principal token, error: {e}"),
                 ),
-                "exception_token_error",
+                Decision::ExceptionTokenError,
             )
             .pod(&pod),
         };
@@ -397,7 +409,11 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return Outcome::new(go_error(500, &e), "cluster_view_unavailable").pod(&pod);
+            return Outcome::new(
+                go_error(500, &e.to_string()),
+                Decision::ClusterViewUnavailable,
+            )
+            .pod(&pod);
         }
         Err(SelectError::NotFound(msg)) => {
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
@@ -406,13 +422,15 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
             }
-            return Outcome::new(resp, "identity_not_found").pod(&pod);
+            return Outcome::new(resp, Decision::IdentityNotFound).pod(&pod);
         }
     };
     // 8./9. Token acquisition.
     match fetch_token(st, &identity, &resource).await {
-        Ok(t) => Outcome::new(json_ok(&t), "token").pod(&pod),
-        Err((status, msg)) => Outcome::new(go_error(status, &msg), "token_error").pod(&pod),
+        Ok(t) => Outcome::new(json_ok(&t), Decision::Token).pod(&pod),
+        Err(e) => {
+            Outcome::new(go_error(e.status(), &e.to_string()), Decision::TokenError).pod(&pod)
+        }
     }
 }
 
@@ -429,13 +447,13 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
     if podns.is_empty() || podname.is_empty() {
         return Outcome::new(
             go_error(400, "missing 'podname' and 'podns' from request header"),
-            "host_headers_missing",
+            Decision::HostHeadersMissing,
         );
     }
     if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) {
         return Outcome::new(
             go_error(500, "request remote address is not from a host"),
-            "host_not_local",
+            Decision::HostNotLocal,
         )
         .host_pod(&podns, &podname);
     }
@@ -443,13 +461,16 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
     if resource.is_empty() {
         return Outcome::new(
             go_error(400, "parameter resource cannot be empty"),
-            "resource_missing",
+            Decision::ResourceMissing,
         )
         .host_pod(&podns, &podname);
     }
-    if let Err(e) = st.view.ready() {
-        return Outcome::new(go_error(500, &e), "cluster_view_unavailable")
-            .host_pod(&podns, &podname);
+    if let Err(e) = view_ready(st) {
+        return Outcome::new(
+            go_error(500, &e.to_string()),
+            Decision::ClusterViewUnavailable,
+        )
+        .host_pod(&podns, &podname);
     }
     let pod = PodInfo {
         namespace: podns.clone(),
@@ -467,7 +488,7 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
             None => {
                 return Outcome::new(
                     go_error(404, &format!("pod {podns}/{podname} not found")),
-                    "identity_not_found",
+                    Decision::IdentityNotFound,
                 );
             }
         }
@@ -478,11 +499,14 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return Outcome::new(go_error(500, &e), "cluster_view_unavailable")
-                .host_pod(&podns, &podname);
+            return Outcome::new(
+                go_error(500, &e.to_string()),
+                Decision::ClusterViewUnavailable,
+            )
+            .host_pod(&podns, &podname);
         }
         Err(SelectError::NotFound(msg)) => {
-            return Outcome::new(go_error(404, &msg), "identity_not_found")
+            return Outcome::new(go_error(404, &msg), Decision::IdentityNotFound)
                 .host_pod(&podns, &podname);
         }
     };
@@ -492,12 +516,11 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
                 token,
                 clientid: identity.client_id,
             }),
-            "host_token",
+            Decision::HostToken,
         )
         .host_pod(&podns, &podname),
-        Err((status, msg)) => {
-            Outcome::new(go_error(status, &msg), "token_error").host_pod(&podns, &podname)
-        }
+        Err(e) => Outcome::new(go_error(e.status(), &e.to_string()), Decision::TokenError)
+            .host_pod(&podns, &podname),
     }
 }
 
@@ -516,15 +539,27 @@ async fn pass_through(
                 .map(|v| v.as_bytes()),
         )
     {
-        return Outcome::new(metadata_required(), "metadata_header_missing");
+        return Outcome::new(metadata_required(), Decision::MetadataHeaderMissing);
     }
     let (parts, body) = req.into_parts();
-    let body: Bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    // The body is bounded in size and, like the header, in time (`--header-read-timeout-sec`).
+    let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+    let limit = Duration::from_secs(st.settings.header_read_timeout_sec);
+    let body: Bytes = match tokio::time::timeout(limit, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return Outcome::new(
                 go_error(400, &format!("reading request body: {e}")),
-                "bad_request_body",
+                Decision::BadRequestBody,
+            );
+        }
+        Err(_) => {
+            return Outcome::new(
+                go_error(
+                    400,
+                    &format!("reading request body: no body within {}s", limit.as_secs()),
+                ),
+                Decision::BadRequestBody,
             );
         }
     };
@@ -539,24 +574,19 @@ async fn pass_through(
         .forward(method, &path_and_query, &parts.headers, body)
         .await
     {
-        Ok(resp) => Outcome::new(resp.map(Body::new), "pass_through"),
-        Err(e) => Outcome::new(go_error(500, &e), "upstream_unreachable"),
+        Ok(resp) => Outcome::new(resp.map(Body::new), Decision::PassThrough),
+        Err(e) => Outcome::new(go_error(500, &e.to_string()), Decision::UpstreamUnreachable),
     }
 }
 
-/// `/healthz` on the probe port: always 200, `Active` once initialised (A.10).
-pub fn probe_router(initialized: Arc<AtomicBool>) -> Router {
+/// `/healthz` on the probe port: always 200, `Active` once initialised and while the cluster view is current
+/// (A.10; NMI stays `Active` through an API server outage, imds-proxy does not).
+pub fn probe_router(initialized: Arc<AtomicBool>, view: Arc<dyn ClusterView>) -> Router {
     Router::new().route(
         "/healthz",
         get(move || {
-            let init = initialized.clone();
-            async move {
-                if init.load(Ordering::SeqCst) {
-                    "Active"
-                } else {
-                    "Not Active"
-                }
-            }
+            let active = initialized.load(Ordering::SeqCst) && view.ready().is_ok();
+            async move { if active { "Active" } else { "Not Active" } }
         }),
     )
 }

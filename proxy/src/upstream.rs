@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
+use crate::errors::{UpstreamCause, UpstreamError};
 use crate::metrics::Metrics;
 
 /// adal's IMDS retry status set.
@@ -60,7 +61,7 @@ pub struct MsiToken {
 }
 
 /// Why a token could not be obtained. `Refresh` is adal's `TokenRefreshError` (final non-200: NMI 403);
-/// everything else is a connectivity problem (NMI 503).
+/// `Decode` is an answer that is not a token (403); `Transport` is a connectivity problem (NMI 503).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error(
@@ -72,18 +73,21 @@ pub enum TokenError {
         endpoint: String,
     },
     #[error("adal: Failed to execute the refresh request. Error = '{0}'")]
-    Transport(String),
+    Transport(#[source] UpstreamError),
     #[error(
-        "adal: Failed to unmarshal the service principal token during refresh. Error = '{0}' JSON = '{1}'"
+        "adal: Failed to unmarshal the service principal token during refresh. Error = '{source}' JSON = '{json}'"
     )]
-    Decode(String, String),
+    Decode {
+        source: serde_json::Error,
+        json: String,
+    },
 }
 
 impl TokenError {
     /// NMI maps `TokenRefreshError` to 403 and other failures to 503 (A.3.1 step 8).
     pub fn status(&self) -> u16 {
         match self {
-            TokenError::Refresh { .. } | TokenError::Decode(..) => 403,
+            TokenError::Refresh { .. } | TokenError::Decode { .. } => 403,
             TokenError::Transport(_) => 503,
         }
     }
@@ -119,12 +123,11 @@ fn json_string(v: Option<&serde_json::Value>) -> String {
 /// Turns IMDS's token JSON into NMI's shape: numbers-or-strings become strings, `expires_on` becomes epoch
 /// seconds when it is numeric, a missing `refresh_token` becomes `""`.
 pub fn normalise_token(body: &[u8]) -> Result<MsiToken, TokenError> {
-    let text = String::from_utf8_lossy(body).into_owned();
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| TokenError::Decode(e.to_string(), text.clone()))?;
-    if !v.is_object() {
-        return Err(TokenError::Decode("not a JSON object".into(), text));
-    }
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|source| TokenError::Decode {
+            source,
+            json: String::from_utf8_lossy(body).into_owned(),
+        })?;
     let expires_on = json_string(v.get("expires_on"));
     let expires_on = expires_on
         .trim()
@@ -193,24 +196,32 @@ impl Upstream {
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<(http::response::Parts, Bytes), String> {
+    ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+        let method = req.method().clone();
+        let url = req.uri().to_string();
         let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamCause::Connect {
+                        addr: self.imds,
+                        source: e,
+                    }
+                } else {
+                    UpstreamCause::Transport(e)
+                }
+            })?;
             let (parts, body) = resp.into_parts();
             let body = http_body_util::Limited::new(body, MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("reading response body: {e}"))?
+                .map_err(UpstreamCause::Body)?
                 .to_bytes();
             Ok((parts, body))
         };
         tokio::time::timeout(ATTEMPT_TIMEOUT, fut)
             .await
-            .unwrap_or_else(|_| Err(format!("no response within {}s", ATTEMPT_TIMEOUT.as_secs())))
+            .unwrap_or(Err(UpstreamCause::Timeout))
+            .map_err(|cause| UpstreamError::new(&method, url, cause))
     }
 
     /// The token URL, query keys sorted as Go's `url.Values.Encode` does.
@@ -253,7 +264,13 @@ impl Upstream {
                 .header("Metadata", "true")
                 .header(header::USER_AGENT, self.user_agent.clone())
                 .body(Full::new(Bytes::new()))
-                .map_err(|e| TokenError::Transport(e.to_string()))?;
+                .map_err(|e| {
+                    TokenError::Transport(UpstreamError::new(
+                        &Method::GET,
+                        url,
+                        UpstreamCause::Request(e),
+                    ))
+                })?;
             let outcome = self.send(req).await;
             attempt += 1;
             let retry = match &outcome {
@@ -281,17 +298,17 @@ impl Upstream {
         }
     }
 
-    /// Forwards a request to IMDS and returns its answer verbatim (status, headers, body), or the error text
-    /// when IMDS could not be reached.
+    /// Forwards a request to IMDS and returns its answer verbatim (status, headers, body), or why IMDS gave
+    /// none (displayed as NMI's Go client error).
     pub async fn forward(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Full<Bytes>>, String> {
+    ) -> Result<Response<Full<Bytes>>, UpstreamError> {
         let uri = format!("http://{}{}", self.imds, path_and_query);
-        let mut builder = Request::builder().method(method).uri(&uri);
+        let mut builder = Request::builder().method(method.clone()).uri(&uri);
         for (name, value) in headers {
             if !strip_client_header(name) {
                 builder = builder.header(name, value);
@@ -300,11 +317,8 @@ impl Upstream {
         builder = builder.header(header::HOST, self.imds.to_string());
         let req = builder
             .body(Full::new(body))
-            .map_err(|e| format!("building request for {uri}: {e}"))?;
-        let (parts, body) = self
-            .send(req)
-            .await
-            .map_err(|e| format!("forwarding to {uri}: {e}"))?;
+            .map_err(|e| UpstreamError::new(&method, &uri, UpstreamCause::Request(e)))?;
+        let (parts, body) = self.send(req).await?;
         let mut resp = Response::builder().status(parts.status);
         for (name, value) in &parts.headers {
             if !strip_header(name) {
@@ -312,7 +326,7 @@ impl Upstream {
             }
         }
         resp.body(Full::new(body))
-            .map_err(|e| format!("building response: {e}"))
+            .map_err(|e| UpstreamError::new(&method, uri, UpstreamCause::Response(e)))
     }
 }
 

@@ -1,5 +1,7 @@
-//! The `imds-proxy` binary: `--help` lists every NMI flag with its default, invalid usage exits 2, and a
-//! loopback launch (no iptables) becomes ready, answers, and exits 0 on SIGTERM.
+//! The `imds-proxy` binary: `--help` lists every NMI flag with its default, invalid usage exits 2, a
+//! loopback launch (no iptables) becomes ready, answers, and exits 0 on SIGTERM with an info-level summary
+//! (no per-request lines), and SIGTERM drains an in-flight request (exit 0) or cuts it after the grace
+//! (exit 3).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -37,6 +39,14 @@ const NMI_FLAGS: &[(&str, &str)] = &[
     ("--log-format", "text"),
     ("--custom-user-agent", "\"\""),
     ("--manage-iptables", "true"),
+    // imds-proxy's listener bounds and shutdown grace.
+    ("--header-read-timeout-sec", "10"),
+    ("--idle-timeout-sec", "60"),
+    ("--max-connections", "2048"),
+    ("--max-connections-per-ip", "128"),
+    ("--probe-max-connections", "64"),
+    ("--probe-max-connections-per-ip", "8"),
+    ("--shutdown-grace-sec", "90"),
 ];
 
 #[test]
@@ -104,12 +114,21 @@ fn kubenet_guard_exits_2() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
-    let mock = mock_imds::MockImds::builder()
-        .rate_limits(false)
-        .start()
-        .await?;
+/// A launched binary (loopback, no iptables) with its ports and the stderr lines read so far.
+struct Launched {
+    child: tokio::process::Child,
+    port: u16,
+    probe: u16,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    _api: kube_test_apiserver::ApiServer,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the binary against `imds` with a test API server, waits for `imds-proxy ready`.
+async fn launch(
+    imds: std::net::SocketAddr,
+    extra: &[&str],
+) -> Result<Launched, Box<dyn std::error::Error + Send + Sync>> {
     let api = kube_test_apiserver::ApiServer::start("127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
@@ -128,14 +147,14 @@ async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
             "--manage-iptables=false".into(),
             "--nmi-listen-address=127.0.0.1".into(),
             format!("--nmi-port={port}"),
-            format!("--metadata-ip={}", mock.addr().ip()),
-            format!("--metadata-port={}", mock.addr().port()),
+            format!("--metadata-ip={}", imds.ip()),
+            format!("--metadata-port={}", imds.port()),
             format!("--http-probe-port={probe}"),
             format!("--prometheus-port={prom}"),
             "--probe-listen-address=127.0.0.1".into(),
-            "--block-instance-metadata".into(),
             "--log-format=json".into(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -152,27 +171,134 @@ async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
     })
     .await??;
     assert!(ready, "binary never logged `imds-proxy ready`");
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Launched {
+        child,
+        port,
+        probe,
+        lines,
+        _api: api,
+        _dir: dir,
+    })
+}
+
+impl Launched {
+    fn signal(&self, sig: nix::sys::signal::Signal) -> TestResult {
+        let pid = self.child.id().ok_or("no pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the exit; returns the exit code and the rest of stderr.
+    async fn exit(
+        mut self,
+    ) -> Result<(Option<i32>, String), Box<dyn std::error::Error + Send + Sync>> {
+        let mut rest = String::new();
+        let status = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.lines.next_line().await? {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+            self.child.wait().await
+        })
+        .await??;
+        Ok((status.code(), rest))
+    }
+}
+
+#[tokio::test]
+async fn loopback_launch_ready_answers_and_exits_0_on_sigterm() -> TestResult {
+    let mock = mock_imds::MockImds::builder()
+        .rate_limits(false)
+        .start()
+        .await?;
+    let proxy = launch(mock.addr(), &["--block-instance-metadata"]).await?;
     let resp = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/metadata/instance"))
+        .get(format!("http://127.0.0.1:{}/metadata/instance", proxy.port))
         .header("Metadata", "true")
         .send()
         .await?;
     assert_eq!(resp.status(), 403);
     assert_eq!(
-        reqwest::get(format!("http://127.0.0.1:{probe}/healthz"))
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", proxy.probe))
             .await?
             .text()
             .await?,
         "Active"
     );
-    let pid = child.id().ok_or("no pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
-    assert_eq!(status.code(), Some(0));
-    drain.abort();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (code, stderr) = proxy.exit().await?;
+    assert_eq!(code, Some(0), "{stderr}");
+    // Per-request lines are debug-level; the summary names the decision at info level.
+    assert!(!stderr.contains("\"message\":\"handled\""), "{stderr}");
+    assert!(stderr.contains("blocked_instance=1"), "{stderr}");
+    assert!(stderr.contains("\"cut_requests\":0"), "{stderr}");
+    Ok(())
+}
+
+/// An IMDS stand-in whose every answer takes `delay`; `started` is notified when a request arrives.
+async fn slow_imds(
+    delay: Duration,
+) -> std::io::Result<(std::net::SocketAddr, std::sync::Arc<tokio::sync::Notify>)> {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let app = axum::Router::new().fallback(move || {
+        let notify = notify.clone();
+        async move {
+            notify.notify_one();
+            tokio::time::sleep(delay).await;
+            "slow answer"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, started))
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() -> TestResult {
+    let (imds, started) = slow_imds(Duration::from_secs(3)).await?;
+    let proxy = launch(imds, &[]).await?;
+    let url = format!("http://127.0.0.1:{}/metadata/instance", proxy.port);
+    let request = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .header("Metadata", "true")
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((resp.status().as_u16(), resp.text().await?))
+    });
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await?;
+    proxy.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), request).await???;
+    assert_eq!((status, body.as_str()), (200, "slow answer"));
+    let (code, stderr) = proxy.exit().await?;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("\"in_flight_at_start\":1"), "{stderr}");
+    assert!(stderr.contains("\"cut_requests\":0"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_after_the_grace_cuts_logs_and_exits_3() -> TestResult {
+    let (imds, started) = slow_imds(Duration::from_secs(25)).await?;
+    let proxy = launch(imds, &["--shutdown-grace-sec=1"]).await?;
+    let url = format!("http://127.0.0.1:{}/metadata/instance", proxy.port);
+    let request = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .header("Metadata", "true")
+            .send()
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await?;
+    proxy.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (code, stderr) = proxy.exit().await?;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("\"cut_requests\":1"), "{stderr}");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), request).await??;
+    assert!(outcome.is_err(), "a cut request got an answer: {outcome:?}");
     Ok(())
 }

@@ -884,3 +884,108 @@ fn route_localnet_off_yields_the_fix_message_and_on_yields_none() {
     });
     assert_eq!(node_ip.route_localnet_problem().expect("check"), None);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// (f) SIGTERM removes the rules at once and still lets an in-flight request finish
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a1_sigterm_removes_rules_at_once_and_drains_an_in_flight_request() {
+    let ns = netns_or_skip!(false);
+    // An IMDS stand-in inside the namespace whose answer takes 5 s.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let stub = ns
+        .enter(|| {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .expect("bind the IMDS stand-in inside the namespace");
+    let stub_port = stub.local_addr().expect("stub address").port();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = started.clone();
+    runtime.spawn(async move {
+        let app = axum::Router::new().fallback(move || {
+            seen.store(true, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "slow answer"
+            }
+        });
+        if let Ok(l) = tokio::net::TcpListener::from_std(stub) {
+            let _ = axum::serve(l, app).await;
+        }
+    });
+    let mut proxy = ProxyRun::start(
+        &ns,
+        &[
+            "--metadata-ip=127.0.0.1",
+            &format!("--metadata-port={stub_port}"),
+        ],
+    );
+    proxy.wait_ready();
+    assert_eq!(chain_listing(&ns).len(), 3);
+    // A pass-through request from inside the namespace, answered only after 5 s.
+    let request = std::thread::spawn({
+        let path = format!("/run/netns/{}", ns.name());
+        move || -> io::Result<String> {
+            use std::io::{Read, Write};
+            let file = File::open(&path)?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let mut s = TcpStream::connect("127.0.0.1:2579")?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            s.write_all(
+                b"GET /metadata/instance HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        }
+    });
+    proxy.wait_until(
+        "the request reaching the IMDS stand-in",
+        Duration::from_secs(10),
+        || started.load(Ordering::SeqCst),
+    );
+    let pid = proxy.child.0.as_ref().map(Child::id).expect("child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits i32")),
+        Signal::SIGTERM,
+    )
+    .expect("signal the proxy");
+    // The rules go at once, not after the drain: the request is still waiting for its answer.
+    proxy.wait_until(
+        "the chain removed after SIGTERM",
+        Duration::from_secs(10),
+        || chain_listing_or_empty(&ns).is_empty(),
+    );
+    assert_removed(&ns);
+    assert!(
+        !request.is_finished(),
+        "the in-flight request ended before the rules were removed"
+    );
+    let answer = request
+        .join()
+        .expect("request thread")
+        .expect("the in-flight request got its answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slow answer"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = proxy.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "imds-proxy did not exit; log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit {status}; log:\n{}", proxy.log());
+    assert!(proxy.log().contains("cut_requests=0"), "{}", proxy.log());
+}

@@ -282,6 +282,17 @@ impl ClusterApi for Arc<KubeApi> {
         })
     }
 
+    fn set_hung<'a>(&'a self, hung: bool) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if !hung {
+                return Ok(());
+            }
+            Err(unsupported(
+                "hanging the API server (a real control plane is not the harness's to stop)",
+            ))
+        })
+    }
+
     fn load<'a>(&'a self) -> BoxFut<'a, Result<ApiLoad, BackendError>> {
         let me = self.clone();
         Box::pin(blocking(move || me.load_blocking()))

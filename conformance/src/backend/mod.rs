@@ -230,6 +230,10 @@ pub trait ClusterApi: Send + Sync {
     /// Takes the API server down (connections reset) or back up.
     fn set_available<'a>(&'a self, available: bool) -> BoxFut<'a, Result<(), BackendError>>;
 
+    /// Hangs the API server (connections accepted, nothing answered, open watches silent — a stopped
+    /// process) or resumes it.
+    fn set_hung<'a>(&'a self, hung: bool) -> BoxFut<'a, Result<(), BackendError>>;
+
     /// The load figures available.
     fn load<'a>(&'a self) -> BoxFut<'a, Result<ApiLoad, BackendError>>;
 }
@@ -267,6 +271,13 @@ impl ClusterApi for ApiServer {
         })
     }
 
+    fn set_hung<'a>(&'a self, hung: bool) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            ApiServer::set_hung(self, hung);
+            Ok(())
+        })
+    }
+
     fn load<'a>(&'a self) -> BoxFut<'a, Result<ApiLoad, BackendError>> {
         Box::pin(async move { Ok(ApiLoad::PerClient(self.stats())) })
     }
@@ -283,6 +294,23 @@ pub trait Backend: Send + Sync {
 
     /// The cluster's API server (apply / delete objects, availability, load).
     fn api(&self) -> &dyn ClusterApi;
+
+    /// Cuts every node off from the API server (packets dropped both ways, as a network partition) or
+    /// heals the cut. Only backends with a real network path between nodes and the API server can.
+    fn set_api_partitioned<'a>(
+        &'a self,
+        partitioned: bool,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if !partitioned {
+                return Ok(());
+            }
+            Err(BackendError::Unsupported {
+                backend: self.kind(),
+                what: "cutting the nodes off from the API server (no network path to cut)".into(),
+            })
+        })
+    }
 
     /// Opens a TCP connection from `from` (a pod name, or a node name = a node process) to `to`.
     /// A DROP rule shows up as [`SendError::ConnectTimeout`] after `timeout`.

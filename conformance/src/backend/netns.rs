@@ -51,6 +51,8 @@ pub struct Netns {
     nodes: BTreeMap<String, NodeRt>,
     pod_ns: BTreeMap<String, String>,
     spec: InterceptorSpec,
+    /// The nodes are cut off from the API server (DROP rules in every node namespace).
+    api_partitioned: Mutex<bool>,
 }
 
 /// The topology spec of a scenario (also used by `env` to re-attach).
@@ -169,6 +171,7 @@ impl Netns {
             nodes,
             pod_ns,
             spec,
+            api_partitioned: Mutex::new(false),
         };
         let names: Vec<String> = backend.nodes.keys().cloned().collect();
         for n in names {
@@ -268,6 +271,41 @@ impl Netns {
     }
 }
 
+/// The iptables commands (run in a node namespace) that drop every packet between the node and the API
+/// server at `api`, both ways (dropping one way only would still let a watch's events in), or remove them.
+fn partition_argv(api: SocketAddr, insert: bool) -> [Vec<String>; 2] {
+    let (ip, port) = (api.ip().to_string(), api.port().to_string());
+    let op = if insert { "-I" } else { "-D" };
+    let rule = |chain: &str, addr: &str, port_flag: &str| -> Vec<String> {
+        [
+            "iptables",
+            "-w",
+            "-t",
+            "filter",
+            op,
+            chain,
+            addr,
+            &ip,
+            "-p",
+            "tcp",
+            port_flag,
+            &port,
+            "-m",
+            "comment",
+            "--comment",
+            "imds-conformance api partition",
+            "-j",
+            "DROP",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    [
+        rule("OUTPUT", "-d", "--dport"),
+        rule("INPUT", "-s", "--sport"),
+    ]
+}
+
 impl Backend for Netns {
     fn kind(&self) -> BackendKind {
         BackendKind::Netns
@@ -279,6 +317,35 @@ impl Backend for Netns {
 
     fn api(&self) -> &dyn super::ClusterApi {
         &self.api
+    }
+
+    fn set_api_partitioned<'a>(
+        &'a self,
+        partitioned: bool,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut cut = self.api_partitioned.lock().await;
+            if *cut == partitioned {
+                return Ok(());
+            }
+            let api = self.api.addr();
+            for rt in self.nodes.values() {
+                for argv in partition_argv(api, partitioned) {
+                    let args = str_args(&argv);
+                    if partitioned {
+                        netns::exec_in(&rt.ns, &args)
+                            .await
+                            .map_err(env_err("cutting a node off from the API server"))?;
+                    } else {
+                        // Removed with the namespace anyway; a failed delete is fine.
+                        let _ =
+                            netns::exec_in_unchecked(&rt.ns, &args, netns::DEFAULT_TIMEOUT).await;
+                    }
+                }
+            }
+            *cut = partitioned;
+            Ok(())
+        })
     }
 
     fn connect<'a>(

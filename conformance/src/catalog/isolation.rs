@@ -3,12 +3,13 @@
 //! Owns the isolation cases: pod B never gets pod A's identity (by client_id or resource id); spoofed
 //! `X-Forwarded-For` / `podname` / `podns` headers change nothing and `X-Forwarded-For` is never forwarded;
 //! a reused pod IP gets no stale identity; denied answers leak no upstream bytes; with the API server down
-//! the interceptor fails closed.
+//! the interceptor fails closed; with the API server hung or cut off (no error, just silence) it stops
+//! handing out tokens within the staleness bound and never serves a reused IP the old pod's identity.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{PodView, Target};
-use crate::case::{Feature, Level, Outcome, Profile};
+use crate::case::{BackendKind, Feature, Level, Outcome, Profile};
 use crate::catalog::{has_token, identity_pod, plain_pod, response};
 use crate::cluster;
 use crate::ctx::{Ctx, token_client_id, token_target};
@@ -257,4 +258,165 @@ declare_case!(
         }
         Ok(())
     }
+);
+
+/// SPEC §2: an interceptor whose cluster view cannot be shown current for this long hands out no token.
+const STALENESS_BOUND: Duration = Duration::from_secs(10);
+/// Slack after the bound before the verdict (request latency, a watch event just before the outage).
+const STALENESS_MARGIN: Duration = Duration::from_secs(3);
+
+/// An API server outage that raises no error at the client: only silence.
+#[derive(Debug, Clone, Copy)]
+enum Silence {
+    /// The API server hangs (a stopped process): connections accepted, nothing answered, watches silent.
+    Hang,
+    /// The nodes are cut off from the API server (packets dropped both ways).
+    Partition,
+}
+
+impl Silence {
+    async fn begin(self, ctx: &mut Ctx) -> Result<(), Outcome> {
+        let result = match self {
+            Silence::Hang => ctx.set_api_hung(true).await,
+            Silence::Partition => ctx.set_api_partitioned(true).await,
+        };
+        result.map_err(|e| Outcome::skip(format!("{}: {e}", self.what())))
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Silence::Hang => "API server hung",
+            Silence::Partition => "API server cut off",
+        }
+    }
+}
+
+/// The identity pod is served while the API server is up (else there is nothing to take away: SKIP).
+async fn served_before(ctx: &mut Ctx, a: &PodView) -> Result<(), Outcome> {
+    let sent = ctx.poll_token(&a.name, "", Duration::from_secs(10)).await;
+    if sent.response().is_some_and(has_token) {
+        return Ok(());
+    }
+    Err(Outcome::skip(format!(
+        "the identity pod gets no token even with the API server up: {}",
+        sent.summary()
+    )))
+}
+
+/// After the staleness bound of a silent outage, the identity pod gets no token (a stale cache would
+/// still serve it).
+async fn no_token_after_bound(ctx: &mut Ctx, silence: Silence) -> Result<(), Outcome> {
+    let a = identity_pod(ctx)?;
+    served_before(ctx, &a).await?;
+    silence.begin(ctx).await?;
+    // The runner ends the outage after the case.
+    tokio::time::sleep(STALENESS_BOUND + STALENESS_MARGIN).await;
+    let mut extras = vec![String::new()];
+    extras.extend(a_ids(ctx, &a).first().map(|id| format!("&client_id={id}")));
+    for extra in extras {
+        let sent = ctx.send_token(&a.name, &extra).await;
+        if let Some(r) = sent.response().filter(|r| has_token(r)) {
+            return Err(Outcome::fail(
+                format!(
+                    "{}: no token once the cluster view cannot be shown current for {} s",
+                    silence.what(),
+                    STALENESS_BOUND.as_secs()
+                ),
+                format!(
+                    "token request{extra} after {} s: {}",
+                    (STALENESS_BOUND + STALENESS_MARGIN).as_secs(),
+                    r.summary()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// During a silent outage pod A is deleted and a new pod without identity gets its IP: from the first
+/// moment to past the staleness bound, that address never receives A's identity (or any token).
+async fn reused_ip_during_silence(ctx: &mut Ctx, silence: Silence) -> Result<(), Outcome> {
+    let a = identity_pod(ctx)?;
+    let forbidden = a_ids(ctx, &a);
+    let node_ip = ctx.world().node_ip(&a.node);
+    served_before(ctx, &a).await?;
+    silence.begin(ctx).await?;
+    ctx.delete(&cluster::pod_object(&a, node_ip))
+        .await
+        .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
+    let mut reused = a.clone();
+    reused.name = format!("{}-new", a.name);
+    reused.labels.clear();
+    ctx.apply(cluster::pod_object(&reused, node_ip))
+        .await
+        .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
+    let began = Instant::now();
+    let what = format!("{}: reused pod IP", silence.what());
+    loop {
+        let sent = ctx.send_token(&a.name, "").await;
+        if let Some(r) = sent.response() {
+            no_foreign_token(r, &forbidden, &what)?;
+            if has_token(r) {
+                return Err(Outcome::fail(
+                    format!("{what}: a pod without identity gets no token"),
+                    r.summary(),
+                ));
+            }
+        }
+        if began.elapsed() >= STALENESS_BOUND + STALENESS_MARGIN {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+declare_case!(
+    ISO_006 = Case {
+        id: "ISO-006",
+        title: "API server hung → no token after the staleness bound (10 s)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "The API server hangs as a stopped process does: connections are accepted, nothing is answered, open watches go silent without an error. 13 s later the pod with an identity must get no token: an interceptor that keeps serving from its cache cannot know whether the pod still exists or still holds its address.",
+    },
+    |ctx| { no_token_after_bound(ctx, Silence::Hang).await }
+);
+declare_case!(
+    ISO_007 = Case {
+        id: "ISO-007",
+        title: "API server hung → a reused pod IP never gets the deleted pod's identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+        explain: "With the API server hung, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the hang to past the staleness bound, that address never receives A's identity or any token, although the interceptor's cache still names A.",
+    },
+    |ctx| { reused_ip_during_silence(ctx, Silence::Hang).await }
+);
+declare_case!(
+    ISO_008 = Case {
+        id: "ISO-008",
+        title: "API server cut off (packets dropped) → no token after the staleness bound (10 s)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        backends: &[BackendKind::Netns],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "Every packet between the nodes and the API server is dropped (iptables DROP both ways in each node's namespace): no reset, no error, only silence. 13 s later the pod with an identity must get no token.",
+    },
+    |ctx| { no_token_after_bound(ctx, Silence::Partition).await }
+);
+declare_case!(
+    ISO_009 = Case {
+        id: "ISO-009",
+        title: "API server cut off (packets dropped) → a reused pod IP never gets the deleted pod's identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        backends: &[BackendKind::Netns],
+        profiles: P,
+        spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+        explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
+    },
+    |ctx| { reused_ip_during_silence(ctx, Silence::Partition).await }
 );

@@ -1,18 +1,23 @@
 //! What the proxy knows of the cluster, behind a small trait.
 //!
 //! `ClusterView` answers the handful of questions the token handlers ask (pods with this IP on this node,
-//! AzureAssignedIdentities of a pod, exceptions/bindings/identities of a namespace) and says whether its
-//! answers can be trusted right now (`ready`): a view that has not finished its first list, or whose watch is
-//! failing, must make the proxy fail closed. `watch::KubeView` implements it with kube-rs watchers and
-//! reflector stores; `memory::MemoryView` is an in-memory implementation for tests. This module never makes
-//! a decision: it converts objects into `model` types for `policy`.
+//! AzureAssignedIdentities of a pod, exceptions/bindings/identities of a namespace), says whether its
+//! answers can be trusted right now (`ready`: a view that has not finished its first list, whose watch is
+//! failing, or that cannot show it is current within the staleness bound must make the proxy fail closed),
+//! and confirms a caller against the API server itself before a token is handed out (`confirm_caller`).
+//! `watch::KubeView` implements it with list/watch loops (`freshness`) and kube-rs reflector stores;
+//! `memory::MemoryView` is an in-memory implementation for tests. This module never makes a decision: it
+//! converts objects into `model` types for `policy`.
 
 pub mod crd;
+pub mod freshness;
 pub mod memory;
 pub mod model;
 pub mod watch;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
@@ -21,6 +26,18 @@ pub trait ClusterView: Send + Sync + 'static {
     /// `Ok` when the answers are current; `Err(reason)` when the view has not synced yet or its source is
     /// unavailable. Callers must not hand out tokens while this is `Err`.
     fn ready(&self) -> Result<(), String>;
+    /// `Ok` when the source of truth confirms, now, that `pod` (found in this view for caller `ip`) is the
+    /// pod holding `ip`. Called before a token is handed out, so that a pod that reused the address of a
+    /// pod deleted during an outage is never served the old pod's identity from a view that has not yet
+    /// noticed it is stale. The default, for views that are their own source of truth, is `ready()`.
+    fn confirm_caller<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+        ip: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        let _ = (pod, ip);
+        Box::pin(std::future::ready(self.ready()))
+    }
     /// Pods of this node whose `status.podIP` is `ip` (any phase; policy filters).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;
     /// The pod `namespace/name` of this node (managed-mode host tokens need its labels).

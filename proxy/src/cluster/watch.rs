@@ -1,21 +1,25 @@
-//! `KubeView`: the cluster view kept current by kube-rs `watcher` + `reflector` stores.
+//! `KubeView`: the cluster view kept current by one list-then-watch loop per resource feeding kube-rs
+//! reflector stores.
 //!
-//! One watcher per resource: pods with field selector `spec.nodeName=<node>`; in standard mode
+//! One loop per resource: pods with field selector `spec.nodeName=<node>`; in standard mode
 //! AzureAssignedIdentities (label selector `nodename=<node>` when scale features are on, else unfiltered);
-//! in managed mode AzureIdentityBindings and AzureIdentities; AzurePodIdentityExceptions in both. Each watcher
-//! tracks its own health: it is healthy once it has completed a list (`InitDone`) and unhealthy after any
-//! error until a fresh watcher has completed a new list, so an API server outage turns into fail-closed answers
-//! rather than answers from a stale cache. The tasks end when the `KubeView` (all clones) is dropped.
+//! in managed mode AzureIdentityBindings and AzureIdentities; AzurePodIdentityExceptions in both. Each loop
+//! (`freshness::follow`) tracks its own health and freshness: the view is ready only while every resource
+//! has completed a list, seen no error since, and shown proof that its store is current within the
+//! staleness bound — so an API server that crashes, hangs or becomes unreachable turns into fail-closed
+//! answers rather than answers from a stale cache. Before a token is handed out, `confirm_caller` asks the
+//! API server itself whether the caller's pod still holds the caller's address. The tasks end when the
+//! `KubeView` (all clones) is dropped.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, WatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
@@ -24,35 +28,20 @@ use super::crd::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
     BEHAVIOR_ANNOTATION, EmbeddedIdentity,
 };
+use super::freshness::{Follow, Freshness, Health, follow};
 use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 use super::{ClusterView, WatchPlan};
 use crate::metrics::Metrics;
 
-/// Health of one watcher.
-#[derive(Debug)]
-struct Health {
-    what: &'static str,
-    synced: AtomicBool,
-    healthy: AtomicBool,
-}
-
-impl Health {
-    fn new(what: &'static str) -> Arc<Self> {
-        Arc::new(Self {
-            what,
-            synced: AtomicBool::new(false),
-            healthy: AtomicBool::new(false),
-        })
-    }
-}
-
 struct Inner {
+    client: Client,
     pods: Store<Pod>,
     aais: Option<Store<AzureAssignedIdentity>>,
     exceptions: Store<AzurePodIdentityException>,
     bindings: Option<Store<AzureIdentityBinding>>,
     identities: Option<Store<AzureIdentity>>,
     health: Vec<Arc<Health>>,
+    freshness: Freshness,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -74,22 +63,30 @@ impl std::fmt::Debug for KubeView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeView")
             .field("health", &self.inner.health)
+            .field("freshness", &self.inner.freshness)
             .finish_non_exhaustive()
     }
 }
 
-/// The watchers being started: what each new one needs, and the health flags and tasks the view keeps.
+/// The loops being started: what each new one needs, and the health records and tasks the view keeps.
 struct Watchers {
     client: Client,
     metrics: Metrics,
+    freshness: Freshness,
+    epoch: Instant,
     health: Vec<Arc<Health>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Watchers {
-    /// Starts a cluster-wide watch of `K` (`what`: its plural, for logs, metrics and health) feeding the
-    /// returned store.
-    fn spawn<K>(&mut self, config: watcher::Config, what: &'static str) -> Store<K>
+    /// Starts following every `K` (cluster-wide; `what`: its plural, for logs, metrics and health) that
+    /// the selectors pick, feeding the returned store.
+    fn spawn<K>(
+        &mut self,
+        labels: Option<&str>,
+        fields: Option<&str>,
+        what: &'static str,
+    ) -> Store<K>
     where
         K: Resource<DynamicType = ()>
             + Clone
@@ -99,107 +96,86 @@ impl Watchers {
             + Sync
             + 'static,
     {
-        let api = Api::<K>::all(self.client.clone());
-        let metrics = self.metrics.clone();
-        let (store, mut writer) = reflector::store();
-        let health = Health::new(what);
+        let (store, writer) = reflector::store();
+        let health = Health::new(what, self.epoch);
         self.health.push(health.clone());
-        self.tasks.push(tokio::spawn(async move {
-            // After any error the watcher is dropped and a new one starts with a full list: a resumed watch
-            // reports nothing when nothing changed, so only a fresh `InitDone` proves the store is current
-            // again. The writer swaps the store's content atomically at `InitDone`.
-            let mut delay = RESTART_MIN;
-            loop {
-                let mut stream = std::pin::pin!(watcher(api.clone(), config.clone()));
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(ev) => {
-                            writer.apply_watcher_event(&ev);
-                            match ev {
-                                watcher::Event::InitDone => {
-                                    health.synced.store(true, Ordering::SeqCst);
-                                    health.healthy.store(true, Ordering::SeqCst);
-                                    delay = RESTART_MIN;
-                                }
-                                watcher::Event::Init
-                                | watcher::Event::InitApply(_)
-                                | watcher::Event::Apply(_)
-                                | watcher::Event::Delete(_) => {}
-                            }
-                        }
-                        Err(err) => {
-                            if health.healthy.swap(false, Ordering::SeqCst) {
-                                tracing::warn!(resource = what, error = %err, "watch failed; failing closed until a fresh list succeeds");
-                            } else {
-                                tracing::debug!(resource = what, error = %err, "watch still failing");
-                            }
-                            metrics.kubernetes_api_error(what);
-                            break;
-                        }
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RESTART_MAX);
-            }
-        }));
+        self.tasks.push(tokio::spawn(follow(Follow {
+            api: Api::<K>::all(self.client.clone()),
+            list: list_params(labels, fields),
+            watch: watch_params(labels, fields, &self.freshness),
+            writer,
+            health,
+            metrics: self.metrics.clone(),
+            freshness: self.freshness,
+        })));
         store
     }
 }
 
-/// Watcher settings for every resource: the initial list (and every re-list after an error) is one
-/// unpaged request with `resourceVersion=0`, "any version not older than the cache", as client-go's
-/// reflector and therefore NMI send it; the API server answers it from its watch cache, and the watch then
-/// resumes from the list's revision, so the store converges to the current state either way. (kube-rs
-/// leaves `resourceVersion=0` out when a page size is set, hence no page size.) Pages of 500 made the
-/// unfiltered initial list at 5 000 nodes (100 000 AAIs, 200 pages) take minutes against the test API
-/// server, which rebuilds the whole result for every page (measured by `just bench`).
-fn list_config() -> watcher::Config {
-    let mut config = watcher::Config::default().any_semantic();
-    config.page_size = None;
-    config
+/// The list of every (re-)sync: one unpaged, consistent request (`resourceVersion` unset: the API server
+/// answers with its current state, not from a cache that may lag, which matters when the list is what ends
+/// an outage). Unpaged because pages of 500 made the unfiltered initial list at 5 000 nodes (100 000 AAIs,
+/// 200 pages) take minutes against the test API server, which rebuilds the whole result for every page
+/// (measured by `just bench`).
+fn list_params(labels: Option<&str>, fields: Option<&str>) -> ListParams {
+    ListParams {
+        label_selector: labels.map(str::to_string),
+        field_selector: fields.map(str::to_string),
+        ..ListParams::default()
+    }
 }
 
-/// Back-off between watcher restarts after errors.
-const RESTART_MIN: Duration = Duration::from_millis(200);
-const RESTART_MAX: Duration = Duration::from_secs(5);
+/// Watches ask for bookmarks and end after half the staleness bound, so that an idle watch shows proof of
+/// currency well within the bound (see `freshness`).
+fn watch_params(labels: Option<&str>, fields: Option<&str>, freshness: &Freshness) -> WatchParams {
+    WatchParams {
+        label_selector: labels.map(str::to_string),
+        field_selector: fields.map(str::to_string),
+        timeout: Some(freshness.watch_timeout_secs()),
+        bookmarks: true,
+        send_initial_events: false,
+    }
+}
 
 impl KubeView {
-    /// Starts the watchers the plan asks for. Returns at once; `ready()` says when the view is usable.
-    pub fn start(client: Client, plan: &WatchPlan, metrics: Metrics) -> Self {
+    /// Starts the loops the plan asks for. Returns at once; `ready()` says when the view is usable.
+    pub fn start(client: Client, plan: &WatchPlan, metrics: Metrics, freshness: Freshness) -> Self {
         let mut w = Watchers {
-            client,
+            client: client.clone(),
             metrics,
+            freshness,
+            epoch: Instant::now(),
             health: Vec::new(),
             tasks: Vec::new(),
         };
-        let pods = w.spawn::<Pod>(
-            list_config().fields(&format!("spec.nodeName={}", plan.node_name)),
-            "pods",
-        );
+        let node_selector = format!("spec.nodeName={}", plan.node_name);
+        let pods = w.spawn::<Pod>(None, Some(&node_selector), "pods");
         let aais = plan.assigned_identities.then(|| {
-            let mut cfg = list_config();
-            if let Some(sel) = &plan.aai_label_selector {
-                cfg = cfg.labels(sel);
-            }
-            w.spawn(cfg, "azureassignedidentities")
+            w.spawn(
+                plan.aai_label_selector.as_deref(),
+                None,
+                "azureassignedidentities",
+            )
         });
-        let exceptions = w.spawn(list_config(), "azurepodidentityexceptions");
+        let exceptions = w.spawn(None, None, "azurepodidentityexceptions");
         let (bindings, identities) = if plan.bindings_and_identities {
             (
-                Some(w.spawn(list_config(), "azureidentitybindings")),
-                Some(w.spawn(list_config(), "azureidentities")),
+                Some(w.spawn(None, None, "azureidentitybindings")),
+                Some(w.spawn(None, None, "azureidentities")),
             )
         } else {
             (None, None)
         };
         Self {
             inner: Arc::new(Inner {
+                client,
                 pods,
                 aais,
                 exceptions,
                 bindings,
                 identities,
                 health: w.health,
+                freshness,
                 tasks: w.tasks,
             }),
         }
@@ -305,17 +281,43 @@ pub fn aai_info(aai: &AzureAssignedIdentity) -> AssignedIdentityInfo {
 impl ClusterView for KubeView {
     fn ready(&self) -> Result<(), String> {
         for h in &self.inner.health {
-            if !h.synced.load(Ordering::SeqCst) {
-                return Err(format!("cluster view not yet synced ({})", h.what));
-            }
-            if !h.healthy.load(Ordering::SeqCst) {
-                return Err(format!(
-                    "cluster view unavailable: watch of {} is failing",
-                    h.what
-                ));
-            }
+            h.check(self.inner.freshness.bound)?;
         }
         Ok(())
+    }
+
+    fn confirm_caller<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+        ip: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            // A GET with no resourceVersion is a consistent read: the API server's state now, not a cache's.
+            let api = Api::<Pod>::namespaced(self.inner.client.clone(), &pod.namespace);
+            let deadline = self.inner.freshness.request_deadline();
+            let unconfirmed = |why: String| {
+                format!(
+                    "cluster view unavailable: cannot confirm that pod {}/{} holds {ip}: {why}",
+                    pod.namespace, pod.name
+                )
+            };
+            let live = tokio::time::timeout(deadline, api.get_opt(&pod.name))
+                .await
+                .map_err(|_| {
+                    unconfirmed(format!("no answer from the API server within {deadline:?}"))
+                })?
+                .map_err(|e| unconfirmed(e.to_string()))?
+                .ok_or_else(|| unconfirmed("the pod no longer exists".into()))?;
+            // The same decision as on the cached view, on the live object alone.
+            crate::policy::match_pod([&pod_info(&live)], ip).map_err(|_| {
+                unconfirmed(format!(
+                    "the API server gives it address {:?}, phase {:?}",
+                    live.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+                    live.status.as_ref().and_then(|s| s.phase.as_deref())
+                ))
+            })?;
+            Ok(())
+        })
     }
 
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {

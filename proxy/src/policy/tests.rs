@@ -555,3 +555,18 @@ proptest! {
         prop_assert!(r.contains("##### REDACTED #####"));
     }
 }
+
+#[test]
+fn decisions_are_a_closed_set_with_unique_labels() {
+    let mut labels = std::collections::BTreeSet::new();
+    for (i, d) in Decision::ALL.iter().enumerate() {
+        assert_eq!(d.index(), i, "{d:?} out of place in Decision::ALL");
+        assert!(labels.insert(d.label()), "duplicate label {}", d.label());
+        assert!(
+            d.label()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{d:?}: labels are snake_case"
+        );
+    }
+}

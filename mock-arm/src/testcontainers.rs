@@ -1,0 +1,191 @@
+//! mock-arm as a container for [testcontainers](https://docs.rs/testcontainers): [`MockArmImage`] describes the
+//! `imds-conformance/mock-arm` image (built locally by `ci/build-images.sh`; never pulled by this project),
+//! how to configure it, and when it is ready (the `mock-arm listening on` log line).
+//! [`MockArmContainer::uri`] gives the base URI through the mapped port.
+//!
+//! Only compiled with the `testcontainers` cargo feature. It drives the `mock-arm` binary inside the
+//! container through its CLI flags and a TOML file (the same [`Config`] type as the library) and must not
+//! reach into server state.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mock_arm::{config::Config, testcontainers::{MockArmContainer, MockArmImage}};
+//! use testcontainers::runners::AsyncRunner;
+//!
+//! let arm = MockArmImage::default()
+//!     .with_config(&Config::generate(Some(7)))? // written into the container as TOML
+//!     .with_auth(false)
+//!     .start()
+//!     .await?;                                  // removed when `arm` is dropped
+//! let uri = arm.uri().await?;                   // "http://127.0.0.1:<mapped port>"
+//! # let _ = uri;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::borrow::Cow;
+
+use ::testcontainers::core::{ContainerPort, WaitFor};
+use ::testcontainers::{ContainerAsync, CopyToContainer, Image, TestcontainersError};
+
+use crate::config::{Config, ConfigError};
+
+/// The image name `ci/build-images.sh` builds.
+pub const IMAGE_NAME: &str = "imds-conformance/mock-arm";
+/// The tag `ci/build-images.sh` gives it by default: the workspace's version.
+pub const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
+/// The port mock-arm listens on inside the container.
+pub const CONTAINER_PORT: ContainerPort = ContainerPort::Tcp(8090);
+/// Where [`MockArmImage::with_config`] puts the TOML file inside the container.
+pub const CONFIG_PATH: &str = "/mock-arm.toml";
+/// The line the binary writes to stderr once it serves.
+pub const READY_LINE: &str = "mock-arm listening on";
+
+/// The mock-arm container image (defaults: generated estate, auth and throttling on, plain http).
+#[derive(Debug, Clone)]
+pub struct MockArmImage {
+    name: String,
+    tag: String,
+    seed: Option<u64>,
+    auth: bool,
+    throttling: bool,
+    config: Option<CopyToContainer>,
+    ports: [ContainerPort; 1],
+}
+
+impl Default for MockArmImage {
+    fn default() -> Self {
+        MockArmImage {
+            name: IMAGE_NAME.to_owned(),
+            tag: IMAGE_TAG.to_owned(),
+            seed: None,
+            auth: true,
+            throttling: true,
+            config: None,
+            ports: [CONTAINER_PORT],
+        }
+    }
+}
+
+impl MockArmImage {
+    /// Another image name and tag.
+    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
+        self.name = name.into();
+        self.tag = tag.into();
+        self
+    }
+
+    /// The estate: serialised to TOML and copied into the container (`server.listen` is overridden).
+    pub fn with_config(mut self, config: &Config) -> Result<Self, ConfigError> {
+        self.config = Some(CopyToContainer::new(
+            config.to_toml()?.into_bytes(),
+            CONFIG_PATH,
+        ));
+        Ok(self)
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Bearer-token authentication (default on); `false` passes `--no-auth`.
+    pub fn with_auth(mut self, on: bool) -> Self {
+        self.auth = on;
+        self
+    }
+
+    /// Throttling (default on); `false` passes `--no-throttling`.
+    pub fn with_throttling(mut self, on: bool) -> Self {
+        self.throttling = on;
+        self
+    }
+
+    /// The arguments the binary gets (the entrypoint is `/mock-arm`).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--listen".to_owned(), "0.0.0.0:8090".to_owned()];
+        if self.config.is_some() {
+            args.extend(["--config".to_owned(), CONFIG_PATH.to_owned()]);
+        }
+        if let Some(seed) = self.seed {
+            args.extend(["--seed".to_owned(), seed.to_string()]);
+        }
+        if !self.auth {
+            args.push("--no-auth".to_owned());
+        }
+        if !self.throttling {
+            args.push("--no-throttling".to_owned());
+        }
+        args
+    }
+}
+
+impl Image for MockArmImage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    fn ready_conditions(&self) -> Vec<WaitFor> {
+        vec![WaitFor::message_on_stderr(READY_LINE)]
+    }
+
+    fn cmd(&self) -> impl IntoIterator<Item = impl Into<Cow<'_, str>>> {
+        self.args()
+    }
+
+    fn copy_to_sources(&self) -> impl IntoIterator<Item = &CopyToContainer> {
+        self.config.iter()
+    }
+
+    fn expose_ports(&self) -> &[ContainerPort] {
+        &self.ports
+    }
+}
+
+/// What a started mock-arm container offers beyond testcontainers' own API.
+pub trait MockArmContainer {
+    /// `http://<docker host>:<mapped port>`.
+    fn uri(&self) -> impl Future<Output = Result<String, TestcontainersError>> + Send;
+}
+
+impl MockArmContainer for ContainerAsync<MockArmImage> {
+    async fn uri(&self) -> Result<String, TestcontainersError> {
+        let host = self.get_host().await?;
+        let port = self.get_host_port_ipv4(CONTAINER_PORT).await?;
+        Ok(format!("http://{host}:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_maps_to_cli_flags() -> Result<(), ConfigError> {
+        let image = MockArmImage::default()
+            .with_config(&Config::generate(Some(1)))?
+            .with_seed(9)
+            .with_auth(false)
+            .with_throttling(false);
+        assert_eq!(
+            image.args(),
+            [
+                "--listen",
+                "0.0.0.0:8090",
+                "--config",
+                CONFIG_PATH,
+                "--seed",
+                "9",
+                "--no-auth",
+                "--no-throttling"
+            ]
+        );
+        assert_eq!(image.copy_to_sources().into_iter().count(), 1);
+        assert_eq!(MockArmImage::default().args(), ["--listen", "0.0.0.0:8090"]);
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! Typed errors of the request path, each with its source, and how each is shown to the caller.
+//!
+//! `UpstreamError` is a request to IMDS that got no answer. Its text is the one NMI's Go client shows (a
+//! `*url.Error`: `Get "http://169.254.169.254:80/metadata/instance?…": dial tcp 169.254.169.254:80: connect:
+//! connection refused`), so the pass-through's 500 body and the token path's 503 body read as NMI's do and
+//! never carry Rust debug text. `ViewUnavailable`, `CallerError`, `SelectError` and `FetchError` are the
+//! token handlers' refusals: the cluster view cannot be trusted, the caller is not exactly one pod, no identity
+//! was found, or IMDS gave no token. Their `Display` is the NMI message that goes into the `http.Error` body;
+//! `server` maps each to its status and `policy::Decision`. This module decides nothing.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use crate::upstream::TokenError;
+
+/// A request to IMDS that got no answer, displayed as Go's `*url.Error`: `<Op> "<url>": <cause>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} \"{url}\": {cause}")]
+pub struct UpstreamError {
+    /// Go's `urlErrorOp`: the method with only its first letter upper-case (`Get`, `Post`).
+    op: String,
+    url: String,
+    #[source]
+    cause: Box<UpstreamCause>,
+}
+
+impl UpstreamError {
+    pub fn new(method: &http::Method, url: impl Into<String>, cause: UpstreamCause) -> Self {
+        Self {
+            op: go_url_error_op(method.as_str()),
+            url: url.into(),
+            cause: Box::new(cause),
+        }
+    }
+
+    /// What went wrong, without the request line.
+    pub fn cause(&self) -> &UpstreamCause {
+        &self.cause
+    }
+}
+
+/// The reason behind an [`UpstreamError`], each variant displayed as Go's net/http would say it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamCause {
+    /// The TCP connection to IMDS could not be made (`dial tcp <addr>: connect: connection refused`).
+    #[error("dial tcp {addr}: {}", dial_text(.source))]
+    Connect {
+        addr: SocketAddr,
+        source: hyper_util::client::legacy::Error,
+    },
+    /// IMDS closed the connection or broke the exchange before its answer's header (`EOF`, or the socket error).
+    #[error("{}", transport_text(.0))]
+    Transport(#[source] hyper_util::client::legacy::Error),
+    /// No answer within the per-attempt bound (Go's `http.Client.Timeout` text).
+    #[error("context deadline exceeded (Client.Timeout exceeded while awaiting headers)")]
+    Timeout,
+    /// The answer's body could not be read (broken off, or larger than the proxy reads).
+    #[error("reading response body: {0}")]
+    Body(#[source] Box<dyn StdError + Send + Sync>),
+    /// The outgoing request could not be built from what the client sent.
+    #[error("invalid request: {0}")]
+    Request(#[source] http::Error),
+    /// IMDS's answer could not be copied into a response.
+    #[error("invalid response: {0}")]
+    Response(#[source] http::Error),
+}
+
+/// Go's `urlErrorOp`: `GET` → `Get`.
+fn go_url_error_op(method: &str) -> String {
+    let mut chars = method.chars();
+    match chars.next() {
+        Some(first) => first
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
+        None => String::new(),
+    }
+}
+
+/// The innermost `std::io::Error` in `err`'s source chain.
+fn io_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut found = None;
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            found = Some(io);
+        }
+        cur = e.source();
+    }
+    found
+}
+
+/// The first `hyper::Error` in `err`'s source chain.
+fn hyper_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a hyper::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return Some(h);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// An errno as Go's syscall package names it: the C library's text with a lower-case first letter
+/// (`connection refused`, `no route to host`, `network is unreachable`).
+fn errno_text(io: &std::io::Error) -> String {
+    let text = match io.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => io.to_string(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+fn dial_text(err: &hyper_util::client::legacy::Error) -> String {
+    match io_error(err) {
+        Some(io) if io.kind() == std::io::ErrorKind::TimedOut => "i/o timeout".to_string(),
+        Some(io) => format!("connect: {}", errno_text(io)),
+        None => "connect: connection failed".to_string(),
+    }
+}
+
+fn transport_text(err: &hyper_util::client::legacy::Error) -> String {
+    if let Some(io) = io_error(err) {
+        return format!("read: {}", errno_text(io));
+    }
+    match hyper_error(err) {
+        // Go's client reports a connection closed before the answer as `EOF`.
+        Some(h) if h.is_incomplete_message() => "EOF".to_string(),
+        Some(h) => h.to_string(),
+        None => "connection closed".to_string(),
+    }
+}
+
+/// The cluster view cannot be trusted right now (not synced, or its source failing): the reason it gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ViewUnavailable(pub String);
+
+/// The caller could not be identified as exactly one pod of this node (A.5): 500 with the lookup message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallerError {
+    /// The view failed while looking (fail closed).
+    #[error(transparent)]
+    View(#[from] ViewUnavailable),
+    /// No pod, or more than one, has the caller's IP (`pod list is empty`, `failed to match pod IP …`).
+    #[error("{0}")]
+    NoMatch(String),
+    /// The source of truth did not confirm that the matched pod still holds the caller's IP.
+    #[error("{0}")]
+    NotConfirmed(String),
+}
+
+/// Identity selection failed (A.6).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// The cluster view cannot be trusted: 500, never a token.
+    #[error(transparent)]
+    View(#[from] ViewUnavailable),
+    /// No identity (404, or 503 + Retry-After on the token path when enabled); NMI's message.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The identity was found but no token was obtained for it (A.3.1 steps 8–9).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// IMDS refused or could not be reached (403 for adal's refresh error, else 503).
+    #[error("failed to refresh token, error: {0}")]
+    Token(#[source] TokenError),
+    /// A service principal (`type: 1/2`): imds-proxy serves managed identities only.
+    #[error(
+        "identity {namespace}/{name} is a service principal (type {kind}); imds-proxy serves managed identities only"
+    )]
+    ServicePrincipal {
+        namespace: String,
+        name: String,
+        kind: i64,
+    },
+    /// Any other identity type.
+    #[error("unsupported identity type {0}")]
+    UnsupportedType(i64),
+}
+
+impl FetchError {
+    /// The status NMI answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            FetchError::Token(e) => e.status(),
+            FetchError::ServicePrincipal { .. } | FetchError::UnsupportedType(_) => 403,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_op_names() {
+        assert_eq!(go_url_error_op("GET"), "Get");
+        assert_eq!(go_url_error_op("POST"), "Post");
+        assert_eq!(go_url_error_op("x"), "X");
+        assert_eq!(go_url_error_op(""), "");
+    }
+
+    #[test]
+    fn errno_texts_are_go_like() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(errno_text(&refused), "connection refused");
+        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert_eq!(errno_text(&unreachable), "no route to host");
+    }
+
+    #[test]
+    fn timeout_text_is_gos() {
+        let e = UpstreamError::new(
+            &http::Method::GET,
+            "http://127.0.0.1:80/metadata/instance",
+            UpstreamCause::Timeout,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Get \"http://127.0.0.1:80/metadata/instance\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+        );
+    }
+}
