@@ -3,20 +3,23 @@
 //! Owns [`Case`], [`Level`], [`Outcome`], [`Feature`], [`Profile`] and [`BackendKind`]. It knows nothing
 //! about how requests are sent (that is [`crate::backend`]) nor how results are printed ([`crate::report`]).
 //!
-//! A case is a `static` value in one of the `catalog/` files:
+//! A case is declared once, data and body together, with [`crate::declare_case!`] in one of the
+//! `catalog/` files; the same declaration registers it in [`crate::catalog::CASES`]:
 //!
 //! ```ignore
-//! pub static HDR_001: Case = Case {
-//!     id: "HDR-001",
-//!     title: "token path without Metadata header is refused with 400 and nothing is forwarded",
-//!     level: Level::Must,
-//!     features: &[Feature::MetadataHeaderRequired],
-//!     unless: &[],                         // features that must NOT be claimed (off-behaviour cases)
-//!     backends: &[BackendKind::Loopback, BackendKind::Netns],
-//!     profiles: &[Profile::Nmi, Profile::Hardened],
-//!     spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
-//!     run: hdr_001,                        // fn(&mut Ctx) -> BoxFut<'_, Outcome>
-//! };
+//! declare_case!(
+//!     HDR_001 = Case {
+//!         id: "HDR-001",
+//!         title: "token request without Metadata header → 400 exact JSON, not forwarded",
+//!         level: Level::Must,
+//!         features: &[Feature::MetadataHeaderRequired],
+//!         backends: ANY_BACKEND,
+//!         profiles: &[Profile::Nmi, Profile::Hardened],
+//!         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
+//!         explain: "A non-host pod calls …",
+//!     },
+//!     |ctx| { /* -> Result<(), Outcome> */ Ok(()) }
+//! );
 //! ```
 //!
 //! The runner decides UNCLAIMED / SKIP before calling `run` (feature not claimed, backend cannot run it);

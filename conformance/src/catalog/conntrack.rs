@@ -7,15 +7,12 @@
 use std::time::Duration;
 
 use crate::backend::Target;
-use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::catalog::interception::connect_without_interceptor;
 use crate::catalog::{has_token, plain_pod, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, Sent, token_target};
+use crate::declare_case;
 use crate::http::Request;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&CT_001, &CT_002, &CT_003];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -56,103 +53,98 @@ async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
     })
 }
 
-case_fn!(ct_001, |ctx| {
-    match old_connection(ctx).await? {
-        After::Bypass(s) => Err(Outcome::fail(
-            "pre-existing IMDS flows deleted at start: nothing from the old connection reaches IMDS",
-            s,
-        )),
-        After::Cut(_) => {
-            // And a new connection is intercepted.
-            let pod = ctx.plain_pod().map(|p| p.name).unwrap_or_default();
-            let sent = ctx.send_token(&pod, "").await;
-            match sent.response() {
-                Some(r) if has_token(r) => Err(Outcome::fail(
-                    "a new connection after the restart is intercepted",
-                    r.summary(),
-                )),
-                _ => Ok(()),
+declare_case!(
+    CT_001 = Case {
+        id: "CT-001",
+        title: "a connection opened before the interceptor started no longer reaches IMDS once it is ready",
+        level: Level::Must,
+        features: &[Feature::EnableConntrackDeletion, Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Conntrack; REFERENCE A.1 (conntrack deletion after the first reconcile), A.12",
+        explain: "With no interceptor, a pod opens a keep-alive connection to 169.254.169.254 and gets the VM's token directly. The interceptor starts; after it is ready, a request on the old connection must not reach IMDS (reset or intercepted), and a new connection is intercepted.",
+    },
+    |ctx| {
+        match old_connection(ctx).await? {
+            After::Bypass(s) => Err(Outcome::fail(
+                "pre-existing IMDS flows deleted at start: nothing from the old connection reaches IMDS",
+                s,
+            )),
+            After::Cut(_) => {
+                // And a new connection is intercepted.
+                let pod = ctx.plain_pod().map(|p| p.name).unwrap_or_default();
+                let sent = ctx.send_token(&pod, "").await;
+                match sent.response() {
+                    Some(r) if has_token(r) => Err(Outcome::fail(
+                        "a new connection after the restart is intercepted",
+                        r.summary(),
+                    )),
+                    _ => Ok(()),
+                }
             }
         }
     }
-});
+);
 
-case_fn!(ct_002, |ctx| {
-    match old_connection(ctx).await? {
-        After::Bypass(s) => Err(Outcome::info(format!(
-            "bypass without conntrack deletion: {s}"
-        ))),
-        After::Cut(s) => Err(Outcome::info(format!(
-            "the old connection did not reach IMDS after the restart: {s}"
-        ))),
+declare_case!(
+    CT_002 = Case {
+        id: "CT-002",
+        title: "without conntrack deletion the pre-existing connection's bypass is recorded",
+        level: Level::Info,
+        features: &[Feature::Iptables],
+        unless: &[Feature::EnableConntrackDeletion],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Conntrack (feature off)",
+        explain: "Same procedure as CT-001 with the feature off: reports whether the old connection keeps reaching IMDS directly (the known NMI issue).",
+    },
+    |ctx| {
+        match old_connection(ctx).await? {
+            After::Bypass(s) => Err(Outcome::info(format!(
+                "bypass without conntrack deletion: {s}"
+            ))),
+            After::Cut(s) => Err(Outcome::info(format!(
+                "the old connection did not reach IMDS after the restart: {s}"
+            ))),
+        }
     }
-});
+);
 
-case_fn!(ct_003, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    let mut conn = ctx
-        .open(&pod.name, Target::ApiServer)
-        .await
-        .map_err(|e| Outcome::skip(format!("pod cannot reach the API server: {e}")))?;
-    let before = ctx.send_on(&mut conn, Request::get("/version")).await;
-    if before.status() != Some(200) {
-        return Err(Outcome::skip(format!(
-            "precondition: GET /version on the API server from the pod (got {})",
-            before.summary()
-        )));
+declare_case!(
+    CT_003 = Case {
+        id: "CT-003",
+        title: "flows unrelated to IMDS survive the deletion",
+        level: Level::Must,
+        features: &[Feature::EnableConntrackDeletion],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
+        explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        let mut conn = ctx
+            .open(&pod.name, Target::ApiServer)
+            .await
+            .map_err(|e| Outcome::skip(format!("pod cannot reach the API server: {e}")))?;
+        let before = ctx.send_on(&mut conn, Request::get("/version")).await;
+        if before.status() != Some(200) {
+            return Err(Outcome::skip(format!(
+                "precondition: GET /version on the API server from the pod (got {})",
+                before.summary()
+            )));
+        }
+        stop_interceptor(ctx, &node, false).await?;
+        start_interceptor(ctx, &node, "the interceptor to start").await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = ctx.send_on(&mut conn, Request::get("/version")).await;
+        if after.status() != Some(200) {
+            return Err(Outcome::fail(
+                "a keep-alive connection unrelated to IMDS survives the conntrack deletion",
+                after.summary(),
+            ));
+        }
+        Ok(())
     }
-    stop_interceptor(ctx, &node, false).await?;
-    start_interceptor(ctx, &node, "the interceptor to start").await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = ctx.send_on(&mut conn, Request::get("/version")).await;
-    if after.status() != Some(200) {
-        return Err(Outcome::fail(
-            "a keep-alive connection unrelated to IMDS survives the conntrack deletion",
-            after.summary(),
-        ));
-    }
-    Ok(())
-});
-
-/// CT-001.
-pub static CT_001: Case = Case {
-    id: "CT-001",
-    title: "a connection opened before the interceptor started no longer reaches IMDS once it is ready",
-    level: Level::Must,
-    features: &[Feature::EnableConntrackDeletion, Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Conntrack; REFERENCE A.1 (conntrack deletion after the first reconcile), A.12",
-    explain: "With no interceptor, a pod opens a keep-alive connection to 169.254.169.254 and gets the VM's token directly. The interceptor starts; after it is ready, a request on the old connection must not reach IMDS (reset or intercepted), and a new connection is intercepted.",
-    run: ct_001,
-};
-
-/// CT-002.
-pub static CT_002: Case = Case {
-    id: "CT-002",
-    title: "without conntrack deletion the pre-existing connection's bypass is recorded",
-    level: Level::Info,
-    features: &[Feature::Iptables],
-    unless: &[Feature::EnableConntrackDeletion],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Conntrack (feature off)",
-    explain: "Same procedure as CT-001 with the feature off: reports whether the old connection keeps reaching IMDS directly (the known NMI issue).",
-    run: ct_002,
-};
-
-/// CT-003.
-pub static CT_003: Case = Case {
-    id: "CT-003",
-    title: "flows unrelated to IMDS survive the deletion",
-    level: Level::Must,
-    features: &[Feature::EnableConntrackDeletion],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
-    explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",
-    run: ct_003,
-};
+);

@@ -5,14 +5,11 @@
 //! name is case-insensitive; with the feature off the request reaches IMDS, which answers 400 itself.
 
 use crate::backend::Target;
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{any_pod, expect_not_forwarded, expect_status, metadata_error_json, response};
 use crate::ctx::{Ctx, token_target};
+use crate::declare_case;
 use crate::http::Request;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&HDR_001, &HDR_002, &HDR_003, &HDR_004, &HDR_005, &HDR_006];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -43,194 +40,177 @@ async fn refused(
     expect_not_forwarded(ctx, &node, mark, &sent.tag, path_prefix, what).await
 }
 
-case_fn!(hdr_001, |ctx| {
-    refused(
-        ctx,
-        Request::get(token_target("")),
-        "/metadata/identity",
-        "token request without Metadata header",
-    )
-    .await
-});
-
-case_fn!(hdr_002, |ctx| {
-    for value in ["True", "false", "", "TRUE"] {
+declare_case!(
+    HDR_001 = Case {
+        id: "HDR-001",
+        title: "token request without Metadata header → 400 exact JSON, not forwarded",
+        level: Level::Must,
+        features: &[Feature::MetadataHeaderRequired],
+        profiles: P,
+        spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
+        explain: "A non-host pod calls /metadata/identity/oauth2/token without any Metadata header. The interceptor must answer 400 with {\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"} and must not forward anything to IMDS (checked in the VM's IMDS journal by request tag and path).",
+    },
+    |ctx| {
         refused(
             ctx,
-            Request::get(token_target("")).header("Metadata", value),
+            Request::get(token_target("")),
             "/metadata/identity",
-            &format!("token request with `Metadata: {value}`"),
+            "token request without Metadata header",
         )
-        .await?;
+        .await
     }
-    Ok(())
-});
+);
 
-case_fn!(hdr_003, |ctx| {
-    for target in [
-        "/metadata/versions",
-        "/metadata/attested/document?api-version=2020-09-01",
-        "/metadata/scheduledevents?api-version=2020-07-01",
-    ] {
-        let path = target.split('?').next().unwrap_or(target);
-        refused(
-            ctx,
-            Request::get(target),
-            path,
-            &format!("pass-through GET {target} without Metadata header"),
-        )
-        .await?;
-    }
-    Ok(())
-});
-
-case_fn!(hdr_004, |ctx| {
-    let (pod, _) = sender(ctx)?;
-    for name in ["metadata", "METADATA", "MeTaDaTa"] {
-        let sent = ctx
-            .send(
-                &pod,
-                Target::Imds,
-                Request::get("/metadata/versions").header(name, "true"),
+declare_case!(
+    HDR_002 = Case {
+        id: "HDR-002",
+        title: "Metadata header value is case-sensitive: True, false, empty, TRUE → 400, not forwarded",
+        level: Level::Must,
+        features: &[Feature::MetadataHeaderRequired],
+        profiles: P,
+        spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1 (value must be exactly `true`)",
+        explain: "NMI compares the Metadata header value with `true` exactly. `True`, `TRUE`, `false` and an empty value are refused with the same 400 JSON and nothing reaches IMDS.",
+    },
+    |ctx| {
+        for value in ["True", "false", "", "TRUE"] {
+            refused(
+                ctx,
+                Request::get(token_target("")).header("Metadata", value),
+                "/metadata/identity",
+                &format!("token request with `Metadata: {value}`"),
             )
+            .await?;
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    HDR_003 = Case {
+        id: "HDR-003",
+        title: "pass-through paths without Metadata header → 400 exact JSON, not forwarded",
+        level: Level::Must,
+        features: &[Feature::MetadataHeaderRequired],
+        profiles: P,
+        spec: "SPEC §3 Metadata header; REFERENCE A.3.3",
+        explain: "The default pass-through handler enforces the header too: /metadata/versions, /metadata/attested/document and /metadata/scheduledevents without it get the 400 JSON and are not forwarded.",
+    },
+    |ctx| {
+        for target in [
+            "/metadata/versions",
+            "/metadata/attested/document?api-version=2020-09-01",
+            "/metadata/scheduledevents?api-version=2020-07-01",
+        ] {
+            let path = target.split('?').next().unwrap_or(target);
+            refused(
+                ctx,
+                Request::get(target),
+                path,
+                &format!("pass-through GET {target} without Metadata header"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    HDR_004 = Case {
+        id: "HDR-004",
+        title: "Metadata header name is case-insensitive (metadata, METADATA, MeTaDaTa)",
+        level: Level::Must,
+        features: &[Feature::MetadataHeaderRequired, Feature::Passthrough],
+        profiles: P,
+        spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1, D (Rust SDK sends lower-case)",
+        explain: "HTTP header names are case-insensitive; real clients (Rust azure_identity) send `metadata: true`. Such requests must be served (200 on /metadata/versions).",
+    },
+    |ctx| {
+        let (pod, _) = sender(ctx)?;
+        for name in ["metadata", "METADATA", "MeTaDaTa"] {
+            let sent = ctx
+                .send(
+                    &pod,
+                    Target::Imds,
+                    Request::get("/metadata/versions").header(name, "true"),
+                )
+                .await;
+            let r = response(&sent, "a response")?;
+            if r.status == 400 && r.text().contains("Required metadata header") {
+                return Err(Outcome::fail(
+                    format!("header name `{name}` accepted (names are case-insensitive)"),
+                    r.summary(),
+                ));
+            }
+            if r.status != 200 {
+                return Err(Outcome::fail(
+                    format!("GET /metadata/versions with `{name}: true` → 200"),
+                    r.summary(),
+                ));
+            }
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    HDR_005 = Case {
+        id: "HDR-005",
+        title: "the header refusal is JSON (Content-Type application/json)",
+        level: Level::Should,
+        features: &[Feature::MetadataHeaderRequired],
+        profiles: P,
+        spec: "REFERENCE A.3.1 step 1, B.1",
+        explain: "NMI and IMDS both answer the missing-header 400 with Content-Type application/json; charset=utf-8; SDKs parse the error body as JSON.",
+    },
+    |ctx| {
+        let (pod, _) = sender(ctx)?;
+        let sent = ctx
+            .send(&pod, Target::Imds, Request::get(token_target("")))
             .await;
-        let r = response(&sent, "a response")?;
-        if r.status == 400 && r.text().contains("Required metadata header") {
+        let r = expect_status(&sent, 400, "token request without Metadata header")?;
+        let ct = r.header("content-type").unwrap_or("");
+        if !ct.to_ascii_lowercase().starts_with("application/json") {
             return Err(Outcome::fail(
-                format!("header name `{name}` accepted (names are case-insensitive)"),
-                r.summary(),
+                "Content-Type: application/json; charset=utf-8 on the 400",
+                format!("Content-Type: {ct:?}"),
             ));
         }
-        if r.status != 200 {
-            return Err(Outcome::fail(
-                format!("GET /metadata/versions with `{name}: true` → 200"),
-                r.summary(),
-            ));
+        Ok(())
+    }
+);
+
+declare_case!(
+    HDR_006 = Case {
+        id: "HDR-006",
+        title: "header check off: the request reaches IMDS, which answers 400 itself",
+        level: Level::Should,
+        features: &[Feature::Passthrough],
+        unless: &[Feature::MetadataHeaderRequired],
+        profiles: &[Profile::Nmi],
+        spec: "SPEC §3 Metadata header (feature off)",
+        explain: "With metadataHeaderRequired off, a pass-through request without the header is forwarded unchanged; IMDS refuses it with 400, visible in its journal under the request's tag.",
+    },
+    |ctx| {
+        let (pod, node) = sender(ctx)?;
+        let sent = ctx
+            .send(&pod, Target::Imds, Request::get("/metadata/versions"))
+            .await;
+        let r = expect_status(
+            &sent,
+            400,
+            "with the header check off, IMDS itself refuses the request",
+        )?;
+        let seen = ctx.tagged(&node, &sent.tag).await;
+        match seen.first() {
+            Some(e) if e.status == 400 => Ok(()),
+            Some(e) => Err(Outcome::fail(
+                "the request in the IMDS journal with status 400",
+                format!("journal status {}", e.status),
+            )),
+            None => Err(Outcome::fail(
+                "the request forwarded to IMDS (found in its journal)",
+                format!("not in the journal; pod got {}", r.summary()),
+            )),
         }
     }
-    Ok(())
-});
-
-case_fn!(hdr_005, |ctx| {
-    let (pod, _) = sender(ctx)?;
-    let sent = ctx
-        .send(&pod, Target::Imds, Request::get(token_target("")))
-        .await;
-    let r = expect_status(&sent, 400, "token request without Metadata header")?;
-    let ct = r.header("content-type").unwrap_or("");
-    if !ct.to_ascii_lowercase().starts_with("application/json") {
-        return Err(Outcome::fail(
-            "Content-Type: application/json; charset=utf-8 on the 400",
-            format!("Content-Type: {ct:?}"),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(hdr_006, |ctx| {
-    let (pod, node) = sender(ctx)?;
-    let sent = ctx
-        .send(&pod, Target::Imds, Request::get("/metadata/versions"))
-        .await;
-    let r = expect_status(
-        &sent,
-        400,
-        "with the header check off, IMDS itself refuses the request",
-    )?;
-    let seen = ctx.tagged(&node, &sent.tag).await;
-    match seen.first() {
-        Some(e) if e.status == 400 => Ok(()),
-        Some(e) => Err(Outcome::fail(
-            "the request in the IMDS journal with status 400",
-            format!("journal status {}", e.status),
-        )),
-        None => Err(Outcome::fail(
-            "the request forwarded to IMDS (found in its journal)",
-            format!("not in the journal; pod got {}", r.summary()),
-        )),
-    }
-});
-
-/// HDR-001.
-pub static HDR_001: Case = Case {
-    id: "HDR-001",
-    title: "token request without Metadata header → 400 exact JSON, not forwarded",
-    level: Level::Must,
-    features: &[Feature::MetadataHeaderRequired],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
-    explain: "A non-host pod calls /metadata/identity/oauth2/token without any Metadata header. The interceptor must answer 400 with {\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"} and must not forward anything to IMDS (checked in the VM's IMDS journal by request tag and path).",
-    run: hdr_001,
-};
-
-/// HDR-002.
-pub static HDR_002: Case = Case {
-    id: "HDR-002",
-    title: "Metadata header value is case-sensitive: True, false, empty, TRUE → 400, not forwarded",
-    level: Level::Must,
-    features: &[Feature::MetadataHeaderRequired],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1 (value must be exactly `true`)",
-    explain: "NMI compares the Metadata header value with `true` exactly. `True`, `TRUE`, `false` and an empty value are refused with the same 400 JSON and nothing reaches IMDS.",
-    run: hdr_002,
-};
-
-/// HDR-003.
-pub static HDR_003: Case = Case {
-    id: "HDR-003",
-    title: "pass-through paths without Metadata header → 400 exact JSON, not forwarded",
-    level: Level::Must,
-    features: &[Feature::MetadataHeaderRequired],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Metadata header; REFERENCE A.3.3",
-    explain: "The default pass-through handler enforces the header too: /metadata/versions, /metadata/attested/document and /metadata/scheduledevents without it get the 400 JSON and are not forwarded.",
-    run: hdr_003,
-};
-
-/// HDR-004.
-pub static HDR_004: Case = Case {
-    id: "HDR-004",
-    title: "Metadata header name is case-insensitive (metadata, METADATA, MeTaDaTa)",
-    level: Level::Must,
-    features: &[Feature::MetadataHeaderRequired, Feature::Passthrough],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1, D (Rust SDK sends lower-case)",
-    explain: "HTTP header names are case-insensitive; real clients (Rust azure_identity) send `metadata: true`. Such requests must be served (200 on /metadata/versions).",
-    run: hdr_004,
-};
-
-/// HDR-005.
-pub static HDR_005: Case = Case {
-    id: "HDR-005",
-    title: "the header refusal is JSON (Content-Type application/json)",
-    level: Level::Should,
-    features: &[Feature::MetadataHeaderRequired],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "REFERENCE A.3.1 step 1, B.1",
-    explain: "NMI and IMDS both answer the missing-header 400 with Content-Type application/json; charset=utf-8; SDKs parse the error body as JSON.",
-    run: hdr_005,
-};
-
-/// HDR-006.
-pub static HDR_006: Case = Case {
-    id: "HDR-006",
-    title: "header check off: the request reaches IMDS, which answers 400 itself",
-    level: Level::Should,
-    features: &[Feature::Passthrough],
-    unless: &[Feature::MetadataHeaderRequired],
-    backends: ANY_BACKEND,
-    profiles: &[Profile::Nmi],
-    spec: "SPEC §3 Metadata header (feature off)",
-    explain: "With metadataHeaderRequired off, a pass-through request without the header is forwarded unchanged; IMDS refuses it with 400, visible in its journal under the request's tag.",
-    run: hdr_006,
-};
+);

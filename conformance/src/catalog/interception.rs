@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use crate::backend::PodView;
 use crate::backend::Target;
-use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::catalog::{has_token, plain_pod, response, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, token_target};
+use crate::declare_case;
 use crate::http::{Conn, Request};
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&IPT_001, &IPT_002, &IPT_003, &IPT_004, &IPT_005];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -62,59 +59,85 @@ async fn intercepted(ctx: &mut Ctx, pod: &str) -> Result<bool, Outcome> {
     Ok(!has_token(r))
 }
 
-case_fn!(ipt_001, |ctx| {
-    let pod = plain_pod(ctx)?;
-    if !intercepted(ctx, &pod.name).await? {
-        return Err(Outcome::fail(
-            "a non-host pod without identity is answered by the interceptor (no token)",
-            "it received a token: its traffic reached IMDS directly",
-        ));
-    }
-    let host = ctx.host_pod(&pod.node);
-    let sent = ctx.send_token(&host, "").await;
-    let r = response(&sent, "a token for host traffic")?;
-    if r.status != 200 {
-        return Err(Outcome::fail(
-            "host-network traffic is not intercepted (IMDS gives the node its token)",
-            r.summary(),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(ipt_002, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    let interval = ctx.flag_u64("ipt-update-interval-sec", 60);
-    if interval > 60 {
-        return Err(Outcome::skip(format!(
-            "reconcile interval {interval}s too long for a run"
-        )));
-    }
-    ctx.touched_interceptor();
-    // Tamper: delete every nat rule that redirects IMDS traffic (whatever chain the vendor uses).
-    let deleted = remove_redirects(ctx, &node).await?;
-    if deleted == 0 {
-        return Err(Outcome::fail(
-            "a DNAT/REDIRECT rule for 169.254.169.254 in the nat table to tamper with",
-            "none found",
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
-    loop {
-        let nat = nat_rules(ctx, &node).await?;
-        if redirects(&nat) && intercepted(ctx, &pod.name).await? {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
+declare_case!(
+    IPT_001 = Case {
+        id: "IPT-001",
+        title: "non-host pod traffic is answered by the interceptor; host traffic is not",
+        level: Level::Must,
+        features: &[Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Interception; REFERENCE A.1 (PREROUTING DNAT, OUTPUT untouched)",
+        explain: "A pod without identity asking 169.254.169.254 for a token is answered by the interceptor (no token), while a host-network caller's identical request reaches IMDS (the node's token).",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        if !intercepted(ctx, &pod.name).await? {
             return Err(Outcome::fail(
-                format!("redirect rules restored within the reconcile interval ({interval}s + 5s)"),
-                "not restored",
+                "a non-host pod without identity is answered by the interceptor (no token)",
+                "it received a token: its traffic reached IMDS directly",
             ));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let host = ctx.host_pod(&pod.node);
+        let sent = ctx.send_token(&host, "").await;
+        let r = response(&sent, "a token for host traffic")?;
+        if r.status != 200 {
+            return Err(Outcome::fail(
+                "host-network traffic is not intercepted (IMDS gives the node its token)",
+                r.summary(),
+            ));
+        }
+        Ok(())
     }
-});
+);
+
+declare_case!(
+    IPT_002 = Case {
+        id: "IPT-002",
+        title: "redirect rules are restored within the reconcile interval after tampering",
+        level: Level::Must,
+        features: &[Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Interception; REFERENCE A.1 (reconcile every --ipt-update-interval-sec)",
+        explain: "Every nat rule that DNATs/REDIRECTs 169.254.169.254 is deleted in the node; within interval + 5 s the rules are back and a pod is intercepted again.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        let interval = ctx.flag_u64("ipt-update-interval-sec", 60);
+        if interval > 60 {
+            return Err(Outcome::skip(format!(
+                "reconcile interval {interval}s too long for a run"
+            )));
+        }
+        ctx.touched_interceptor();
+        // Tamper: delete every nat rule that redirects IMDS traffic (whatever chain the vendor uses).
+        let deleted = remove_redirects(ctx, &node).await?;
+        if deleted == 0 {
+            return Err(Outcome::fail(
+                "a DNAT/REDIRECT rule for 169.254.169.254 in the nat table to tamper with",
+                "none found",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
+        loop {
+            let nat = nat_rules(ctx, &node).await?;
+            if redirects(&nat) && intercepted(ctx, &pod.name).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Outcome::fail(
+                    format!(
+                        "redirect rules restored within the reconcile interval ({interval}s + 5s)"
+                    ),
+                    "not restored",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+);
 
 /// Deletes every nat rule of `node` that DNATs/REDIRECTs 169.254.169.254; returns how many.
 pub(crate) async fn remove_redirects(ctx: &Ctx, node: &str) -> Result<usize, Outcome> {
@@ -181,186 +204,152 @@ fn shell_split(s: &str) -> Vec<String> {
     out
 }
 
-case_fn!(ipt_003, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    stop_interceptor(ctx, &node, true).await?;
-    let nat = nat_rules(ctx, &node).await?;
-    if redirects(&nat) {
-        return Err(Outcome::fail(
-            "no IMDS redirect left in the nat table after SIGTERM",
-            nat.lines()
-                .filter(|l| l.contains("169.254.169.254"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-        ));
+declare_case!(
+    IPT_003 = Case {
+        id: "IPT-003",
+        title: "rules are removed on SIGTERM",
+        level: Level::Must,
+        features: &[Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Interception; REFERENCE A.1 (shutdown removes the jump and the chain)",
+        explain: "After SIGTERM (and the process's exit) the nat table holds no IMDS redirect and pods reach IMDS directly (nothing black-holed).",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        stop_interceptor(ctx, &node, true).await?;
+        let nat = nat_rules(ctx, &node).await?;
+        if redirects(&nat) {
+            return Err(Outcome::fail(
+                "no IMDS redirect left in the nat table after SIGTERM",
+                nat.lines()
+                    .filter(|l| l.contains("169.254.169.254"))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            ));
+        }
+        if intercepted(ctx, &pod.name).await? {
+            return Err(Outcome::fail(
+                "after SIGTERM pod traffic reaches IMDS directly",
+                "still answered without a token",
+            ));
+        }
+        Ok(())
     }
-    if intercepted(ctx, &pod.name).await? {
-        return Err(Outcome::fail(
-            "after SIGTERM pod traffic reaches IMDS directly",
-            "still answered without a token",
-        ));
-    }
-    Ok(())
-});
+);
 
-case_fn!(ipt_004, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    let Some(probe) = ctx.backend.probe_port() else {
-        return Err(Outcome::skip("no health probe port for this interceptor"));
-    };
-    stop_interceptor(ctx, &node, false).await?;
-    // Remove any leftovers of the killed process so "rules present" is the new instance's doing.
-    remove_redirects(ctx, &node).await?;
-    let backend = ctx.backend.clone();
-    let n2 = node.clone();
-    let start = tokio::spawn(async move { backend.start_interceptor(&n2).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut verdict = None;
-    while tokio::time::Instant::now() < deadline {
-        let probe_req = Request::get("/healthz");
-        let sent = ctx
-            .send_timeout(
-                &node,
-                Target::NodeLocal(probe),
-                probe_req,
-                Duration::from_millis(300),
-                Duration::from_secs(2),
-            )
+declare_case!(
+    IPT_004 = Case {
+        id: "IPT-004",
+        title: "ready only after the rules are in place",
+        level: Level::Must,
+        features: &[Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Interception; REFERENCE A.1 (Initialized after the first reconcile), A.10",
+        explain: "The interceptor is restarted; the first time its health probe reports `Active`, the nat table already redirects IMDS traffic.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        let Some(probe) = ctx.backend.probe_port() else {
+            return Err(Outcome::skip("no health probe port for this interceptor"));
+        };
+        stop_interceptor(ctx, &node, false).await?;
+        // Remove any leftovers of the killed process so "rules present" is the new instance's doing.
+        remove_redirects(ctx, &node).await?;
+        let backend = ctx.backend.clone();
+        let n2 = node.clone();
+        let start = tokio::spawn(async move { backend.start_interceptor(&n2).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut verdict = None;
+        while tokio::time::Instant::now() < deadline {
+            let probe_req = Request::get("/healthz");
+            let sent = ctx
+                .send_timeout(
+                    &node,
+                    Target::NodeLocal(probe),
+                    probe_req,
+                    Duration::from_millis(300),
+                    Duration::from_secs(2),
+                )
+                .await;
+            if let Some(r) = sent.response()
+                && r.status == 200
+                && r.text().trim() == "Active"
+            {
+                let nat = nat_rules(ctx, &node).await?;
+                verdict = Some(redirects(&nat));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = start.await.map_err(|e| Outcome::skip(e.to_string()))?;
+        started.map_err(|e| Outcome::fail("the interceptor to restart", e.to_string()))?;
+        match verdict {
+            Some(true) => Ok(()),
+            Some(false) => Err(Outcome::fail(
+                "when the probe reports Active, the redirect rules are in place",
+                "probe Active while the nat table had no IMDS redirect",
+            )),
+            None => Err(Outcome::fail(
+                "the health probe to report `Active` within 30 s of the restart",
+                "it never did",
+            )),
+        }
+    }
+);
+
+declare_case!(
+    IPT_005 = Case {
+        id: "IPT-005",
+        title: "pods connected before the interceptor started (reported)",
+        level: Level::Info,
+        features: &[Feature::Iptables],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 Interception; REFERENCE A.12",
+        explain: "A pod opens a keep-alive connection to IMDS while no interceptor runs, then the interceptor starts; reports whether the old connection still reaches IMDS directly and how many IMDS flows conntrack holds.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        let mut conn = connect_without_interceptor(ctx, &pod).await?;
+        let first = ctx
+            .send_on(&mut conn, Request::get("/metadata/versions").metadata())
             .await;
-        if let Some(r) = sent.response()
-            && r.status == 200
-            && r.text().trim() == "Active"
-        {
-            let nat = nat_rules(ctx, &node).await?;
-            verdict = Some(redirects(&nat));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        start_interceptor(ctx, &node, "the interceptor to restart").await?;
+        let second = ctx
+            .send_on(&mut conn, Request::get(token_target("")).metadata())
+            .await;
+        let flows = ctx
+            .backend
+            .exec(
+                &node,
+                vec![
+                    "conntrack".into(),
+                    "-L".into(),
+                    "-d".into(),
+                    "169.254.169.254".into(),
+                ],
+            )
+            .await
+            .map(|o| o.stdout.lines().count())
+            .unwrap_or(0);
+        Err(Outcome::info(format!(
+            "pod connected before the interceptor: first request {}, after start {} ({}); {flows} IMDS flows tracked in the node",
+            first
+                .status()
+                .map_or_else(|| first.summary(), |s| s.to_string()),
+            second
+                .status()
+                .map_or_else(|| second.summary(), |s| s.to_string()),
+            match second.response() {
+                Some(r) if has_token(r) => "still reaching IMDS directly",
+                Some(_) => "intercepted",
+                None => "connection reset",
+            }
+        )))
     }
-    let started = start.await.map_err(|e| Outcome::skip(e.to_string()))?;
-    started.map_err(|e| Outcome::fail("the interceptor to restart", e.to_string()))?;
-    match verdict {
-        Some(true) => Ok(()),
-        Some(false) => Err(Outcome::fail(
-            "when the probe reports Active, the redirect rules are in place",
-            "probe Active while the nat table had no IMDS redirect",
-        )),
-        None => Err(Outcome::fail(
-            "the health probe to report `Active` within 30 s of the restart",
-            "it never did",
-        )),
-    }
-});
-
-case_fn!(ipt_005, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    let mut conn = connect_without_interceptor(ctx, &pod).await?;
-    let first = ctx
-        .send_on(&mut conn, Request::get("/metadata/versions").metadata())
-        .await;
-    start_interceptor(ctx, &node, "the interceptor to restart").await?;
-    let second = ctx
-        .send_on(&mut conn, Request::get(token_target("")).metadata())
-        .await;
-    let flows = ctx
-        .backend
-        .exec(
-            &node,
-            vec![
-                "conntrack".into(),
-                "-L".into(),
-                "-d".into(),
-                "169.254.169.254".into(),
-            ],
-        )
-        .await
-        .map(|o| o.stdout.lines().count())
-        .unwrap_or(0);
-    Err(Outcome::info(format!(
-        "pod connected before the interceptor: first request {}, after start {} ({}); {flows} IMDS flows tracked in the node",
-        first
-            .status()
-            .map_or_else(|| first.summary(), |s| s.to_string()),
-        second
-            .status()
-            .map_or_else(|| second.summary(), |s| s.to_string()),
-        match second.response() {
-            Some(r) if has_token(r) => "still reaching IMDS directly",
-            Some(_) => "intercepted",
-            None => "connection reset",
-        }
-    )))
-});
-
-/// IPT-001.
-pub static IPT_001: Case = Case {
-    id: "IPT-001",
-    title: "non-host pod traffic is answered by the interceptor; host traffic is not",
-    level: Level::Must,
-    features: &[Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Interception; REFERENCE A.1 (PREROUTING DNAT, OUTPUT untouched)",
-    explain: "A pod without identity asking 169.254.169.254 for a token is answered by the interceptor (no token), while a host-network caller's identical request reaches IMDS (the node's token).",
-    run: ipt_001,
-};
-
-/// IPT-002.
-pub static IPT_002: Case = Case {
-    id: "IPT-002",
-    title: "redirect rules are restored within the reconcile interval after tampering",
-    level: Level::Must,
-    features: &[Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Interception; REFERENCE A.1 (reconcile every --ipt-update-interval-sec)",
-    explain: "Every nat rule that DNATs/REDIRECTs 169.254.169.254 is deleted in the node; within interval + 5 s the rules are back and a pod is intercepted again.",
-    run: ipt_002,
-};
-
-/// IPT-003.
-pub static IPT_003: Case = Case {
-    id: "IPT-003",
-    title: "rules are removed on SIGTERM",
-    level: Level::Must,
-    features: &[Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Interception; REFERENCE A.1 (shutdown removes the jump and the chain)",
-    explain: "After SIGTERM (and the process's exit) the nat table holds no IMDS redirect and pods reach IMDS directly (nothing black-holed).",
-    run: ipt_003,
-};
-
-/// IPT-004.
-pub static IPT_004: Case = Case {
-    id: "IPT-004",
-    title: "ready only after the rules are in place",
-    level: Level::Must,
-    features: &[Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Interception; REFERENCE A.1 (Initialized after the first reconcile), A.10",
-    explain: "The interceptor is restarted; the first time its health probe reports `Active`, the nat table already redirects IMDS traffic.",
-    run: ipt_004,
-};
-
-/// IPT-005.
-pub static IPT_005: Case = Case {
-    id: "IPT-005",
-    title: "pods connected before the interceptor started (reported)",
-    level: Level::Info,
-    features: &[Feature::Iptables],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 Interception; REFERENCE A.12",
-    explain: "A pod opens a keep-alive connection to IMDS while no interceptor runs, then the interceptor starts; reports whether the old connection still reaches IMDS directly and how many IMDS flows conntrack holds.",
-    run: ipt_005,
-};
+);

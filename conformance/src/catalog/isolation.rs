@@ -10,18 +10,12 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{PodView, Target};
-use crate::case::{ANY_BACKEND, BackendKind, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{BackendKind, Feature, Level, Outcome, Profile};
 use crate::catalog::{has_token, identity_pod, plain_pod, response};
 use crate::cluster;
 use crate::ctx::{Ctx, token_client_id, token_target};
+use crate::declare_case;
 use crate::http::Request;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[
-    &ISO_001, &ISO_002, &ISO_003, &ISO_004, &ISO_005, &ISO_006, &ISO_007, &ISO_008, &ISO_009,
-    &ISO_010,
-];
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
@@ -59,158 +53,213 @@ fn a_ids(ctx: &Ctx, a: &PodView) -> Vec<String> {
         .collect()
 }
 
-case_fn!(iso_001, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let ids: Vec<_> = ctx.identities_of(&a.name).into_iter().cloned().collect();
-    // Every spelling for the first identity; the others by client_id only (each refusal waits out the
-    // interceptor's retry budget, so this keeps the run short without losing coverage of the selectors).
-    for (n, id) in ids.iter().enumerate() {
-        let res = percent_encoding::utf8_percent_encode(
-            &id.resource_id(),
-            percent_encoding::NON_ALPHANUMERIC,
+declare_case!(
+    ISO_001 = Case {
+        id: "ISO-001",
+        title: "pod B never gets pod A's identity (none / client_id any case / msi_res_id / mi_res_id)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2, §3 Isolation",
+        explain: "A pod without identity asks for the token of another pod's identity in every way a client can name it; it is always refused and never receives a token.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let ids: Vec<_> = ctx.identities_of(&a.name).into_iter().cloned().collect();
+        // Every spelling for the first identity; the others by client_id only (each refusal waits out the
+        // interceptor's retry budget, so this keeps the run short without losing coverage of the selectors).
+        for (n, id) in ids.iter().enumerate() {
+            let res = percent_encoding::utf8_percent_encode(
+                &id.resource_id(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            for extra in [
+                String::new(),
+                format!("&client_id={}", id.client_id()),
+                format!("&client_id={}", id.client_id().to_ascii_uppercase()),
+                format!("&msi_res_id={res}"),
+                format!("&mi_res_id={res}"),
+            ]
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| n == 0 || *i == 1)
+            .map(|(_, e)| e)
+            {
+                let sent = ctx.send_token(&b.name, &extra).await;
+                let r = response(&sent, "a refusal")?;
+                if r.status == 200 {
+                    return Err(Outcome::fail(
+                        format!(
+                            "pod {} asking for pod {}'s identity ({extra}): refused",
+                            b.name, a.name
+                        ),
+                        r.summary(),
+                    ));
+                }
+                no_foreign_token(r, &forbidden, "identity of another pod")?;
+            }
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_002 = Case {
+        id: "ISO-002",
+        title: "spoofed X-Forwarded-For / podname / podns change nothing; X-Forwarded-For is not forwarded",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (never forwards a client X-Forwarded-For), §3 Isolation",
+        explain: "The caller is identified by its source address only: headers naming another pod or its IP do not change which identity is served, and an X-Forwarded-For header never reaches IMDS.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let a_ip = a.ip.to_string();
+        let req = Request::get(token_target(""))
+            .metadata()
+            .header("X-Forwarded-For", &a_ip)
+            .header("X-Real-IP", &a_ip)
+            .header("podname", &a.name)
+            .header("podns", &a.namespace);
+        let sent = ctx.send(&b.name, Target::Imds, req).await;
+        let r = response(&sent, "a refusal")?;
+        no_foreign_token(r, &forbidden, "spoofed X-Forwarded-For/podname/podns")?;
+        // X-Forwarded-For is never forwarded upstream (IMDS rejects it; it must not reach IMDS at all).
+        let sent = ctx
+            .send(
+                &b.name,
+                Target::Imds,
+                Request::get("/metadata/versions")
+                    .metadata()
+                    .header("X-Forwarded-For", &a_ip),
+            )
+            .await;
+        let seen = ctx.tagged(&b.node, &sent.tag).await;
+        if let Some(e) = seen.iter().find(|e| e.header("x-forwarded-for").is_some()) {
+            return Err(Outcome::fail(
+                "no X-Forwarded-For header on requests forwarded to IMDS",
+                format!(
+                    "IMDS saw X-Forwarded-For: {:?}",
+                    e.header("x-forwarded-for")
+                ),
+            ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_003 = Case {
+        id: "ISO-003",
+        title: "a reused pod IP gets no stale identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Isolation",
+        explain: "Pod A (with identity) is deleted and a new pod without identity receives its IP while A's AzureAssignedIdentity lingers; within 10 s the address must no longer receive A's identity.",
+    },
+    |ctx| {
+        let (a, _) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        let node_ip = ctx.world().node_ip(&a.node);
+        // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
+        let old = cluster::pod_object(&a, node_ip);
+        ctx.delete(&old)
+            .await
+            .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
+        let mut reused = a.clone();
+        reused.name = format!("{}-new", a.name);
+        reused.labels.clear();
+        ctx.apply(cluster::pod_object(&reused, node_ip))
+            .await
+            .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
+        let req = Request::get(token_target("")).metadata();
+        // Watch propagation: within 10 s the new pod must no longer get A's identity.
+        let sent = ctx
+            .poll(&a.name, &req, Duration::from_secs(10), |s| {
+                s.response().is_some_and(|r| !has_token(r))
+            })
+            .await;
+        let r = response(&sent, "a refusal for the new pod")?;
+        no_foreign_token(
+            r,
+            &forbidden,
+            "reused pod IP (within 10 s of the pod change)",
         )
-        .to_string();
+    }
+);
+
+declare_case!(
+    ISO_004 = Case {
+        id: "ISO-004",
+        title: "denied responses leak no token bytes",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Isolation",
+        explain: "A pod without identity is refused and the refusal body contains no access token (no `access_token`, no JWT).",
+    },
+    |ctx| {
+        let (_, b) = pair(ctx)?;
+        let sent = ctx.send_token(&b.name, "").await;
+        let r = response(&sent, "a refusal")?;
+        let text = r.text();
+        if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
+            return Err(Outcome::fail(
+                "a pod without identity gets a refusal with no token bytes",
+                r.summary(),
+            ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    ISO_005 = Case {
+        id: "ISO-005",
+        title: "API server down → fail closed (no token for an unknown pod, never a wrong identity)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "With the API server refusing requests and dropping watches, a pod without identity still gets no token and never another pod's identity.",
+    },
+    |ctx| {
+        let (a, b) = pair(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        // A pod the interceptor has never seen appears while the API server is down.
+        let node_ip = ctx.world().node_ip(&b.node);
+        ctx.set_api_available(false)
+            .await
+            .map_err(|e| Outcome::skip(format!("taking the API server down: {e}")))?;
+        // The runner restores availability and the pod after the case.
+        ctx.delete(&cluster::pod_object(&b, node_ip)).await.ok();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         for extra in [
             String::new(),
-            format!("&client_id={}", id.client_id()),
-            format!("&client_id={}", id.client_id().to_ascii_uppercase()),
-            format!("&msi_res_id={res}"),
-            format!("&mi_res_id={res}"),
-        ]
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| n == 0 || *i == 1)
-        .map(|(_, e)| e)
-        {
-            let sent = ctx.send_token(&b.name, &extra).await;
-            let r = response(&sent, "a refusal")?;
-            if r.status == 200 {
-                return Err(Outcome::fail(
-                    format!(
-                        "pod {} asking for pod {}'s identity ({extra}): refused",
-                        b.name, a.name
-                    ),
-                    r.summary(),
-                ));
-            }
-            no_foreign_token(r, &forbidden, "identity of another pod")?;
-        }
-    }
-    Ok(())
-});
-
-case_fn!(iso_002, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let a_ip = a.ip.to_string();
-    let req = Request::get(token_target(""))
-        .metadata()
-        .header("X-Forwarded-For", &a_ip)
-        .header("X-Real-IP", &a_ip)
-        .header("podname", &a.name)
-        .header("podns", &a.namespace);
-    let sent = ctx.send(&b.name, Target::Imds, req).await;
-    let r = response(&sent, "a refusal")?;
-    no_foreign_token(r, &forbidden, "spoofed X-Forwarded-For/podname/podns")?;
-    // X-Forwarded-For is never forwarded upstream (IMDS rejects it; it must not reach IMDS at all).
-    let sent = ctx
-        .send(
-            &b.name,
-            Target::Imds,
-            Request::get("/metadata/versions")
-                .metadata()
-                .header("X-Forwarded-For", &a_ip),
-        )
-        .await;
-    let seen = ctx.tagged(&b.node, &sent.tag).await;
-    if let Some(e) = seen.iter().find(|e| e.header("x-forwarded-for").is_some()) {
-        return Err(Outcome::fail(
-            "no X-Forwarded-For header on requests forwarded to IMDS",
             format!(
-                "IMDS saw X-Forwarded-For: {:?}",
-                e.header("x-forwarded-for")
+                "&client_id={}",
+                forbidden.first().cloned().unwrap_or_default()
             ),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(iso_003, |ctx| {
-    let (a, _) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    let node_ip = ctx.world().node_ip(&a.node);
-    // Pod A goes away; a new pod without identity gets its IP. A's AAI lingers (MIC is slow to clean up).
-    let old = cluster::pod_object(&a, node_ip);
-    ctx.delete(&old)
-        .await
-        .map_err(|e| Outcome::skip(format!("deleting the pod failed: {e}")))?;
-    let mut reused = a.clone();
-    reused.name = format!("{}-new", a.name);
-    reused.labels.clear();
-    ctx.apply(cluster::pod_object(&reused, node_ip))
-        .await
-        .map_err(|e| Outcome::skip(format!("creating the pod failed: {e}")))?;
-    let req = Request::get(token_target("")).metadata();
-    // Watch propagation: within 10 s the new pod must no longer get A's identity.
-    let sent = ctx
-        .poll(&a.name, &req, Duration::from_secs(10), |s| {
-            s.response().is_some_and(|r| !has_token(r))
-        })
-        .await;
-    let r = response(&sent, "a refusal for the new pod")?;
-    no_foreign_token(
-        r,
-        &forbidden,
-        "reused pod IP (within 10 s of the pod change)",
-    )
-});
-
-case_fn!(iso_004, |ctx| {
-    let (_, b) = pair(ctx)?;
-    let sent = ctx.send_token(&b.name, "").await;
-    let r = response(&sent, "a refusal")?;
-    let text = r.text();
-    if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
-        return Err(Outcome::fail(
-            "a pod without identity gets a refusal with no token bytes",
-            r.summary(),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(iso_005, |ctx| {
-    let (a, b) = pair(ctx)?;
-    let forbidden = a_ids(ctx, &a);
-    // A pod the interceptor has never seen appears while the API server is down.
-    let node_ip = ctx.world().node_ip(&b.node);
-    ctx.set_api_available(false)
-        .await
-        .map_err(|e| Outcome::skip(format!("taking the API server down: {e}")))?;
-    // The runner restores availability and the pod after the case.
-    ctx.delete(&cluster::pod_object(&b, node_ip)).await.ok();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for extra in [
-        String::new(),
-        format!(
-            "&client_id={}",
-            forbidden.first().cloned().unwrap_or_default()
-        ),
-    ] {
-        let sent = ctx.send_token(&b.name, &extra).await;
-        if let Some(r) = sent.response() {
-            if r.status == 200 {
-                return Err(Outcome::fail(
-                    "API server down: a pod without identity still gets no token (fail closed)",
-                    r.summary(),
-                ));
+        ] {
+            let sent = ctx.send_token(&b.name, &extra).await;
+            if let Some(r) = sent.response() {
+                if r.status == 200 {
+                    return Err(Outcome::fail(
+                        "API server down: a pod without identity still gets no token (fail closed)",
+                        r.summary(),
+                    ));
+                }
+                no_foreign_token(r, &forbidden, "API server down")?;
             }
-            no_foreign_token(r, &forbidden, "API server down")?;
         }
+        Ok(())
     }
-    Ok(())
-});
+);
 
 /// SPEC §2: an interceptor whose cluster view cannot be shown current for this long hands out no token.
 const STALENESS_BOUND: Duration = Duration::from_secs(10);
@@ -322,21 +371,57 @@ async fn reused_ip_during_silence(ctx: &mut Ctx, silence: Silence) -> Result<(),
     }
 }
 
-case_fn!(iso_006, |ctx| {
-    no_token_after_bound(ctx, Silence::Hang).await
-});
-case_fn!(iso_007, |ctx| {
-    reused_ip_during_silence(ctx, Silence::Hang).await
-});
-case_fn!(iso_008, |ctx| {
-    no_token_after_bound(ctx, Silence::Partition).await
-});
-case_fn!(iso_009, |ctx| {
-    reused_ip_during_silence(ctx, Silence::Partition).await
-});
+declare_case!(
+    ISO_006 = Case {
+        id: "ISO-006",
+        title: "API server hung → no token after the staleness bound (10 s)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "The API server hangs as a stopped process does: connections are accepted, nothing is answered, open watches go silent without an error. 13 s later the pod with an identity must get no token: an interceptor that keeps serving from its cache cannot know whether the pod still exists or still holds its address.",
+    },
+    |ctx| { no_token_after_bound(ctx, Silence::Hang).await }
+);
+declare_case!(
+    ISO_007 = Case {
+        id: "ISO-007",
+        title: "API server hung → a reused pod IP never gets the deleted pod's identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+        explain: "With the API server hung, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the hang to past the staleness bound, that address never receives A's identity or any token, although the interceptor's cache still names A.",
+    },
+    |ctx| { reused_ip_during_silence(ctx, Silence::Hang).await }
+);
+declare_case!(
+    ISO_008 = Case {
+        id: "ISO-008",
+        title: "API server cut off (packets dropped) → no token after the staleness bound (10 s)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        backends: &[BackendKind::Netns],
+        profiles: P,
+        spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
+        explain: "Every packet between the nodes and the API server is dropped (iptables DROP both ways in each node's namespace): no reset, no error, only silence. 13 s later the pod with an identity must get no token.",
+    },
+    |ctx| { no_token_after_bound(ctx, Silence::Partition).await }
+);
+declare_case!(
+    ISO_009 = Case {
+        id: "ISO-009",
+        title: "API server cut off (packets dropped) → a reused pod IP never gets the deleted pod's identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        backends: &[BackendKind::Netns],
+        profiles: P,
+        spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
+        explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
+    },
+    |ctx| { reused_ip_during_silence(ctx, Silence::Partition).await }
+);
 
-/// Whether `r` is what the mock's control API answers to `method path` (a journal array, the VM's
-/// configuration, a 204 for the delete), as opposed to IMDS's answer to an unknown path.
 fn control_api_answer(method: &str, path: &str, r: &crate::http::Response) -> bool {
     let json = r.json();
     match (method, path) {
@@ -348,199 +433,70 @@ fn control_api_answer(method: &str, path: &str, r: &crate::http::Response) -> bo
     }
 }
 
-case_fn!(iso_010, |ctx| {
-    let pod = crate::catalog::any_pod(ctx, false)?;
-    let node = pod.node.clone();
-    let host = ctx.host_pod(&node);
-    // A witness entry straight from the node's host side: a pod that could clear the journal erases it.
-    let witness = ctx
-        .send(
-            &node,
-            Target::DirectImds,
-            Request::get("/metadata/versions").metadata(),
-        )
-        .await;
-    response(&witness, "IMDS's direct answer to the witness request")?;
-    if ctx.tagged(&node, &witness.tag).await.is_empty() {
-        return Err(Outcome::skip(format!(
-            "the witness request is not in {node}'s journal ({})",
-            ctx.journal_error(&node)
-                .await
-                .unwrap_or_else(|| "journal read fine".into())
-        )));
-    }
-    for from in [pod.name.as_str(), host.as_str()] {
-        for (method, path) in [
-            ("GET", "/_mock/journal"),
-            ("GET", "/_mock/config"),
-            ("DELETE", "/_mock/journal"),
-        ] {
-            let sent = ctx
-                .send(from, Target::Imds, Request::method(method, path).metadata())
-                .await;
-            // No answer at all (refused, dropped by a restriction rule) reaches nothing either; one
-            // unanswered request is enough to know this caller reaches no listener (saves the timeouts).
-            let Some(r) = sent.response() else {
-                break;
-            };
-            if control_api_answer(method, path, r) {
-                return Err(Outcome::fail(
-                    format!(
-                        "{from}: {method} {path} via 169.254.169.254:80 is not the mock's control API"
-                    ),
-                    format!("the control API answered: {}", r.summary()),
-                ));
+declare_case!(
+    ISO_010 = Case {
+        id: "ISO-010",
+        title: "pods cannot reach the mock's control API (/_mock/) through 169.254.169.254",
+        level: Level::Must,
+        features: &[],
+        profiles: &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction],
+        spec: "SPEC §1 (control API never on an IMDS path), §3.1 (every verdict is observed)",
+        explain: "The verdicts rest on each VM's IMDS journal, so no pod (or interceptor) may read or erase it: a non-host and a host-network pod send GET /_mock/journal, GET /_mock/config and DELETE /_mock/journal to 169.254.169.254:80; none gets the control API's answer, and a witness request journaled before is still in the journal afterwards (read through the harness's own path).",
+    },
+    |ctx| {
+        let pod = crate::catalog::any_pod(ctx, false)?;
+        let node = pod.node.clone();
+        let host = ctx.host_pod(&node);
+        // A witness entry straight from the node's host side: a pod that could clear the journal erases it.
+        let witness = ctx
+            .send(
+                &node,
+                Target::DirectImds,
+                Request::get("/metadata/versions").metadata(),
+            )
+            .await;
+        response(&witness, "IMDS's direct answer to the witness request")?;
+        if ctx.tagged(&node, &witness.tag).await.is_empty() {
+            return Err(Outcome::skip(format!(
+                "the witness request is not in {node}'s journal ({})",
+                ctx.journal_error(&node)
+                    .await
+                    .unwrap_or_else(|| "journal read fine".into())
+            )));
+        }
+        for from in [pod.name.as_str(), host.as_str()] {
+            for (method, path) in [
+                ("GET", "/_mock/journal"),
+                ("GET", "/_mock/config"),
+                ("DELETE", "/_mock/journal"),
+            ] {
+                let sent = ctx
+                    .send(from, Target::Imds, Request::method(method, path).metadata())
+                    .await;
+                // No answer at all (refused, dropped by a restriction rule) reaches nothing either; one
+                // unanswered request is enough to know this caller reaches no listener (saves the timeouts).
+                let Some(r) = sent.response() else {
+                    break;
+                };
+                if control_api_answer(method, path, r) {
+                    return Err(Outcome::fail(
+                        format!(
+                            "{from}: {method} {path} via 169.254.169.254:80 is not the mock's control API"
+                        ),
+                        format!("the control API answered: {}", r.summary()),
+                    ));
+                }
             }
         }
+        if ctx.tagged(&node, &witness.tag).await.is_empty() {
+            return Err(Outcome::fail(
+                format!("{node}'s IMDS journal intact after pods sent DELETE /_mock/journal"),
+                "the witness entry is gone: a pod cleared the journal",
+            ));
+        }
+        Ok(())
     }
-    if ctx.tagged(&node, &witness.tag).await.is_empty() {
-        return Err(Outcome::fail(
-            format!("{node}'s IMDS journal intact after pods sent DELETE /_mock/journal"),
-            "the witness entry is gone: a pod cleared the journal",
-        ));
-    }
-    Ok(())
-});
-
-/// ISO-001.
-pub static ISO_001: Case = Case {
-    id: "ISO-001",
-    title: "pod B never gets pod A's identity (none / client_id any case / msi_res_id / mi_res_id)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2, §3 Isolation",
-    explain: "A pod without identity asks for the token of another pod's identity in every way a client can name it; it is always refused and never receives a token.",
-    run: iso_001,
-};
-
-/// ISO-002.
-pub static ISO_002: Case = Case {
-    id: "ISO-002",
-    title: "spoofed X-Forwarded-For / podname / podns change nothing; X-Forwarded-For is not forwarded",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (never forwards a client X-Forwarded-For), §3 Isolation",
-    explain: "The caller is identified by its source address only: headers naming another pod or its IP do not change which identity is served, and an X-Forwarded-For header never reaches IMDS.",
-    run: iso_002,
-};
-
-/// ISO-003.
-pub static ISO_003: Case = Case {
-    id: "ISO-003",
-    title: "a reused pod IP gets no stale identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Isolation",
-    explain: "Pod A (with identity) is deleted and a new pod without identity receives its IP while A's AzureAssignedIdentity lingers; within 10 s the address must no longer receive A's identity.",
-    run: iso_003,
-};
-
-/// ISO-004.
-pub static ISO_004: Case = Case {
-    id: "ISO-004",
-    title: "denied responses leak no token bytes",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Isolation",
-    explain: "A pod without identity is refused and the refusal body contains no access token (no `access_token`, no JWT).",
-    run: iso_004,
-};
-
-/// ISO-005.
-pub static ISO_005: Case = Case {
-    id: "ISO-005",
-    title: "API server down → fail closed (no token for an unknown pod, never a wrong identity)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
-    explain: "With the API server refusing requests and dropping watches, a pod without identity still gets no token and never another pod's identity.",
-    run: iso_005,
-};
-
-/// ISO-006.
-pub static ISO_006: Case = Case {
-    id: "ISO-006",
-    title: "API server hung → no token after the staleness bound (10 s)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
-    explain: "The API server hangs as a stopped process does: connections are accepted, nothing is answered, open watches go silent without an error. 13 s later the pod with an identity must get no token: an interceptor that keeps serving from its cache cannot know whether the pod still exists or still holds its address.",
-    run: iso_006,
-};
-
-/// ISO-007.
-pub static ISO_007: Case = Case {
-    id: "ISO-007",
-    title: "API server hung → a reused pod IP never gets the deleted pod's identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
-    explain: "With the API server hung, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the hang to past the staleness bound, that address never receives A's identity or any token, although the interceptor's cache still names A.",
-    run: iso_007,
-};
-
-/// ISO-008.
-pub static ISO_008: Case = Case {
-    id: "ISO-008",
-    title: "API server cut off (packets dropped) → no token after the staleness bound (10 s)",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: &[BackendKind::Netns],
-    profiles: P,
-    spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
-    explain: "Every packet between the nodes and the API server is dropped (iptables DROP both ways in each node's namespace): no reset, no error, only silence. 13 s later the pod with an identity must get no token.",
-    run: iso_008,
-};
-
-/// ISO-009.
-pub static ISO_009: Case = Case {
-    id: "ISO-009",
-    title: "API server cut off (packets dropped) → a reused pod IP never gets the deleted pod's identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: &[BackendKind::Netns],
-    profiles: P,
-    spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
-    explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
-    run: iso_009,
-};
-
-/// ISO-010.
-pub static ISO_010: Case = Case {
-    id: "ISO-010",
-    title: "pods cannot reach the mock's control API (/_mock/) through 169.254.169.254",
-    level: Level::Must,
-    features: &[],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction],
-    spec: "SPEC §1 (control API never on an IMDS path), §3.1 (every verdict is observed)",
-    explain: "The verdicts rest on each VM's IMDS journal, so no pod (or interceptor) may read or erase it: a non-host and a host-network pod send GET /_mock/journal, GET /_mock/config and DELETE /_mock/journal to 169.254.169.254:80; none gets the control API's answer, and a witness request journaled before is still in the journal afterwards (read through the harness's own path).",
-    run: iso_010,
-};
+);
 
 #[cfg(test)]
 mod tests {

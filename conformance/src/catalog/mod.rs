@@ -1,6 +1,7 @@
 //! The conformance catalogue of SPEC §3, one file per area (MIC is out of scope).
 //!
-//! Owns the cases (data + function) and the small assertion helpers they share. Cases observe only from
+//! Owns the cases — each declared once with [`declare_case!`](crate::declare_case), data and body
+//! together, which also registers it in [`CASES`] — and the small assertion helpers they share. Cases observe only from
 //! outside — the pod's response, the VM's mock journal, the API server's per-client stats, kernel tables
 //! — through [`Ctx`] and the backend trait; they never ask the interceptor anything.
 //!
@@ -40,20 +41,24 @@ use crate::ctx::{Ctx, Sent};
 use crate::http::Response;
 use crate::scenario::IdentityDef;
 
-/// Every case, in area order.
+/// Every case of the catalogue: each [`declare_case!`](crate::declare_case) adds its case here.
+#[linkme::distributed_slice]
+pub static CASES: [Case];
+
+/// The areas in catalogue order (the order of `list`, of runs and of reports).
+pub const AREAS: &[&str] = &[
+    "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
+];
+
+/// Where an area stands in [`AREAS`] (unknown areas last; a unit test keeps there from being any).
+fn area_rank(area: &str) -> usize {
+    AREAS.iter().position(|a| *a == area).unwrap_or(AREAS.len())
+}
+
+/// Every case, in area order, then by id within an area.
 pub fn all() -> Vec<&'static Case> {
-    let mut v: Vec<&'static Case> = Vec::new();
-    v.extend(header::CASES);
-    v.extend(instance_block::CASES);
-    v.extend(retry_after::CASES);
-    v.extend(conntrack::CASES);
-    v.extend(label_filter::CASES);
-    v.extend(interception::CASES);
-    v.extend(tokens::CASES);
-    v.extend(isolation::CASES);
-    v.extend(passthrough::CASES);
-    v.extend(restriction::CASES);
-    v.extend(imds::CASES);
+    let mut v: Vec<&'static Case> = CASES.iter().collect();
+    v.sort_by(|a, b| (area_rank(a.area()), a.id).cmp(&(area_rank(b.area()), b.id)));
     v
 }
 
@@ -203,15 +208,87 @@ pub fn done(r: Result<(), Outcome>) -> Outcome {
     }
 }
 
-/// Declares a case body: `case_fn!(name, |ctx| async move { ... -> Result<(), Outcome> })`.
+/// Declares one case — its data and its body together — and registers it in [`CASES`]:
+///
+/// ```ignore
+/// declare_case!(
+///     HDR_001 = Case {
+///         id: "HDR-001",
+///         title: "token request without Metadata header → 400 exact JSON, not forwarded",
+///         level: Level::Must,
+///         features: &[Feature::MetadataHeaderRequired],
+///         unless: &[],                   // optional: features that must NOT be claimed (off-behaviour cases)
+///         backends: KERNEL_BACKENDS,       // optional: every backend when absent
+///         profiles: P,
+///         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
+///         explain: "A non-host pod calls …", // optional: `explain ID` prints the title when absent
+///     },
+///     |ctx| {
+///         // … -> Result<(), Outcome>: `Ok` is PASS, `Err(o)` is the outcome `o`
+///         Ok(())
+///     }
+/// );
+/// ```
 #[macro_export]
-macro_rules! case_fn {
-    ($name:ident, |$ctx:ident| $body:block) => {
-        fn $name($ctx: &mut $crate::ctx::Ctx) -> $crate::case::BoxFut<'_, $crate::case::Outcome> {
-            Box::pin(async move {
-                let r: Result<(), $crate::case::Outcome> = async { $body }.await;
-                $crate::catalog::done(r)
-            })
-        }
+macro_rules! declare_case {
+    (@or , $default:expr) => {
+        $default
     };
+    (@or $given:expr, $default:expr) => {
+        $given
+    };
+    (
+        $st:ident = Case {
+            id: $id:literal,
+            title: $title:literal,
+            level: $level:expr,
+            features: $features:expr,
+            $(unless: $unless:expr,)?
+            $(backends: $backends:expr,)?
+            profiles: $profiles:expr,
+            spec: $spec:expr,
+            $(explain: $explain:expr,)?
+        },
+        |$ctx:ident| $body:block
+    ) => {
+        #[doc = concat!($id, ": ", $title)]
+        #[linkme::distributed_slice($crate::catalog::CASES)]
+        pub static $st: $crate::case::Case = $crate::case::Case {
+            id: $id,
+            title: $title,
+            level: $level,
+            features: $features,
+            unless: $crate::declare_case!(@or $($unless)?, &[]),
+            backends: $crate::declare_case!(@or $($backends)?, $crate::case::ANY_BACKEND),
+            profiles: $profiles,
+            spec: $spec,
+            explain: $crate::declare_case!(@or $($explain)?, $title),
+            run: {
+                fn run($ctx: &mut $crate::ctx::Ctx) -> $crate::case::BoxFut<'_, $crate::case::Outcome> {
+                    Box::pin(async move {
+                        let r: Result<(), $crate::case::Outcome> = async { $body }.await;
+                        $crate::catalog::done(r)
+                    })
+                }
+                run
+            },
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_case_is_in_a_known_area_and_ids_are_unique() {
+        let mut ids = BTreeSet::new();
+        for c in all() {
+            assert!(AREAS.contains(&c.area()), "{} is in no area of AREAS", c.id);
+            assert!(ids.insert(c.id), "{} is declared twice", c.id);
+        }
+        assert_eq!(ids.len(), CASES.len());
+    }
 }

@@ -4,14 +4,11 @@
 //! through the interceptor have the status, body and key headers IMDS gives directly.
 
 use crate::backend::Target;
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{any_pod, response};
 use crate::ctx::Ctx;
+use crate::declare_case;
 use crate::http::{Request, Response};
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&PT_001, &PT_002, &PT_003];
 
 const P: &[Profile] = &[Profile::Nmi];
 
@@ -52,95 +49,86 @@ fn same(d: &Response, v: &Response, what: &str, body: bool) -> Result<(), Outcom
     Ok(())
 }
 
-case_fn!(pt_001, |ctx| {
-    let (d, v) = both(ctx, Request::get("/metadata/versions").metadata()).await?;
-    same(&d, &v, "GET /metadata/versions", true)
-});
-
-case_fn!(pt_002, |ctx| {
-    let (d, v) = both(
-        ctx,
-        Request::get("/metadata/attested/document?api-version=2020-09-01&nonce=1234567890")
-            .metadata(),
-    )
-    .await?;
-    same(&d, &v, "GET /metadata/attested/document", false)?;
-    let keys = |r: &Response| {
-        r.json()
-            .and_then(|j| j.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
-    };
-    if keys(&d) != keys(&v) {
-        return Err(Outcome::fail(
-            format!("attested document fields {:?}", keys(&d)),
-            format!("{:?}", keys(&v)),
-        ));
+declare_case!(
+    PT_001 = Case {
+        id: "PT-001",
+        title: "/metadata/versions through the interceptor = direct IMDS (status, body, headers)",
+        level: Level::Must,
+        features: &[Feature::Passthrough],
+        profiles: P,
+        spec: "SPEC §3 Pass-through; REFERENCE A.3.3",
+        explain: "The default handler relays IMDS's status, headers and body verbatim; compared with the same request sent to the VM's IMDS directly.",
+    },
+    |ctx| {
+        let (d, v) = both(ctx, Request::get("/metadata/versions").metadata()).await?;
+        same(&d, &v, "GET /metadata/versions", true)
     }
-    let (d, v) = both(
-        ctx,
-        Request::get("/metadata/scheduledevents?api-version=2020-07-01").metadata(),
-    )
-    .await?;
-    same(&d, &v, "GET /metadata/scheduledevents", true)?;
-    let ack = serde_json::json!({"StartRequests": []});
-    let (d, v) = both(
-        ctx,
-        Request::method("POST", "/metadata/scheduledevents?api-version=2020-07-01")
-            .metadata()
-            .json_body(&ack),
-    )
-    .await?;
-    same(&d, &v, "POST /metadata/scheduledevents", false)
-});
+);
 
-case_fn!(pt_003, |ctx| {
-    let (d, v) = both(ctx, Request::get("/doesnotexist").metadata()).await?;
-    same(&d, &v, "GET /doesnotexist", true)?;
-    let (d, v) = both(
-        ctx,
-        Request::get("/metadata/identity/info?api-version=2018-02-01").metadata(),
-    )
-    .await?;
-    same(&d, &v, "GET /metadata/identity/info", true)
-});
+declare_case!(
+    PT_002 = Case {
+        id: "PT-002",
+        title: "attested document and scheduled events (GET + POST) pass through",
+        level: Level::Must,
+        features: &[Feature::Passthrough],
+        profiles: P,
+        spec: "SPEC §3 Pass-through; REFERENCE A.3.3, B.6, B.7",
+        explain: "Attested document (same status, headers and fields; the signature is time-dependent), scheduled events GET (identical) and the POST acknowledgement (same status) behave as IMDS directly.",
+    },
+    |ctx| {
+        let (d, v) = both(
+            ctx,
+            Request::get("/metadata/attested/document?api-version=2020-09-01&nonce=1234567890")
+                .metadata(),
+        )
+        .await?;
+        same(&d, &v, "GET /metadata/attested/document", false)?;
+        let keys = |r: &Response| {
+            r.json()
+                .and_then(|j| j.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+        };
+        if keys(&d) != keys(&v) {
+            return Err(Outcome::fail(
+                format!("attested document fields {:?}", keys(&d)),
+                format!("{:?}", keys(&v)),
+            ));
+        }
+        let (d, v) = both(
+            ctx,
+            Request::get("/metadata/scheduledevents?api-version=2020-07-01").metadata(),
+        )
+        .await?;
+        same(&d, &v, "GET /metadata/scheduledevents", true)?;
+        let ack = serde_json::json!({"StartRequests": []});
+        let (d, v) = both(
+            ctx,
+            Request::method("POST", "/metadata/scheduledevents?api-version=2020-07-01")
+                .metadata()
+                .json_body(&ack),
+        )
+        .await?;
+        same(&d, &v, "POST /metadata/scheduledevents", false)
+    }
+);
 
-/// PT-001.
-pub static PT_001: Case = Case {
-    id: "PT-001",
-    title: "/metadata/versions through the interceptor = direct IMDS (status, body, headers)",
-    level: Level::Must,
-    features: &[Feature::Passthrough],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Pass-through; REFERENCE A.3.3",
-    explain: "The default handler relays IMDS's status, headers and body verbatim; compared with the same request sent to the VM's IMDS directly.",
-    run: pt_001,
-};
-
-/// PT-002.
-pub static PT_002: Case = Case {
-    id: "PT-002",
-    title: "attested document and scheduled events (GET + POST) pass through",
-    level: Level::Must,
-    features: &[Feature::Passthrough],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Pass-through; REFERENCE A.3.3, B.6, B.7",
-    explain: "Attested document (same status, headers and fields; the signature is time-dependent), scheduled events GET (identical) and the POST acknowledgement (same status) behave as IMDS directly.",
-    run: pt_002,
-};
-
-/// PT-003.
-pub static PT_003: Case = Case {
-    id: "PT-003",
-    title: "unknown paths and /metadata/identity/info relay IMDS's answer",
-    level: Level::Must,
-    features: &[Feature::Passthrough],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Pass-through; REFERENCE A.3.3 (e2e: /doesnotexist → 404 relayed)",
-    explain: "An unknown path gets IMDS's own 404, and /metadata/identity/info IMDS's answer, byte-identical.",
-    run: pt_003,
-};
+declare_case!(
+    PT_003 = Case {
+        id: "PT-003",
+        title: "unknown paths and /metadata/identity/info relay IMDS's answer",
+        level: Level::Must,
+        features: &[Feature::Passthrough],
+        profiles: P,
+        spec: "SPEC §3 Pass-through; REFERENCE A.3.3 (e2e: /doesnotexist → 404 relayed)",
+        explain: "An unknown path gets IMDS's own 404, and /metadata/identity/info IMDS's answer, byte-identical.",
+    },
+    |ctx| {
+        let (d, v) = both(ctx, Request::get("/doesnotexist").metadata()).await?;
+        same(&d, &v, "GET /doesnotexist", true)?;
+        let (d, v) = both(
+            ctx,
+            Request::get("/metadata/identity/info?api-version=2018-02-01").metadata(),
+        )
+        .await?;
+        same(&d, &v, "GET /metadata/identity/info", true)
+    }
+);

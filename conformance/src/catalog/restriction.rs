@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use crate::backend::Target;
 use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_argv};
-use crate::case::{Case, Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::catalog::{any_pod, expect_status, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, INSTANCE};
+use crate::declare_case;
 use crate::http::{Request, SendError};
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&RST_001, &RST_002, &RST_003, &RST_004, &RST_005];
 
 const P: &[Profile] = &[Profile::AksRestriction];
 
@@ -45,173 +42,163 @@ fn expect_timeout(sent: &crate::ctx::Sent, what: &str) -> Result<(), Outcome> {
     }
 }
 
-case_fn!(rst_001, |ctx| {
-    let p = pod(ctx)?;
-    let sent = try_pod(ctx, &p.name).await;
-    expect_timeout(&sent, "non-host pod → 169.254.169.254:80")
-});
-
-case_fn!(rst_002, |ctx| {
-    let p = pod(ctx)?;
-    let host = ctx.host_pod(&p.node);
-    let sent = try_pod(ctx, &host).await;
-    expect_status(&sent, 200, "host-network pod → instance metadata")?;
-    let node = p.node.clone();
-    let sent = try_pod(ctx, &node).await;
-    expect_status(&sent, 200, "node process → instance metadata")?;
-    Ok(())
-});
-
-case_fn!(rst_003, |ctx| {
-    let p = pod(ctx)?;
-    let node = p.node.clone();
-    let node_ip = ctx
-        .world()
-        .node(&node)
-        .map(|n| n.ip.to_string())
-        .unwrap_or_default();
-    ctx.touched_interceptor();
-    let out = ctx
-        .backend
-        .exec(&node, aks_rule_argv(&node_ip, false))
-        .await
-        .map_err(|e| Outcome::skip(e.to_string()))?;
-    if out.code != 0 {
-        return Err(Outcome::fail(
-            "AgentBaker's rule present to tamper with",
-            format!("iptables -D failed: {}", out.stderr.trim()),
-        ));
+declare_case!(
+    RST_001 = Case {
+        id: "RST-001",
+        title: "non-host pod connect to 169.254.169.254:80 times out (no RST)",
+        level: Level::Must,
+        features: &[Feature::ImdsRestriction],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 AKS restriction; REFERENCE C",
+        explain: "AKS drops forwarded pod traffic to IMDS in FORWARD; the client sees a connect timeout, not a refusal (curl exit 28).",
+    },
+    |ctx| {
+        let p = pod(ctx)?;
+        let sent = try_pod(ctx, &p.name).await;
+        expect_timeout(&sent, "non-host pod → 169.254.169.254:80")
     }
-    let sent = try_pod(ctx, &p.name).await;
-    expect_status(&sent, 200, "after removing the rule the pod reaches IMDS")?;
-    // The node re-applies the rule (AgentBaker: on every kubelet start).
-    stop_interceptor(ctx, &node, true).await?;
-    start_interceptor(ctx, &node, "the rule to be re-applied").await?;
-    let sent = try_pod(ctx, &p.name).await;
-    expect_timeout(&sent, "after the node re-applied the rule")
-});
+);
 
-case_fn!(rst_004, |ctx| {
-    let p = pod(ctx)?;
-    stop_interceptor(ctx, &p.node, true).await?;
-    let sent = try_pod(ctx, &p.name).await;
-    expect_status(
-        &sent,
-        200,
-        "after disabling the restriction the pod reaches IMDS",
-    )?;
-    Ok(())
-});
+declare_case!(
+    RST_002 = Case {
+        id: "RST-002",
+        title: "host-network pods and node processes still get 200",
+        level: Level::Must,
+        features: &[Feature::ImdsRestriction],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 AKS restriction; REFERENCE C (OUTPUT is not FORWARD)",
+        explain: "Node-originated traffic traverses OUTPUT, so a host-network pod and a node process get the instance document.",
+    },
+    |ctx| {
+        let p = pod(ctx)?;
+        let host = ctx.host_pod(&p.node);
+        let sent = try_pod(ctx, &host).await;
+        expect_status(&sent, 200, "host-network pod → instance metadata")?;
+        let node = p.node.clone();
+        let sent = try_pod(ctx, &node).await;
+        expect_status(&sent, 200, "node process → instance metadata")?;
+        Ok(())
+    }
+);
 
-case_fn!(rst_005, |ctx| {
-    let p = pod(ctx)?;
-    let mut found = None;
-    for table in ["filter", "mangle"] {
+declare_case!(
+    RST_003 = Case {
+        id: "RST-003",
+        title: "the rule is restored after tampering (re-applied by the node)",
+        level: Level::Must,
+        features: &[Feature::ImdsRestriction],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 AKS restriction; REFERENCE C (re-applied on every kubelet start)",
+        explain: "The rule is deleted (pods reach IMDS), the node re-applies it (kubelet restart), and pods time out again.",
+    },
+    |ctx| {
+        let p = pod(ctx)?;
+        let node = p.node.clone();
+        let node_ip = ctx
+            .world()
+            .node(&node)
+            .map(|n| n.ip.to_string())
+            .unwrap_or_default();
+        ctx.touched_interceptor();
         let out = ctx
             .backend
-            .exec(
-                &p.node,
-                vec![
-                    "iptables".into(),
-                    "-w".into(),
-                    "-t".into(),
-                    table.into(),
-                    "-S".into(),
-                    "FORWARD".into(),
-                ],
-            )
+            .exec(&node, aks_rule_argv(&node_ip, false))
             .await
             .map_err(|e| Outcome::skip(e.to_string()))?;
-        let rules: Vec<&str> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("-A FORWARD"))
-            .collect();
-        if let Some(first) = rules.first()
-            && first.contains("169.254.169.254/32")
-            && first.contains("-j DROP")
-        {
-            found = Some((table, first.to_string()));
+        if out.code != 0 {
+            return Err(Outcome::fail(
+                "AgentBaker's rule present to tamper with",
+                format!("iptables -D failed: {}", out.stderr.trim()),
+            ));
+        }
+        let sent = try_pod(ctx, &p.name).await;
+        expect_status(&sent, 200, "after removing the rule the pod reaches IMDS")?;
+        // The node re-applies the rule (AgentBaker: on every kubelet start).
+        stop_interceptor(ctx, &node, true).await?;
+        start_interceptor(ctx, &node, "the rule to be re-applied").await?;
+        let sent = try_pod(ctx, &p.name).await;
+        expect_timeout(&sent, "after the node re-applied the rule")
+    }
+);
+
+declare_case!(
+    RST_004 = Case {
+        id: "RST-004",
+        title: "disabling the restriction restores access",
+        level: Level::Must,
+        features: &[Feature::ImdsRestriction],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "SPEC §3 AKS restriction; REFERENCE C (--disable-imds-restriction)",
+        explain: "With the restriction disabled (rule deleted from both tables), a non-host pod gets 200 again.",
+    },
+    |ctx| {
+        let p = pod(ctx)?;
+        stop_interceptor(ctx, &p.node, true).await?;
+        let sent = try_pod(ctx, &p.name).await;
+        expect_status(
+            &sent,
+            200,
+            "after disabling the restriction the pod reaches IMDS",
+        )?;
+        Ok(())
+    }
+);
+
+declare_case!(
+    RST_005 = Case {
+        id: "RST-005",
+        title: "the rule is AgentBaker's: first in FORWARD, DROP, with its comment",
+        level: Level::Should,
+        features: &[Feature::ImdsRestriction],
+        backends: KERNEL_BACKENDS,
+        profiles: P,
+        spec: "REFERENCE C",
+        explain: "`iptables -S FORWARD` (filter or mangle) lists the DROP for 169.254.169.254/32 tcp dport 80 first, with AgentBaker's comment.",
+    },
+    |ctx| {
+        let p = pod(ctx)?;
+        let mut found = None;
+        for table in ["filter", "mangle"] {
+            let out = ctx
+                .backend
+                .exec(
+                    &p.node,
+                    vec![
+                        "iptables".into(),
+                        "-w".into(),
+                        "-t".into(),
+                        table.into(),
+                        "-S".into(),
+                        "FORWARD".into(),
+                    ],
+                )
+                .await
+                .map_err(|e| Outcome::skip(e.to_string()))?;
+            let rules: Vec<&str> = out
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("-A FORWARD"))
+                .collect();
+            if let Some(first) = rules.first()
+                && first.contains("169.254.169.254/32")
+                && first.contains("-j DROP")
+            {
+                found = Some((table, first.to_string()));
+            }
+        }
+        match found {
+            Some((_, rule)) if rule.contains(AKS_RULE_COMMENT) => Ok(()),
+            Some((t, rule)) => Err(Outcome::info(format!(
+                "first FORWARD rule ({t}) drops IMDS without AgentBaker's comment: {rule}"
+            ))),
+            None => Err(Outcome::fail(
+                "the first FORWARD rule (filter or mangle) drops TCP to 169.254.169.254:80",
+                "no such rule at position 1",
+            )),
         }
     }
-    match found {
-        Some((_, rule)) if rule.contains(AKS_RULE_COMMENT) => Ok(()),
-        Some((t, rule)) => Err(Outcome::info(format!(
-            "first FORWARD rule ({t}) drops IMDS without AgentBaker's comment: {rule}"
-        ))),
-        None => Err(Outcome::fail(
-            "the first FORWARD rule (filter or mangle) drops TCP to 169.254.169.254:80",
-            "no such rule at position 1",
-        )),
-    }
-});
-
-/// RST-001.
-pub static RST_001: Case = Case {
-    id: "RST-001",
-    title: "non-host pod connect to 169.254.169.254:80 times out (no RST)",
-    level: Level::Must,
-    features: &[Feature::ImdsRestriction],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 AKS restriction; REFERENCE C",
-    explain: "AKS drops forwarded pod traffic to IMDS in FORWARD; the client sees a connect timeout, not a refusal (curl exit 28).",
-    run: rst_001,
-};
-
-/// RST-002.
-pub static RST_002: Case = Case {
-    id: "RST-002",
-    title: "host-network pods and node processes still get 200",
-    level: Level::Must,
-    features: &[Feature::ImdsRestriction],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 AKS restriction; REFERENCE C (OUTPUT is not FORWARD)",
-    explain: "Node-originated traffic traverses OUTPUT, so a host-network pod and a node process get the instance document.",
-    run: rst_002,
-};
-
-/// RST-003.
-pub static RST_003: Case = Case {
-    id: "RST-003",
-    title: "the rule is restored after tampering (re-applied by the node)",
-    level: Level::Must,
-    features: &[Feature::ImdsRestriction],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 AKS restriction; REFERENCE C (re-applied on every kubelet start)",
-    explain: "The rule is deleted (pods reach IMDS), the node re-applies it (kubelet restart), and pods time out again.",
-    run: rst_003,
-};
-
-/// RST-004.
-pub static RST_004: Case = Case {
-    id: "RST-004",
-    title: "disabling the restriction restores access",
-    level: Level::Must,
-    features: &[Feature::ImdsRestriction],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "SPEC §3 AKS restriction; REFERENCE C (--disable-imds-restriction)",
-    explain: "With the restriction disabled (rule deleted from both tables), a non-host pod gets 200 again.",
-    run: rst_004,
-};
-
-/// RST-005.
-pub static RST_005: Case = Case {
-    id: "RST-005",
-    title: "the rule is AgentBaker's: first in FORWARD, DROP, with its comment",
-    level: Level::Should,
-    features: &[Feature::ImdsRestriction],
-    unless: &[],
-    backends: KERNEL_BACKENDS,
-    profiles: P,
-    spec: "REFERENCE C",
-    explain: "`iptables -S FORWARD` (filter or mangle) lists the DROP for 169.254.169.254/32 tcp dport 80 first, with AgentBaker's comment.",
-    run: rst_005,
-};
+);

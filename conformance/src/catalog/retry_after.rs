@@ -8,16 +8,13 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::Target;
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{apply, expect_token_within, has_token, plain_pod, response, vm_identity};
 use crate::cluster;
 use crate::ctx::Ctx;
+use crate::declare_case;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[&RTA_001, &RTA_002, &RTA_003, &RTA_004, &RTA_005, &RTA_006];
 
 const P: &[Profile] = &[Profile::Nmi];
 
@@ -48,11 +45,22 @@ fn expect_503(sent: &crate::ctx::Sent, what: &str) -> Result<(), Outcome> {
     Ok(())
 }
 
-case_fn!(rta_001, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let sent = ctx.send_token(&pod.name, "").await;
-    expect_503(&sent, "token request from a pod without identity")
-});
+declare_case!(
+    RTA_001 = Case {
+        id: "RTA-001",
+        title: "pod without identity → 503 + Retry-After: 20",
+        level: Level::Must,
+        features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 7, A.8",
+        explain: "With setRetryAfterHeader, an identity-selection failure is 503 with `Retry-After: 20` instead of 404, so SDKs retry later.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let sent = ctx.send_token(&pod.name, "").await;
+        expect_503(&sent, "token request from a pod without identity")
+    }
+);
 
 async fn with_created(ctx: &mut Ctx) -> Result<(crate::backend::PodView, IdentityDef), Outcome> {
     let pod = plain_pod(ctx)?;
@@ -68,201 +76,173 @@ async fn with_created(ctx: &mut Ctx) -> Result<(crate::backend::PodView, Identit
     Ok((pod, id))
 }
 
-case_fn!(rta_002, |ctx| {
-    let (pod, _) = with_created(ctx).await?;
-    let sent = ctx.send_token(&pod.name, "").await;
-    expect_503(
-        &sent,
-        "token request while the AzureAssignedIdentity is Created",
-    )
-});
-
-case_fn!(rta_003, |ctx| {
-    let (pod, id) = with_created(ctx).await?;
-    apply(
-        ctx,
-        cluster::aai_object(&pod, &id, "Assigned", true),
-        "updating the AzureAssignedIdentity",
-    )
-    .await?;
-    expect_token_within(
-        ctx,
-        &pod.name,
-        Duration::from_secs(10),
-        "200 once the identity is Assigned",
-        "200 within 10 s of the AzureAssignedIdentity becoming Assigned",
-    )
-    .await
-});
-
-case_fn!(rta_004, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let id = adhoc_identity(ctx, false)?;
-    apply(
-        ctx,
-        cluster::identity_object(&id),
-        "applying an AzureIdentity",
-    )
-    .await?;
-    apply(
-        ctx,
-        cluster::aai_object(&pod, &id, "Assigned", true),
-        "applying an AzureAssignedIdentity",
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let sent = ctx.send_token(&pod.name, "").await;
-    let r = response(&sent, "a non-503 error")?;
-    if r.status == 503 || r.header("retry-after").is_some() || has_token(r) {
-        return Err(Outcome::fail(
-            "token acquisition failure (identity not on the VM) is not a 503/Retry-After (NMI: 403)",
-            format!("{} Retry-After {:?}", r.summary(), r.header("retry-after")),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(rta_005, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let node = pod.node.clone();
-    let host = ctx.host_pod(&node);
-    let sent = ctx
-        .send(
-            &host,
-            Target::InterceptorLocal,
-            Request::get("/host/token/?resource=https%3A%2F%2Fmanagement.azure.com%2F")
-                .header("podname", &pod.name)
-                .header("podns", &pod.namespace),
+declare_case!(
+    RTA_002 = Case {
+        id: "RTA-002",
+        title: "AzureAssignedIdentity in Created → 503 + Retry-After: 20",
+        level: Level::Must,
+        features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Retry-After; REFERENCE A.6 (Created bucket)",
+        explain: "While MIC has created but not yet assigned the identity (status Created), the pod gets 503 + Retry-After: 20.",
+    },
+    |ctx| {
+        let (pod, _) = with_created(ctx).await?;
+        let sent = ctx.send_token(&pod.name, "").await;
+        expect_503(
+            &sent,
+            "token request while the AzureAssignedIdentity is Created",
         )
-        .await;
-    let r = response(&sent, "404 from /host/token")?;
-    if r.status == 503 || r.header("retry-after").is_some() {
-        return Err(Outcome::fail(
-            "/host/token for a pod without identity: 404 without Retry-After",
-            format!("{} Retry-After {:?}", r.summary(), r.header("retry-after")),
-        ));
     }
-    if r.status != 404 {
-        return Err(Outcome::fail(
-            "/host/token for a pod without identity: 404",
-            r.summary(),
-        ));
+);
+
+declare_case!(
+    RTA_003 = Case {
+        id: "RTA-003",
+        title: "after the identity becomes Assigned → 200",
+        level: Level::Must,
+        features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Retry-After; REFERENCE A.6",
+        explain: "Once the AzureAssignedIdentity moves to Assigned, the same request succeeds (within 10 s: watch propagation).",
+    },
+    |ctx| {
+        let (pod, id) = with_created(ctx).await?;
+        apply(
+            ctx,
+            cluster::aai_object(&pod, &id, "Assigned", true),
+            "updating the AzureAssignedIdentity",
+        )
+        .await?;
+        expect_token_within(
+            ctx,
+            &pod.name,
+            Duration::from_secs(10),
+            "200 once the identity is Assigned",
+            "200 within 10 s of the AzureAssignedIdentity becoming Assigned",
+        )
+        .await
     }
-    Ok(())
-});
+);
 
-case_fn!(rta_006, |ctx| {
-    let pod = plain_pod(ctx)?;
-    let created = ctx.flag_u64("retry-attempts-for-created", 16);
-    let interval = ctx.flag_u64("find-identity-retry-interval", 5);
-    // NMI: with nothing assigned the loop gives up at attempt index == created, after `created` sleeps.
-    let budget = Duration::from_secs(created * interval);
-    if budget > Duration::from_secs(60) {
-        return Err(Outcome::skip(format!(
-            "retry budget {budget:?} too long for a conformance run; set --retry-attempts-for-created / --find-identity-retry-interval in the scenario"
-        )));
+declare_case!(
+    RTA_004 = Case {
+        id: "RTA-004",
+        title: "token-acquisition errors are not turned into 503 + Retry-After",
+        level: Level::Must,
+        features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 8, A.8",
+        explain: "An Assigned identity that the VM does not have makes IMDS refuse the token; NMI reports that as 403, never as 503 + Retry-After (which would make clients retry forever).",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let id = adhoc_identity(ctx, false)?;
+        apply(
+            ctx,
+            cluster::identity_object(&id),
+            "applying an AzureIdentity",
+        )
+        .await?;
+        apply(
+            ctx,
+            cluster::aai_object(&pod, &id, "Assigned", true),
+            "applying an AzureAssignedIdentity",
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let sent = ctx.send_token(&pod.name, "").await;
+        let r = response(&sent, "a non-503 error")?;
+        if r.status == 503 || r.header("retry-after").is_some() || has_token(r) {
+            return Err(Outcome::fail(
+                "token acquisition failure (identity not on the VM) is not a 503/Retry-After (NMI: 403)",
+                format!("{} Retry-After {:?}", r.summary(), r.header("retry-after")),
+            ));
+        }
+        Ok(())
     }
-    let start = Instant::now();
-    let sent = ctx.send_token(&pod.name, "").await;
-    let took = start.elapsed();
-    let r = response(&sent, "404 after the retry budget")?;
-    if r.status != 404 {
-        return Err(Outcome::fail(
-            "404 for a pod without identity (Retry-After off)",
-            r.summary(),
-        ));
+);
+
+declare_case!(
+    RTA_005 = Case {
+        id: "RTA-005",
+        title: "/host/token is unaffected: 404 without Retry-After",
+        level: Level::Should,
+        features: &[Feature::SetRetryAfterHeader, Feature::HostToken],
+        profiles: P,
+        spec: "REFERENCE A.3.2, A.8 (not applied to the host endpoint)",
+        explain: "The host token handler has no Retry-After behaviour: a host-network caller asking for a pod without identity gets 404.",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let node = pod.node.clone();
+        let host = ctx.host_pod(&node);
+        let sent = ctx
+            .send(
+                &host,
+                Target::InterceptorLocal,
+                Request::get("/host/token/?resource=https%3A%2F%2Fmanagement.azure.com%2F")
+                    .header("podname", &pod.name)
+                    .header("podns", &pod.namespace),
+            )
+            .await;
+        let r = response(&sent, "404 from /host/token")?;
+        if r.status == 503 || r.header("retry-after").is_some() {
+            return Err(Outcome::fail(
+                "/host/token for a pod without identity: 404 without Retry-After",
+                format!("{} Retry-After {:?}", r.summary(), r.header("retry-after")),
+            ));
+        }
+        if r.status != 404 {
+            return Err(Outcome::fail(
+                "/host/token for a pod without identity: 404",
+                r.summary(),
+            ));
+        }
+        Ok(())
     }
-    let low = budget.mul_f64(0.5);
-    let high = budget + Duration::from_secs(5);
-    if took < low || took > high {
-        return Err(Outcome::fail(
-            format!("the 404 after about {budget:?} (tolerance {low:?}..{high:?})"),
-            format!("after {took:?}"),
-        ));
+);
+
+declare_case!(
+    RTA_006 = Case {
+        id: "RTA-006",
+        title: "Retry-After off: 404 after the configured retry budget",
+        level: Level::Should,
+        features: &[Feature::Tokens],
+        unless: &[Feature::SetRetryAfterHeader],
+        profiles: P,
+        spec: "SPEC §3 Retry-After (feature off); REFERENCE A.6 retry loop",
+        explain: "Without the feature, a pod with no identity waits through the retry loop (retry-attempts-for-created × find-identity-retry-interval) and then gets 404. Timed with a generous tolerance (0.5× budget .. budget + 5 s).",
+    },
+    |ctx| {
+        let pod = plain_pod(ctx)?;
+        let created = ctx.flag_u64("retry-attempts-for-created", 16);
+        let interval = ctx.flag_u64("find-identity-retry-interval", 5);
+        // NMI: with nothing assigned the loop gives up at attempt index == created, after `created` sleeps.
+        let budget = Duration::from_secs(created * interval);
+        if budget > Duration::from_secs(60) {
+            return Err(Outcome::skip(format!(
+                "retry budget {budget:?} too long for a conformance run; set --retry-attempts-for-created / --find-identity-retry-interval in the scenario"
+            )));
+        }
+        let start = Instant::now();
+        let sent = ctx.send_token(&pod.name, "").await;
+        let took = start.elapsed();
+        let r = response(&sent, "404 after the retry budget")?;
+        if r.status != 404 {
+            return Err(Outcome::fail(
+                "404 for a pod without identity (Retry-After off)",
+                r.summary(),
+            ));
+        }
+        let low = budget.mul_f64(0.5);
+        let high = budget + Duration::from_secs(5);
+        if took < low || took > high {
+            return Err(Outcome::fail(
+                format!("the 404 after about {budget:?} (tolerance {low:?}..{high:?})"),
+                format!("after {took:?}"),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
-});
-
-/// RTA-001.
-pub static RTA_001: Case = Case {
-    id: "RTA-001",
-    title: "pod without identity → 503 + Retry-After: 20",
-    level: Level::Must,
-    features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 7, A.8",
-    explain: "With setRetryAfterHeader, an identity-selection failure is 503 with `Retry-After: 20` instead of 404, so SDKs retry later.",
-    run: rta_001,
-};
-
-/// RTA-002.
-pub static RTA_002: Case = Case {
-    id: "RTA-002",
-    title: "AzureAssignedIdentity in Created → 503 + Retry-After: 20",
-    level: Level::Must,
-    features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Retry-After; REFERENCE A.6 (Created bucket)",
-    explain: "While MIC has created but not yet assigned the identity (status Created), the pod gets 503 + Retry-After: 20.",
-    run: rta_002,
-};
-
-/// RTA-003.
-pub static RTA_003: Case = Case {
-    id: "RTA-003",
-    title: "after the identity becomes Assigned → 200",
-    level: Level::Must,
-    features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Retry-After; REFERENCE A.6",
-    explain: "Once the AzureAssignedIdentity moves to Assigned, the same request succeeds (within 10 s: watch propagation).",
-    run: rta_003,
-};
-
-/// RTA-004.
-pub static RTA_004: Case = Case {
-    id: "RTA-004",
-    title: "token-acquisition errors are not turned into 503 + Retry-After",
-    level: Level::Must,
-    features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 8, A.8",
-    explain: "An Assigned identity that the VM does not have makes IMDS refuse the token; NMI reports that as 403, never as 503 + Retry-After (which would make clients retry forever).",
-    run: rta_004,
-};
-
-/// RTA-005.
-pub static RTA_005: Case = Case {
-    id: "RTA-005",
-    title: "/host/token is unaffected: 404 without Retry-After",
-    level: Level::Should,
-    features: &[Feature::SetRetryAfterHeader, Feature::HostToken],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "REFERENCE A.3.2, A.8 (not applied to the host endpoint)",
-    explain: "The host token handler has no Retry-After behaviour: a host-network caller asking for a pod without identity gets 404.",
-    run: rta_005,
-};
-
-/// RTA-006.
-pub static RTA_006: Case = Case {
-    id: "RTA-006",
-    title: "Retry-After off: 404 after the configured retry budget",
-    level: Level::Should,
-    features: &[Feature::Tokens],
-    unless: &[Feature::SetRetryAfterHeader],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Retry-After (feature off); REFERENCE A.6 retry loop",
-    explain: "Without the feature, a pod with no identity waits through the retry loop (retry-attempts-for-created × find-identity-retry-interval) and then gets 404. Timed with a generous tolerance (0.5× budget .. budget + 5 s).",
-    run: rta_006,
-};
+);

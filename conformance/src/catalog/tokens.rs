@@ -7,17 +7,12 @@
 use std::time::Duration;
 
 use crate::backend::{PodView, Target};
-use crate::case::{ANY_BACKEND, Case, Feature, Level, Outcome, Profile};
-use crate::case_fn;
+use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{expect_status, has_token, response};
 use crate::ctx::{Ctx, token_client_id};
+use crate::declare_case;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
-
-/// The cases of this area.
-pub static CASES: &[&Case] = &[
-    &TOK_001, &TOK_002, &TOK_003, &TOK_004, &TOK_005, &TOK_006, &TOK_007, &TOK_008,
-];
 
 const P: &[Profile] = &[Profile::Nmi];
 
@@ -51,25 +46,36 @@ async fn token_for(
     }
 }
 
-case_fn!(tok_001, |ctx| {
-    let (pod, ids) = identity_pod(ctx)?;
-    let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
-    let r = expect_status(
-        &sent,
-        200,
-        "token without selector from a pod with an identity",
-    )?;
-    let got = token_client_id(r);
-    if !ids.iter().any(|i| {
-        Some(i.client_id().to_ascii_lowercase()) == got.as_ref().map(|g| g.to_ascii_lowercase())
-    }) {
-        return Err(Outcome::fail(
-            "a token of one of the pod's identities",
-            format!("token appid {got:?}"),
-        ));
+declare_case!(
+    TOK_001 = Case {
+        id: "TOK-001",
+        title: "no selector → a token of the pod's identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.6 (no identity requested → first of the bucket)",
+        explain: "A pod with an Assigned identity asking without client_id / msi_res_id gets 200 and the token's appid is one of its identities.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
+        let r = expect_status(
+            &sent,
+            200,
+            "token without selector from a pod with an identity",
+        )?;
+        let got = token_client_id(r);
+        if !ids.iter().any(|i| {
+            Some(i.client_id().to_ascii_lowercase()) == got.as_ref().map(|g| g.to_ascii_lowercase())
+        }) {
+            return Err(Outcome::fail(
+                "a token of one of the pod's identities",
+                format!("token appid {got:?}"),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
-});
+);
 
 /// For each identity of the identity pod: a token requested with the query `select(identity)` must be
 /// that identity's.
@@ -85,248 +91,213 @@ async fn token_for_each(
     Ok(())
 }
 
-case_fn!(tok_002, |ctx| {
-    token_for_each(
-        ctx,
-        |id| format!("&client_id={}", id.client_id()),
-        "token by client_id",
-    )
-    .await
-});
-
-case_fn!(tok_003, |ctx| {
-    token_for_each(
-        ctx,
-        |id| format!("&msi_res_id={}", enc(&id.resource_id())),
-        "token by msi_res_id",
-    )
-    .await
-});
-
-case_fn!(tok_004, |ctx| {
-    token_for_each(
-        ctx,
-        |id| format!("&mi_res_id={}", enc(&id.resource_id())),
-        "token by mi_res_id",
-    )
-    .await
-});
-
-case_fn!(tok_005, |ctx| {
-    let (pod, ids) = identity_pod(ctx)?;
-    let mine: Vec<String> = ids.iter().map(|i| i.client_id()).collect();
-    let other = ctx
-        .scenario
-        .identities
-        .iter()
-        .map(|i| i.client_id())
-        .find(|c| !mine.contains(c))
-        .unwrap_or_else(|| "0badc0de-0000-4000-8000-000000000000".into());
-    let sent = ctx
-        .send_token(&pod.name, &format!("&client_id={other}"))
-        .await;
-    let r = response(&sent, "404 for an identity not assigned to the pod")?;
-    let ok = r.status == 404 || (ctx.claims(Feature::SetRetryAfterHeader) && r.status == 503);
-    if !ok || has_token(r) {
-        return Err(Outcome::fail(
-            "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
-            r.summary(),
-        ));
-    }
-    Ok(())
-});
-
-case_fn!(tok_006, |ctx| {
-    let (pod, _) = identity_pod(ctx)?;
-    let sent = ctx
-        .send(
-            &pod.name,
-            Target::Imds,
-            Request::get("/metadata/identity/oauth2/token?api-version=2018-02-01").metadata(),
+declare_case!(
+    TOK_002 = Case {
+        id: "TOK-002",
+        title: "client_id selects that identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.6",
+        explain: "For each identity assigned to the pod, ?client_id=<id> yields a token whose appid is that id.",
+    },
+    |ctx| {
+        token_for_each(
+            ctx,
+            |id| format!("&client_id={}", id.client_id()),
+            "token by client_id",
         )
-        .await;
-    let r = expect_status(&sent, 400, "token request without resource")?;
-    if has_token(r) {
-        return Err(Outcome::fail("no token", r.summary()));
+        .await
     }
-    Ok(())
-});
+);
 
-case_fn!(tok_007, |ctx| {
-    let (pod, _) = identity_pod(ctx)?;
-    let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
-    let r = expect_status(&sent, 200, "token")?;
-    let body = r
-        .json()
-        .ok_or_else(|| Outcome::fail("a JSON token body", r.summary()))?;
-    for key in [
-        "access_token",
-        "refresh_token",
-        "expires_in",
-        "expires_on",
-        "not_before",
-        "resource",
-        "token_type",
-    ] {
-        match body.get(key) {
-            Some(v) if v.is_string() => {}
-            other => {
-                return Err(Outcome::fail(
-                    format!("NMI token shape: `{key}` present as a string"),
-                    format!("{key} = {other:?}"),
-                ));
+declare_case!(
+    TOK_003 = Case {
+        id: "TOK-003",
+        title: "msi_res_id selects that identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.3.1 (msi_res_id), A.6",
+        explain: "For each identity assigned to the pod, ?msi_res_id=<ARM id> yields that identity's token.",
+    },
+    |ctx| {
+        token_for_each(
+            ctx,
+            |id| format!("&msi_res_id={}", enc(&id.resource_id())),
+            "token by msi_res_id",
+        )
+        .await
+    }
+);
+
+declare_case!(
+    TOK_004 = Case {
+        id: "TOK-004",
+        title: "mi_res_id selects that identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.3.1 (mi_res_id fallback)",
+        explain: "NMI reads mi_res_id when msi_res_id is empty (adal sends mi_res_id); it selects the identity like msi_res_id.",
+    },
+    |ctx| {
+        token_for_each(
+            ctx,
+            |id| format!("&mi_res_id={}", enc(&id.resource_id())),
+            "token by mi_res_id",
+        )
+        .await
+    }
+);
+
+declare_case!(
+    TOK_005 = Case {
+        id: "TOK-005",
+        title: "client_id not assigned to the pod → 404, never another identity's token",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §2, §3 Tokens; REFERENCE A.6",
+        explain: "Asking for an identity the pod is not bound to yields 404 (503 + Retry-After when claimed) and no token at all.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        let mine: Vec<String> = ids.iter().map(|i| i.client_id()).collect();
+        let other = ctx
+            .scenario
+            .identities
+            .iter()
+            .map(|i| i.client_id())
+            .find(|c| !mine.contains(c))
+            .unwrap_or_else(|| "0badc0de-0000-4000-8000-000000000000".into());
+        let sent = ctx
+            .send_token(&pod.name, &format!("&client_id={other}"))
+            .await;
+        let r = response(&sent, "404 for an identity not assigned to the pod")?;
+        let ok = r.status == 404 || (ctx.claims(Feature::SetRetryAfterHeader) && r.status == 503);
+        if !ok || has_token(r) {
+            return Err(Outcome::fail(
+                "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
+                r.summary(),
+            ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    TOK_006 = Case {
+        id: "TOK-006",
+        title: "missing resource → 400",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.3.1 step 3",
+        explain: "A token request without `resource` is refused with 400 (NMI: `parameter resource cannot be empty`).",
+    },
+    |ctx| {
+        let (pod, _) = identity_pod(ctx)?;
+        let sent = ctx
+            .send(
+                &pod.name,
+                Target::Imds,
+                Request::get("/metadata/identity/oauth2/token?api-version=2018-02-01").metadata(),
+            )
+            .await;
+        let r = expect_status(&sent, 400, "token request without resource")?;
+        if has_token(r) {
+            return Err(Outcome::fail("no token", r.summary()));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    TOK_007 = Case {
+        id: "TOK-007",
+        title: "NMI token body shape: seven fields, all strings",
+        level: Level::Should,
+        features: &[Feature::Tokens],
+        profiles: P,
+        spec: "REFERENCE A.4, D (clients need strings)",
+        explain: "NMI answers access_token, refresh_token, expires_in, expires_on, not_before, resource, token_type, every one a JSON string; clients (Rust, Python) fail on numbers.",
+    },
+    |ctx| {
+        let (pod, _) = identity_pod(ctx)?;
+        let sent = ctx.poll_token(&pod.name, "", Duration::from_secs(5)).await;
+        let r = expect_status(&sent, 200, "token")?;
+        let body = r
+            .json()
+            .ok_or_else(|| Outcome::fail("a JSON token body", r.summary()))?;
+        for key in [
+            "access_token",
+            "refresh_token",
+            "expires_in",
+            "expires_on",
+            "not_before",
+            "resource",
+            "token_type",
+        ] {
+            match body.get(key) {
+                Some(v) if v.is_string() => {}
+                other => {
+                    return Err(Outcome::fail(
+                        format!("NMI token shape: `{key}` present as a string"),
+                        format!("{key} = {other:?}"),
+                    ));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
-});
+);
 
-case_fn!(tok_008, |ctx| {
-    let (pod, ids) = identity_pod(ctx)?;
-    let host = ctx.host_pod(&pod.node);
-    let req = Request::get("/host/token/?resource=https%3A%2F%2Fmanagement.azure.com%2F")
-        .header("podname", &pod.name)
-        .header("podns", &pod.namespace);
-    let sent = ctx.send(&host, Target::InterceptorLocal, req.clone()).await;
-    let r = expect_status(
-        &sent,
-        200,
-        "/host/token from the host for a pod with an identity",
-    )?;
-    let body = r.json().unwrap_or_default();
-    let clientid = body["clientid"].as_str().unwrap_or_default().to_string();
-    if body["token"]["access_token"].as_str().is_none()
-        || !ids
-            .iter()
-            .any(|i| i.client_id().eq_ignore_ascii_case(&clientid))
-    {
-        return Err(Outcome::fail(
-            "{\"token\":{...access_token...},\"clientid\":<the pod's identity>}",
-            r.summary(),
-        ));
+declare_case!(
+    TOK_008 = Case {
+        id: "TOK-008",
+        title: "/host/token serves host-network callers only",
+        level: Level::Must,
+        features: &[Feature::HostToken],
+        profiles: P,
+        spec: "SPEC §3 Tokens; REFERENCE A.3.2",
+        explain: "A host-network caller asking 127.0.0.1:<port>/host/token/ with podname/podns headers gets {token, clientid}; the same request from a non-host pod never yields a token.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        let host = ctx.host_pod(&pod.node);
+        let req = Request::get("/host/token/?resource=https%3A%2F%2Fmanagement.azure.com%2F")
+            .header("podname", &pod.name)
+            .header("podns", &pod.namespace);
+        let sent = ctx.send(&host, Target::InterceptorLocal, req.clone()).await;
+        let r = expect_status(
+            &sent,
+            200,
+            "/host/token from the host for a pod with an identity",
+        )?;
+        let body = r.json().unwrap_or_default();
+        let clientid = body["clientid"].as_str().unwrap_or_default().to_string();
+        if body["token"]["access_token"].as_str().is_none()
+            || !ids
+                .iter()
+                .any(|i| i.client_id().eq_ignore_ascii_case(&clientid))
+        {
+            return Err(Outcome::fail(
+                "{\"token\":{...access_token...},\"clientid\":<the pod's identity>}",
+                r.summary(),
+            ));
+        }
+        // The same request from a non-host pod (through interception) must not yield a token.
+        let other = ctx.plain_pod().unwrap_or(pod.clone());
+        let sent = ctx.send(&other.name, Target::Imds, req.metadata()).await;
+        if let Some(r) = sent.response()
+            && has_token(r)
+        {
+            return Err(Outcome::fail(
+                "/host/token from a non-host pod: no token",
+                r.summary(),
+            ));
+        }
+        Ok(())
     }
-    // The same request from a non-host pod (through interception) must not yield a token.
-    let other = ctx.plain_pod().unwrap_or(pod.clone());
-    let sent = ctx.send(&other.name, Target::Imds, req.metadata()).await;
-    if let Some(r) = sent.response()
-        && has_token(r)
-    {
-        return Err(Outcome::fail(
-            "/host/token from a non-host pod: no token",
-            r.summary(),
-        ));
-    }
-    Ok(())
-});
-
-/// TOK-001.
-pub static TOK_001: Case = Case {
-    id: "TOK-001",
-    title: "no selector → a token of the pod's identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.6 (no identity requested → first of the bucket)",
-    explain: "A pod with an Assigned identity asking without client_id / msi_res_id gets 200 and the token's appid is one of its identities.",
-    run: tok_001,
-};
-
-/// TOK-002.
-pub static TOK_002: Case = Case {
-    id: "TOK-002",
-    title: "client_id selects that identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.6",
-    explain: "For each identity assigned to the pod, ?client_id=<id> yields a token whose appid is that id.",
-    run: tok_002,
-};
-
-/// TOK-003.
-pub static TOK_003: Case = Case {
-    id: "TOK-003",
-    title: "msi_res_id selects that identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.3.1 (msi_res_id), A.6",
-    explain: "For each identity assigned to the pod, ?msi_res_id=<ARM id> yields that identity's token.",
-    run: tok_003,
-};
-
-/// TOK-004.
-pub static TOK_004: Case = Case {
-    id: "TOK-004",
-    title: "mi_res_id selects that identity",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.3.1 (mi_res_id fallback)",
-    explain: "NMI reads mi_res_id when msi_res_id is empty (adal sends mi_res_id); it selects the identity like msi_res_id.",
-    run: tok_004,
-};
-
-/// TOK-005.
-pub static TOK_005: Case = Case {
-    id: "TOK-005",
-    title: "client_id not assigned to the pod → 404, never another identity's token",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: &[Profile::Nmi, Profile::Hardened],
-    spec: "SPEC §2, §3 Tokens; REFERENCE A.6",
-    explain: "Asking for an identity the pod is not bound to yields 404 (503 + Retry-After when claimed) and no token at all.",
-    run: tok_005,
-};
-
-/// TOK-006.
-pub static TOK_006: Case = Case {
-    id: "TOK-006",
-    title: "missing resource → 400",
-    level: Level::Must,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.3.1 step 3",
-    explain: "A token request without `resource` is refused with 400 (NMI: `parameter resource cannot be empty`).",
-    run: tok_006,
-};
-
-/// TOK-007.
-pub static TOK_007: Case = Case {
-    id: "TOK-007",
-    title: "NMI token body shape: seven fields, all strings",
-    level: Level::Should,
-    features: &[Feature::Tokens],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "REFERENCE A.4, D (clients need strings)",
-    explain: "NMI answers access_token, refresh_token, expires_in, expires_on, not_before, resource, token_type, every one a JSON string; clients (Rust, Python) fail on numbers.",
-    run: tok_007,
-};
-
-/// TOK-008.
-pub static TOK_008: Case = Case {
-    id: "TOK-008",
-    title: "/host/token serves host-network callers only",
-    level: Level::Must,
-    features: &[Feature::HostToken],
-    unless: &[],
-    backends: ANY_BACKEND,
-    profiles: P,
-    spec: "SPEC §3 Tokens; REFERENCE A.3.2",
-    explain: "A host-network caller asking 127.0.0.1:<port>/host/token/ with podname/podns headers gets {token, clientid}; the same request from a non-host pod never yields a token.",
-    run: tok_008,
-};
+);
