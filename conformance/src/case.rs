@@ -246,6 +246,62 @@ pub enum Profile {
     Imds,
 }
 
+impl Profile {
+    /// Every profile, in display order.
+    pub const ALL: &'static [Profile] = &[
+        Profile::Nmi,
+        Profile::AksRestriction,
+        Profile::Hardened,
+        Profile::Imds,
+    ];
+
+    /// The features an interceptor must claim to be judged against this profile (its floor). Claiming
+    /// less is `NOT CONFORMANT` with the missing features named: a claim set decides which cases apply, and
+    /// the floor decides what must be claimed.
+    ///
+    /// - `nmi` — what a drop-in for aad-pod-identity's NMI does in the configuration AKS documents: NMI's
+    ///   iptables redirect, identity selection and tokens, the `/host/token` endpoint, pass-through of the
+    ///   other IMDS endpoints, the Metadata header check (NMI's default since v1.8) and label-filtered
+    ///   watches (`enableScaleFeatures`, what large clusters run). `setRetryAfterHeader`,
+    ///   `blockInstanceMetadata` and `enableConntrackDeletion` are NMI options off by default: optional.
+    /// - `hardened` — the `nmi` floor plus the three protections the seed documents add:
+    ///   `blockInstanceMetadata`, `enableConntrackDeletion`, and `failClosed` (no token while the cluster view
+    ///   cannot be shown fresh).
+    /// - `aks-restriction` — `imdsRestriction` (non-host pods cannot reach IMDS at all).
+    /// - `imds` — nothing: the profile judges an IMDS, not an interceptor.
+    pub fn floor(self) -> &'static [Feature] {
+        const NMI: &[Feature] = &[
+            Feature::MetadataHeaderRequired,
+            Feature::EnableScaleFeatures,
+            Feature::Iptables,
+            Feature::Tokens,
+            Feature::HostToken,
+            Feature::Passthrough,
+        ];
+        match self {
+            Profile::Nmi => NMI,
+            Profile::Hardened => &[
+                Feature::MetadataHeaderRequired,
+                Feature::BlockInstanceMetadata,
+                Feature::EnableConntrackDeletion,
+                Feature::EnableScaleFeatures,
+                Feature::Iptables,
+                Feature::Tokens,
+                Feature::HostToken,
+                Feature::Passthrough,
+                Feature::FailClosed,
+            ],
+            Profile::AksRestriction => &[Feature::ImdsRestriction],
+            Profile::Imds => &[],
+        }
+    }
+
+    /// Whether the security floor (area `SEC`) applies: every profile that judges an interceptor.
+    pub fn has_security_floor(self) -> bool {
+        self != Profile::Imds
+    }
+}
+
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -38,7 +38,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the catalogue against an interceptor and report (exit 0 all MUST pass, 1 a MUST fails, 2 error).
+    /// Run the catalogue against an interceptor and report (exit 0 CONFORMANT; 1 NOT CONFORMANT: a MUST case failed, the profile's floor of features is not claimed, the security floor or every MUST case did not run; 2 error).
     Run(Box<RunArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {

@@ -21,7 +21,7 @@ use crate::case::{BackendKind, Case, Feature, Outcome, Profile};
 use crate::catalog;
 use crate::ctx::Ctx;
 use crate::report::terminal::Terminal;
-use crate::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary};
+use crate::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary, Verdict};
 use crate::scenario::Scenario;
 
 /// Longest a single case may run before it is failed.
@@ -80,6 +80,19 @@ pub enum RunError {
     /// Local I/O (run directory).
     #[error("{0}")]
     Io(String),
+}
+
+/// Ids of the security-floor cases (area `SEC`) `profile` requires: they apply whatever the interceptor
+/// claims, and a run without them is never `CONFORMANT`.
+pub fn security_floor(profile: Profile) -> Vec<&'static str> {
+    if !profile.has_security_floor() {
+        return Vec::new();
+    }
+    catalog::all()
+        .into_iter()
+        .filter(|c| c.area() == "SEC" && c.profiles.contains(&profile))
+        .map(|c| c.id)
+        .collect()
 }
 
 /// The cases of `profile` matching `focus` and not `skip`, in catalogue order.
@@ -453,6 +466,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         teardown_started.elapsed(),
         &restores,
     ));
+    let claimed: Vec<Feature> = opts.features.iter().copied().collect();
     let report = RunReport {
         schema_version: SCHEMA_VERSION,
         tool: format!("imds-conformance {}", env!("CARGO_PKG_VERSION")),
@@ -460,11 +474,17 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         profile: opts.profile.to_string(),
         backend: kind.to_string(),
         interceptor: label,
-        claimed_features: opts.features.iter().copied().collect(),
+        claimed_features: claimed.clone(),
         started_at,
         duration_ms: started.elapsed().as_millis() as u64,
         notes,
         summary: Summary::of(&results),
+        verdict: Some(Verdict::judge(
+            opts.profile,
+            &claimed,
+            &security_floor(opts.profile),
+            &results,
+        )),
         cases: results,
     };
     if opts.live {

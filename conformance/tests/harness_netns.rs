@@ -88,7 +88,7 @@ fn netns_aks_restriction_passes_with_aks_rule() {
     assert_eq!(
         r.ids("PASS").into_iter().collect::<BTreeSet<_>>(),
         set(&[
-            "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
+            "SEC-001", "SEC-002", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
         ]),
         "{}",
         r.log()
@@ -102,7 +102,8 @@ fn selftest_rst_no_rule_but_claimed() {
         return;
     }
     let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "none"]);
-    r.assert_fails_exactly(&["RST-001", "RST-003", "RST-005"]);
+    // No rule: pods reach IMDS and get the VM's tokens, which the security floor sees too.
+    r.assert_fails_exactly(&["SEC-001", "SEC-002", "RST-001", "RST-003", "RST-005"]);
     assert!(leftovers(pid).is_empty());
 }
 

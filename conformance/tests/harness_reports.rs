@@ -50,6 +50,7 @@ fn sample() -> RunReport {
         notes: vec!["note | with pipe".into()],
         summary: Summary::of(&cases),
         cases,
+        verdict: None,
     }
 }
 
@@ -121,7 +122,8 @@ fn report_snapshots() {
 #[test]
 fn markdown_lists_cases_failures_first() {
     let md = markdown::render(&sample());
-    assert!(md.contains("❌ MUST cases fail"));
+    assert!(md.contains("❌ NOT CONFORMANT"), "{md}");
+    assert!(md.contains("MUST cases failed: HDR-002"), "{md}");
     let first_row = md.lines().find(|l| l.starts_with("| `")).unwrap();
     assert!(
         first_row.contains("HDR-002"),

@@ -7,6 +7,7 @@
 //!
 //! | file | area |
 //! | --- | --- |
+//! | `security.rs` | SEC — the security floor (every profile judging an interceptor, whatever it claims) |
 //! | `header.rs` | HDR — Metadata header |
 //! | `instance_block.rs` | BLK — instance metadata block |
 //! | `retry_after.rs` | RTA — Retry-After |
@@ -29,6 +30,7 @@ pub mod label_filter;
 pub mod passthrough;
 pub mod restriction;
 pub mod retry_after;
+pub mod security;
 pub mod tokens;
 
 use std::time::Duration;
@@ -47,7 +49,7 @@ pub static CASES: [Case];
 
 /// The areas in catalogue order (the order of `list`, of runs and of reports).
 pub const AREAS: &[&str] = &[
-    "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
+    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
 ];
 
 /// Where an area stands in [`AREAS`] (unknown areas last; a unit test keeps there from being any).

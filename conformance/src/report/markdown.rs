@@ -10,10 +10,11 @@ use crate::case::{Level, Outcome};
 /// Renders the report as Markdown.
 pub fn render(r: &RunReport) -> String {
     let s = &r.summary;
-    let verdict = if s.must_failed == 0 {
-        "✅ all MUST cases pass"
+    let v = r.verdict();
+    let verdict = if v.conformant {
+        "✅ CONFORMANT".to_string()
     } else {
-        "❌ MUST cases fail"
+        format!("❌ NOT CONFORMANT: {}", v.reasons.join("; "))
     };
     let mut out = String::new();
     let _ = writeln!(
