@@ -17,8 +17,10 @@
 //! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
-//! - [`kind`] — typed kind / kubectl / docker wrappers and the manifests of the kind backend;
-//!   [`probe`] — the protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
+//! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
+//!   typed kind / kubectl / docker wrappers, manifests, dry run; [`process`] — the one process runner
+//!   (timeouts, kill, stderr in errors, a recorder for dry runs) under kind and netns; [`probe`] — the
+//!   protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
 
 pub mod backend;
 pub mod case;
@@ -29,6 +31,7 @@ pub mod ctx;
 pub mod http;
 pub mod kind;
 pub mod netns;
+pub mod process;
 /// The probe's protocol (crate `imds-probe`), re-exported for the relay and the kind backend.
 pub use imds_probe as probe;
 pub mod report;

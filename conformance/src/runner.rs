@@ -15,11 +15,11 @@ use futures::FutureExt as _;
 use regex::Regex;
 
 use crate::backend::interceptor::InterceptorSpec;
-use crate::backend::kind::{KindBackend, KindOptions};
 use crate::backend::{Backend, BackendError, loopback::Loopback, netns::Netns};
 use crate::case::{BackendKind, Case, Feature, Outcome, Profile};
 use crate::catalog;
 use crate::ctx::Ctx;
+use crate::kind::{KindBackend, KindOptions};
 use crate::report::terminal::Terminal;
 use crate::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary};
 use crate::scenario::Scenario;
@@ -62,7 +62,7 @@ pub struct RunOptions {
     /// Print live progress.
     pub live: bool,
     /// Options of the kind backend (with `--backend kind`).
-    pub kind: Option<crate::backend::kind::KindOptions>,
+    pub kind: Option<crate::kind::KindOptions>,
 }
 
 /// Errors that stop a run before a verdict (exit 2).
@@ -332,8 +332,7 @@ pub async fn start_env(
             let opts = kind_opts.ok_or_else(|| {
                 RunError::Unavailable("--backend kind: no kind options given".into())
             })?;
-            let runner: Arc<dyn crate::kind::tools::Runner> =
-                Arc::new(crate::kind::tools::SystemRunner);
+            let runner: Arc<dyn crate::process::Runner> = Arc::new(crate::process::SystemRunner);
             Arc::new(KindBackend::start(&mut scenario, interceptor, opts, runner).await?)
         }
         BackendKind::Netns => {

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imds_conformance::backend::interceptor::InterceptorSpec;
-use imds_conformance::backend::kind::{KindBackend, KindOptions};
 use imds_conformance::backend::relay;
 use imds_conformance::http::{Conn, Request, SendError};
 use imds_conformance::kind::dryrun;
 use imds_conformance::kind::manifests::{self, Images};
-use imds_conformance::kind::tools::{Recorder, ToolOutput};
+use imds_conformance::kind::{KindBackend, KindOptions};
+use imds_conformance::process::{Recorder, ToolOutput};
 use imds_conformance::scenario::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -434,7 +434,7 @@ fn probe_or_skip(test: &str) -> Option<PathBuf> {
 /// The kind backend's relay command line, run with the local binary instead of the in-image path (and
 /// without `kubectl exec -i`, which only adds the transport).
 fn local_relay(probe: &PathBuf, addr: std::net::SocketAddr) -> tokio::process::Command {
-    let argv = imds_conformance::backend::kind::relay_argv(addr, Duration::from_secs(2));
+    let argv = imds_conformance::kind::relay_argv(addr, Duration::from_secs(2));
     let mut c = tokio::process::Command::new(probe);
     c.args(&argv[1..]);
     c
@@ -549,7 +549,7 @@ async fn probe_relay_from_inside_a_pod_namespace() {
         .await
         .unwrap();
     let relay_from_pod = |timeout: Duration| {
-        let argv = imds_conformance::backend::kind::relay_argv(imds, timeout);
+        let argv = imds_conformance::kind::relay_argv(imds, timeout);
         let mut c = netns::command_in(&p1.ns, &probe.display().to_string());
         c.args(&argv[1..]);
         c

@@ -9,15 +9,14 @@
 //!   is reached directly (no kernel redirect); kernel operations return [`BackendError::Unsupported`].
 //! - [`netns::Netns`] — root; the netns helper's `Topology` (SPEC §4): nodes, per-VM host-side namespaces
 //!   owning 169.254.169.254, pods behind veths, real iptables and conntrack.
-//! - [`kind::KindBackend`] — a kind cluster: real pods running the probe (connections through
-//!   [`relay`]), a mock-imds pod per node that owns 169.254.169.254 and is routed to by the node, the
+//! - [`crate::kind::KindBackend`] — a kind cluster (all of it in `kind/`): real pods running the probe
+//!   (connections through [`relay`]), a mock-imds pod per node that owns 169.254.169.254 and is routed to by the node, the
 //!   interceptor as a DaemonSet, the real API server behind [`ClusterApi`].
 //!
 //! This module must not judge anything (that is the catalogue's job) and must not depend on imds-proxy:
 //! the interceptor is a black-box process.
 
 pub mod interceptor;
-pub mod kind;
 pub mod loopback;
 pub mod netns;
 pub mod relay;

@@ -66,7 +66,10 @@ pub fn serve_imds(
 }
 
 /// [`netns::exec_in`] with an owned argv (as the library builds them).
-pub async fn exec_argv(ns: &str, argv: &[String]) -> Result<std::process::Output, NetnsError> {
+pub async fn exec_argv(
+    ns: &str,
+    argv: &[String],
+) -> Result<imds_conformance::process::ToolOutput, NetnsError> {
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     netns::exec_in(ns, &args).await
 }
