@@ -12,7 +12,8 @@
 //! - [`ctx`] — what a case body gets (the case-author API);
 //! - [`catalog`] — the cases, one module per area;
 //! - [`backend`] — the environment trait and its loopback / netns implementations;
-//! - [`scenario`], [`cluster`] — scenario files and the Kubernetes objects they imply;
+//! - [`scenario`], [`cluster`], [`world`] — scenario files, the Kubernetes objects they imply, and the
+//!   nodes and pods a backend made of them;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
 //! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
@@ -37,3 +38,4 @@ pub use imds_probe as probe;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod world;

@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use imds_conformance::case::Status;
+
 use common::{proxy_or_skip, run, run_loopback, scenario};
 
 /// A self-test on loopback: nmi-default with `extra` arguments (a feature switched off while claimed)
@@ -27,7 +29,7 @@ fn loopback_nmi_default_passes() {
     assert!(report.summary.pass >= 20, "{}", r.log());
     // The kernel areas are listed as skipped, with the reason.
     assert!(
-        r.ids("SKIP").iter().any(|i| i.starts_with("IPT-")),
+        r.ids(Status::Skip).iter().any(|i| i.starts_with("IPT-")),
         "{}",
         r.log()
     );

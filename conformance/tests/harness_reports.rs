@@ -4,8 +4,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use imds_conformance::case::{Feature, Level, Outcome};
-use imds_conformance::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary, junit, markdown};
+use imds_conformance::report::{
+    CaseResult, RunReport, RunTiming, SCHEMA_VERSION, Summary, junit, markdown,
+};
 use quick_xml::events::Event;
 
 fn sample() -> RunReport {
@@ -48,6 +52,7 @@ fn sample() -> RunReport {
         started_at: "2026-01-01T00:00:00Z".into(),
         duration_ms: 10,
         notes: vec!["note | with pipe".into()],
+        timing: None,
         summary: Summary::of(&cases),
         cases,
     }
@@ -98,7 +103,13 @@ fn junit_is_xml_with_right_counts() {
 
 #[test]
 fn json_round_trips() {
-    let r = sample();
+    let mut r = sample();
+    r.timing = Some(RunTiming::measure(
+        Duration::from_millis(2500),
+        Duration::from_millis(500),
+        Duration::from_millis(800),
+        &[Duration::from_millis(310)],
+    ));
     let text = serde_json::to_string_pretty(&r).unwrap();
     let back: RunReport = serde_json::from_str(&text).unwrap();
     assert_eq!(back, r);
@@ -109,6 +120,12 @@ fn json_round_trips() {
         "setRetryAfterHeader"
     );
     assert_eq!(v["summary"]["must_failed"], 1);
+    assert_eq!(v["timing"]["setup_ms"], 2500);
+    assert_eq!(v["timing"]["restores"], 1);
+    assert!(
+        markdown::render(&r).contains("> timing: setup_ms=2500 sync_ms=500 teardown_ms=800"),
+        "the Markdown report shows the timing"
+    );
     assert_eq!(r.exit_code(), 1);
 }
 

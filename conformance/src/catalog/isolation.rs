@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backend::JournalEntryExt as _;
 use crate::backend::{PodView, Target};
 use crate::case::{BackendKind, Feature, Level, Outcome, Profile};
 use crate::catalog::{has_token, identity_pod, plain_pod, response};

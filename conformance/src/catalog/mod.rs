@@ -1,7 +1,8 @@
 //! The conformance catalogue of SPEC §3, one file per area (MIC is out of scope).
 //!
-//! Owns the cases — each declared once with [`declare_case!`](crate::declare_case), data and body
-//! together, which also registers it in [`CASES`] — and the small assertion helpers they share. Cases observe only from
+//! Owns what a case is ([`Case`]: data plus one async function of [`Ctx`]) and the cases — each declared
+//! once with [`declare_case!`](crate::declare_case), data and body together, which also registers it in
+//! [`CASES`] — and the small assertion helpers they share. Cases observe only from
 //! outside — the pod's response, the VM's mock journal, the API server's per-client stats, kernel tables
 //! — through [`Ctx`] and the backend trait; they never ask the interceptor anything.
 //!
@@ -31,15 +32,61 @@ pub mod restriction;
 pub mod retry_after;
 pub mod tokens;
 
+use std::fmt;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::backend::JournalEntryExt as _;
 use crate::backend::PodView;
-use crate::case::{Case, Outcome};
+use crate::case::{BackendKind, BoxFut, Feature, Level, Outcome, Profile};
 use crate::ctx::{Ctx, Sent};
 use crate::http::Response;
 use crate::scenario::IdentityDef;
+
+/// The signature of a case body.
+pub type CaseFn = for<'a> fn(&'a mut Ctx) -> BoxFut<'a, Outcome>;
+
+/// One conformance case: data plus a function.
+pub struct Case {
+    /// Stable id, `AREA-NNN`.
+    pub id: &'static str,
+    /// One line: what is checked.
+    pub title: &'static str,
+    /// MUST / SHOULD / INFO.
+    pub level: Level,
+    /// Features the interceptor must claim for the case to apply (else UNCLAIMED).
+    pub features: &'static [Feature],
+    /// Features that must NOT be claimed (cases checking the feature-off behaviour; else SKIP).
+    pub unless: &'static [Feature],
+    /// Backends able to run the case (else SKIP with the reason).
+    pub backends: &'static [BackendKind],
+    /// Profiles that include the case.
+    pub profiles: &'static [Profile],
+    /// Where the rule comes from.
+    pub spec: &'static str,
+    /// Longer explanation for `imds-conformance explain`.
+    pub explain: &'static str,
+    /// The check.
+    pub run: CaseFn,
+}
+
+impl Case {
+    /// The area prefix (`HDR` of `HDR-001`).
+    pub fn area(&self) -> &'static str {
+        self.id.split('-').next().unwrap_or(self.id)
+    }
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("id", &self.id)
+            .field("title", &self.title)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Every case of the catalogue: each [`declare_case!`](crate::declare_case) adds its case here.
 #[linkme::distributed_slice]
@@ -253,7 +300,7 @@ macro_rules! declare_case {
     ) => {
         #[doc = concat!($id, ": ", $title)]
         #[linkme::distributed_slice($crate::catalog::CASES)]
-        pub static $st: $crate::case::Case = $crate::case::Case {
+        pub static $st: $crate::catalog::Case = $crate::catalog::Case {
             id: $id,
             title: $title,
             level: $level,

@@ -12,24 +12,15 @@ use serde_json::Value;
 
 use super::manifests;
 use super::state::{blocking, tool_err, unsupported};
-use super::wrappers::Kubectl;
-use crate::backend::{ApiLoad, BackendError, ClusterApi};
+use super::wrappers::{Kubectl, resource_arg};
+use crate::backend::{ApiLoad, BackendError, ClusterApi, ObjectRef};
 use crate::case::BoxFut;
-use crate::cluster;
 
 /// The cluster's API server for cases: objects through `kubectl`, load from `/metrics`.
 pub struct KubeApi {
     pub(super) kubectl: Kubectl,
     /// The real pods the harness created: `(namespace, name)` → `(node, IP)`.
     pub(super) pods: BTreeMap<(String, String), (String, String)>,
-}
-
-pub(super) fn resource_arg(obj_api_version: &str, kind: &str) -> String {
-    let kind = kind.to_ascii_lowercase();
-    match obj_api_version.split_once('/') {
-        Some((group, _)) => format!("{kind}.{group}"),
-        None => kind,
-    }
 }
 
 fn is_pod(api_version: &str, kind: &str) -> bool {
@@ -73,7 +64,12 @@ pub fn watch_events(metrics: &str) -> BTreeMap<String, u64> {
 
 impl KubeApi {
     fn apply_blocking(&self, obj: &Value) -> Result<(), BackendError> {
-        let (av, kind, ns, name) = cluster::object_key(obj);
+        let ObjectRef {
+            api_version: av,
+            kind,
+            namespace: ns,
+            name,
+        } = ObjectRef::of(obj);
         if is_pod(&av, &kind) {
             // Re-applying a scenario pod as it is (the runner restoring the baseline) is a no-op; any other
             // pod would need an IP of the harness's choosing, which only the kubelet gives on kind.
@@ -98,7 +94,12 @@ impl KubeApi {
     }
 
     fn delete_blocking(&self, obj: &Value) -> Result<(), BackendError> {
-        let (av, kind, ns, name) = cluster::object_key(obj);
+        let ObjectRef {
+            api_version: av,
+            kind,
+            namespace: ns,
+            name,
+        } = ObjectRef::of(obj);
         if is_pod(&av, &kind) {
             return Err(unsupported(
                 "deleting a Pod (the scenario's pods are real on kind)",

@@ -2,7 +2,8 @@
 //! [`RunState::bring_up`] runs them: create or reuse the cluster, claim its workers for the scenario's
 //! nodes, load our images, install the CRDs, deploy one mock-imds per node and route 169.254.169.254 to
 //! it, start the node agents and the scenario's pods, read back the addresses the cluster gave, apply the
-//! scenario's identity objects, deploy the interceptor ([`super::interceptor`]).
+//! scenario's identity objects, deploy the interceptor ([`super::interceptor`]) — and
+//! [`RunState::teardown`], which undoes them.
 //!
 //! Every step checks for cancellation first and records what it created in [`RunState`], so a failed or
 //! interrupted bring-up is undone by the same teardown as a finished run.
@@ -16,7 +17,8 @@ use serde_json::Value;
 use super::READY_TIMEOUT;
 use super::manifests;
 use super::state::{NodeRt, RunState, argv, ipv4, lock, tool_err};
-use crate::backend::{BackendError, NodeView, PodView, World};
+use super::wrappers::resource_arg;
+use crate::backend::{BackendError, NodeView, ObjectRef, PodView, World};
 use crate::cluster;
 use crate::scenario::Scenario;
 
@@ -243,8 +245,11 @@ impl RunState {
         self.apply_tracked(&pods, "test pods")?;
         let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in pods.iter().filter(|p| p["kind"] == "Pod") {
-            let (_, _, ns, name) = cluster::object_key(p);
-            by_ns.entry(ns).or_default().push(format!("pod/{name}"));
+            let o = ObjectRef::of(p);
+            by_ns
+                .entry(o.namespace)
+                .or_default()
+                .push(format!("pod/{}", o.name));
         }
         for (ns, names) in &by_ns {
             let mut args: Vec<&str> = vec!["-n", ns, "--for=condition=Ready"];
@@ -290,8 +295,11 @@ impl RunState {
             .map_err(tool_err("listing the test pods"))?;
         let mut pod_ip: BTreeMap<(String, String), Ipv4Addr> = BTreeMap::new();
         for p in owned["items"].as_array().into_iter().flatten() {
-            let (_, _, ns, name) = cluster::object_key(p);
-            pod_ip.insert((ns, name), ipv4(&p["status"]["podIP"], "a test pod")?);
+            let o = ObjectRef::of(p);
+            pod_ip.insert(
+                (o.namespace, o.name),
+                ipv4(&p["status"]["podIP"], "a test pod")?,
+            );
         }
         let mut world = World::default();
         let mut rts = BTreeMap::new();
@@ -346,5 +354,75 @@ impl RunState {
             .collect();
         self.apply_tracked(&objects, "identities and assignments")?;
         Ok(())
+    }
+
+    /// Removes what the run built: the whole cluster when this run created it (unless kept), else the
+    /// objects, routes, rules and labels it added. Idempotent.
+    pub(super) fn teardown(&self) {
+        {
+            let mut done = lock(&self.torn_down);
+            if *done {
+                return;
+            }
+            *done = true;
+        }
+        let o = &self.opts;
+        if o.keep_cluster {
+            eprintln!(
+                "imds-conformance: keeping kind cluster {} as it is (--keep-cluster); remove it with \
+                 `kind delete cluster --name {}`",
+                o.cluster, o.cluster
+            );
+            return;
+        }
+        if *lock(&self.created_cluster) {
+            if let Err(e) = self.kind.delete_cluster(&o.cluster) {
+                eprintln!(
+                    "imds-conformance: deleting kind cluster {} failed: {e}",
+                    o.cluster
+                );
+            }
+            return;
+        }
+        // A reused cluster: undo our changes, newest first; keep going on errors.
+        let nodes: Vec<String> = lock(&self.aks)
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in nodes {
+            if let Err(e) = self.aks_rule(&n, false) {
+                eprintln!("imds-conformance: teardown: {e}");
+            }
+        }
+        for n in lock(&self.routes).clone() {
+            if let Err(e) = self
+                .docker
+                .exec(&n, &argv(&["ip", "route", "del", "169.254.169.254/32"]))
+            {
+                eprintln!("imds-conformance: teardown: removing the IMDS route on {n}: {e}");
+            }
+        }
+        let applied = lock(&self.applied).clone();
+        for o in applied.iter().rev() {
+            if o.kind == "CustomResourceDefinition" {
+                continue;
+            }
+            let ns = (!o.namespace.is_empty()).then_some(o.namespace.as_str());
+            if let Err(e) = self.kubectl.delete(
+                &resource_arg(&o.api_version, &o.kind),
+                ns,
+                &o.name,
+                None,
+                false,
+            ) {
+                eprintln!("imds-conformance: teardown: {e}");
+            }
+        }
+        for n in lock(&self.gated).clone() {
+            if let Err(e) = self.kubectl.label_node(&n, manifests::GATE_LABEL, None) {
+                eprintln!("imds-conformance: teardown: {e}");
+            }
+        }
     }
 }

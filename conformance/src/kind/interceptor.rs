@@ -11,27 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::manifests;
-use super::state::{RunState, lock, ready, tool_err, unsupported};
+use super::state::{Plan, RunState, lock, ready, tool_err, unsupported};
 use super::{READY_TIMEOUT, relay_argv};
 use crate::backend::interceptor::{self, InterceptorSpec};
-use crate::backend::{BackendError, World};
-use crate::cluster;
+use crate::backend::{BackendError, ObjectRef, World};
 use crate::probe;
-
-/// How the interceptor is deployed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Plan {
-    /// A DaemonSet: namespace, name, pod label selector.
-    DaemonSet {
-        ns: String,
-        name: String,
-        selector: String,
-    },
-    /// AgentBaker's FORWARD rule in each node.
-    AksRule,
-    /// Nothing.
-    None,
-}
 
 impl RunState {
     pub(super) fn deploy_interceptor(&self, world: &World) -> Result<(), BackendError> {
@@ -204,7 +188,7 @@ impl RunState {
                 let pods = self.interceptor_pods(node)?;
                 self.gate(node, false)?;
                 for p in &pods {
-                    let (_, _, _, name) = cluster::object_key(p);
+                    let name = ObjectRef::of(p).name;
                     if !graceful {
                         self.kubectl
                             .delete("pod", Some(&ns), &name, Some(0), false)
@@ -253,7 +237,7 @@ impl RunState {
             Ok(pods) => pods
                 .first()
                 .map(|p| {
-                    let (_, _, _, name) = cluster::object_key(p);
+                    let name = ObjectRef::of(p).name;
                     self.kubectl.logs_tail(&ns, &name, 40)
                 })
                 .unwrap_or_else(|| format!("(no interceptor pod on {node})")),

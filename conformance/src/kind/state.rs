@@ -1,9 +1,11 @@
-//! The state of one kind run ([`RunState`]): the tools, the options, and everything the run built
-//! (cluster, applied objects, routes, rules, gate labels), plus the operations that only read or undo it —
-//! a node's IMDS journal, a command in a node, teardown — and the small helpers every kind step shares.
+//! The state of one kind run ([`RunState`]): the tools, the options, how the interceptor is deployed
+//! ([`Plan`]) and everything the run built (cluster, applied objects, routes, rules, gate labels); the
+//! operations that only read a node — its IMDS journal, a command in it — and the small helpers every
+//! kind step shares.
 //!
-//! Bring-up steps live in [`super::bring_up`], interceptor control in [`super::interceptor`]; the
-//! [`crate::backend::Backend`] facade in [`super`]. Everything here is blocking (tool calls).
+//! Bring-up and teardown live in `bring_up.rs`, interceptor control in `interceptor.rs`, both on top of
+//! this module (it imports neither); the [`crate::backend::Backend`] facade in [`super`]. Everything here
+//! is blocking (tool calls).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,14 +15,11 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use super::KindOptions;
-use super::api::resource_arg;
-use super::interceptor::Plan;
 use super::manifests;
 use super::wrappers::{Docker, Kind, Kubectl};
 use crate::backend::interceptor::InterceptorSpec;
-use crate::backend::{BackendError, ExecOutput, JournalEntry};
+use crate::backend::{BackendError, ExecOutput, JournalEntry, ObjectRef};
 use crate::case::BackendKind;
-use crate::cluster;
 use crate::process::{Runner, ToolError};
 
 pub(super) fn tool_err(context: impl Into<String>) -> impl FnOnce(ToolError) -> BackendError {
@@ -35,8 +34,23 @@ pub(super) fn unsupported(what: impl Into<String>) -> BackendError {
     }
 }
 
-#[derive(Debug, Clone)]
+/// How the interceptor is deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// A DaemonSet: namespace, name, pod label selector.
+    DaemonSet {
+        ns: String,
+        name: String,
+        selector: String,
+    },
+    /// AgentBaker's FORWARD rule in each node.
+    AksRule,
+    /// Nothing.
+    None,
+}
+
 /// What the run knows of one node it uses.
+#[derive(Debug, Clone)]
 pub(super) struct NodeRt {
     /// The node's InternalIP.
     pub(super) ip: Ipv4Addr,
@@ -49,7 +63,7 @@ pub(super) struct NodeRt {
 }
 
 /// Everything the blocking operations need (shared with the blocking pool): the tools, the options and
-/// what this run built so far (undone in reverse by [`RunState::teardown`]).
+/// what this run built so far (undone in reverse by `RunState::teardown`).
 pub(super) struct RunState {
     pub(super) opts: KindOptions,
     pub(super) spec: InterceptorSpec,
@@ -61,7 +75,7 @@ pub(super) struct RunState {
     pub(super) plan: Mutex<Plan>,
     pub(super) nodes: Mutex<BTreeMap<String, NodeRt>>,
     /// Objects applied, in order (removed in reverse on teardown of a reused cluster).
-    pub(super) applied: Mutex<Vec<(String, String, String, String)>>,
+    pub(super) applied: Mutex<Vec<ObjectRef>>,
     /// Nodes whose IMDS route the run replaced.
     pub(super) routes: Mutex<Vec<String>>,
     /// Nodes with the AKS rule inserted (`true`) or removed.
@@ -133,7 +147,7 @@ impl RunState {
         self.kubectl
             .apply(objects)
             .map_err(tool_err(format!("kubectl apply ({doing})")))?;
-        lock(&self.applied).extend(objects.iter().map(cluster::object_key));
+        lock(&self.applied).extend(objects.iter().map(ObjectRef::of));
         Ok(())
     }
 
@@ -172,73 +186,6 @@ impl RunState {
             stdout: out.stdout_text(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
-    }
-
-    /// Removes what the run built: the whole cluster when this run created it (unless kept), else the
-    /// objects, routes, rules and labels it added. Idempotent.
-    pub(super) fn teardown(&self) {
-        {
-            let mut done = lock(&self.torn_down);
-            if *done {
-                return;
-            }
-            *done = true;
-        }
-        let o = &self.opts;
-        if o.keep_cluster {
-            eprintln!(
-                "imds-conformance: keeping kind cluster {} as it is (--keep-cluster); remove it with \
-                 `kind delete cluster --name {}`",
-                o.cluster, o.cluster
-            );
-            return;
-        }
-        if *lock(&self.created_cluster) {
-            if let Err(e) = self.kind.delete_cluster(&o.cluster) {
-                eprintln!(
-                    "imds-conformance: deleting kind cluster {} failed: {e}",
-                    o.cluster
-                );
-            }
-            return;
-        }
-        // A reused cluster: undo our changes, newest first; keep going on errors.
-        let nodes: Vec<String> = lock(&self.aks)
-            .iter()
-            .filter(|(_, on)| **on)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in nodes {
-            if let Err(e) = self.aks_rule(&n, false) {
-                eprintln!("imds-conformance: teardown: {e}");
-            }
-        }
-        for n in lock(&self.routes).clone() {
-            if let Err(e) = self
-                .docker
-                .exec(&n, &argv(&["ip", "route", "del", "169.254.169.254/32"]))
-            {
-                eprintln!("imds-conformance: teardown: removing the IMDS route on {n}: {e}");
-            }
-        }
-        let applied = lock(&self.applied).clone();
-        for (av, kind, ns, name) in applied.iter().rev() {
-            if kind == "CustomResourceDefinition" {
-                continue;
-            }
-            let ns = (!ns.is_empty()).then_some(ns.as_str());
-            if let Err(e) = self
-                .kubectl
-                .delete(&resource_arg(av, kind), ns, name, None, false)
-            {
-                eprintln!("imds-conformance: teardown: {e}");
-            }
-        }
-        for n in lock(&self.gated).clone() {
-            if let Err(e) = self.kubectl.label_node(&n, manifests::GATE_LABEL, None) {
-                eprintln!("imds-conformance: teardown: {e}");
-            }
-        }
     }
 }
 

@@ -26,6 +26,16 @@ fn json_of(cmd: &ToolCmd, out: &ToolOutput) -> Result<Value, ToolError> {
     })
 }
 
+/// The `kubectl` resource argument for objects of `kind` in `obj_api_version` (`kind.group`, or `kind` for
+/// the core group).
+pub fn resource_arg(obj_api_version: &str, kind: &str) -> String {
+    let kind = kind.to_ascii_lowercase();
+    match obj_api_version.split_once('/') {
+        Some((group, _)) => format!("{kind}.{group}"),
+        None => kind,
+    }
+}
+
 /// `kind`.
 #[derive(Clone)]
 pub struct Kind {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use imds_conformance::case::Status;
 use imds_conformance::report::RunReport;
 
 /// The imds-conformance binary under test.
@@ -67,7 +68,7 @@ pub struct Run {
 
 impl Run {
     /// Ids with `status` in the report.
-    pub fn ids(&self, status: &str) -> Vec<String> {
+    pub fn ids(&self, status: Status) -> Vec<String> {
         self.report
             .as_ref()
             .map(|r| r.ids_with(status))
@@ -87,7 +88,7 @@ impl Run {
 
     /// Ids that FAILed.
     pub fn fails(&self) -> BTreeSet<String> {
-        self.ids("FAIL").into_iter().collect()
+        self.ids(Status::Fail).into_iter().collect()
     }
 
     /// Asserts that exactly `ids` FAILed and the run exited 1 (a self-test's verdict).
