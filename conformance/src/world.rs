@@ -1,11 +1,13 @@
 //! The harness's view of a running topology ([`World`]): nodes and pods with the addresses the backend
-//! gave them. A leaf of plain data: backends build it, the cluster objects ([`crate::cluster`]) and cases
-//! read it. It imports nothing of the crate.
+//! gave them. Plain data: backends build it (from the scenario's pods), the cluster objects
+//! ([`crate::cluster`]) and cases read it. It imports only the scenario's types.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::scenario::PodDef;
 
 /// A node as the harness sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,20 @@ pub struct PodView {
     pub ip: Ipv4Addr,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+}
+
+impl PodView {
+    /// The view of the scenario's pod `def` on `node`, at the address the backend gave it.
+    pub fn of(def: &PodDef, node: &str, ip: Ipv4Addr) -> Self {
+        PodView {
+            name: def.name.clone(),
+            namespace: def.namespace.clone(),
+            node: node.to_string(),
+            host_network: def.host_network,
+            ip,
+            labels: def.labels.clone(),
+        }
+    }
 }
 
 /// Nodes and pods with backend-specific addresses.

@@ -155,32 +155,24 @@ fn cli_run_writes_all_three_reports() {
         dir.path().join("r.xml"),
         dir.path().join("r.md"),
     );
-    let out = std::process::Command::new(common::conformance_bin())
-        .args([
-            "run",
-            "--profile",
-            "imds",
-            "--backend",
-            "loopback",
-            "--interceptor",
-            "none",
-            "--report",
-        ])
-        .arg(format!(
-            "junit={},json={},md={}",
-            x.display(),
-            j.display(),
-            m.display()
-        ))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let targets = format!(
+        "junit={},json={},md={}",
+        x.display(),
+        j.display(),
+        m.display()
     );
+    let out = common::cli(&[
+        "run",
+        "--profile",
+        "imds",
+        "--backend",
+        "loopback",
+        "--interceptor",
+        "none",
+        "--report",
+        &targets,
+    ]);
+    common::assert_exit(&out, 0, "an imds run against the in-process mock");
     let report: RunReport = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     assert_eq!(report.summary.total, 12);
     assert_eq!(report.summary.pass, 12);
@@ -204,31 +196,16 @@ fn usage_errors_exit_2() {
         vec!["run", "--interceptor", "weird"],
         vec!["explain", "NOPE-1"],
     ] {
-        let out = std::process::Command::new(common::conformance_bin())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_exit(&common::cli(&args), 2, &format!("{args:?}"));
     }
 }
 
 #[test]
 fn list_and_explain() {
-    let out = std::process::Command::new(common::conformance_bin())
-        .args(["explain", "hdr-001"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = common::cli(&["explain", "hdr-001"]);
+    common::assert_exit(&out, 0, "explain hdr-001");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Required metadata header"));
-    let out = std::process::Command::new(common::conformance_bin())
-        .args(["list"])
-        .output()
-        .unwrap();
+    let out = common::cli(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for area in [
         "HDR-", "BLK-", "RTA-", "CT-", "LBL-", "IPT-", "TOK-", "ISO-", "PT-", "RST-", "IMDS-",

@@ -10,7 +10,6 @@ mod netns_common;
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -330,32 +329,21 @@ spec:
 
 #[test]
 fn cli_dry_run_and_refusals() {
-    let out = Command::new(common::conformance_bin())
-        .args([
-            "run",
-            "--backend",
-            "kind",
-            "--kind-cluster",
-            "cli",
-            "--kind-dry-run",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli(&[
+        "run",
+        "--backend",
+        "kind",
+        "--kind-cluster",
+        "cli",
+        "--kind-dry-run",
+    ]);
+    common::assert_exit(&out, 0, "--kind-dry-run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kind create cluster --name cli --config ci/kind/two-workers.yaml"));
     let refused = |args: &[&str], needle: &str| {
-        let out = Command::new(common::conformance_bin())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = common::cli(args);
+        common::assert_exit(&out, 2, &format!("{args:?}"));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     };
     refused(
@@ -403,10 +391,7 @@ fn cli_dry_run_and_refusals() {
         &["run", "--backend", "loopback", "--kind-dry-run"],
         "needs --backend kind",
     );
-    let help = Command::new(common::conformance_bin())
-        .args(["run", "--help"])
-        .output()
-        .unwrap();
+    let help = common::cli(&["run", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
         "--kind-cluster",

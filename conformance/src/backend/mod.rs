@@ -167,6 +167,11 @@ impl ObjectRef {
             name: s(&obj["metadata"]["name"]),
         }
     }
+
+    /// Whether this is a core `v1` Pod.
+    pub fn is_pod(&self) -> bool {
+        self.api_version == "v1" && self.kind == "Pod"
+    }
 }
 
 /// The cluster's API as cases use it: the test API server on loopback / netns, the real one on kind.

@@ -119,6 +119,19 @@ pub fn metadata_error_json() -> serde_json::Value {
     serde_json::json!({"error":"invalid_request","error_description":"Required metadata header not specified"})
 }
 
+/// A FAIL (`expected` vs what `observed` says) when `failed`, else `Ok`: a case's one-line check,
+/// `fail_if(r.status != 200, "a token", || r.summary())?`. `observed` is only evaluated on failure.
+pub fn fail_if<O: Into<String>>(
+    failed: bool,
+    expected: impl Into<String>,
+    observed: impl FnOnce() -> O,
+) -> Result<(), Outcome> {
+    if failed {
+        return Err(Outcome::fail(expected, observed()));
+    }
+    Ok(())
+}
+
 /// The response, or a FAIL saying there was none.
 pub fn response<'s>(sent: &'s Sent, what: &str) -> Result<&'s Response, Outcome> {
     sent.response()
@@ -263,10 +276,10 @@ pub fn done(r: Result<(), Outcome>) -> Outcome {
 ///         id: "HDR-001",
 ///         title: "token request without Metadata header → 400 exact JSON, not forwarded",
 ///         level: Level::Must,
-///         features: &[Feature::MetadataHeaderRequired],
+///         features: &[Feature::MetadataHeaderRequired], // optional: none when absent
 ///         unless: &[],                   // optional: features that must NOT be claimed (off-behaviour cases)
 ///         backends: KERNEL_BACKENDS,       // optional: every backend when absent
-///         profiles: P,
+///         profiles: &[Profile::Nmi],       // optional: the file's `const PROFILES` when absent
 ///         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
 ///         explain: "A non-host pod calls …", // optional: `explain ID` prints the title when absent
 ///     },
@@ -289,10 +302,10 @@ macro_rules! declare_case {
             id: $id:literal,
             title: $title:literal,
             level: $level:expr,
-            features: $features:expr,
+            $(features: $features:expr,)?
             $(unless: $unless:expr,)?
             $(backends: $backends:expr,)?
-            profiles: $profiles:expr,
+            $(profiles: $profiles:expr,)?
             spec: $spec:expr,
             $(explain: $explain:expr,)?
         },
@@ -304,10 +317,11 @@ macro_rules! declare_case {
             id: $id,
             title: $title,
             level: $level,
-            features: $features,
+            features: $crate::declare_case!(@or $($features)?, &[]),
             unless: $crate::declare_case!(@or $($unless)?, &[]),
             backends: $crate::declare_case!(@or $($backends)?, $crate::case::ANY_BACKEND),
-            profiles: $profiles,
+            // The declaring file's `PROFILES` unless the case names its own.
+            profiles: $crate::declare_case!(@or $($profiles)?, PROFILES),
             spec: $spec,
             explain: $crate::declare_case!(@or $($explain)?, $title),
             run: {

@@ -23,10 +23,6 @@ pub struct KubeApi {
     pub(super) pods: BTreeMap<(String, String), (String, String)>,
 }
 
-fn is_pod(api_version: &str, kind: &str) -> bool {
-    api_version == "v1" && kind == "Pod"
-}
-
 /// The plural resource name Kubernetes derives from a kind (enough for the kinds the harness uses).
 fn plural(kind: &str) -> String {
     let k = kind.to_ascii_lowercase();
@@ -64,16 +60,12 @@ pub fn watch_events(metrics: &str) -> BTreeMap<String, u64> {
 
 impl KubeApi {
     fn apply_blocking(&self, obj: &Value) -> Result<(), BackendError> {
-        let ObjectRef {
-            api_version: av,
-            kind,
-            namespace: ns,
-            name,
-        } = ObjectRef::of(obj);
-        if is_pod(&av, &kind) {
+        let o = ObjectRef::of(obj);
+        if o.is_pod() {
             // Re-applying a scenario pod as it is (the runner restoring the baseline) is a no-op; any other
             // pod would need an IP of the harness's choosing, which only the kubelet gives on kind.
-            let same = self.pods.get(&(ns, name)).is_some_and(|(node, ip)| {
+            let key = (o.namespace.clone(), o.name.clone());
+            let same = self.pods.get(&key).is_some_and(|(node, ip)| {
                 obj["spec"]["nodeName"].as_str() == Some(node.as_str())
                     && obj["status"]["podIP"].as_str() == Some(ip.as_str())
             });
@@ -85,30 +77,31 @@ impl KubeApi {
                  which a case cannot fake",
             ));
         }
-        let Some(o) = manifests::for_real_cluster(obj) else {
+        let Some(real) = manifests::for_real_cluster(obj) else {
             return Ok(());
         };
         self.kubectl
-            .apply(&[o])
-            .map_err(tool_err(format!("kubectl apply {kind}")))
+            .apply(&[real])
+            .map_err(tool_err(format!("kubectl apply {}", o.kind)))
     }
 
     fn delete_blocking(&self, obj: &Value) -> Result<(), BackendError> {
-        let ObjectRef {
-            api_version: av,
-            kind,
-            namespace: ns,
-            name,
-        } = ObjectRef::of(obj);
-        if is_pod(&av, &kind) {
+        let o = ObjectRef::of(obj);
+        if o.is_pod() {
             return Err(unsupported(
                 "deleting a Pod (the scenario's pods are real on kind)",
             ));
         }
-        let ns = (!ns.is_empty()).then_some(ns.as_str());
+        let ns = (!o.namespace.is_empty()).then_some(o.namespace.as_str());
         self.kubectl
-            .delete(&resource_arg(&av, &kind), ns, &name, None, false)
-            .map_err(tool_err(format!("kubectl delete {kind} {name}")))
+            .delete(
+                &resource_arg(&o.api_version, &o.kind),
+                ns,
+                &o.name,
+                None,
+                false,
+            )
+            .map_err(tool_err(format!("kubectl delete {} {}", o.kind, o.name)))
     }
 
     fn list_blocking(&self, api_version: &str, kind: &str) -> Result<Vec<Value>, BackendError> {

@@ -332,14 +332,7 @@ impl RunState {
                     .ok_or_else(|| {
                         BackendError::env("reading pod addresses", format!("{} has no IP", p.name))
                     })?;
-                world.pods.push(PodView {
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    node: n.name.clone(),
-                    host_network: p.host_network,
-                    ip,
-                    labels: p.labels.clone(),
-                });
+                world.pods.push(PodView::of(p, &n.name, ip));
             }
         }
         *lock(&self.nodes) = rts;

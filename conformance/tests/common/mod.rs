@@ -34,6 +34,26 @@ pub fn proxy_or_skip(test: &str) -> Option<PathBuf> {
     p
 }
 
+/// Runs the harness binary with `args` (colour off) to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(conformance_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running imds-conformance")
+}
+
+/// Asserts that a [`cli`] run exited with `code`, showing `what` and its output otherwise.
+pub fn assert_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether we are root (netns tests need it).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

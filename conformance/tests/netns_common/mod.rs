@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use imds_conformance::netns::{self, NetnsError, NodeSpec, TopologySpec};
+use imds_conformance::netns::{self, NetnsError, NodeSpec, Topology, TopologySpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -19,6 +19,14 @@ pub fn supported(test: &str) -> bool {
             false
         }
     }
+}
+
+/// `spec` built for `test`; `None` after a loud SKIP when the netns backend cannot run here.
+pub async fn topology_or_skip(test: &str, spec: TopologySpec) -> Option<Topology> {
+    if !supported(test) {
+        return None;
+    }
+    Some(Topology::create(spec).await.expect("topology"))
 }
 
 /// 2 nodes × 2 pods, plus a host-network pod on n1.
