@@ -7,11 +7,13 @@
 //! outside: what pods get back, what each VM's IMDS journal saw, what the API server sent to whom, what
 //! the kernel's tables hold.
 //!
-//! Map of the crate:
-//! - [`case`] — the case model (ids, levels, features, outcomes, profiles);
+//! Map of the crate (no import cycles: `case`, `http` and `process` are leaves; the backends,
+//! `ctx` and the catalogue build on them in that order):
+//! - [`case`] — the vocabulary: levels, features, profiles, backend kinds, outcomes (a leaf);
+//! - [`process`] — the one process runner (timeouts, kill, stderr in errors, a recorder for dry runs);
+//! - [`backend`] — the environment trait and its loopback / netns implementations (kind: [`kind`]);
 //! - [`ctx`] — what a case body gets (the case-author API);
-//! - [`catalog`] — the cases, one module per area;
-//! - [`backend`] — the environment trait and its loopback / netns implementations;
+//! - [`catalog`] — what a case is ([`catalog::Case`], `declare_case!`) and the cases, one file per area;
 //! - [`scenario`], [`cluster`], [`world`] — scenario files, the Kubernetes objects they imply, and the
 //!   nodes and pods a backend made of them;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
@@ -19,9 +21,8 @@
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
 //! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
-//!   typed kind / kubectl / docker wrappers, manifests, dry run; [`process`] — the one process runner
-//!   (timeouts, kill, stderr in errors, a recorder for dry runs) under kind and netns; [`probe`] — the
-//!   protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
+//!   typed kind / kubectl / docker wrappers, manifests, dry run; [`probe`] — the protocol of the probe
+//!   that runs inside kind test pods (crate and binary `imds-probe`).
 
 pub mod backend;
 pub mod case;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use imds_conformance::backend::interceptor::aks_rule_argv;
 use imds_conformance::netns::{self, IMDS_IP, NetnsError, Topology};
 use netns_common::{
-    CONNECT_TIMEOUT, ask, exec_argv, one_pod, serve_imds, serve_tag, supported, topology_or_skip,
-    two_by_two,
+    CONNECT_TIMEOUT, ask, exec_argv, n1_with_imds, one_pod, serve_imds, serve_tag, supported,
+    topology_or_skip, two_by_two,
 };
 
 /// Packet count of the rule carrying `comment` in `iptables-save -c` output.
@@ -207,9 +207,7 @@ async fn nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic() {
     else {
         return;
     };
-    let n1 = topo.node("n1").expect("n1").clone();
-    let imds = topo.imds_addr();
-    let _imds1 = serve_imds(&n1.host_side_ns, imds, "imds");
+    let (n1, imds, _imds1) = n1_with_imds(&topo, "imds");
     let _imds2 = serve_imds(&topo.node("n2").expect("n2").host_side_ns, imds, "imds");
     let nmi_listener =
         netns::bind_in(&n1.ns, "127.0.0.1:0".parse().expect("addr")).expect("bind nmi");
@@ -279,9 +277,7 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
     else {
         return;
     };
-    let n1 = topo.node("n1").expect("n1").clone();
-    let imds = topo.imds_addr();
-    let _imds = serve_imds(&n1.host_side_ns, imds, "imds");
+    let (n1, imds, _imds) = n1_with_imds(&topo, "imds");
     let p1 = topo.pod("p1").expect("p1");
     ask(&p1.ns, imds, CONNECT_TIMEOUT)
         .await

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use imds_conformance::netns::{self, NetnsError, NodeSpec, Topology, TopologySpec};
+use imds_conformance::netns::{self, NetnsError, Node, NodeSpec, Topology, TopologySpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -27,6 +27,18 @@ pub async fn topology_or_skip(test: &str, spec: TopologySpec) -> Option<Topology
         return None;
     }
     Some(Topology::create(spec).await.expect("topology"))
+}
+
+/// Node `n1` of `topo`, the IMDS address, and a tag server `tag` standing in for n1's IMDS (it serves
+/// until its handle is dropped with the runtime).
+pub fn n1_with_imds(
+    topo: &Topology,
+    tag: &'static str,
+) -> (Node, SocketAddr, tokio::task::JoinHandle<()>) {
+    let n1 = topo.node("n1").expect("n1").clone();
+    let imds = topo.imds_addr();
+    let server = serve_imds(&n1.host_side_ns, imds, tag);
+    (n1, imds, server)
 }
 
 /// 2 nodes × 2 pods, plus a host-network pod on n1.
