@@ -1,8 +1,9 @@
 //! The kind backend: the same catalogue against a real Kubernetes cluster made by kind, all in this
 //! folder. This module is the facade ([`KindBackend`], [`KindOptions`]): the mapping of the [`Backend`]
 //! operations onto the cluster. The rest, by what it does:
-//! - `bring_up` — the set-up steps, one function each; `state` — what a run built, the journal and
-//!   exec operations, and teardown; `interceptor` — per-node interceptor control;
+//! - `bring_up` — the set-up steps, one function each, and the teardown that undoes them; `state` —
+//!   what a run built, the journal and exec operations, shared helpers (it imports neither of the
+//!   others); `interceptor` — per-node interceptor control (deploy, stop, start, readiness, log);
 //! - [`api`] — the cluster's API for cases ([`api::KubeApi`]); [`manifests`] — the objects deployed;
 //! - [`wrappers`] — typed `kind` / `kubectl` / `docker` command lines, run by the harness's process
 //!   runner ([`crate::process`]); [`dryrun`] — `--kind-dry-run`, the same code against a
