@@ -767,7 +767,7 @@ struct HarnessRun {
     /// `duration_ms` of every case that ran (PASS/FAIL/INFO; SKIP and UNCLAIMED take no time).
     case_ms: Vec<u64>,
     cases_total: usize,
-    /// `key=value` pairs of the report's `timing:` note (set-up, sync, teardown, restores).
+    /// The fields of the report's `timing` (set-up, sync, teardown, restores).
     timing: BTreeMap<String, u64>,
 }
 
@@ -824,17 +824,11 @@ fn run_harness(conf: &std::path::Path, proxy: &std::path::Path) -> Result<Harnes
                 .filter_map(|c| c["duration_ms"].as_u64())
                 .collect();
             run.case_ms.sort_unstable();
-            let timing = report["notes"]
-                .as_array()
+            run.timing = report["timing"]
+                .as_object()
                 .into_iter()
                 .flatten()
-                .filter_map(|n| n.as_str())
-                .find_map(|n| n.strip_prefix("timing:"))
-                .unwrap_or_default();
-            run.timing = timing
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
                 .collect();
         }
         Err(e) => eprintln!("imds-bench: harness report: {e:#}"),
@@ -868,7 +862,7 @@ fn harness_rows(rows: &mut Vec<Row>, h: &HarnessRun) {
                 sync as f64 / 1000.0,
                 teardown as f64 / 1000.0
             ),
-            "from the report's timing note",
+            "from the report's timing",
             "",
         ));
     }

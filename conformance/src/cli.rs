@@ -134,7 +134,7 @@ pub struct KindArgs {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub kind_image_tag: String,
     /// The interceptor's node-local listen port (127.0.0.1:<port> on every node).
-    #[arg(long, default_value_t = crate::backend::kind::DEFAULT_LISTEN_PORT)]
+    #[arg(long, default_value_t = crate::kind::DEFAULT_LISTEN_PORT)]
     pub kind_listen_port: u16,
     /// Print the kind / kubectl / docker commands the set-up and teardown would run, without running
     /// anything (answers are simulated), and exit.
@@ -144,12 +144,12 @@ pub struct KindArgs {
 
 impl KindArgs {
     /// The backend's options.
-    pub fn options(&self) -> crate::backend::kind::KindOptions {
+    pub fn options(&self) -> crate::kind::KindOptions {
         let cluster = self
             .kind_cluster
             .clone()
             .unwrap_or_else(crate::netns::new_run_prefix);
-        let mut o = crate::backend::kind::KindOptions::new(cluster);
+        let mut o = crate::kind::KindOptions::new(cluster);
         o.keep_cluster = self.keep_cluster;
         o.config = self.kind_config.clone();
         o.node_image = self.kind_node_image.clone();

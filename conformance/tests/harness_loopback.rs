@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use imds_conformance::case::Status;
+
 use common::{proxy_or_skip, run, run_loopback, scenario};
 
 /// A self-test on loopback: nmi-default with `extra` arguments (a feature switched off while claimed)
@@ -27,7 +29,7 @@ fn loopback_nmi_default_passes() {
     assert!(report.summary.pass >= 20, "{}", r.log());
     // The kernel areas are listed as skipped, with the reason.
     assert!(
-        r.ids("SKIP").iter().any(|i| i.starts_with("IPT-")),
+        r.ids(Status::Skip).iter().any(|i| i.starts_with("IPT-")),
         "{}",
         r.log()
     );
@@ -41,22 +43,23 @@ fn loopback_nmi_default_passes() {
     );
 }
 
-#[test]
-fn loopback_nmi_all_features_passes() {
-    if proxy_or_skip("loopback_nmi_all_features_passes").is_none() {
+/// The built-in interceptor passes every MUST case of scenario `file` on loopback.
+fn loopback_passes(test: &str, file: &str) {
+    if proxy_or_skip(test).is_none() {
         return;
     }
-    let r = run_loopback("nmi-all-features.yaml", &[]);
+    let r = run_loopback(file, &[]);
     assert_eq!(r.code, 0, "{}", r.log());
 }
 
 #[test]
+fn loopback_nmi_all_features_passes() {
+    loopback_passes("loopback_nmi_all_features_passes", "nmi-all-features.yaml");
+}
+
+#[test]
 fn loopback_hardened_passes() {
-    if proxy_or_skip("loopback_hardened_passes").is_none() {
-        return;
-    }
-    let r = run_loopback("hardened.yaml", &[]);
-    assert_eq!(r.code, 0, "{}", r.log());
+    loopback_passes("loopback_hardened_passes", "hardened.yaml");
 }
 
 #[test]

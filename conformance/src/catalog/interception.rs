@@ -10,12 +10,15 @@ use std::time::Duration;
 use crate::backend::PodView;
 use crate::backend::Target;
 use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
-use crate::catalog::{has_token, plain_pod, response, start_interceptor, stop_interceptor};
+use crate::catalog::{
+    fail_if, has_token, plain_pod, response, start_interceptor, stop_interceptor,
+};
 use crate::ctx::{Ctx, token_target};
 use crate::declare_case;
 use crate::http::{Conn, Request};
 
-const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 /// The nat table of `node` as `iptables-save` prints it.
 async fn nat_rules(ctx: &Ctx, node: &str) -> Result<String, Outcome> {
@@ -66,27 +69,24 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Interception; REFERENCE A.1 (PREROUTING DNAT, OUTPUT untouched)",
         explain: "A pod without identity asking 169.254.169.254 for a token is answered by the interceptor (no token), while a host-network caller's identical request reaches IMDS (the node's token).",
     },
     |ctx| {
         let pod = plain_pod(ctx)?;
-        if !intercepted(ctx, &pod.name).await? {
-            return Err(Outcome::fail(
-                "a non-host pod without identity is answered by the interceptor (no token)",
-                "it received a token: its traffic reached IMDS directly",
-            ));
-        }
+        fail_if(
+            !intercepted(ctx, &pod.name).await?,
+            "a non-host pod without identity is answered by the interceptor (no token)",
+            || "it received a token: its traffic reached IMDS directly",
+        )?;
         let host = ctx.host_pod(&pod.node);
         let sent = ctx.send_token(&host, "").await;
         let r = response(&sent, "a token for host traffic")?;
-        if r.status != 200 {
-            return Err(Outcome::fail(
-                "host-network traffic is not intercepted (IMDS gives the node its token)",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            r.status != 200,
+            "host-network traffic is not intercepted (IMDS gives the node its token)",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -98,7 +98,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Interception; REFERENCE A.1 (reconcile every --ipt-update-interval-sec)",
         explain: "Every nat rule that DNATs/REDIRECTs 169.254.169.254 is deleted in the node; within interval + 5 s the rules are back and a pod is intercepted again.",
     },
@@ -114,12 +113,11 @@ declare_case!(
         ctx.touched_interceptor();
         // Tamper: delete every nat rule that redirects IMDS traffic (whatever chain the vendor uses).
         let deleted = remove_redirects(ctx, &node).await?;
-        if deleted == 0 {
-            return Err(Outcome::fail(
-                "a DNAT/REDIRECT rule for 169.254.169.254 in the nat table to tamper with",
-                "none found",
-            ));
-        }
+        fail_if(
+            deleted == 0,
+            "a DNAT/REDIRECT rule for 169.254.169.254 in the nat table to tamper with",
+            || "none found",
+        )?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
         loop {
             let nat = nat_rules(ctx, &node).await?;
@@ -211,7 +209,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Interception; REFERENCE A.1 (shutdown removes the jump and the chain)",
         explain: "After SIGTERM (and the process's exit) the nat table holds no IMDS redirect and pods reach IMDS directly (nothing black-holed).",
     },
@@ -229,12 +226,11 @@ declare_case!(
                     .join(" | "),
             ));
         }
-        if intercepted(ctx, &pod.name).await? {
-            return Err(Outcome::fail(
-                "after SIGTERM pod traffic reaches IMDS directly",
-                "still answered without a token",
-            ));
-        }
+        fail_if(
+            intercepted(ctx, &pod.name).await?,
+            "after SIGTERM pod traffic reaches IMDS directly",
+            || "still answered without a token",
+        )?;
         Ok(())
     }
 );
@@ -246,7 +242,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Interception; REFERENCE A.1 (Initialized after the first reconcile), A.10",
         explain: "The interceptor is restarted; the first time its health probe reports `Active`, the nat table already redirects IMDS traffic.",
     },
@@ -308,7 +303,6 @@ declare_case!(
         level: Level::Info,
         features: &[Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Interception; REFERENCE A.12",
         explain: "A pod opens a keep-alive connection to IMDS while no interceptor runs, then the interceptor starts; reports whether the old connection still reaches IMDS directly and how many IMDS flows conntrack holds.",
     },

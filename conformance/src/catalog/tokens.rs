@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use crate::backend::{PodView, Target};
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{expect_status, has_token, response};
+use crate::catalog::{expect_status, fail_if, has_token, response};
 use crate::ctx::{Ctx, token_client_id};
 use crate::declare_case;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
-const P: &[Profile] = &[Profile::Nmi];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi];
 
 fn identity_pod(ctx: &Ctx) -> Result<(PodView, Vec<IdentityDef>), Outcome> {
     let pod = crate::catalog::identity_pod(ctx)?;
@@ -52,7 +53,6 @@ declare_case!(
         title: "no selector → a token of the pod's identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.6 (no identity requested → first of the bucket)",
         explain: "A pod with an Assigned identity asking without client_id / msi_res_id gets 200 and the token's appid is one of its identities.",
     },
@@ -97,7 +97,6 @@ declare_case!(
         title: "client_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.6",
         explain: "For each identity assigned to the pod, ?client_id=<id> yields a token whose appid is that id.",
     },
@@ -117,7 +116,6 @@ declare_case!(
         title: "msi_res_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 (msi_res_id), A.6",
         explain: "For each identity assigned to the pod, ?msi_res_id=<ARM id> yields that identity's token.",
     },
@@ -137,7 +135,6 @@ declare_case!(
         title: "mi_res_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 (mi_res_id fallback)",
         explain: "NMI reads mi_res_id when msi_res_id is empty (adal sends mi_res_id); it selects the identity like msi_res_id.",
     },
@@ -176,12 +173,11 @@ declare_case!(
             .await;
         let r = response(&sent, "404 for an identity not assigned to the pod")?;
         let ok = r.status == 404 || (ctx.claims(Feature::SetRetryAfterHeader) && r.status == 503);
-        if !ok || has_token(r) {
-            return Err(Outcome::fail(
-                "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            !ok || has_token(r),
+            "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -192,7 +188,6 @@ declare_case!(
         title: "missing resource → 400",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 step 3",
         explain: "A token request without `resource` is refused with 400 (NMI: `parameter resource cannot be empty`).",
     },
@@ -219,7 +214,6 @@ declare_case!(
         title: "NMI token body shape: seven fields, all strings",
         level: Level::Should,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "REFERENCE A.4, D (clients need strings)",
         explain: "NMI answers access_token, refresh_token, expires_in, expires_on, not_before, resource, token_type, every one a JSON string; clients (Rust, Python) fail on numbers.",
     },
@@ -259,7 +253,6 @@ declare_case!(
         title: "/host/token serves host-network callers only",
         level: Level::Must,
         features: &[Feature::HostToken],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.2",
         explain: "A host-network caller asking 127.0.0.1:<port>/host/token/ with podname/podns headers gets {token, clientid}; the same request from a non-host pod never yields a token.",
     },

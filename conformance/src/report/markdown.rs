@@ -41,7 +41,10 @@ pub fn render(r: &RunReport) -> String {
     for n in &r.notes {
         let _ = writeln!(out, "> {}", escape(n));
     }
-    if !r.notes.is_empty() {
+    if let Some(t) = &r.timing {
+        let _ = writeln!(out, "> timing: {t}");
+    }
+    if !r.notes.is_empty() || r.timing.is_some() {
         out.push('\n');
     }
     let _ = writeln!(out, "| id | level | result | title | detail |");

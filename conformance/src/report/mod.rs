@@ -3,11 +3,11 @@
 //! Owns [`RunReport`] — the JSON report's schema — and the writers. It does not run anything; the runner
 //! fills a `RunReport` and hands it here.
 //!
-//! # JSON schema (`--report json=PATH`, `schema_version` 1)
+//! # JSON schema (`--report json=PATH`, `schema_version` 2)
 //!
 //! ```text
 //! {
-//!   "schema_version": 1,
+//!   "schema_version": 2,
 //!   "tool": "imds-conformance 0.1.0",
 //!   "scenario": "nmi-default",             // scenario name
 //!   "profile": "nmi",                      // nmi | aks-restriction | hardened | imds
@@ -16,10 +16,9 @@
 //!   "claimed_features": ["metadataHeaderRequired", ...],
 //!   "started_at": "2026-01-01T00:00:00Z",  // RFC 3339
 //!   "duration_ms": 1234,
-//!   "notes": ["..."],                      // environment notes (e.g. why the backend was chosen); the
-//!                                          // last is the run timing, "timing: setup_ms=… sync_ms=…
-//!                                          // teardown_ms=… restores=… restore_ms_total=… restore_ms_max=…"
-//!                                          // (`runner::timing_note`)
+//!   "notes": ["..."],                      // environment notes (e.g. why the backend was chosen)
+//!   "timing": { "setup_ms": 2500, "sync_ms": 500, "teardown_ms": 800, "restores": 2,
+//!               "restore_ms_total": 760, "restore_ms_max": 450 },   // `RunTiming`; absent when unknown
 //!   "summary": { "total": 40, "pass": 30, "fail": 1, "skip": 5, "unclaimed": 3, "info": 1,
 //!                "must_failed": 1 },
 //!   "cases": [ {
@@ -37,7 +36,9 @@
 //! }
 //! ```
 //!
-//! The Rust types below are the normative definition; `RunReport` deserialises what it serialises.
+//! The Rust types below are the normative definition; `RunReport` deserialises what it serialises, and
+//! also reads `schema_version` 1 reports, whose run timing was the last note, `"timing: setup_ms=…
+//! sync_ms=… teardown_ms=… restores=… restore_ms_total=… restore_ms_max=…"` (moved to `timing` on read).
 
 pub mod junit;
 pub mod markdown;
@@ -47,15 +48,22 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::{Feature, Level, Outcome, Profile};
+use std::fmt;
+use std::time::Duration;
 
-/// Current JSON schema version.
-pub const SCHEMA_VERSION: u32 = 1;
+use crate::case::{Feature, Level, Outcome, Profile, Status};
+
+/// Current JSON schema version (2: the run timing is the typed [`RunReport::timing`], no longer a note).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Prefix of the run-timing note of `schema_version` 1 reports.
+const V1_TIMING_NOTE: &str = "timing:";
 
 /// The result of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ReportWire")]
 pub struct RunReport {
-    /// Always [`SCHEMA_VERSION`].
+    /// The schema version it was written with ([`SCHEMA_VERSION`] for reports this version makes).
     pub schema_version: u32,
     /// `imds-conformance <version>`.
     pub tool: String,
@@ -73,9 +81,11 @@ pub struct RunReport {
     pub started_at: String,
     /// Wall time of the whole run (set-up and teardown included), milliseconds.
     pub duration_ms: u64,
-    /// Environment notes (backend choice, skipped areas) and, last, the run timing
-    /// (`runner::timing_note`).
+    /// Environment notes (backend choice, skipped areas).
     pub notes: Vec<String>,
+    /// Where the run's time went besides the cases (`None` when the run did not measure it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<RunTiming>,
     /// Counts.
     pub summary: Summary,
     /// One entry per selected case, in run order.
@@ -166,6 +176,141 @@ impl Verdict {
         } else {
             "NOT CONFORMANT"
         }
+    }
+}
+
+/// The JSON as written by any schema version (v1 kept its timing in `notes`).
+#[derive(Deserialize)]
+struct ReportWire {
+    schema_version: u32,
+    tool: String,
+    scenario: String,
+    profile: String,
+    backend: String,
+    interceptor: String,
+    claimed_features: Vec<Feature>,
+    started_at: String,
+    duration_ms: u64,
+    notes: Vec<String>,
+    #[serde(default)]
+    timing: Option<RunTiming>,
+    summary: Summary,
+    cases: Vec<CaseResult>,
+    #[serde(default)]
+    verdict: Option<Verdict>,
+}
+
+impl From<ReportWire> for RunReport {
+    fn from(w: ReportWire) -> Self {
+        let mut notes = w.notes;
+        let mut timing = w.timing;
+        if timing.is_none() {
+            // A v1 report: the timing note (if any) becomes the typed field.
+            if let Some(i) = notes.iter().position(|n| n.starts_with(V1_TIMING_NOTE)) {
+                timing = RunTiming::parse_v1_note(&notes[i]);
+                if timing.is_some() {
+                    notes.remove(i);
+                }
+            }
+        }
+        RunReport {
+            schema_version: w.schema_version,
+            tool: w.tool,
+            scenario: w.scenario,
+            profile: w.profile,
+            backend: w.backend,
+            interceptor: w.interceptor,
+            claimed_features: w.claimed_features,
+            started_at: w.started_at,
+            duration_ms: w.duration_ms,
+            notes,
+            timing,
+            summary: w.summary,
+            cases: w.cases,
+            verdict: w.verdict,
+        }
+    }
+}
+
+/// Where a run's time went besides the cases: set-up (backend, services, interceptors up), the fixed
+/// wait for the interceptors' watches, teardown, and the baseline restores between cases. Read by
+/// `imds-bench` (`just bench`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTiming {
+    /// Set-up, milliseconds.
+    pub setup_ms: u64,
+    /// The wait for the interceptors' watches to sync the seeded objects, milliseconds.
+    pub sync_ms: u64,
+    /// Teardown, milliseconds.
+    pub teardown_ms: u64,
+    /// Baseline restores that had something to restore (took ≥ 1 ms).
+    pub restores: u64,
+    /// Their total, milliseconds.
+    pub restore_ms_total: u64,
+    /// The longest of them, milliseconds.
+    pub restore_ms_max: u64,
+}
+
+impl RunTiming {
+    /// The timing of a run from its measured phases; `restores` are all baseline restores, of which
+    /// only those of 1 ms or more count (the others had nothing to restore).
+    pub fn measure(
+        setup: Duration,
+        sync: Duration,
+        teardown: Duration,
+        restores: &[Duration],
+    ) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let real: Vec<Duration> = restores
+            .iter()
+            .copied()
+            .filter(|d| *d >= Duration::from_millis(1))
+            .collect();
+        RunTiming {
+            setup_ms: ms(setup),
+            sync_ms: ms(sync),
+            teardown_ms: ms(teardown),
+            restores: real.len() as u64,
+            restore_ms_total: ms(real.iter().sum()),
+            restore_ms_max: ms(real.iter().max().copied().unwrap_or_default()),
+        }
+    }
+
+    /// Reads a `schema_version` 1 timing note (`timing: setup_ms=… sync_ms=… …`); `None` when a field
+    /// is missing or not a number.
+    pub fn parse_v1_note(note: &str) -> Option<Self> {
+        let rest = note.strip_prefix(V1_TIMING_NOTE)?;
+        let fields: std::collections::BTreeMap<&str, u64> = rest
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect::<Option<_>>()?;
+        let get = |k: &str| fields.get(k).copied();
+        Some(RunTiming {
+            setup_ms: get("setup_ms")?,
+            sync_ms: get("sync_ms")?,
+            teardown_ms: get("teardown_ms")?,
+            restores: get("restores")?,
+            restore_ms_total: get("restore_ms_total")?,
+            restore_ms_max: get("restore_ms_max")?,
+        })
+    }
+}
+
+/// `setup_ms=… sync_ms=… teardown_ms=… restores=… restore_ms_total=… restore_ms_max=…` (the Markdown
+/// report's timing line).
+impl fmt::Display for RunTiming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "setup_ms={} sync_ms={} teardown_ms={} restores={} restore_ms_total={} restore_ms_max={}",
+            self.setup_ms,
+            self.sync_ms,
+            self.teardown_ms,
+            self.restores,
+            self.restore_ms_total,
+            self.restore_ms_max
+        )
     }
 }
 
@@ -272,8 +417,8 @@ impl RunReport {
         }
     }
 
-    /// Ids of the cases with the given status word (`"FAIL"`, `"PASS"`...).
-    pub fn ids_with(&self, status: &str) -> Vec<String> {
+    /// Ids of the cases with the given status.
+    pub fn ids_with(&self, status: Status) -> Vec<String> {
         self.cases
             .iter()
             .filter(|c| c.outcome.status() == status)
@@ -373,6 +518,55 @@ mod tests {
         assert_eq!(t.md.unwrap(), PathBuf::from("c.md"));
         assert!("xml=a".parse::<ReportTargets>().is_err());
         assert!("junit".parse::<ReportTargets>().is_err());
+    }
+
+    #[test]
+    fn timing_counts_only_real_restores() {
+        let ms = Duration::from_millis;
+        let t = RunTiming::measure(
+            ms(2500),
+            ms(500),
+            ms(800),
+            &[Duration::from_micros(20), ms(310), ms(0), ms(450)],
+        );
+        assert_eq!(
+            t.to_string(),
+            "setup_ms=2500 sync_ms=500 teardown_ms=800 restores=2 restore_ms_total=760 restore_ms_max=450"
+        );
+        assert_eq!(
+            RunTiming::parse_v1_note(&format!("timing: {t}")),
+            Some(t),
+            "the v1 note reads back"
+        );
+        assert_eq!(RunTiming::parse_v1_note("timing: setup_ms=1"), None);
+        assert_eq!(
+            RunTiming::parse_v1_note("timing: setup_ms=x sync_ms=1"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_v1_reports_and_moves_the_timing_note_to_the_field() {
+        let v1 = r#"{"schema_version":1,"tool":"imds-conformance 0.1.0","scenario":"s","profile":"nmi",
+            "backend":"netns","interceptor":"none","claimed_features":[],"started_at":"2026-01-01T00:00:00Z",
+            "duration_ms":5,"notes":["backend netns","timing: setup_ms=2500 sync_ms=500 teardown_ms=800 restores=2 restore_ms_total=760 restore_ms_max=450"],
+            "summary":{"total":0,"pass":0,"fail":0,"skip":0,"unclaimed":0,"info":0,"must_failed":0},"cases":[]}"#;
+        let r: RunReport = serde_json::from_str(v1).unwrap();
+        assert_eq!(r.schema_version, 1);
+        assert_eq!(r.notes, vec!["backend netns".to_string()]);
+        let t = r.timing.expect("timing from the note");
+        assert_eq!((t.setup_ms, t.restores, t.restore_ms_max), (2500, 2, 450));
+        // v2 writes the field, and reads it back as it is.
+        let v2 = serde_json::to_value(RunReport {
+            schema_version: SCHEMA_VERSION,
+            ..r.clone()
+        })
+        .unwrap();
+        assert_eq!(v2["schema_version"], 2);
+        assert_eq!(v2["timing"]["teardown_ms"], 800);
+        let back: RunReport = serde_json::from_value(v2).unwrap();
+        assert_eq!(back.timing, r.timing);
+        assert_eq!(back.notes, r.notes);
     }
 }
 
