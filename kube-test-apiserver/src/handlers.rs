@@ -236,6 +236,9 @@ async fn dispatch(
                 }
                 Method::POST => match namespace {
                     Some(ns) => write_body(&headers, &body).and_then(|body| ctx.create(&ns, &body)),
+                    None if !rt.namespaced => {
+                        write_body(&headers, &body).and_then(|body| ctx.create("", &body))
+                    }
                     None => Err(ApiError::method_not_allowed()),
                 },
                 Method::DELETE => ctx.delete_collection(namespace.as_deref(), &params),

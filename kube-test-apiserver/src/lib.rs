@@ -1,4 +1,4 @@
-//! A small Kubernetes API server for tests and the loopback/netns backends: core/v1 `pods` and
+//! A small Kubernetes API server for tests and the loopback/netns backends: core/v1 `pods` and `nodes` and
 //! the aadpodidentity.k8s.io/v1 CRDs (`azureidentities`, `azureidentitybindings`,
 //! `azureassignedidentities`, `azurepodidentityexceptions`), with real list/watch semantics
 //! (resourceVersion, bookmarks, streaming lists, 410 Expired, label and field selectors, field
@@ -238,14 +238,21 @@ impl ApiServer {
             .unwrap_or("")
             .to_owned();
         let rt = Self::resource(&api_version, &kind)?;
-        let namespace = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or("default")
-            .to_owned();
+        let namespace = if rt.namespaced {
+            obj.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or("default")
+                .to_owned()
+        } else {
+            String::new()
+        };
         if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-            m.insert("namespace".into(), Value::String(namespace.clone()));
+            if rt.namespaced {
+                m.insert("namespace".into(), Value::String(namespace.clone()));
+            } else {
+                m.remove("namespace");
+            }
             // The caller's stale resourceVersion must not leak into the stored object.
             m.remove("resourceVersion");
         }
