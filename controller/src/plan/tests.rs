@@ -1,0 +1,198 @@
+//! Plan decisions on plain objects: desired AAIs, per-VM/VMSS grouping, changes only, in-use and immutable
+//! identities kept (case-insensitively).
+
+use super::*;
+use imds_proxy::cluster::crd::{AzureIdentityBindingSpec, AzureIdentitySpec};
+use proptest::prelude::*;
+
+const SUB: &str = "s";
+
+fn uai(name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+fn identity(name: &str, client_id: &str) -> AzureIdentity {
+    let mut i = AzureIdentity::new(
+        name,
+        AzureIdentitySpec {
+            identity_type: 0,
+            resource_id: uai(name),
+            client_id: client_id.into(),
+            ..Default::default()
+        },
+    );
+    i.metadata.namespace = Some("default".into());
+    i
+}
+
+fn binding(name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
+    let mut b = AzureIdentityBinding::new(
+        name,
+        AzureIdentityBindingSpec {
+            azure_identity: identity.into(),
+            selector: selector.into(),
+            weight: 0,
+        },
+    );
+    b.metadata.namespace = Some("default".into());
+    b
+}
+
+fn pod(name: &str, node: &str, label: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {BINDING_LABEL: label}},
+        "spec": {"nodeName": node, "containers": []},
+        "status": {"phase": "Running"}
+    }))
+    .expect("pod")
+}
+
+fn nodes() -> HashMap<String, Option<String>> {
+    let vmss = |i: u32| {
+        Some(format!(
+            "azure:///subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/{i}"
+        ))
+    };
+    [
+        ("vm-0".to_owned(), None),
+        ("ss-0".to_owned(), vmss(0)),
+        ("ss-1".to_owned(), vmss(1)),
+    ]
+    .into()
+}
+
+fn cfg() -> PlanConfig {
+    PlanConfig {
+        subscription: SUB.into(),
+        resource_group: "rg".into(),
+        ..Default::default()
+    }
+}
+
+fn assigned(
+    mut map: BTreeMap<(String, String), AzureAssignedIdentity>,
+) -> BTreeMap<(String, String), AzureAssignedIdentity> {
+    for a in map.values_mut() {
+        a.status = Some(AssignedIdentityStatus {
+            status: ASSIGNED.into(),
+            available_replicas: 1,
+        });
+    }
+    map
+}
+
+#[test]
+fn new_pods_are_grouped_per_vm_and_scale_set() {
+    let ids = [identity("id-a", "ca"), identity("id-b", "cb")];
+    let bs = [binding("ba", "id-a", "a"), binding("bb", "id-b", "b")];
+    let pods = [
+        pod("p1", "vm-0", "a"),
+        pod("p2", "ss-0", "a"),
+        pod("p3", "ss-1", "b"),
+        pod("p4", "gone", "a"),
+    ];
+    let want = desired(&pods, &bs, &ids, &cfg());
+    assert_eq!(want.len(), 4);
+    let aai = &want[&("default".to_owned(), "p1-default-id-a".to_owned())];
+    assert_eq!(
+        aai.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(NODE_LABEL))
+            .map(String::as_str),
+        Some("vm-0")
+    );
+    assert_eq!(aai.metadata.finalizers, Some(vec![FINALIZER.to_owned()]));
+    let p = plan(&want, &BTreeMap::new(), &nodes(), &cfg());
+    assert_eq!(
+        p.targets.len(),
+        2,
+        "one VM and one scale set: {:?}",
+        p.targets.keys()
+    );
+    let ss = p
+        .targets
+        .iter()
+        .find(|(t, _)| t.vmss)
+        .map(|(_, w)| w)
+        .expect("vmss work");
+    assert_eq!(ss.create.len(), 2);
+    assert_eq!(ss.add.len(), 2);
+    assert!(p.orphans.is_empty());
+}
+
+#[test]
+fn deletion_keeps_identities_in_use_on_the_same_scale_set_and_immutable_ones() {
+    let ids = [identity("id-a", "CA-Upper"), identity("id-b", "cb")];
+    let bs = [binding("ba", "id-a", "a"), binding("bb", "id-b", "b")];
+    let before = [
+        pod("p1", "ss-0", "a"),
+        pod("p2", "ss-1", "a"),
+        pod("p3", "ss-0", "b"),
+        pod("p4", "vm-0", "a"),
+    ];
+    let have = assigned(desired(&before, &bs, &ids, &cfg()));
+    // p1 goes (id-a still used by p2 on the same scale set); p4 goes (id-a immutable by client id, any case);
+    // p3 goes (id-b unused: removed).
+    let now = [pod("p2", "ss-1", "a")];
+    let mut c = cfg();
+    c.immutable.insert("ca-upper".into());
+    let want = desired(&now, &bs, &ids, &c);
+    let p = plan(&want, &have, &nodes(), &c);
+    let (ss, vm) = {
+        let mut it = p.targets.iter();
+        let a = it.next().expect("first");
+        let b = it.next().expect("second");
+        if a.0.vmss { (a.1, b.1) } else { (b.1, a.1) }
+    };
+    assert_eq!(ss.delete.len(), 2);
+    assert_eq!(ss.remove, [uai("id-b").to_ascii_lowercase()].into());
+    assert_eq!(vm.delete.len(), 1);
+    assert!(
+        vm.remove.is_empty(),
+        "immutable identity must stay: {:?}",
+        vm.remove
+    );
+    assert!(ss.add.is_empty() && vm.add.is_empty());
+}
+
+#[test]
+fn orphans_and_created_retries() {
+    let ids = [identity("id-a", "ca")];
+    let bs = [binding("ba", "id-a", "a")];
+    let mut have = desired(
+        &[pod("p1", "vm-0", "a"), pod("p9", "lost", "a")],
+        &bs,
+        &ids,
+        &cfg(),
+    );
+    let want = desired(&[pod("p1", "vm-0", "a")], &bs, &ids, &cfg());
+    have.values_mut()
+        .for_each(|a| a.spec.node_name = a.spec.node_name.clone());
+    let p = plan(&want, &have, &nodes(), &cfg());
+    assert_eq!(p.orphans.len(), 1, "AAI of a node that is gone");
+    let work = p.targets.values().next().expect("vm work");
+    assert_eq!(work.confirm.len(), 1, "still Created: ARM add retried");
+    assert_eq!(work.add.len(), 1);
+}
+
+proptest! {
+    /// Whatever the case of the client id in the spec and in the immutable list, an immutable identity is
+    /// never in a removal set.
+    #[test]
+    fn immutable_is_case_insensitive(upper in proptest::collection::vec(any::<bool>(), 8)) {
+        let client: String = "abcdef01".chars().zip(&upper).map(|(c, u)| if *u { c.to_ascii_uppercase() } else { c }).collect();
+        let ids = [identity("id-a", &client)];
+        let bs = [binding("ba", "id-a", "a")];
+        let have = assigned(desired(&[pod("p1", "vm-0", "a")], &bs, &ids, &cfg()));
+        let mut c = cfg();
+        c.immutable.insert("ABCDEF01".to_ascii_lowercase());
+        let p = plan(&BTreeMap::new(), &have, &nodes(), &c);
+        for w in p.targets.values() {
+            prop_assert!(w.remove.is_empty());
+            prop_assert_eq!(w.delete.len(), 1);
+        }
+    }
+}
