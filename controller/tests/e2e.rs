@@ -458,3 +458,37 @@ async fn retry_after_is_honoured_and_out_of_band_removal_is_restored() {
     .await;
     ctl.shutdown().await;
 }
+
+/// `--clientQps 2`: over the whole run, the API server counts no more requests from the controller than the
+/// bucket allows for the time it ran (burst 2 per 1 s window, windows counted generously from start to the
+/// last observation), and the work still gets done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_qps_bounds_every_api_request() {
+    let env = Env::start(14).await;
+    env.identity(1, "id-app", None);
+    let vm = vm_name(&env, 0);
+    for i in 0..6 {
+        env.pod(&format!("q{i}"), &vm, "id-app");
+    }
+    let mut settings = env.settings();
+    settings.client_qps = 2.0;
+    let started = std::time::Instant::now();
+    let ctl = Controller::start(settings)
+        .await
+        .expect("controller starts");
+    until("every AAI Assigned", async || {
+        (0..6)
+            .all(|i| env.aai_status(&format!("q{i}-default-id-app")).as_deref() == Some("Assigned"))
+    })
+    .await;
+    ctl.shutdown().await;
+    let elapsed = started.elapsed().as_secs();
+    let requests = env.api.stats().client("controller").requests;
+    // 5 initial lists + 5 watches + 6 creates + 6 status patches at least.
+    assert!(requests >= 22, "{requests} requests");
+    let allowed = 2 * (elapsed + 1);
+    assert!(
+        requests <= allowed,
+        "{requests} requests in {elapsed} s exceed clientQps 2 (at most {allowed})"
+    );
+}
