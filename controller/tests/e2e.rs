@@ -281,3 +281,45 @@ async fn client_qps_bounds_every_api_request() {
         "{requests} requests in {elapsed} s exceed clientQps 2 (at most {allowed})"
     );
 }
+
+/// `--createDeleteBatch 3`: with every write held 300 ms by the API server, the controller never has more
+/// than 3 writes in flight while it creates, confirms and then deletes 12 assignments on one VM; and it does
+/// overlap them (more than one at once), so the bound is what limits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_delete_batch_bounds_concurrent_api_operations() {
+    let env = Env::start(15).await;
+    env.identity(1, "id-app", None);
+    let vm = vm_name(&env, 0);
+    for i in 0..12 {
+        env.pod(&format!("b{i}"), &vm, "id-app");
+    }
+    let mut settings = env.settings();
+    settings.create_delete_batch = 3;
+    settings.client_qps = 1000.0;
+    let ctl = Controller::start(settings)
+        .await
+        .expect("controller starts");
+    env.api
+        .set_write_latency(std::time::Duration::from_millis(300));
+    let all = |status: Option<&'static str>| {
+        let env = &env;
+        async move || {
+            (0..12).all(|i| env.aai_status(&format!("b{i}-default-id-app")).as_deref() == status)
+        }
+    };
+    until("every AAI Assigned", all(Some("Assigned"))).await;
+    for i in 0..12 {
+        env.delete_pod(&format!("b{i}"));
+    }
+    until("every AAI deleted", all(None)).await;
+    ctl.shutdown().await;
+    let max = env.api.stats().client("controller").max_writes_in_flight;
+    assert!(
+        max <= 3,
+        "{max} writes in flight at once with createDeleteBatch 3"
+    );
+    assert!(
+        max >= 2,
+        "writes never overlapped (max {max}): the bound was not exercised"
+    );
+}

@@ -3,7 +3,8 @@
 //! `azureassignedidentities`, `azurepodidentityexceptions`), with real list/watch semantics
 //! (resourceVersion, bookmarks, streaming lists, 410 Expired, label and field selectors, field
 //! selectors on CRDs refused as kube-apiserver refuses them) and per-client accounting of what it
-//! sends, so that an interceptor's API-server load is measured rather than guessed.
+//! sends (and of how many writes each client keeps in flight), so that an interceptor's or a
+//! controller's API-server load is measured rather than guessed.
 //!
 //! The crate root owns the server handle and its public API; it must not depend on the interceptor
 //! (the harness treats interceptors as black boxes). Submodules: `resources` (served types and
@@ -89,6 +90,8 @@ pub struct Shared {
     pub(crate) shutdown: signal::Sender<bool>,
     pub(crate) bookmark_interval: Duration,
     pub(crate) server_address: String,
+    /// Added before answering every write (see [`ApiServer::set_write_latency`]).
+    pub(crate) write_latency: signal::Sender<Duration>,
 }
 
 /// Options for [`ApiServer`]; `ApiServer::start` uses the defaults.
@@ -146,6 +149,7 @@ impl Builder {
             shutdown,
             bookmark_interval: self.bookmark_interval,
             server_address: addr.to_string(),
+            write_latency: signal::channel(Duration::ZERO).0,
         });
         let app = handlers::router(shared.clone());
         let task = tokio::spawn(serve::accept_loop(listener, app, shared.clone()));
@@ -308,6 +312,13 @@ impl ApiServer {
     /// up, as after SIGCONT. The handle keeps working meanwhile.
     pub fn set_hung(&self, hung: bool) {
         self.shared.hung.send_replace(hung);
+    }
+
+    /// Delays the answer to every write (POST, PUT, PATCH, DELETE) by `latency` (zero: none), so that a
+    /// client's concurrent writes overlap and `ClientStats::max_writes_in_flight` shows how many it keeps in
+    /// flight.
+    pub fn set_write_latency(&self, latency: Duration) {
+        self.shared.write_latency.send_replace(latency);
     }
 
     pub fn is_hung(&self) -> bool {

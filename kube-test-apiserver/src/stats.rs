@@ -36,6 +36,10 @@ pub struct ClientStats {
     pub bytes_sent: u64,
     pub watch_events: u64,
     pub bookmarks: u64,
+    /// Most writes (POST, PUT, PATCH, DELETE) of this client in flight at once, each counted from its arrival
+    /// until its answer is ready, as controllers bounding their concurrent operations are judged.
+    #[serde(default)]
+    pub max_writes_in_flight: u64,
     pub resources: BTreeMap<String, ResourceStats>,
 }
 
@@ -76,6 +80,23 @@ impl Stats {
 struct Raw {
     clients: BTreeMap<String, (u64, BTreeMap<String, ResourceStats>)>,
     refused_connections: u64,
+    /// Per client: writes in flight now, and the most seen at once.
+    in_flight: BTreeMap<String, (u64, u64)>,
+}
+
+/// A request in flight (see [`Recorder::begin`]); dropping it ends the request.
+pub struct InFlight {
+    recorder: Recorder,
+    client: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut raw = self.recorder.lock();
+        if let Some((now, _)) = raw.in_flight.get_mut(&self.client) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// Live counters shared by all handlers. Cheap to clone.
@@ -99,6 +120,18 @@ impl Recorder {
         self.with(client, resource, |r| {
             *r.requests.entry(verb.to_owned()).or_default() += 1
         });
+    }
+
+    /// A write of `client` starts; it ends when the guard is dropped.
+    pub fn begin_write(&self, client: &str) -> InFlight {
+        let mut raw = self.lock();
+        let (now, max) = raw.in_flight.entry(client.to_owned()).or_default();
+        *now += 1;
+        *max = (*max).max(*now);
+        InFlight {
+            recorder: self.clone(),
+            client: client.to_owned(),
+        }
     }
 
     pub fn refused(&self, client: &str) {
@@ -135,6 +168,9 @@ impl Recorder {
         let mut raw = self.lock();
         raw.clients.clear();
         raw.refused_connections = 0;
+        for (now, max) in raw.in_flight.values_mut() {
+            *max = *now;
+        }
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -145,6 +181,7 @@ impl Recorder {
             .map(|(key, (refused, resources))| {
                 let mut c = ClientStats {
                     refused: *refused,
+                    max_writes_in_flight: raw.in_flight.get(key).map_or(0, |(_, max)| *max),
                     resources: resources.clone(),
                     ..Default::default()
                 };
@@ -187,6 +224,12 @@ mod tests {
         );
         assert_eq!(s.objects_sent("n1", "azureassignedidentities"), 1);
         assert_eq!(s.client("nobody"), ClientStats::default());
+        {
+            let _a = r.begin_write("n1");
+            let _b = r.begin_write("n1");
+        }
+        let _c = r.begin_write("n1");
+        assert_eq!(r.snapshot().client("n1").max_writes_in_flight, 2);
         r.reset();
         assert!(r.snapshot().clients.is_empty());
     }
