@@ -27,8 +27,8 @@ pub enum LogFormat {
 /// changes only, and marks the object Assigned once ARM shows the identity. When the pod goes, the identity
 /// is removed from the VM unless another pod there still uses it or it is listed in --immutable-user-msis.
 ///
-/// Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a fatal runtime error, 2 on a usage or
-/// configuration error.
+/// Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on a fatal runtime error (leadership lost), 2 on
+/// a usage or configuration error.
 #[derive(Debug, Parser)]
 #[command(
     name = "imds-controller",
@@ -89,8 +89,8 @@ pub struct Args {
     #[arg(long = "identity-assignment-reconcile-interval", default_value = "3m", value_parser = parse_go_duration)]
     pub identity_assignment_reconcile_interval: Duration,
 
-    /// Leader election: this replica's identity (default: the host name). Leader election is not implemented
-    /// yet (see README): run one replica.
+    /// Leader election (a coordination.k8s.io/v1 Lease; only the leader writes): this replica's identity
+    /// (default: the host name).
     #[arg(long = "leader-election-instance", default_value = "")]
     pub leader_election_instance: String,
 
@@ -102,7 +102,8 @@ pub struct Args {
     #[arg(long = "leader-election-name", default_value = "aad-pod-identity-mic")]
     pub leader_election_name: String,
 
-    /// Leader election: lease duration (Go duration).
+    /// Leader election: lease duration (Go duration); renewals every quarter of it, leadership given up (exit
+    /// 1) after half of it without a renewal.
     #[arg(long = "leader-election-duration", default_value = "15s", value_parser = parse_go_duration)]
     pub leader_election_duration: Duration,
 
@@ -181,6 +182,13 @@ impl Args {
             metrics_addr: (self.bind_address, self.prometheus_port).into(),
             imds_endpoint: self.imds_endpoint.trim_end_matches('/').to_owned(),
             arm_ca_file: self.arm_ca_file.clone(),
+            leader_election: Some(crate::leader::LeaderElection {
+                namespace: self.leader_election_namespace.clone(),
+                name: self.leader_election_name.clone(),
+                instance: non_empty(&self.leader_election_instance)
+                    .map_or_else(crate::hostname, str::to_owned),
+                lease_duration: self.leader_election_duration,
+            }),
             ..Settings::default()
         }
     }

@@ -26,6 +26,7 @@ pub mod cycle;
 pub mod http;
 pub mod http_client;
 pub mod kube;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod token;
@@ -63,6 +64,18 @@ pub struct Settings {
     /// Pause after a cycle that did work before the next one may start (MIC: 200 ms); events arriving
     /// meanwhile are merged into that next cycle.
     pub cycle_pause: Duration,
+    /// The Lease lock; `None` runs cycles without election (one replica only).
+    pub leader_election: Option<leader::LeaderElection>,
+}
+
+/// This host's name (`HOSTNAME`, else /etc/hostname, else `imds-controller`): the default election identity.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "imds-controller".to_owned())
 }
 
 impl Default for Settings {
@@ -84,6 +97,12 @@ impl Default for Settings {
             imds_endpoint: "http://169.254.169.254".into(),
             arm_ca_file: None,
             cycle_pause: Duration::from_millis(200),
+            leader_election: Some(leader::LeaderElection {
+                namespace: "default".into(),
+                name: "aad-pod-identity-mic".into(),
+                instance: hostname(),
+                lease_duration: Duration::from_secs(15),
+            }),
         }
     }
 }
@@ -120,6 +139,8 @@ pub struct Controller {
     probe_addr: SocketAddr,
     metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    /// Set (with the reason) when the controller stopped on its own: leadership lost.
+    fatal: watch::Receiver<Option<String>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -176,6 +197,7 @@ impl Controller {
                 source,
             })?;
         let (shutdown, rx) = watch::channel(false);
+        let (fatal_tx, fatal) = watch::channel(None);
         let active = Arc::new(AtomicBool::new(false));
         let mut tasks = vec![
             tokio::spawn(http::serve(
@@ -189,6 +211,10 @@ impl Controller {
                 rx.clone(),
             )),
         ];
+        let elector = settings
+            .leader_election
+            .clone()
+            .map(|cfg| leader::Elector::new(client.clone(), cfg));
         let ctx = cycle::Context {
             cluster: kube::Cluster::start(client),
             arm,
@@ -205,11 +231,14 @@ impl Controller {
             },
             metrics,
         };
-        tasks.push(tokio::spawn(run_loop(ctx, settings, active, rx)));
+        tasks.push(tokio::spawn(run_loop(
+            ctx, settings, elector, active, rx, fatal_tx,
+        )));
         Ok(Controller {
             probe_addr,
             metrics_addr,
             shutdown,
+            fatal,
             tasks,
         })
     }
@@ -220,6 +249,15 @@ impl Controller {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Resolves when the controller stopped on its own (leadership lost), with the reason; MIC exits then.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Stops: no new cycle starts, the running one finishes (its writes are not cut half-way), listeners
@@ -243,9 +281,25 @@ impl Drop for Controller {
 async fn run_loop(
     ctx: cycle::Context,
     settings: Settings,
+    elector: Option<leader::Elector>,
     active: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
+    fatal: watch::Sender<Option<String>>,
 ) {
+    // Leadership first (only the leader cycles), then the renewals run beside the cycles.
+    let (lost_tx, mut lost) = watch::channel(None::<String>);
+    let mut renewals = None;
+    if let Some(mut elector) = elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        renewals = Some(tokio::spawn(async move {
+            let reason = elector.hold().await;
+            lost_tx.send_replace(Some(reason));
+        }));
+    }
+    let _renewals = AbortOnDrop(renewals);
     tokio::select! {
         _ = ctx.cluster.ready() => {}
         _ = crate::stopped(&mut shutdown) => return,
@@ -262,6 +316,11 @@ async fn run_loop(
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reconcile.reset(); // the first reconcile one interval after start, as MIC
     loop {
+        if let Some(reason) = lost.borrow().clone() {
+            tracing::error!(%reason, "leadership lost; stopping");
+            fatal.send_replace(Some(format!("leadership lost: {reason}")));
+            return;
+        }
         let busy = cycle::run(&ctx).await;
         active.store(true, Ordering::Relaxed);
         if busy {
@@ -276,7 +335,19 @@ async fn run_loop(
             _ = ctx.cluster.changed.notified() => {}
             _ = sync.tick() => {}
             _ = reconcile.tick() => cycle::reconcile(&ctx).await,
+            _ = lost.changed() => {}
             _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Aborts the task when dropped (the renewals end with the loop).
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
         }
     }
 }

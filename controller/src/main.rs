@@ -34,10 +34,19 @@ async fn main() -> ExitCode {
         controller.probe_addr(),
         controller.metrics_addr()
     );
-    if let Err(e) = shutdown_signal().await {
-        eprintln!("imds-controller: waiting for signals: {e}");
-        controller.shutdown().await;
-        return ExitCode::from(1);
+    tokio::select! {
+        signal = shutdown_signal() => {
+            if let Err(e) = signal {
+                eprintln!("imds-controller: waiting for signals: {e}");
+                controller.shutdown().await;
+                return ExitCode::from(1);
+            }
+        }
+        reason = controller.failed() => {
+            eprintln!("imds-controller: {reason}");
+            controller.shutdown().await;
+            return ExitCode::from(1);
+        }
     }
     tracing::info!("shutting down");
     controller.shutdown().await;

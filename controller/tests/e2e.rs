@@ -296,6 +296,8 @@ async fn create_delete_batch_bounds_concurrent_api_operations() {
     let mut settings = env.settings();
     settings.create_delete_batch = 3;
     settings.client_qps = 1000.0;
+    // Lease renewals are writes too; the bound is on AzureAssignedIdentity operations, so no election here.
+    settings.leader_election = None;
     let ctl = Controller::start(settings)
         .await
         .expect("controller starts");
@@ -322,4 +324,76 @@ async fn create_delete_batch_bounds_concurrent_api_operations() {
         max >= 2,
         "writes never overlapped (max {max}): the bound was not exercised"
     );
+}
+
+/// Two replicas on one Lease: only the leader writes; when it stops, the other takes the lock (after the
+/// lease ran out on its own clock) and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_lets_one_replica_write_and_fails_over() {
+    let env = Env::start(16).await;
+    env.identity(1, "id-app", None);
+    let vm = vm_name(&env, 0);
+    let replica = |key: &str| {
+        let path = env.dir.path().join(format!("kubeconfig-{key}"));
+        env.api.write_kubeconfig(&path, key).expect("kubeconfig");
+        let mut s = env.settings();
+        s.kubeconfig = Some(path);
+        if let Some(le) = s.leader_election.as_mut() {
+            le.instance = key.to_owned();
+            le.lease_duration = std::time::Duration::from_secs(2);
+        }
+        s
+    };
+    let a = Controller::start(replica("replica-a"))
+        .await
+        .expect("a starts");
+    until("a holds the lock", async || {
+        env.api
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "default",
+                "aad-pod-identity-mic",
+            )
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "replica-a")
+    })
+    .await;
+    let b = Controller::start(replica("replica-b"))
+        .await
+        .expect("b starts");
+    env.pod("p1", &vm, "id-app");
+    until("p1 Assigned", async || {
+        env.aai_status("p1-default-id-app").as_deref() == Some("Assigned")
+    })
+    .await;
+    let creates = |key: &str| {
+        env.api
+            .stats()
+            .client(key)
+            .resource("azureassignedidentities")
+            .requests
+            .get("create")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!((creates("replica-a"), creates("replica-b")), (1, 0));
+    a.shutdown().await;
+    until("b takes the lock", async || {
+        env.api
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "default",
+                "aad-pod-identity-mic",
+            )
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "replica-b")
+    })
+    .await;
+    env.pod("p2", &vm, "id-app");
+    until("p2 Assigned by b", async || {
+        env.aai_status("p2-default-id-app").as_deref() == Some("Assigned")
+    })
+    .await;
+    assert_eq!((creates("replica-a"), creates("replica-b")), (1, 1));
+    b.shutdown().await;
 }

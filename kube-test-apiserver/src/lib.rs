@@ -1,6 +1,7 @@
 //! A small Kubernetes API server for tests and the loopback/netns backends: core/v1 `pods` and `nodes` and
 //! the aadpodidentity.k8s.io/v1 CRDs (`azureidentities`, `azureidentitybindings`,
-//! `azureassignedidentities`, `azurepodidentityexceptions`), with real list/watch semantics
+//! `azureassignedidentities`, `azurepodidentityexceptions`) and coordination.k8s.io/v1 `leases`, with
+//! real list/watch semantics
 //! (resourceVersion, bookmarks, streaming lists, 410 Expired, label and field selectors, field
 //! selectors on CRDs refused as kube-apiserver refuses them) and per-client accounting of what it
 //! sends (and of how many writes each client keeps in flight), so that an interceptor's or a

@@ -184,14 +184,32 @@ pub static AZURE_POD_IDENTITY_EXCEPTION: ResourceType = ResourceType {
     namespaced: true,
 };
 
+/// Group of Leases (leader election).
+pub const COORDINATION_GROUP: &str = "coordination.k8s.io";
+
+/// coordination.k8s.io/v1 leases, the lock of controllers' leader election.
+pub static LEASE: ResourceType = ResourceType {
+    group: COORDINATION_GROUP,
+    version: "v1",
+    plural: "leases",
+    singular: "lease",
+    kind: "Lease",
+    short_names: &[],
+    status_subresource: false,
+    extra_field_labels: &[],
+    delete_returns_object: false,
+    namespaced: true,
+};
+
 /// Every served resource type, core first.
-pub static ALL: [&ResourceType; 6] = [
+pub static ALL: [&ResourceType; 7] = [
     &POD,
     &NODE,
     &AZURE_IDENTITY,
     &AZURE_IDENTITY_BINDING,
     &AZURE_ASSIGNED_IDENTITY,
     &AZURE_POD_IDENTITY_EXCEPTION,
+    &LEASE,
 ];
 
 /// Resource by URL coordinates (`""`/`v1`/`pods`).
@@ -233,7 +251,8 @@ fn group_document(group: &str) -> Value {
 
 /// `GET /apis`
 pub fn api_group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_document(AAD_GROUP)]})
+    json!({"kind": "APIGroupList", "apiVersion": "v1",
+        "groups": [group_document(AAD_GROUP), group_document(COORDINATION_GROUP)]})
 }
 
 /// `GET /apis/{group}`
