@@ -11,6 +11,14 @@ use tokio::sync::Mutex;
 use crate::cloudconfig::Credential;
 use crate::http_client::{HttpClient, HttpError};
 
+/// Percent-encoding of path segments, query values and form values: everything but RFC 3986's unreserved
+/// characters.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -94,9 +102,7 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> Result<(String, Duration), TokenError> {
-        let enc = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, COMPONENT).to_string();
         let (endpoint, answer) = match &self.credential {
             Credential::ManagedIdentity { client_id } => {
                 let mut uri = format!(

@@ -397,3 +397,110 @@ async fn leader_election_lets_one_replica_write_and_fails_over() {
     assert_eq!((creates("replica-a"), creates("replica-b")), (1, 1));
     b.shutdown().await;
 }
+
+/// Client-secret credentials: the controller's ARM token comes from Azure AD's client-credentials grant (a
+/// stub here that checks the form and hands out a token mock-imds signed, so mock-arm still verifies it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_credentials_get_the_arm_token_from_azure_ad() {
+    use std::sync::{Arc, Mutex};
+    let env = Env::start(17).await;
+    env.identity(1, "id-app", None);
+    let forms: Arc<Mutex<Vec<String>>> = Arc::default();
+    let imds_token_url = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/",
+        env.imds.uri()
+    );
+    let app = axum::Router::new().route(
+        "/tenant-1/oauth2/token",
+        axum::routing::post({
+            let forms = forms.clone();
+            move |body: String| {
+                let forms = forms.clone();
+                let url = imds_token_url.clone();
+                async move {
+                    forms.lock().expect("lock").push(body);
+                    let t: Value = reqwest::Client::builder()
+                        .no_proxy()
+                        .build()
+                        .expect("client")
+                        .get(url)
+                        .header("Metadata", "true")
+                        .send()
+                        .await
+                        .expect("mock-imds token")
+                        .json()
+                        .await
+                        .expect("json");
+                    axum::Json(json!({"token_type": "Bearer", "expires_in": "3599",
+                        "access_token": t["access_token"]}))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let aad = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut settings = env.settings();
+    if let Some(azure) = settings.azure.as_mut() {
+        azure.use_managed_identity_extension = false;
+        azure.tenant_id = "tenant-1".into();
+        azure.client_id = "sp-client".into();
+        azure.client_secret = "s3cret&=".into();
+        azure.active_directory_endpoint = aad;
+    }
+    settings.imds_endpoint = "http://127.0.0.1:9".into(); // never asked
+    let vm = vm_name(&env, 0);
+    env.pod("p1", &vm, "id-app");
+    let ctl = Controller::start(settings)
+        .await
+        .expect("controller starts");
+    until("p1 Assigned", async || {
+        env.aai_status("p1-default-id-app").as_deref() == Some("Assigned")
+    })
+    .await;
+    ctl.shutdown().await;
+    server.abort();
+    let forms = forms.lock().expect("lock").clone();
+    assert!(!forms.is_empty());
+    assert_eq!(
+        forms[0],
+        "grant_type=client_credentials&client_id=sp-client&client_secret=s3cret%26%3D&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+    );
+}
+
+/// A leader that finds the lock taken by another replica stops (the binary then exits 1, as MIC does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_stops() {
+    let env = Env::start(18).await;
+    let mut s = env.settings();
+    if let Some(le) = s.leader_election.as_mut() {
+        le.instance = "me".into();
+        le.lease_duration = std::time::Duration::from_secs(2);
+    }
+    let ctl = Controller::start(s).await.expect("controller starts");
+    until("leader", async || {
+        env.api
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "default",
+                "aad-pod-identity-mic",
+            )
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "me")
+    })
+    .await;
+    env.api
+        .apply(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "aad-pod-identity-mic", "namespace": "default"},
+            "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 3600}}),
+        )
+        .expect("take the lock");
+    let reason = tokio::time::timeout(common::PATIENCE, ctl.failed())
+        .await
+        .expect("the controller stops");
+    assert!(reason.contains("leadership lost"), "{reason}");
+    ctl.shutdown().await;
+}
