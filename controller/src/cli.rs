@@ -129,8 +129,8 @@ pub struct Args {
           default_value = "false", default_missing_value = "true")]
     pub enable_scale_features: bool,
 
-    /// MIC's one-time AzureIdentity type upgrade (string to integer); accepted, no effect: the controller
-    /// reads both forms.
+    /// MIC's one-time AzureIdentity type upgrade (string to integer); accepted, no effect (identities must
+    /// carry the integer form).
     #[arg(long = "enable-type-upgrade", action = ArgAction::Set, num_args = 0..=1,
           default_value = "true", default_missing_value = "true")]
     pub enable_type_upgrade: bool,

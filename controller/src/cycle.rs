@@ -28,8 +28,17 @@ pub struct Context {
     pub metrics: Metrics,
 }
 
-/// Runs one cycle; `true` if it did any work.
-pub async fn run(ctx: &Context) -> bool {
+/// What a cycle did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Any work was attempted.
+    pub busy: bool,
+    /// Some of it is left undone (ARM refused or failed): worth another cycle later without any event.
+    pub pending: bool,
+}
+
+/// Runs one cycle.
+pub async fn run(ctx: &Context) -> Outcome {
     ctx.metrics.cycles.inc();
     let c = &ctx.cluster;
     let pods: Vec<_> = c.pods.state().iter().map(|p| (**p).clone()).collect();
@@ -60,14 +69,17 @@ pub async fn run(ctx: &Context) -> bool {
         }))
         .await;
     }
-    join_all(
+    let left = join_all(
         p.targets
             .iter()
             .filter(|(_, w)| !w.is_empty())
             .map(|(t, w)| target(ctx, t, w)),
     )
     .await;
-    busy
+    Outcome {
+        busy,
+        pending: left.into_iter().any(|l| l),
+    }
 }
 
 fn log_result(op: &str, aai: &AzureAssignedIdentity, r: &Result<(), kube::Error>) {
@@ -102,7 +114,8 @@ async fn batched<'a, F, Fut>(
     .await;
 }
 
-async fn target(ctx: &Context, resource: &ArmResource, work: &Work) {
+/// Carries out one VM's / scale set's work; `true` if some of it is left undone.
+async fn target(ctx: &Context, resource: &ArmResource, work: &Work) -> bool {
     let c = &ctx.cluster;
     tracing::info!(resource = %resource.id(), create = work.create.len(), confirm = work.confirm.len(),
         delete = work.delete.len(), add = work.add.len(), remove = work.remove.len(), "processing");
@@ -133,6 +146,11 @@ async fn target(ctx: &Context, resource: &ArmResource, work: &Work) {
                 .as_ref()
                 .is_some_and(|i| i.user_assigned.contains(&id))
     };
+    let unconfirmed = work
+        .create
+        .iter()
+        .chain(work.confirm.iter())
+        .any(|a| !present(a));
     batched(
         work.create
             .iter()
@@ -155,6 +173,7 @@ async fn target(ctx: &Context, resource: &ArmResource, work: &Work) {
                 .as_ref()
                 .is_some_and(|i| !i.user_assigned.contains(&id))
     };
+    let kept = work.delete.iter().any(|a| !removed(a));
     batched(
         work.delete.iter().filter(|a| removed(a)),
         ctx.batch,
@@ -173,6 +192,7 @@ async fn target(ctx: &Context, resource: &ArmResource, work: &Work) {
         },
     )
     .await;
+    unconfirmed || kept
 }
 
 /// The periodic reconcile (MIC PR #734): for every VM/VMSS with Assigned AAIs, GET it and re-add the

@@ -321,9 +321,12 @@ async fn run_loop(
             fatal.send_replace(Some(format!("leadership lost: {reason}")));
             return;
         }
-        let busy = cycle::run(&ctx).await;
+        let outcome = cycle::run(&ctx).await;
         active.store(true, Ordering::Relaxed);
-        if busy {
+        let retry_pending = outcome
+            .pending
+            .then(|| tokio::time::Instant::now() + PENDING_RETRY);
+        if outcome.busy {
             // Our own writes come back as events; this pause merges them (and whatever else arrives)
             // into one next cycle. Work left undone (an identity ARM refused) waits for the next trigger.
             tokio::select! {
@@ -335,9 +338,22 @@ async fn run_loop(
             _ = ctx.cluster.changed.notified() => {}
             _ = sync.tick() => {}
             _ = reconcile.tick() => cycle::reconcile(&ctx).await,
+            _ = sleep_until_some(retry_pending) => {}
             _ = lost.changed() => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
+    }
+}
+
+/// After a cycle that left work undone (ARM refused or failed an update, or throttled it), another cycle
+/// runs this long later even without an event (MIC waits for the next event or `syncRetryDuration`). Calls
+/// to a VM/VMSS still inside a Retry-After are refused locally, without a request.
+pub const PENDING_RETRY: Duration = Duration::from_secs(10);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -504,3 +504,31 @@ async fn a_leader_that_loses_its_lease_stops() {
     assert!(reason.contains("leadership lost"), "{reason}");
     ctl.shutdown().await;
 }
+
+/// Work left undone (an update throttled with Retry-After) is retried without any event and with the
+/// periodic triggers an hour away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_work_is_retried_without_an_event() {
+    let env = Env::start(19).await;
+    env.identity(1, "id-app", None);
+    let faults: mock_arm::faults::Faults = serde_json::from_value(json!({
+        "rules": [{"method": "PATCH", "status": 429, "retry_after": 1, "times": 1}]
+    }))
+    .expect("faults");
+    env.arm.set_faults(faults).expect("faults accepted");
+    env.pod("p1", &vm_name(&env, 0), "id-app");
+    let mut settings = env.settings();
+    settings.sync_retry_duration = std::time::Duration::from_secs(3600);
+    settings.identity_assignment_reconcile_interval = std::time::Duration::from_secs(3600);
+    settings.leader_election = None;
+    let ctl = Controller::start(settings)
+        .await
+        .expect("controller starts");
+    until("Assigned after the retry", async || {
+        env.aai_status("p1-default-id-app").as_deref() == Some("Assigned")
+    })
+    .await;
+    let statuses: Vec<u16> = env.patches().iter().map(|p| p.status).collect();
+    assert_eq!(statuses, vec![429, 200]);
+    ctl.shutdown().await;
+}
