@@ -107,7 +107,8 @@ pub struct Args {
     #[arg(long = "leader-election-duration", default_value = "15s", value_parser = parse_go_duration)]
     pub leader_election_duration: Duration,
 
-    /// Port of the health probe (`/healthz`: "Active" once the first cycle ran, 503 "Not Active" before).
+    /// Port of the health probe (`/healthz`: 200 "Active" once this replica leads and ran a cycle, 200 "Not
+    /// Active" before, as MIC).
     #[arg(long = "http-probe-port", default_value_t = 8080)]
     pub http_probe_port: u16,
 

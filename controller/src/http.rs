@@ -1,6 +1,6 @@
-//! The two small HTTP listeners: the health probe (`/healthz` on `--http-probe-port`: "Active" once the
-//! first cycle ran, as MIC's probe answers, 503 "Not Active" before) and the metrics (`/metrics` on
-//! `--prometheus-port`). HTTP/1.1 only, bounded: at most [`MAX_CONNECTIONS`] connections, request heads
+//! The two small HTTP listeners: the health probe (`/healthz` on `--http-probe-port`: 200 "Active" once
+//! this replica leads and ran its first cycle, 200 "Not Active" before, as MIC's probe answers) and the
+//! metrics (`/metrics` on `--prometheus-port`). HTTP/1.1 only, bounded: at most [`MAX_CONNECTIONS`] connections, request heads
 //! within [`HEADER_READ_TIMEOUT`] and [`MAX_HEAD_BYTES`], every answer within [`ANSWER_TIMEOUT`].
 
 use std::sync::Arc;
@@ -31,10 +31,11 @@ pub fn probe_router(active: Arc<AtomicBool>) -> Router {
         .route(
             "/healthz",
             get(|State(active): State<Arc<AtomicBool>>| async move {
+                // Always 200, as MIC's probe: a replica waiting for the lock is alive, not broken.
                 if active.load(Ordering::Relaxed) {
                     (StatusCode::OK, "Active")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "Not Active")
+                    (StatusCode::OK, "Not Active")
                 }
             }),
         )

@@ -532,3 +532,47 @@ async fn throttled_work_is_retried_without_an_event() {
     assert_eq!(statuses, vec![429, 200]);
     ctl.shutdown().await;
 }
+
+/// A replica waiting for the lock answers its probe 200 "Not Active" (MIC's answer; never a failure that
+/// would make Kubernetes restart it) and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_lock_is_alive_but_not_active() {
+    let env = Env::start(20).await;
+    env.api
+        .apply(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "aad-pod-identity-mic", "namespace": "default"},
+            "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 3600}}),
+        )
+        .expect("lock held elsewhere");
+    env.identity(1, "id-app", None);
+    env.pod("p1", &vm_name(&env, 0), "id-app");
+    let ctl = Controller::start(env.settings())
+        .await
+        .expect("controller starts");
+    until("the lock was read", async || {
+        env.api
+            .stats()
+            .client("controller")
+            .resource("leases")
+            .requests
+            .get("get")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    let probe = reqwest::get(format!("http://{}/healthz", ctl.probe_addr()))
+        .await
+        .expect("probe");
+    assert_eq!(
+        (probe.status().as_u16(), probe.text().await.expect("body")),
+        (200, "Not Active".to_owned())
+    );
+    assert_eq!(
+        env.aai_status("p1-default-id-app"),
+        None,
+        "a non-leader writes nothing"
+    );
+    ctl.shutdown().await;
+}
