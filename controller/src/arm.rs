@@ -558,6 +558,17 @@ mod tests {
         assert!(refused_identities("nothing quoted").is_empty());
     }
 
+    proptest::proptest! {
+        /// Any error text: no panic, and whatever is extracted is a lower-cased user-assigned identity id.
+        #[test]
+        fn refused_identity_extraction_is_total(text in "\\PC{0,300}") {
+            for id in refused_identities(&text) {
+                proptest::prop_assert!(id.contains("/providers/microsoft.managedidentity/userassignedidentities/"));
+                proptest::prop_assert_eq!(id.to_ascii_lowercase(), id.clone());
+            }
+        }
+    }
+
     #[test]
     fn patch_bodies_carry_changes_only() {
         let current = Identities {

@@ -196,3 +196,62 @@ proptest! {
         }
     }
 }
+
+/// A random cluster before and after a change: pods (name, node, selector) over three nodes (one VM, two
+/// scale-set instances) and three identities, one of them immutable.
+fn cluster() -> impl Strategy<Value = (Vec<(u8, u8, u8)>, Vec<(u8, u8, u8)>)> {
+    let pods = proptest::collection::vec((0u8..12, 0u8..3, 0u8..3), 0..12);
+    (pods.clone(), pods)
+}
+
+fn build(spec: &[(u8, u8, u8)]) -> Vec<Pod> {
+    let nodes = ["vm-0", "ss-0", "ss-1"];
+    let mut seen = HashSet::new();
+    spec.iter()
+        .filter(|(n, _, _)| seen.insert(*n))
+        .map(|(n, node, sel)| pod(&format!("p{n}"), nodes[*node as usize], &format!("s{sel}")))
+        .collect()
+}
+
+proptest! {
+    /// Whatever changes: nothing still wanted on a VM/VMSS is removed from it, the immutable identity is
+    /// never removed, additions are only of wanted identities, every new assignment is created exactly once,
+    /// and every one that went — or moved to another node: deleted now, created again next cycle — is
+    /// deleted exactly once.
+    #[test]
+    fn plans_never_remove_what_is_still_used((before, after) in cluster()) {
+        let ids = [identity("id0", "C0"), identity("id1", "c1"), identity("id2", "c2")];
+        let bs = [binding("b0", "id0", "s0"), binding("b1", "id1", "s1"), binding("b2", "id2", "s2")];
+        let mut c = cfg();
+        c.immutable.insert("c0".into());
+        let have = assigned(desired(&build(&before), &bs, &ids, &c));
+        let want = desired(&build(&after), &bs, &ids, &c);
+        let p = plan(&want, &have, &nodes(), &c);
+        let immutable_id = uai("id0").to_ascii_lowercase();
+        let mut created = 0;
+        let mut deleted = 0;
+        for (target, work) in &p.targets {
+            let used: HashSet<String> = want
+                .values()
+                .filter(|a| &node_target(&a.spec.node_name, nodes()[&a.spec.node_name].as_deref(), &c) == target)
+                .map(|a| aai_identity(a).0)
+                .collect();
+            for id in &work.remove {
+                prop_assert!(!used.contains(id), "{id} removed from {target:?} while used");
+                prop_assert!(id != &immutable_id, "immutable identity removed");
+            }
+            for id in &work.add {
+                prop_assert!(used.contains(id), "{id} added to {target:?} but not wanted there");
+            }
+            created += work.create.len();
+            deleted += work.delete.len();
+        }
+        prop_assert_eq!(created, want.keys().filter(|k| !have.contains_key(*k)).count());
+        let moved = have
+            .iter()
+            .filter(|(k, h)| want.get(*k).is_some_and(|w| w.spec.node_name != h.spec.node_name))
+            .count();
+        prop_assert_eq!(deleted, have.keys().filter(|k| !want.contains_key(*k)).count() + moved);
+        prop_assert!(p.orphans.is_empty());
+    }
+}
