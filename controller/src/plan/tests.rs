@@ -199,7 +199,10 @@ proptest! {
 
 /// A random cluster before and after a change: pods (name, node, selector) over three nodes (one VM, two
 /// scale-set instances) and three identities, one of them immutable.
-fn cluster() -> impl Strategy<Value = (Vec<(u8, u8, u8)>, Vec<(u8, u8, u8)>)> {
+/// Pods as (name, node, selector) indices.
+type PodSpecs = Vec<(u8, u8, u8)>;
+
+fn cluster() -> impl Strategy<Value = (PodSpecs, PodSpecs)> {
     let pods = proptest::collection::vec((0u8..12, 0u8..3, 0u8..3), 0..12);
     (pods.clone(), pods)
 }
