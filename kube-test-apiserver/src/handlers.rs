@@ -136,7 +136,13 @@ async fn accounting(State(shared): State<Arc<Shared>>, mut req: Request, next: N
         axum::http::Method::GET | axum::http::Method::HEAD
     );
     // Writes are counted in flight (and delayed, when asked) from here until their answer is ready.
-    let in_flight = write.then(|| shared.stats.begin_write(&client));
+    let in_flight = write.then(|| {
+        let resource = match parse_path(req.uri().path()) {
+            Some(Route::Collection { rt, .. } | Route::Object { rt, .. }) => rt.plural,
+            _ => "other",
+        };
+        shared.stats.begin_write(&client, resource)
+    });
     let latency = *shared.write_latency.borrow();
     if write && !latency.is_zero() {
         tokio::time::sleep(latency).await;

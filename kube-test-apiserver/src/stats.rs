@@ -24,6 +24,9 @@ pub struct ResourceStats {
     pub watch_events: u64,
     /// BOOKMARK events sent on watches.
     pub bookmarks: u64,
+    /// Most writes of this resource in flight at once (see [`ClientStats::max_writes_in_flight`]).
+    #[serde(default)]
+    pub max_writes_in_flight: u64,
 }
 
 /// Counters for one client: totals plus the per-resource breakdown.
@@ -80,20 +83,26 @@ impl Stats {
 struct Raw {
     clients: BTreeMap<String, (u64, BTreeMap<String, ResourceStats>)>,
     refused_connections: u64,
-    /// Per client: writes in flight now, and the most seen at once.
+    /// Per client, and per (client, resource): writes in flight now, and the most seen at once.
     in_flight: BTreeMap<String, (u64, u64)>,
+    in_flight_by_resource: BTreeMap<(String, String), (u64, u64)>,
 }
 
 /// A request in flight (see [`Recorder::begin`]); dropping it ends the request.
 pub struct InFlight {
     recorder: Recorder,
     client: String,
+    resource: String,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut raw = self.recorder.lock();
         if let Some((now, _)) = raw.in_flight.get_mut(&self.client) {
+            *now = now.saturating_sub(1);
+        }
+        let key = (self.client.clone(), self.resource.clone());
+        if let Some((now, _)) = raw.in_flight_by_resource.get_mut(&key) {
             *now = now.saturating_sub(1);
         }
     }
@@ -122,15 +131,23 @@ impl Recorder {
         });
     }
 
-    /// A write of `client` starts; it ends when the guard is dropped.
-    pub fn begin_write(&self, client: &str) -> InFlight {
+    /// A write of `client` to `resource` starts; it ends when the guard is dropped.
+    pub fn begin_write(&self, client: &str, resource: &str) -> InFlight {
         let mut raw = self.lock();
-        let (now, max) = raw.in_flight.entry(client.to_owned()).or_default();
-        *now += 1;
-        *max = (*max).max(*now);
+        let raw = &mut *raw;
+        for (now, max) in [
+            raw.in_flight.entry(client.to_owned()).or_default(),
+            raw.in_flight_by_resource
+                .entry((client.to_owned(), resource.to_owned()))
+                .or_default(),
+        ] {
+            *now += 1;
+            *max = (*max).max(*now);
+        }
         InFlight {
             recorder: self.clone(),
             client: client.to_owned(),
+            resource: resource.to_owned(),
         }
     }
 
@@ -171,6 +188,9 @@ impl Recorder {
         for (now, max) in raw.in_flight.values_mut() {
             *max = *now;
         }
+        for (now, max) in raw.in_flight_by_resource.values_mut() {
+            *max = *now;
+        }
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -179,6 +199,15 @@ impl Recorder {
             .clients
             .iter()
             .map(|(key, (refused, resources))| {
+                let mut resources = resources.clone();
+                for ((client, resource), (_, max)) in &raw.in_flight_by_resource {
+                    if client == key {
+                        resources
+                            .entry(resource.clone())
+                            .or_default()
+                            .max_writes_in_flight = *max;
+                    }
+                }
                 let mut c = ClientStats {
                     refused: *refused,
                     max_writes_in_flight: raw.in_flight.get(key).map_or(0, |(_, max)| *max),
@@ -225,11 +254,13 @@ mod tests {
         assert_eq!(s.objects_sent("n1", "azureassignedidentities"), 1);
         assert_eq!(s.client("nobody"), ClientStats::default());
         {
-            let _a = r.begin_write("n1");
-            let _b = r.begin_write("n1");
+            let _a = r.begin_write("n1", "pods");
+            let _b = r.begin_write("n1", "leases");
         }
-        let _c = r.begin_write("n1");
-        assert_eq!(r.snapshot().client("n1").max_writes_in_flight, 2);
+        let _c = r.begin_write("n1", "pods");
+        let s = r.snapshot();
+        assert_eq!(s.client("n1").max_writes_in_flight, 2);
+        assert_eq!(s.client("n1").resource("pods").max_writes_in_flight, 1);
         r.reset();
         assert!(r.snapshot().clients.is_empty());
     }
