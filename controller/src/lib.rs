@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::future::join_all;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -106,6 +107,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// How long [`Controller::shutdown`] lets a running cycle finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -260,12 +264,21 @@ impl Controller {
         }
     }
 
-    /// Stops: no new cycle starts, the running one finishes (its writes are not cut half-way), listeners
+    /// Stops: no new cycle starts, the running one may finish (its writes are not cut half-way) for up to
+    /// [`SHUTDOWN_GRACE`] (an ARM operation can run for minutes; Kubernetes kills after 30 s), listeners
     /// close.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(SHUTDOWN_GRACE, join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the running cycle did not finish within {SHUTDOWN_GRACE:?}; stopped");
+            for a in aborts {
+                a.abort();
+            }
         }
     }
 }
