@@ -76,6 +76,9 @@ pub fn desired(
 ) -> BTreeMap<(String, String), AzureAssignedIdentity> {
     let by_key: HashMap<(String, String), &AzureIdentity> =
         identities.iter().map(|i| (key(&i.metadata), i)).collect();
+    // Bindings in a fixed order, so that which of two clashing ones wins does not vary between cycles.
+    let mut bindings: Vec<&AzureIdentityBinding> = bindings.iter().collect();
+    bindings.sort_by_key(|b| key(&b.metadata));
     let mut out = BTreeMap::new();
     for pod in pods {
         let Some(selector) = pod
@@ -96,10 +99,9 @@ pub fn desired(
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("");
-        if node.is_empty()
-            || pod.metadata.deletion_timestamp.is_some()
-            || matches!(phase, "Succeeded" | "Failed")
-        {
+        // A terminating pod keeps its identities (it may still need tokens during its grace period), as with
+        // MIC; a pod that completed (Succeeded/Failed) does not hold them any more (MIC keeps them).
+        if node.is_empty() || matches!(phase, "Succeeded" | "Failed") {
             continue;
         }
         let (pod_ns, pod_name) = key(&pod.metadata);
@@ -110,6 +112,10 @@ pub fn desired(
             else {
                 continue;
             };
+            // MIC ignores type-0 identities whose resource id is not a user-assigned identity's.
+            if identity.spec.identity_type == 0 && !is_user_assigned(identity) {
+                continue;
+            }
             let (identity_ns, identity_name) = key(&identity.metadata);
             let is_namespaced = namespaced(identity, cfg);
             if is_namespaced && (binding_ns != pod_ns || identity_ns != pod_ns) {
@@ -148,7 +154,8 @@ pub fn desired(
                     available_replicas: 1,
                 }),
             };
-            out.insert((namespace, name), aai);
+            // Same identity name in two namespaces: the first binding wins (MIC warns, issue #1065).
+            out.entry((namespace, name)).or_insert(aai);
         }
     }
     out

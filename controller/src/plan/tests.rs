@@ -178,6 +178,29 @@ fn orphans_and_created_retries() {
     assert_eq!(work.add.len(), 1);
 }
 
+#[test]
+fn terminating_pods_keep_completed_pods_lose_invalid_identities_are_ignored() {
+    let mut bad = identity("id-bad", "cx");
+    bad.spec.resource_id = "/subscriptions/s/not-an-identity".into();
+    let ids = [identity("id-a", "ca"), bad];
+    let bs = [binding("ba", "id-a", "a"), binding("bx", "id-bad", "x")];
+    let mut terminating = pod("p1", "vm-0", "a");
+    terminating.metadata.deletion_timestamp =
+        Some(serde_json::from_value(serde_json::json!("2024-01-01T00:00:00Z")).expect("time"));
+    let mut done = pod("p2", "vm-0", "a");
+    if let Some(st) = done.status.as_mut() {
+        st.phase = Some("Succeeded".into());
+    }
+    let want = desired(
+        &[terminating, done, pod("p3", "vm-0", "x")],
+        &bs,
+        &ids,
+        &cfg(),
+    );
+    let names: Vec<&str> = want.keys().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, vec!["p1-default-id-a"]);
+}
+
 proptest! {
     /// Whatever the case of the client id in the spec and in the immutable list, an immutable identity is
     /// never in a removal set.
