@@ -187,6 +187,20 @@ pub fn patch_body(
     json!({"identity": {"type": ty, "userAssignedIdentities": map}})
 }
 
+/// Most identity entries in one PATCH; more changes go in several (MIC PR #847).
+pub const MAX_PATCH_ENTRIES: usize = 150;
+
+/// The next PATCH's share of the changes: removals first, then additions, at most `max` entries.
+pub fn chunk(
+    add: &BTreeSet<String>,
+    remove: &BTreeSet<String>,
+    max: usize,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let r: BTreeSet<String> = remove.iter().take(max).cloned().collect();
+    let a: BTreeSet<String> = add.iter().take(max - r.len()).cloned().collect();
+    (a, r)
+}
+
 /// Retry policy of an identity update (`--update-user-msi-max-retry`, `--update-user-msi-retry-interval`).
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateRetry {
@@ -336,9 +350,9 @@ impl Arm {
         })
     }
 
-    /// MIC's `UpdateUserMSI`: GET, then one PATCH with the changes only (nothing when there are none), wait
-    /// for the operation; when ARM refuses naming identities, retry without them (`retry`). Ids compare
-    /// case-insensitively and are sent lower-cased.
+    /// MIC's `UpdateUserMSI`: GET, then one PATCH with the changes only (nothing when there are none; more
+    /// than [`MAX_PATCH_ENTRIES`] changes in several), waiting for each operation; when ARM refuses naming
+    /// identities, retry without them (`retry`). Ids compare case-insensitively and are sent lower-cased.
     pub async fn update_identities(
         &self,
         resource: &ArmResource,
@@ -381,14 +395,18 @@ impl Arm {
             .filter(|id| current.user_assigned.contains(id) && !add.contains(id))
             .collect();
         let mut retries = 0;
+        let mut current = current;
         while !(add.is_empty() && remove.is_empty()) {
-            let body = patch_body(&current, &add, &remove);
+            let (chunk_add, chunk_remove) = chunk(&add, &remove, MAX_PATCH_ENTRIES);
+            let body = patch_body(&current, &chunk_add, &chunk_remove);
             outcome.patches += 1;
             match self.patch_and_wait(resource, &body).await {
                 Ok(after) => {
+                    add.retain(|id| !chunk_add.contains(id));
+                    remove.retain(|id| !chunk_remove.contains(id));
+                    current = after.clone();
                     outcome.identities = Some(after);
                     outcome.error = None;
-                    return outcome;
                 }
                 Err(e) => {
                     let refused = match &e {
@@ -567,6 +585,20 @@ mod tests {
                 proptest::prop_assert_eq!(id.to_ascii_lowercase(), id.clone());
             }
         }
+    }
+
+    #[test]
+    fn changes_are_split_removals_first() {
+        let ids = |p: &str, n: usize| -> BTreeSet<String> {
+            (0..n).map(|i| format!("{p}{i:03}")).collect()
+        };
+        let (add, remove) = (ids("a", 200), ids("r", 120));
+        let (a, r) = chunk(&add, &remove, MAX_PATCH_ENTRIES);
+        assert_eq!((a.len(), r.len()), (30, 120));
+        let (a, r) = chunk(&add, &BTreeSet::new(), MAX_PATCH_ENTRIES);
+        assert_eq!((a.len(), r.len()), (150, 0));
+        let (a, r) = chunk(&ids("a", 3), &ids("r", 2), MAX_PATCH_ENTRIES);
+        assert_eq!((a.len(), r.len()), (3, 2));
     }
 
     #[test]
