@@ -44,9 +44,9 @@ pub struct Args {
 
     /// Cloud configuration (azure.json: tenantId, subscriptionId, resourceGroup, vmType standard|vmss,
     /// useManagedIdentityExtension + userAssignedIdentityID, or aadClientId + aadClientSecret; imds-controller
-    /// also reads resourceManagerEndpoint, activeDirectoryEndpoint and tokenAudience). Empty: the environment variables MIC
-    /// reads (CLOUD, TENANT_ID, CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION_ID, RESOURCE_GROUP, VM_TYPE, USE_MSI,
-    /// USER_ASSIGNED_MSI_CLIENT_ID).
+    /// also reads resourceManagerEndpoint, activeDirectoryEndpoint and tokenAudience). Empty: the
+    /// environment variables MIC reads (CLOUD, TENANT_ID, CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION_ID,
+    /// RESOURCE_GROUP, VM_TYPE, USE_MSI, USER_ASSIGNED_MSI_CLIENT_ID).
     #[arg(long, default_value = "")]
     pub cloudconfig: String,
 
