@@ -294,3 +294,65 @@ declare_case!(
         Ok(())
     }
 );
+
+declare_case!(
+    TOK_009 = Case {
+        id: "TOK-009",
+        title: "AzureAssignedIdentity state: Created and Unassigned are never served, legacy \"\" is (as NMI)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §3 Tokens; REFERENCE A.6 (buckets: no-state and Assigned are served)",
+        explain: "The pod without identity is given an AzureAssignedIdentity of a VM identity in each state MIC writes. While it is Created (MIC has not assigned it yet) or Unassigned (MIC is removing it), no token request from the pod — without a selector or naming the identity by client_id — may receive a token, whatever flags the interceptor runs with (with or without Retry-After). In the legacy state \"\" (AAIs written by MIC before states existed) NMI serves it like Assigned: the pod gets that identity's token within 10 s.",
+    },
+    |ctx| {
+        let pod = crate::catalog::plain_pod(ctx)?;
+        let id = crate::catalog::vm_identity(ctx)?;
+        let by_id = format!("&client_id={}", id.client_id());
+        for state in ["Created", "Unassigned"] {
+            crate::catalog::apply(
+                ctx,
+                crate::cluster::aai_object(&pod, &id, state, true),
+                &format!("applying an AzureAssignedIdentity in state {state}"),
+            )
+            .await?;
+            // Let the watch deliver it (an interceptor that ignores the state would now serve it).
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            for extra in ["", by_id.as_str()] {
+                let sent = ctx.send_token(&pod.name, extra).await;
+                if let Some(r) = sent.response() {
+                    fail_if(
+                        has_token(r),
+                        format!(
+                            "pod {} with its AzureAssignedIdentity in state {state}, token request {}: no token",
+                            pod.name,
+                            if extra.is_empty() {
+                                "without selector"
+                            } else {
+                                "by client_id"
+                            }
+                        ),
+                        || r.summary(),
+                    )?;
+                }
+            }
+        }
+        crate::catalog::apply(
+            ctx,
+            crate::cluster::aai_object(&pod, &id, "", true),
+            "applying a legacy AzureAssignedIdentity (state \"\")",
+        )
+        .await?;
+        let sent = ctx
+            .poll_token(&pod.name, &by_id, Duration::from_secs(10))
+            .await;
+        let r = expect_status(&sent, 200, "the legacy-state identity's token within 10 s")?;
+        let got = token_client_id(r);
+        fail_if(
+            !got.as_deref()
+                .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+            format!("a token of {} ({})", id.name, id.client_id()),
+            || format!("appid {got:?}: {}", r.summary()),
+        )
+    }
+);
