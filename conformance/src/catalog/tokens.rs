@@ -356,3 +356,48 @@ declare_case!(
         )
     }
 );
+
+declare_case!(
+    TOK_010 = Case {
+        id: "TOK-010",
+        title: "a selector in another letter case yields that identity or a refusal, never another identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §2 (a pod receives only the identity it asked for), §3 Tokens; REFERENCE A.6 (quirks)",
+        explain: "For each identity of the pod with identities, the pod asks by client_id in upper case and by msi_res_id in upper case. NMI refuses these after its wait loop (its final pick compares exactly); imds-proxy compares case-insensitively and serves the identity. Either is accepted. What is never accepted is a token of a different identity, e.g. the pod's first identity served because the requested one was not matched.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        for id in &ids {
+            for extra in [
+                format!("&client_id={}", id.client_id().to_ascii_uppercase()),
+                format!(
+                    "&msi_res_id={}",
+                    enc(&id.resource_id().to_ascii_uppercase())
+                ),
+            ] {
+                let sent = ctx.send_token(&pod.name, &extra).await;
+                let Some(r) = sent.response() else {
+                    continue;
+                };
+                if !has_token(r) {
+                    continue;
+                }
+                let got = token_client_id(r);
+                fail_if(
+                    !got.as_deref()
+                        .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+                    format!(
+                        "pod {} asking with {extra}: a token of {} ({}) or a refusal",
+                        pod.name,
+                        id.name,
+                        id.client_id()
+                    ),
+                    || format!("a token for appid {got:?}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+);
