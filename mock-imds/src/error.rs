@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+pub use crate::config::ApiVersionStyle;
 use crate::versions;
 
 /// Which family of error body a path uses: the identity endpoints speak OAuth
@@ -26,18 +27,6 @@ impl Surface {
             Surface::Metadata
         }
     }
-}
-
-/// How an unsupported but well-formed `api-version` is answered (REFERENCE open question 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ApiVersionStyle {
-    /// Current documentation: 400 with `newest-versions`.
-    #[default]
-    NewestVersions,
-    /// 2019 capture: 404 `{"error":"Not found. Invalid version requested"}` for a well-formed unknown version
-    /// (a missing version still gets the `newest-versions` body).
-    LegacyNotFound,
 }
 
 /// What went wrong. Rendering depends on the [`Surface`], carried alongside.

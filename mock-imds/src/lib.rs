@@ -79,6 +79,7 @@ pub mod keys;
 pub mod loadbalancer;
 mod pkcs7;
 pub mod rules;
+pub mod scheduled;
 pub mod server;
 mod state;
 #[cfg(feature = "testcontainers")]

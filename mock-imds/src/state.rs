@@ -13,10 +13,10 @@ use tokio::sync::{OnceCell, oneshot};
 use crate::clock::Clock;
 use crate::config::{Config, ScheduledEvent, UserAssignedIdentity};
 use crate::error::{ErrorKind, ImdsError, Surface};
-use crate::events::EventsState;
 use crate::faults::{FaultState, RateLimiter};
 use crate::journal::Journal;
 use crate::keys::{KeyError, SigningKeys};
+use crate::scheduled::EventsState;
 use crate::token_cache::TokenCache;
 
 /// Cheaply clonable handle to the shared state.
