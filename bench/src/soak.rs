@@ -84,11 +84,25 @@ enum Kind {
     PassThrough,
 }
 
+impl Kind {
+    /// Short name in the report's "other statuses" column.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::OwnToken => "own token",
+            Kind::NoIdentityToken => "no-identity token",
+            Kind::PassThrough => "pass-through",
+        }
+    }
+}
+
 /// Counters of one phase.
 #[derive(Debug)]
 struct PhaseStats {
     sent: u64,
     status: BTreeMap<u16, u64>,
+    /// Answers outside 2xx by request kind, so the report says which requests got them.
+    /// Keyed by (kind, status, the body's first line cut at 80 characters).
+    other: BTreeMap<(&'static str, u16, String), u64>,
     errors: BTreeMap<String, u64>,
     tokens_ok: u64,
     wrong_identity: u64,
@@ -101,6 +115,7 @@ impl PhaseStats {
         Ok(PhaseStats {
             sent: 0,
             status: BTreeMap::new(),
+            other: BTreeMap::new(),
             errors: BTreeMap::new(),
             tokens_ok: 0,
             wrong_identity: 0,
@@ -355,6 +370,11 @@ async fn load_worker(shared: Arc<Shared>, pod: String, kind: Kind, rate: f64) {
         match result {
             Ok(r) => {
                 *s.status.entry(r.status).or_default() += 1;
+                if !(200..300).contains(&r.status) {
+                    let text = r.text();
+                    let body: String = text.lines().next().unwrap_or("").chars().take(80).collect();
+                    *s.other.entry((kind.label(), r.status, body)).or_default() += 1;
+                }
                 classify_token(kind, &r, &shared.own_client_id, s);
                 if r.header("connection")
                     .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -505,11 +525,13 @@ fn render(
     for (s, (name, share)) in stats.iter().zip(PHASES) {
         let secs = (total * share / 100).as_secs_f64().max(0.001);
         let ok: u64 = s.status.range(200..300).map(|(_, n)| n).sum();
-        let other: Vec<String> = s
-            .status
+        let mut by_status: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+        for ((kind, status, _), n) in &s.other {
+            *by_status.entry((kind, *status)).or_default() += n;
+        }
+        let other: Vec<String> = by_status
             .iter()
-            .filter(|(k, _)| !(200..300).contains(*k))
-            .map(|(k, n)| format!("{k}×{n}"))
+            .map(|((kind, status), n)| format!("{kind} {status}×{n}"))
             .collect();
         let errors: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}×{n}")).collect();
         let ms = |q: f64| s.latency_us.value_at_quantile(q) as f64 / 1000.0;
@@ -543,6 +565,17 @@ fn render(
                 "{name}: {} tokens to a pod without identity",
                 s.token_without_identity
             ));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nAnswers outside 2xx, by phase, request and body (first line):\n\n\
+         | phase | request | status | body | count |\n| --- | --- | ---: | --- | ---: |"
+    );
+    for (s, (name, _)) in stats.iter().zip(PHASES) {
+        for ((kind, status, body), n) in &s.other {
+            let body = body.replace('|', "\\|");
+            let _ = writeln!(md, "| {name} | {kind} | {status} | `{body}` | {n} |");
         }
     }
     let _ = writeln!(

@@ -1,9 +1,9 @@
 //! The testcontainers module against a real Docker engine: `MockImdsImage` starts the mock-imds image, and
 //! an ordinary HTTP client gets instance metadata and a managed-identity token through the mapped port.
 //!
-//! The image is never pulled. By default the test builds it here, from `ci/docker/mock-imds.Dockerfile` (the
-//! release image's Dockerfile, FROM scratch) with the `mock-imds` binary cargo built for this test run plus
-//! the shared libraries it loads — so it always tests the code of this checkout without a static release
+//! The image is never pulled. By default the test builds it (`ci/docker/test-image.sh`) from
+//! `ci/docker/mock-imds.Dockerfile` (the release image's Dockerfile, FROM scratch) with the `mock-imds` binary
+//! cargo built for this test run plus the shared libraries it loads — so it always tests the code of this checkout without a static release
 //! build. `IMDS_MOCK_IMAGE=name:tag` tests a prebuilt image instead (e.g. the one `ci/build-images.sh`
 //! built). Needs the `testcontainers` feature, a `docker` CLI and an engine (`eval "$(ci/dockerd.sh start)"`);
 //! without an engine every test prints `SKIP: <reason>` and returns. Every container is removed, and the
@@ -53,32 +53,6 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Copy `file` and every shared library `ldd` lists for it into `rootfs`, keeping absolute paths.
-fn copy_with_libs(rootfs: &Path, file: &Path) -> Result<(), String> {
-    let out = Command::new("ldd")
-        .arg(file)
-        .output()
-        .map_err(|e| format!("ldd: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        let Some(path) = path.filter(|p| p.starts_with('/')) else {
-            continue;
-        };
-        let dest = rootfs.join(path.trim_start_matches('/'));
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        // fs::copy follows symlinks: the file lands under the name the loader asks for.
-        std::fs::copy(path, &dest).map_err(|e| format!("copy {path}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// Builds the test image once per test binary (or names the prebuilt one). `Err` is a failure, not a skip:
 /// with an engine present the image must build.
 fn image() -> &'static Result<(String, String), String> {
@@ -91,40 +65,20 @@ fn image() -> &'static Result<(String, String), String> {
             docker(&["image", "inspect", "--format", "{{.Id}}", &spec])?;
             return Ok((name.to_owned(), tag.to_owned()));
         }
-        let stage = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-        let rootfs = stage.path().join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(|e| format!("rootfs: {e}"))?;
-        let bin = Path::new(env!("CARGO_BIN_EXE_mock-imds"));
-        std::fs::copy(bin, stage.path().join("mock-imds"))
-            .map_err(|e| format!("copy {}: {e}", bin.display()))?;
-        copy_with_libs(&rootfs, bin)?;
-        let dockerfile = repo_root().join("ci/docker/mock-imds.Dockerfile");
-        let tag = format!("{TEST_IMAGE}:{TEST_TAG}");
-        let context = stage.path().to_string_lossy().into_owned();
-        let dockerfile = dockerfile.to_string_lossy().into_owned();
-        // DOCKER_BUILDKIT=0: the classic builder, present in every engine; FROM scratch needs no registry.
-        let out = Command::new("docker")
-            .env("DOCKER_BUILDKIT", "0")
-            .args([
-                "build",
-                "--quiet",
-                "--file",
-                &dockerfile,
-                "--build-arg",
-                "VERSION=test",
-                "--tag",
-                &tag,
-                &context,
-            ])
+        // The binary of this test run with its shared libraries, in the release image's Dockerfile.
+        let out = Command::new(repo_root().join("ci/docker/test-image.sh"))
+            .arg(env!("CARGO_BIN_EXE_mock-imds"))
+            .arg(repo_root().join("ci/docker/mock-imds.Dockerfile"))
+            .arg(format!("{TEST_IMAGE}:{TEST_TAG}"))
             .output()
-            .map_err(|e| format!("docker build: {e}"))?;
+            .map_err(|e| format!("ci/docker/test-image.sh: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "docker build {tag} failed: {}",
+                "ci/docker/test-image.sh failed ({}): {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        eprintln!("built {tag} from {}", bin.display());
         Ok((TEST_IMAGE.to_owned(), TEST_TAG.to_owned()))
     })
 }
