@@ -541,7 +541,7 @@ impl Config {
             .and_then(|s| u64::try_from(s).ok());
         let seed = seed.or(file_seed);
         let mut base = toml::Table::try_from(Config::generate(seed))?;
-        merge(&mut base, over);
+        mock_support::layering::merge(&mut base, over);
         let mut config: Config = base.try_into().map_err(parse_err)?;
         config.server.seed = seed;
         config.complete(&mut IdGen::new(seed.map(|s| s ^ 0x5eed)));
@@ -560,17 +560,6 @@ impl Config {
     /// The effective configuration as TOML (`--print-config`).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string(self)?)
-    }
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(key, v);
-            }
-        }
     }
 }
 

@@ -23,7 +23,7 @@ impl Config {
             .and_then(|s| u64::try_from(s).ok());
         let seed = seed.or(file_seed);
         let mut base = toml::Table::try_from(Config::generate(seed))?;
-        merge(&mut base, file);
+        mock_support::layering::merge(&mut base, file);
         let mut config: Config = base.try_into().map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
             source: Box::new(e),
@@ -68,17 +68,6 @@ impl Config {
         let rg = self.compute.resource_group_name.clone();
         for (i, id) in self.identities.user_assigned.iter_mut().enumerate() {
             complete_identity(id, &subscription, &rg, i);
-        }
-    }
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(key, v);
-            }
         }
     }
 }

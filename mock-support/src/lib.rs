@@ -1,0 +1,19 @@
+//! Scaffolding shared by the two emulators of this workspace, mock-imds and mock-arm, so that each keeps
+//! only what is its own (the emulated service). Nothing here knows either service:
+//!
+//! - [`listen`]: the listener a mock serves on, from a pre-bound socket or an address (default
+//!   `127.0.0.1:0`), and the error naming what failed.
+//! - [`serving`]: the lifetime of a running mock's tasks: a shutdown signal for its servers, graceful
+//!   [`serving::Serving::shutdown`], and abort on drop.
+//! - [`process`]: the binaries' edge: logging to stderr (`RUST_LOG`, default `warn`), the first SIGINT or
+//!   SIGTERM, and exit code 2 with the error chain.
+//! - [`layering`]: TOML documents layered over defaults (tables merge key by key, arrays and values replace).
+//! - `testcontainers` (cargo feature `testcontainers`): the parts of a mock's container image that do not
+//!   depend on the mock.
+
+pub mod layering;
+pub mod listen;
+pub mod process;
+pub mod serving;
+#[cfg(feature = "testcontainers")]
+pub mod testcontainers;
