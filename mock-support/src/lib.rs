@@ -8,9 +8,13 @@
 //! - [`process`]: the binaries' edge: logging to stderr (`RUST_LOG`, default `warn`), the first SIGINT or
 //!   SIGTERM, and exit code 2 with the error chain.
 //! - [`layering`]: TOML documents layered over defaults (tables merge key by key, arrays and values replace).
+//! - `clients` (cargo feature `test-clients`, for dev-dependencies): real client programs in tests (bounded
+//!   runs, loud `SKIP:` set-up steps, a Python virtualenv with pinned requirements).
 //! - `testcontainers` (cargo feature `testcontainers`): the parts of a mock's container image that do not
 //!   depend on the mock.
 
+#[cfg(feature = "test-clients")]
+pub mod clients;
 pub mod layering;
 pub mod listen;
 pub mod process;
