@@ -29,6 +29,9 @@ impl Surface {
     }
 }
 
+/// Content type of every JSON answer, exactly as the real service sends it.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
 /// What went wrong. Rendering depends on the [`Surface`], carried alongside.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
@@ -306,7 +309,7 @@ impl IntoResponse for ImdsError {
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::rules::JSON_CONTENT_TYPE),
+            HeaderValue::from_static(JSON_CONTENT_TYPE),
         );
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

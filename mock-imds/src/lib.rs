@@ -74,6 +74,7 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod instance;
+pub mod instance_doc;
 pub mod journal;
 pub mod keys;
 pub mod loadbalancer;

@@ -59,9 +59,9 @@ pub struct Shared {
     pub events: Mutex<EventsState>,
     /// Rendered `/metadata/instance` documents of `config` (built on first use, never invalidated: the
     /// base configuration does not change while the mock runs).
-    pub instance_docs: crate::instance::DocCache,
+    pub instance_docs: crate::instance_doc::DocCache,
     /// The `Date` header of the current second (see `rules::HttpDate`).
-    pub http_date: crate::rules::HttpDate,
+    pub http_date: crate::clock::HttpDate,
 }
 
 /// Generates the signing keys on a dedicated OS thread (not tokio's blocking pool: dropping a runtime waits
@@ -104,8 +104,8 @@ impl AppState {
             limiter: RateLimiter::new(config.rate_limits.clone()),
             journal: Journal::new(config.server.journal_capacity),
             events: Mutex::new(EventsState::new(&config, started)),
-            instance_docs: crate::instance::DocCache::default(),
-            http_date: crate::rules::HttpDate::default(),
+            instance_docs: crate::instance_doc::DocCache::default(),
+            http_date: crate::clock::HttpDate::default(),
             keys: keys_cell,
             server_header,
             started,
