@@ -13,6 +13,15 @@ use crate::{cluster, lookup};
 
 const SECTION: &str = "4 cluster view";
 
+/// Everything the scale run measured.
+pub struct ClusterResult {
+    pub nodes: usize,
+    pub populate: Duration,
+    pub runs: Vec<cluster::ProxyRun>,
+    /// In-process identity lookups (section 4), see `lookup`.
+    pub lookups: Vec<lookup::LookupRun>,
+}
+
 /// Section 4: skipped with `skip`, or without the imds-proxy binary; a failed run is a FAILED row.
 pub fn section(
     rt: &tokio::runtime::Runtime,
@@ -48,7 +57,7 @@ fn run_cluster(
     imds: SocketAddr,
     nodes: usize,
     lookup_unfiltered: bool,
-) -> Result<cluster::ClusterResult> {
+) -> Result<ClusterResult> {
     let api = rt.block_on(kube_test_apiserver::ApiServer::start(
         "127.0.0.1:0".parse()?,
     ))?;
@@ -88,7 +97,7 @@ fn run_cluster(
         }
     }
     rt.block_on(api.shutdown());
-    Ok(cluster::ClusterResult {
+    Ok(ClusterResult {
         nodes,
         populate,
         runs,
@@ -96,7 +105,7 @@ fn run_cluster(
     })
 }
 
-fn cluster_rows(report: &mut Report, res: &cluster::ClusterResult) {
+fn cluster_rows(report: &mut Report, res: &ClusterResult) {
     let s4 = SECTION;
     let n = res.nodes;
     let on = res.runs.iter().find(|r| r.filtering);

@@ -4,7 +4,7 @@
 //! `*url.Error`: `Get "http://169.254.169.254:80/metadata/instance?…": dial tcp 169.254.169.254:80: connect:
 //! connection refused`), so the pass-through's 500 body and the token path's 503 body read as NMI's do and
 //! never carry Rust debug text. `ViewUnavailable`, `CallerError` (with `PodMatchError` and `Unconfirmed`),
-//! `SelectError` (with `NoIdentity`) and `FetchError` are the token handlers' refusals: the cluster view
+//! `SelectError` (with `NoIdentity`) and `FetchError` (with the upstream's `TokenError`) are the token handlers' refusals: the cluster view
 //! cannot be trusted, the caller is not exactly one pod, no identity was found, or IMDS gave no token. Their
 //! `Display` is the NMI message that goes into the `http.Error` body; `server` maps each to its status and
 //! `policy::Decision`. `policy` and `cluster` build them; this module decides nothing.
@@ -12,8 +12,6 @@
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-
-use crate::upstream::TokenError;
 
 /// A request to IMDS that got no answer, displayed as Go's `*url.Error`: `<Op> "<url>": <cause>`.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +133,39 @@ fn transport_text(err: &hyper_util::client::legacy::Error) -> String {
         Some(h) if h.is_incomplete_message() => "EOF".to_string(),
         Some(h) => h.to_string(),
         None => "connection closed".to_string(),
+    }
+}
+
+/// Why a token could not be obtained. `Refresh` is adal's `TokenRefreshError` (final non-200: NMI 403);
+/// `Decode` is an answer that is not a token (403); `Transport` is a connectivity problem (NMI 503).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "adal: Refresh request failed. Status Code = '{status}'. Response body: {body} Endpoint {endpoint}"
+    )]
+    Refresh {
+        status: u16,
+        body: String,
+        endpoint: String,
+    },
+    #[error("adal: Failed to execute the refresh request. Error = '{0}'")]
+    Transport(#[source] UpstreamError),
+    #[error(
+        "adal: Failed to unmarshal the service principal token during refresh. Error = '{source}' JSON = '{json}'"
+    )]
+    Decode {
+        source: serde_json::Error,
+        json: String,
+    },
+}
+
+impl TokenError {
+    /// NMI maps `TokenRefreshError` to 403 and other failures to 503 (A.3.1 step 8).
+    pub fn status(&self) -> u16 {
+        match self {
+            TokenError::Refresh { .. } | TokenError::Decode { .. } => 403,
+            TokenError::Transport(_) => 503,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod config;
 pub mod errors;
 pub mod listener;
 pub mod metrics;
+pub mod model;
 pub mod netfilter;
 pub mod policy;
 pub mod server;

@@ -9,10 +9,8 @@
 
 use std::net::IpAddr;
 
-use crate::cluster::model::{
-    AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo,
-};
 use crate::errors::{NoIdentity, PodMatchError};
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 // ---------------------------------------------------------------------------------------------------------
 // Metadata header (A.3.1 step 1, A.3.3)

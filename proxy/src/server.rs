@@ -27,10 +27,10 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::cluster::ClusterView;
-use crate::cluster::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::config::{OperationMode, Settings};
 use crate::errors::{CallerError, FetchError, PodMatchError, SelectError, ViewUnavailable};
 use crate::metrics::{Metrics, RequestRecord};
+use crate::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::policy::{self, Decision, IdentityRequest, RetryBudget, Route, StandardStep};
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use super::ClusterView;
-use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 use crate::errors::ViewUnavailable;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 #[derive(Debug, Default)]
 struct State {
@@ -109,7 +109,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cluster::model::fixtures::{aai, identity, pod};
+    use crate::model::fixtures::{aai, identity, pod};
 
     #[test]
     fn queries_select_by_ip_name_pod_and_namespace() -> Result<(), std::net::AddrParseError> {

@@ -12,14 +12,15 @@
 pub mod crd;
 pub mod freshness;
 pub mod memory;
-pub mod model;
 pub mod watch;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
+/// The plain-data views (`crate::model`), also reachable here where they were first defined.
+pub use crate::model;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 use crate::errors::{CallerError, ViewUnavailable};
 

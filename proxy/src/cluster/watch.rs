@@ -29,10 +29,10 @@ use super::crd::{
     BEHAVIOR_ANNOTATION, EmbeddedIdentity,
 };
 use super::freshness::{Follow, Freshness, Health, follow};
-use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 use super::{ClusterView, WatchPlan};
 use crate::errors::{CallerError, Unconfirmed, UnconfirmedReason, ViewUnavailable};
 use crate::metrics::Metrics;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 struct Inner {
     client: Client,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::cluster::model::fixtures::*;
-use crate::cluster::model::*;
+use crate::model::fixtures::*;
+use crate::model::*;
 
 /// The candidates of a `Found` step (panics on any other step).
 fn found(step: StandardStep) -> Vec<IdentityInfo> {
