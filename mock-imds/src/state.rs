@@ -4,7 +4,7 @@
 //! behaviour lives in the surface modules.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
@@ -82,9 +82,7 @@ fn spawn_key_generation(seed: Option<u64>) -> oneshot::Receiver<Result<SigningKe
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use mock_support::sync::lock;
 
 impl AppState {
     pub fn new(config: Config, clock: Arc<dyn Clock>, keys: Option<SigningKeys>) -> AppState {

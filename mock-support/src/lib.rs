@@ -7,6 +7,7 @@
 //!   [`serving::Serving::shutdown`], and abort on drop.
 //! - [`process`]: the binaries' edge: logging to stderr (`RUST_LOG`, default `warn`), the first SIGINT or
 //!   SIGTERM, and exit code 2 with the error chain.
+//! - [`sync`]: `lock`, a mutex lock that ignores poisoning.
 //! - [`layering`]: TOML documents layered over defaults (tables merge key by key, arrays and values replace).
 //! - `clients` (cargo feature `test-clients`, for dev-dependencies): real client programs in tests (bounded
 //!   runs, loud `SKIP:` set-up steps, a Python virtualenv with pinned requirements).
@@ -19,5 +20,6 @@ pub mod layering;
 pub mod listen;
 pub mod process;
 pub mod serving;
+pub mod sync;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
