@@ -2,6 +2,8 @@
 //! values replaced), validated, identities completed; and the effective configuration as TOML
 //! (`--print-config`). Environment variables and flags are layered on top by `cli`.
 
+use mock_support::layering::LayerError;
+
 use super::{Config, ConfigError, complete_identity};
 
 impl Config {
@@ -12,22 +14,14 @@ impl Config {
         origin: &str,
         seed: Option<u64>,
     ) -> Result<Config, ConfigError> {
-        let file: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            source: Box::new(e),
-        })?;
-        let file_seed = file
-            .get("server")
-            .and_then(|s| s.get("seed"))
-            .and_then(|s| s.as_integer())
-            .and_then(|s| u64::try_from(s).ok());
-        let seed = seed.or(file_seed);
-        let mut base = toml::Table::try_from(Config::generate(seed))?;
-        mock_support::layering::merge(&mut base, file);
-        let mut config: Config = base.try_into().map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            source: Box::new(e),
-        })?;
+        let (mut config, seed) = mock_support::layering::layer(text, seed, Config::generate)
+            .map_err(|e| match e {
+                LayerError::Parse(source) => ConfigError::Parse {
+                    origin: origin.to_string(),
+                    source: Box::new(source),
+                },
+                LayerError::Serialize(e) => ConfigError::Serialize(e),
+            })?;
         config.server.seed = seed;
         config
             .faults
