@@ -11,11 +11,15 @@
 //! - [`layering`]: TOML documents layered over defaults (tables merge key by key, arrays and values replace).
 //! - `clients` (cargo feature `test-clients`, for dev-dependencies): real client programs in tests (bounded
 //!   runs, loud `SKIP:` set-up steps, a Python virtualenv with pinned requirements).
+//! - `images` (cargo feature `test-clients`): a mock's container image in its tests (`docker`, engine
+//!   detection for `SKIP:`, the image under test, container removal checks).
 //! - `testcontainers` (cargo feature `testcontainers`): the parts of a mock's container image that do not
 //!   depend on the mock.
 
 #[cfg(feature = "test-clients")]
 pub mod clients;
+#[cfg(feature = "test-clients")]
+pub mod images;
 pub mod layering;
 pub mod listen;
 pub mod process;
