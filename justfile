@@ -64,6 +64,10 @@ mock *ARGS:
 mock-arm *ARGS:
     cargo run -p mock-arm -- {{ARGS}}
 
+# Run imds-controller (the MIC drop-in); `just controller --help` for its flags.
+controller *ARGS:
+    cargo run -p imds-controller -- {{ARGS}}
+
 # Benchmarks: ratios measured side by side in one run (root for the netns part); writes docs/BENCHMARKS.md.
 # `just bench --quick` takes about 30 s.
 bench *ARGS:

@@ -1,5 +1,5 @@
 //! Section 5, the harness's wall time: one netns run of the `nmi-default` profile (needs root), its exit
-//! code, and from its JSON report the per-case durations and the `timing:` note (set-up, sync, teardown,
+//! code, and from its JSON report the per-case durations and the typed `timing` (set-up, sync, teardown,
 //! restores).
 
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ struct HarnessRun {
     /// `duration_ms` of every case that ran (PASS/FAIL/INFO; SKIP and UNCLAIMED take no time).
     case_ms: Vec<u64>,
     cases_total: usize,
-    /// `key=value` pairs of the report's `timing:` note (set-up, sync, teardown, restores).
+    /// The fields of the report's `timing` (set-up, sync, teardown, restores).
     timing: BTreeMap<String, u64>,
 }
 
@@ -113,17 +113,11 @@ fn run_harness(conf: &Path, proxy: &Path) -> Result<HarnessRun> {
                 .filter_map(|c| c["duration_ms"].as_u64())
                 .collect();
             run.case_ms.sort_unstable();
-            let timing = report["notes"]
-                .as_array()
+            run.timing = report["timing"]
+                .as_object()
                 .into_iter()
                 .flatten()
-                .filter_map(|n| n.as_str())
-                .find_map(|n| n.strip_prefix("timing:"))
-                .unwrap_or_default();
-            run.timing = timing
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
                 .collect();
         }
         Err(e) => eprintln!("imds-bench: harness report: {e:#}"),
@@ -157,7 +151,7 @@ fn harness_rows(report: &mut Report, h: &HarnessRun) {
                 sync as f64 / 1000.0,
                 teardown as f64 / 1000.0
             ),
-            "from the report's timing note",
+            "from the report's timing",
             "",
         ));
     }

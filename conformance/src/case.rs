@@ -1,7 +1,10 @@
-//! The case model: what a conformance case is (data + one async function) and what it can conclude.
+//! The vocabulary of cases: what a case can conclude ([`Outcome`], [`Status`]), how much it matters
+//! ([`Level`]), and what selects it ([`Feature`], [`Profile`], [`BackendKind`]).
 //!
-//! Owns [`Case`], [`Level`], [`Outcome`], [`Feature`], [`Profile`] and [`BackendKind`]. It knows nothing
-//! about how requests are sent (that is [`crate::backend`]) nor how results are printed ([`crate::report`]).
+//! A leaf module: it imports nothing of the crate, so every other module (backends, scenarios, reports)
+//! can use these words without depending on cases. It knows nothing about how requests are sent (that is
+//! [`crate::backend`]) nor how results are printed ([`crate::report`]). The case itself
+//! ([`crate::catalog::Case`]: data plus one async function of [`crate::ctx::Ctx`]) lives with the catalogue.
 //!
 //! A case is declared once, data and body together, with [`crate::declare_case!`] in one of the
 //! `catalog/` files; the same declaration registers it in [`crate::catalog::CASES`]:
@@ -32,8 +35,6 @@ use std::pin::Pin;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::ctx::Ctx;
 
 /// A boxed, sendable future: the return type of case functions and backend operations.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -90,6 +91,40 @@ pub enum Outcome {
     },
 }
 
+/// The kind of an [`Outcome`], without its details: what reports count and filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    /// [`Outcome::Pass`].
+    Pass,
+    /// [`Outcome::Fail`].
+    Fail,
+    /// [`Outcome::Skip`].
+    Skip,
+    /// [`Outcome::Unclaimed`].
+    Unclaimed,
+    /// [`Outcome::Info`].
+    Info,
+}
+
+impl Status {
+    /// The upper-case word used in every report (the JSON `outcome.status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+            Status::Unclaimed => "UNCLAIMED",
+            Status::Info => "INFO",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Outcome {
     /// Shorthand for [`Outcome::Fail`].
     pub fn fail(expected: impl Into<String>, observed: impl Into<String>) -> Self {
@@ -111,14 +146,14 @@ impl Outcome {
         Outcome::Info { note: note.into() }
     }
 
-    /// The upper-case status word used in every report.
-    pub fn status(&self) -> &'static str {
+    /// Which kind of outcome this is (its upper-case word in every report: [`Status::as_str`]).
+    pub fn status(&self) -> Status {
         match self {
-            Outcome::Pass => "PASS",
-            Outcome::Fail { .. } => "FAIL",
-            Outcome::Skip { .. } => "SKIP",
-            Outcome::Unclaimed { .. } => "UNCLAIMED",
-            Outcome::Info { .. } => "INFO",
+            Outcome::Pass => Status::Pass,
+            Outcome::Fail { .. } => Status::Fail,
+            Outcome::Skip { .. } => Status::Skip,
+            Outcome::Unclaimed { .. } => Status::Unclaimed,
+            Outcome::Info { .. } => Status::Info,
         }
     }
 
@@ -246,6 +281,62 @@ pub enum Profile {
     Imds,
 }
 
+impl Profile {
+    /// Every profile, in display order.
+    pub const ALL: &'static [Profile] = &[
+        Profile::Nmi,
+        Profile::AksRestriction,
+        Profile::Hardened,
+        Profile::Imds,
+    ];
+
+    /// The features an interceptor must claim to be judged against this profile (its floor). Claiming
+    /// less is `NOT CONFORMANT` with the missing features named: a claim set decides which cases apply, and
+    /// the floor decides what must be claimed.
+    ///
+    /// - `nmi` — what a drop-in for aad-pod-identity's NMI does in the configuration AKS documents: NMI's
+    ///   iptables redirect, identity selection and tokens, the `/host/token` endpoint, pass-through of the
+    ///   other IMDS endpoints, the Metadata header check (NMI's default since v1.8) and label-filtered
+    ///   watches (`enableScaleFeatures`, what large clusters run). `setRetryAfterHeader`,
+    ///   `blockInstanceMetadata` and `enableConntrackDeletion` are NMI options off by default: optional.
+    /// - `hardened` — the `nmi` floor plus the three protections the seed documents add:
+    ///   `blockInstanceMetadata`, `enableConntrackDeletion`, and `failClosed` (no token while the cluster view
+    ///   cannot be shown fresh).
+    /// - `aks-restriction` — `imdsRestriction` (non-host pods cannot reach IMDS at all).
+    /// - `imds` — nothing: the profile judges an IMDS, not an interceptor.
+    pub fn floor(self) -> &'static [Feature] {
+        const NMI: &[Feature] = &[
+            Feature::MetadataHeaderRequired,
+            Feature::EnableScaleFeatures,
+            Feature::Iptables,
+            Feature::Tokens,
+            Feature::HostToken,
+            Feature::Passthrough,
+        ];
+        match self {
+            Profile::Nmi => NMI,
+            Profile::Hardened => &[
+                Feature::MetadataHeaderRequired,
+                Feature::BlockInstanceMetadata,
+                Feature::EnableConntrackDeletion,
+                Feature::EnableScaleFeatures,
+                Feature::Iptables,
+                Feature::Tokens,
+                Feature::HostToken,
+                Feature::Passthrough,
+                Feature::FailClosed,
+            ],
+            Profile::AksRestriction => &[Feature::ImdsRestriction],
+            Profile::Imds => &[],
+        }
+    }
+
+    /// Whether the security floor (area `SEC`) applies: every profile that judges an interceptor.
+    pub fn has_security_floor(self) -> bool {
+        self != Profile::Imds
+    }
+}
+
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -284,47 +375,3 @@ pub const ANY_BACKEND: &[BackendKind] =
     &[BackendKind::Loopback, BackendKind::Netns, BackendKind::Kind];
 /// Backends with real kernel networking (iptables, conntrack, the redirect): netns and kind.
 pub const KERNEL_BACKENDS: &[BackendKind] = &[BackendKind::Netns, BackendKind::Kind];
-
-/// The signature of a case body.
-pub type CaseFn = for<'a> fn(&'a mut Ctx) -> BoxFut<'a, Outcome>;
-
-/// One conformance case: data plus a function.
-pub struct Case {
-    /// Stable id, `AREA-NNN`.
-    pub id: &'static str,
-    /// One line: what is checked.
-    pub title: &'static str,
-    /// MUST / SHOULD / INFO.
-    pub level: Level,
-    /// Features the interceptor must claim for the case to apply (else UNCLAIMED).
-    pub features: &'static [Feature],
-    /// Features that must NOT be claimed (cases checking the feature-off behaviour; else SKIP).
-    pub unless: &'static [Feature],
-    /// Backends able to run the case (else SKIP with the reason).
-    pub backends: &'static [BackendKind],
-    /// Profiles that include the case.
-    pub profiles: &'static [Profile],
-    /// Where the rule comes from.
-    pub spec: &'static str,
-    /// Longer explanation for `imds-conformance explain`.
-    pub explain: &'static str,
-    /// The check.
-    pub run: CaseFn,
-}
-
-impl Case {
-    /// The area prefix (`HDR` of `HDR-001`).
-    pub fn area(&self) -> &'static str {
-        self.id.split('-').next().unwrap_or(self.id)
-    }
-}
-
-impl fmt::Debug for Case {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Case")
-            .field("id", &self.id)
-            .field("title", &self.title)
-            .field("level", &self.level)
-            .finish_non_exhaustive()
-    }
-}

@@ -38,7 +38,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the catalogue against an interceptor and report (exit 0 all MUST pass, 1 a MUST fails, 2 error).
+    /// Run the catalogue against an interceptor and report (exit 0 CONFORMANT; 1 NOT CONFORMANT: a MUST case failed, the profile's floor of features is not claimed, the security floor or every MUST case did not run; 2 error).
     Run(Box<RunArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {
@@ -134,7 +134,7 @@ pub struct KindArgs {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub kind_image_tag: String,
     /// The interceptor's node-local listen port (127.0.0.1:<port> on every node).
-    #[arg(long, default_value_t = crate::backend::kind::DEFAULT_LISTEN_PORT)]
+    #[arg(long, default_value_t = crate::kind::DEFAULT_LISTEN_PORT)]
     pub kind_listen_port: u16,
     /// Print the kind / kubectl / docker commands the set-up and teardown would run, without running
     /// anything (answers are simulated), and exit.
@@ -144,12 +144,12 @@ pub struct KindArgs {
 
 impl KindArgs {
     /// The backend's options.
-    pub fn options(&self) -> crate::backend::kind::KindOptions {
+    pub fn options(&self) -> crate::kind::KindOptions {
         let cluster = self
             .kind_cluster
             .clone()
             .unwrap_or_else(crate::netns::new_run_prefix);
-        let mut o = crate::backend::kind::KindOptions::new(cluster);
+        let mut o = crate::kind::KindOptions::new(cluster);
         o.keep_cluster = self.keep_cluster;
         o.config = self.kind_config.clone();
         o.node_image = self.kind_node_image.clone();

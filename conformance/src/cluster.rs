@@ -6,8 +6,8 @@
 
 use serde_json::{Value, json};
 
-use crate::backend::{PodView, World};
 use crate::scenario::{IdentityDef, Scenario};
+use crate::world::{PodView, World};
 
 /// API group/version of the aad-pod-identity CRDs.
 pub const AAD_API: &str = "aadpodidentity.k8s.io/v1";
@@ -111,15 +111,4 @@ pub fn baseline_objects(scenario: &Scenario, world: &World) -> Vec<Value> {
         }
     }
     out
-}
-
-/// `(apiVersion, kind, namespace, name)` of an object, for deletes.
-pub fn object_key(obj: &Value) -> (String, String, String, String) {
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    (
-        s(&obj["apiVersion"]),
-        s(&obj["kind"]),
-        s(&obj["metadata"]["namespace"]),
-        s(&obj["metadata"]["name"]),
-    )
 }

@@ -24,7 +24,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::backend::{ApiLoad, Backend, ClusterApi, JournalEntry, PodView, Target, World};
+use crate::backend::JournalEntryExt as _;
+use crate::backend::{
+    ApiLoad, Backend, ClusterApi, JournalEntry, ObjectRef, PodView, Target, World,
+};
 use crate::case::Feature;
 use crate::cluster;
 use crate::http::{Conn, Request, Response, SendError};
@@ -330,9 +333,9 @@ impl Ctx {
             let _ = self.api().set_hung(false).await;
             let _ = self.backend.set_api_partitioned(false).await;
             let baseline = cluster::baseline_objects(&self.scenario, self.world());
-            let keys: BTreeSet<_> = baseline.iter().map(cluster::object_key).collect();
+            let keys: BTreeSet<_> = baseline.iter().map(ObjectRef::of).collect();
             for obj in std::mem::take(&mut self.created) {
-                let key = cluster::object_key(&obj);
+                let key = ObjectRef::of(&obj);
                 if !keys.contains(&key) {
                     // Already deleted by the case is fine.
                     let _ = self.api().delete(&obj).await;

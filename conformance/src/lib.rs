@@ -7,18 +7,22 @@
 //! outside: what pods get back, what each VM's IMDS journal saw, what the API server sent to whom, what
 //! the kernel's tables hold.
 //!
-//! Map of the crate:
-//! - [`case`] — the case model (ids, levels, features, outcomes, profiles);
+//! Map of the crate (no import cycles: `case`, `http` and `process` are leaves; the backends,
+//! `ctx` and the catalogue build on them in that order):
+//! - [`case`] — the vocabulary: levels, features, profiles, backend kinds, outcomes (a leaf);
+//! - [`process`] — the one process runner (timeouts, kill, stderr in errors, a recorder for dry runs);
+//! - [`backend`] — the environment trait and its loopback / netns implementations (kind: [`kind`]);
 //! - [`ctx`] — what a case body gets (the case-author API);
-//! - [`catalog`] — the cases, one module per area;
-//! - [`backend`] — the environment trait and its loopback / netns implementations;
-//! - [`scenario`], [`cluster`] — scenario files and the Kubernetes objects they imply;
+//! - [`catalog`] — what a case is ([`catalog::Case`], `declare_case!`) and the cases, one file per area;
+//! - [`scenario`], [`cluster`], [`world`] — scenario files, the Kubernetes objects they imply, and the
+//!   nodes and pods a backend made of them;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
 //! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
-//! - [`kind`] — typed kind / kubectl / docker wrappers and the manifests of the kind backend;
-//!   [`probe`] — the protocol of the probe that runs inside kind test pods (crate and binary `imds-probe`).
+//! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
+//!   typed kind / kubectl / docker wrappers, manifests, dry run; [`probe`] — the protocol of the probe
+//!   that runs inside kind test pods (crate and binary `imds-probe`).
 
 pub mod backend;
 pub mod case;
@@ -29,8 +33,10 @@ pub mod ctx;
 pub mod http;
 pub mod kind;
 pub mod netns;
+pub mod process;
 /// The probe's protocol (crate `imds-probe`), re-exported for the relay and the kind backend.
 pub use imds_probe as probe;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod world;

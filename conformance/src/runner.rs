@@ -15,13 +15,13 @@ use futures::FutureExt as _;
 use regex::Regex;
 
 use crate::backend::interceptor::InterceptorSpec;
-use crate::backend::kind::{KindBackend, KindOptions};
 use crate::backend::{Backend, BackendError, loopback::Loopback, netns::Netns};
-use crate::case::{BackendKind, Case, Feature, Outcome, Profile};
-use crate::catalog;
+use crate::case::{BackendKind, Feature, Outcome, Profile, Status};
+use crate::catalog::{self, Case};
 use crate::ctx::Ctx;
+use crate::kind::{KindBackend, KindOptions};
 use crate::report::terminal::Terminal;
-use crate::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary};
+use crate::report::{CaseResult, RunReport, RunTiming, SCHEMA_VERSION, Summary, Verdict};
 use crate::scenario::Scenario;
 
 /// Longest a single case may run before it is failed.
@@ -62,7 +62,7 @@ pub struct RunOptions {
     /// Print live progress.
     pub live: bool,
     /// Options of the kind backend (with `--backend kind`).
-    pub kind: Option<crate::backend::kind::KindOptions>,
+    pub kind: Option<crate::kind::KindOptions>,
 }
 
 /// Errors that stop a run before a verdict (exit 2).
@@ -80,6 +80,19 @@ pub enum RunError {
     /// Local I/O (run directory).
     #[error("{0}")]
     Io(String),
+}
+
+/// Ids of the security-floor cases (area `SEC`) `profile` requires: they apply whatever the interceptor
+/// claims, and a run without them is never `CONFORMANT`.
+pub fn security_floor(profile: Profile) -> Vec<&'static str> {
+    if !profile.has_security_floor() {
+        return Vec::new();
+    }
+    catalog::all()
+        .into_iter()
+        .filter(|c| c.area() == "SEC" && c.profiles.contains(&profile))
+        .map(|c| c.id)
+        .collect()
 }
 
 /// The cases of `profile` matching `focus` and not `skip`, in catalogue order.
@@ -212,36 +225,6 @@ async fn run_cases_timed(
     (out, restores)
 }
 
-/// Prefix of the run-timing note in [`RunReport::notes`](crate::report::RunReport::notes).
-pub const TIMING_NOTE_PREFIX: &str = "timing:";
-
-/// The run-timing note: `timing: setup_ms=… sync_ms=… teardown_ms=… restores=… restore_ms_total=…
-/// restore_ms_max=…` — set-up (backend, services, interceptors up), the fixed wait for the interceptors'
-/// watches, teardown, and the baseline restores between cases (`restores` counts those that took ≥ 1 ms,
-/// i.e. that had something to restore). Read by `imds-bench` (`just bench`).
-pub fn timing_note(
-    setup: Duration,
-    sync: Duration,
-    teardown: Duration,
-    restores: &[Duration],
-) -> String {
-    let ms = |d: Duration| d.as_millis();
-    let real: Vec<Duration> = restores
-        .iter()
-        .copied()
-        .filter(|d| *d >= Duration::from_millis(1))
-        .collect();
-    format!(
-        "{TIMING_NOTE_PREFIX} setup_ms={} sync_ms={} teardown_ms={} restores={} restore_ms_total={} restore_ms_max={}",
-        ms(setup),
-        ms(sync),
-        ms(teardown),
-        real.len(),
-        ms(real.iter().sum()),
-        ms(real.iter().max().copied().unwrap_or_default())
-    )
-}
-
 /// A short random run id (also the journal tag prefix).
 pub fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
@@ -332,8 +315,7 @@ pub async fn start_env(
             let opts = kind_opts.ok_or_else(|| {
                 RunError::Unavailable("--backend kind: no kind options given".into())
             })?;
-            let runner: Arc<dyn crate::kind::tools::Runner> =
-                Arc::new(crate::kind::tools::SystemRunner);
+            let runner: Arc<dyn crate::process::Runner> = Arc::new(crate::process::SystemRunner);
             Arc::new(KindBackend::start(&mut scenario, interceptor, opts, runner).await?)
         }
         BackendKind::Netns => {
@@ -438,7 +420,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         }
     };
     let (results, restores) = results.unwrap_or_default();
-    let failed = results.iter().any(|r| r.outcome.status() == "FAIL");
+    let failed = results.iter().any(|r| r.outcome.status() == Status::Fail);
     if failed {
         notes.push(format!(
             "interceptor logs kept in {}",
@@ -447,12 +429,8 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
     }
     let teardown_started = Instant::now();
     env.teardown(failed).await;
-    notes.push(timing_note(
-        setup,
-        sync,
-        teardown_started.elapsed(),
-        &restores,
-    ));
+    let timing = RunTiming::measure(setup, sync, teardown_started.elapsed(), &restores);
+    let claimed: Vec<Feature> = opts.features.iter().copied().collect();
     let report = RunReport {
         schema_version: SCHEMA_VERSION,
         tool: format!("imds-conformance {}", env!("CARGO_PKG_VERSION")),
@@ -460,35 +438,22 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         profile: opts.profile.to_string(),
         backend: kind.to_string(),
         interceptor: label,
-        claimed_features: opts.features.iter().copied().collect(),
+        claimed_features: claimed.clone(),
         started_at,
         duration_ms: started.elapsed().as_millis() as u64,
         notes,
+        timing: Some(timing),
         summary: Summary::of(&results),
+        verdict: Some(Verdict::judge(
+            opts.profile,
+            &claimed,
+            &security_floor(opts.profile),
+            &results,
+        )),
         cases: results,
     };
     if opts.live {
         term.summary(&report);
     }
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timing_note_counts_only_real_restores() {
-        let ms = Duration::from_millis;
-        let note = timing_note(
-            ms(2500),
-            ms(500),
-            ms(800),
-            &[Duration::from_micros(20), ms(310), ms(0), ms(450)],
-        );
-        assert_eq!(
-            note,
-            "timing: setup_ms=2500 sync_ms=500 teardown_ms=800 restores=2 restore_ms_total=760 restore_ms_max=450"
-        );
-    }
 }

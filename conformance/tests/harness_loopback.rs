@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use imds_conformance::case::Status;
+
 use common::{proxy_or_skip, run, run_loopback, scenario};
 
 /// A self-test on loopback: nmi-default with `extra` arguments (a feature switched off while claimed)
@@ -27,7 +29,7 @@ fn loopback_nmi_default_passes() {
     assert!(report.summary.pass >= 20, "{}", r.log());
     // The kernel areas are listed as skipped, with the reason.
     assert!(
-        r.ids("SKIP").iter().any(|i| i.starts_with("IPT-")),
+        r.ids(Status::Skip).iter().any(|i| i.starts_with("IPT-")),
         "{}",
         r.log()
     );
@@ -41,22 +43,23 @@ fn loopback_nmi_default_passes() {
     );
 }
 
-#[test]
-fn loopback_nmi_all_features_passes() {
-    if proxy_or_skip("loopback_nmi_all_features_passes").is_none() {
+/// The built-in interceptor passes every MUST case of scenario `file` on loopback.
+fn loopback_passes(test: &str, file: &str) {
+    if proxy_or_skip(test).is_none() {
         return;
     }
-    let r = run_loopback("nmi-all-features.yaml", &[]);
+    let r = run_loopback(file, &[]);
     assert_eq!(r.code, 0, "{}", r.log());
 }
 
 #[test]
+fn loopback_nmi_all_features_passes() {
+    loopback_passes("loopback_nmi_all_features_passes", "nmi-all-features.yaml");
+}
+
+#[test]
 fn loopback_hardened_passes() {
-    if proxy_or_skip("loopback_hardened_passes").is_none() {
-        return;
-    }
-    let r = run_loopback("hardened.yaml", &[]);
-    assert_eq!(r.code, 0, "{}", r.log());
+    loopback_passes("loopback_hardened_passes", "hardened.yaml");
 }
 
 #[test]
@@ -118,12 +121,72 @@ fn selftest_tok_iso_no_interceptor_but_claimed() {
     // Without any interceptor pods reach IMDS directly: the VM's token for everyone.
     let r = run_loopback(
         "nmi-default.yaml",
-        &["--interceptor", "none", "--focus", "^(TOK|ISO)"],
+        &["--interceptor", "none", "--focus", "^(SEC|TOK|ISO)"],
     );
     r.assert_fails_exactly(&[
-        "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002", "ISO-004", "ISO-005",
-        "ISO-006", "ISO-007",
+        "SEC-001", "SEC-002", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "TOK-009", "ISO-001",
+        "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007",
     ]);
+}
+
+/// Issue 12: a forwarder that hands every pod the VM's token is NOT CONFORMANT on every profile that judges
+/// an interceptor, whatever it claims — the security floor (SEC) applies without a claim.
+#[test]
+fn forwarder_fails_the_security_floor_on_every_profile() {
+    for profile in ["nmi", "hardened", "aks-restriction"] {
+        let r = run_loopback(
+            "nmi-default.yaml",
+            &[
+                "--interceptor",
+                "none",
+                "--profile",
+                profile,
+                "--features",
+                "passthrough",
+                "--focus",
+                "^SEC",
+            ],
+        );
+        r.assert_fails_exactly(&["SEC-001", "SEC-002"]);
+        let out = r.log();
+        assert!(out.contains("NOT CONFORMANT: profile"), "{profile}: {out}");
+        assert!(
+            out.contains("MUST cases failed: SEC-001, SEC-002"),
+            "{profile}: {out}"
+        );
+    }
+}
+
+/// Issue 12: claiming less than the profile's floor is NOT CONFORMANT with the missing features named, even
+/// when nothing fails (every case UNCLAIMED).
+#[test]
+fn claiming_less_than_the_floor_is_not_conformant() {
+    let Some(_) = proxy_or_skip("claiming_less_than_the_floor_is_not_conformant") else {
+        return;
+    };
+    let r = run_loopback(
+        "hardened.yaml",
+        &[
+            "--profile",
+            "hardened",
+            "--features",
+            "none",
+            "--focus",
+            "^(SEC|HDR)",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.log());
+    assert!(r.fails().is_empty(), "{}", r.log());
+    let report = r.report.as_ref().expect("report");
+    let verdict = report.verdict();
+    assert!(!verdict.conformant);
+    assert_eq!(verdict.missing_features.len(), 9, "{verdict:?}");
+    assert!(
+        r.log()
+            .contains("missing: metadataHeaderRequired, blockInstanceMetadata"),
+        "{}",
+        r.log()
+    );
 }
 
 #[test]

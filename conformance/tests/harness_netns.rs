@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use imds_conformance::case::Status;
+
 use common::{netns_or_skip, proxy_or_skip, scenario, set};
 
 /// Everything in the system carrying the prefix of runs owned by `pid`.
@@ -51,7 +53,7 @@ fn must_pass(file: &str, test: &str) {
     assert_eq!(report.backend, "netns");
     for area in ["CT-", "IPT-"] {
         assert!(
-            r.ids("PASS").iter().any(|i| i.starts_with(area))
+            r.ids(Status::Pass).iter().any(|i| i.starts_with(area))
                 || file == "nmi-default.yaml" && area == "CT-",
             "{area} cases ran and passed\n{}",
             r.log()
@@ -86,9 +88,9 @@ fn netns_aks_restriction_passes_with_aks_rule() {
     let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "aks-rule"]);
     assert_eq!(r.code, 0, "{}", r.log());
     assert_eq!(
-        r.ids("PASS").into_iter().collect::<BTreeSet<_>>(),
+        r.ids(Status::Pass).into_iter().collect::<BTreeSet<_>>(),
         set(&[
-            "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
+            "SEC-001", "SEC-002", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
         ]),
         "{}",
         r.log()
@@ -102,7 +104,8 @@ fn selftest_rst_no_rule_but_claimed() {
         return;
     }
     let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "none"]);
-    r.assert_fails_exactly(&["RST-001", "RST-003", "RST-005"]);
+    // No rule: pods reach IMDS and get the VM's tokens, which the security floor sees too.
+    r.assert_fails_exactly(&["SEC-001", "SEC-002", "RST-001", "RST-003", "RST-005"]);
     assert!(leftovers(pid).is_empty());
 }
 

@@ -4,8 +4,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use imds_conformance::case::{Feature, Level, Outcome};
-use imds_conformance::report::{CaseResult, RunReport, SCHEMA_VERSION, Summary, junit, markdown};
+use imds_conformance::report::{
+    CaseResult, RunReport, RunTiming, SCHEMA_VERSION, Summary, junit, markdown,
+};
 use quick_xml::events::Event;
 
 fn sample() -> RunReport {
@@ -48,8 +52,10 @@ fn sample() -> RunReport {
         started_at: "2026-01-01T00:00:00Z".into(),
         duration_ms: 10,
         notes: vec!["note | with pipe".into()],
+        timing: None,
         summary: Summary::of(&cases),
         cases,
+        verdict: None,
     }
 }
 
@@ -98,7 +104,13 @@ fn junit_is_xml_with_right_counts() {
 
 #[test]
 fn json_round_trips() {
-    let r = sample();
+    let mut r = sample();
+    r.timing = Some(RunTiming::measure(
+        Duration::from_millis(2500),
+        Duration::from_millis(500),
+        Duration::from_millis(800),
+        &[Duration::from_millis(310)],
+    ));
     let text = serde_json::to_string_pretty(&r).unwrap();
     let back: RunReport = serde_json::from_str(&text).unwrap();
     assert_eq!(back, r);
@@ -109,6 +121,12 @@ fn json_round_trips() {
         "setRetryAfterHeader"
     );
     assert_eq!(v["summary"]["must_failed"], 1);
+    assert_eq!(v["timing"]["setup_ms"], 2500);
+    assert_eq!(v["timing"]["restores"], 1);
+    assert!(
+        markdown::render(&r).contains("> timing: setup_ms=2500 sync_ms=500 teardown_ms=800"),
+        "the Markdown report shows the timing"
+    );
     assert_eq!(r.exit_code(), 1);
 }
 
@@ -121,7 +139,8 @@ fn report_snapshots() {
 #[test]
 fn markdown_lists_cases_failures_first() {
     let md = markdown::render(&sample());
-    assert!(md.contains("❌ MUST cases fail"));
+    assert!(md.contains("❌ NOT CONFORMANT"), "{md}");
+    assert!(md.contains("MUST cases failed: HDR-002"), "{md}");
     let first_row = md.lines().find(|l| l.starts_with("| `")).unwrap();
     assert!(
         first_row.contains("HDR-002"),
@@ -138,32 +157,24 @@ fn cli_run_writes_all_three_reports() {
         dir.path().join("r.xml"),
         dir.path().join("r.md"),
     );
-    let out = std::process::Command::new(common::conformance_bin())
-        .args([
-            "run",
-            "--profile",
-            "imds",
-            "--backend",
-            "loopback",
-            "--interceptor",
-            "none",
-            "--report",
-        ])
-        .arg(format!(
-            "junit={},json={},md={}",
-            x.display(),
-            j.display(),
-            m.display()
-        ))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let targets = format!(
+        "junit={},json={},md={}",
+        x.display(),
+        j.display(),
+        m.display()
     );
+    let out = common::cli(&[
+        "run",
+        "--profile",
+        "imds",
+        "--backend",
+        "loopback",
+        "--interceptor",
+        "none",
+        "--report",
+        &targets,
+    ]);
+    common::assert_exit(&out, 0, "an imds run against the in-process mock");
     let report: RunReport = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     assert_eq!(report.summary.total, 12);
     assert_eq!(report.summary.pass, 12);
@@ -187,31 +198,16 @@ fn usage_errors_exit_2() {
         vec!["run", "--interceptor", "weird"],
         vec!["explain", "NOPE-1"],
     ] {
-        let out = std::process::Command::new(common::conformance_bin())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_exit(&common::cli(&args), 2, &format!("{args:?}"));
     }
 }
 
 #[test]
 fn list_and_explain() {
-    let out = std::process::Command::new(common::conformance_bin())
-        .args(["explain", "hdr-001"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = common::cli(&["explain", "hdr-001"]);
+    common::assert_exit(&out, 0, "explain hdr-001");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Required metadata header"));
-    let out = std::process::Command::new(common::conformance_bin())
-        .args(["list"])
-        .output()
-        .unwrap();
+    let out = common::cli(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for area in [
         "HDR-", "BLK-", "RTA-", "CT-", "LBL-", "IPT-", "TOK-", "ISO-", "PT-", "RST-", "IMDS-",

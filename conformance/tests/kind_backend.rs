@@ -10,17 +10,16 @@ mod netns_common;
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use imds_conformance::backend::interceptor::InterceptorSpec;
-use imds_conformance::backend::kind::{KindBackend, KindOptions};
 use imds_conformance::backend::relay;
 use imds_conformance::http::{Conn, Request, SendError};
 use imds_conformance::kind::dryrun;
 use imds_conformance::kind::manifests::{self, Images};
-use imds_conformance::kind::tools::{Recorder, ToolOutput};
+use imds_conformance::kind::{KindBackend, KindOptions};
+use imds_conformance::process::{Recorder, ToolOutput};
 use imds_conformance::scenario::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -330,32 +329,21 @@ spec:
 
 #[test]
 fn cli_dry_run_and_refusals() {
-    let out = Command::new(common::conformance_bin())
-        .args([
-            "run",
-            "--backend",
-            "kind",
-            "--kind-cluster",
-            "cli",
-            "--kind-dry-run",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli(&[
+        "run",
+        "--backend",
+        "kind",
+        "--kind-cluster",
+        "cli",
+        "--kind-dry-run",
+    ]);
+    common::assert_exit(&out, 0, "--kind-dry-run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kind create cluster --name cli --config ci/kind/two-workers.yaml"));
     let refused = |args: &[&str], needle: &str| {
-        let out = Command::new(common::conformance_bin())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = common::cli(args);
+        common::assert_exit(&out, 2, &format!("{args:?}"));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     };
     refused(
@@ -403,10 +391,7 @@ fn cli_dry_run_and_refusals() {
         &["run", "--backend", "loopback", "--kind-dry-run"],
         "needs --backend kind",
     );
-    let help = Command::new(common::conformance_bin())
-        .args(["run", "--help"])
-        .output()
-        .unwrap();
+    let help = common::cli(&["run", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
         "--kind-cluster",
@@ -434,7 +419,7 @@ fn probe_or_skip(test: &str) -> Option<PathBuf> {
 /// The kind backend's relay command line, run with the local binary instead of the in-image path (and
 /// without `kubectl exec -i`, which only adds the transport).
 fn local_relay(probe: &PathBuf, addr: std::net::SocketAddr) -> tokio::process::Command {
-    let argv = imds_conformance::backend::kind::relay_argv(addr, Duration::from_secs(2));
+    let argv = imds_conformance::kind::relay_argv(addr, Duration::from_secs(2));
     let mut c = tokio::process::Command::new(probe);
     c.args(&argv[1..]);
     c
@@ -549,7 +534,7 @@ async fn probe_relay_from_inside_a_pod_namespace() {
         .await
         .unwrap();
     let relay_from_pod = |timeout: Duration| {
-        let argv = imds_conformance::backend::kind::relay_argv(imds, timeout);
+        let argv = imds_conformance::kind::relay_argv(imds, timeout);
         let mut c = netns::command_in(&p1.ns, &probe.display().to_string());
         c.args(&argv[1..]);
         c

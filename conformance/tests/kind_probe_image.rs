@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imds_conformance::backend::kind::relay_argv;
 use imds_conformance::backend::relay;
 use imds_conformance::http::SendError;
-use imds_conformance::kind::tools::{Runner, SystemRunner, ToolCmd};
+use imds_conformance::kind::relay_argv;
 use imds_conformance::kind::wrappers::Docker;
+use imds_conformance::process::{Runner, SystemRunner, ToolCmd};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -11,7 +11,7 @@ use std::{
 };
 
 use imds_conformance::netns::{self, NodeSpec, Topology, TopologySpec};
-use netns_common::{leftovers, one_pod, supported, two_by_two};
+use netns_common::{leftovers, one_pod, supported, topology_or_skip, two_by_two};
 
 /// Child-process helpers are driven through these variables; without them the helper tests do nothing.
 const CHILD_ENV: &str = "IMDSC_NETNS_SIGINT_CHILD";
@@ -29,10 +29,14 @@ fn pid_gone(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_removes_namespaces_links_and_processes() {
-    if !supported("teardown_removes_namespaces_links_and_processes") {
+    let Some(topo) = topology_or_skip(
+        "teardown_removes_namespaces_links_and_processes",
+        two_by_two(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(two_by_two()).await.expect("topology");
+    };
     let prefix = topo.prefix().to_string();
     assert_eq!(topo.namespaces().len(), 1 + 2 + 2 + 4);
     let listed = netns::netns_list().await.expect("list");
@@ -108,10 +112,9 @@ async fn teardown_removes_namespaces_links_and_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_topology_removes_it() {
-    if !supported("dropping_a_topology_removes_it") {
+    let Some(topo) = topology_or_skip("dropping_a_topology_removes_it", one_pod()).await else {
         return;
-    }
-    let topo = Topology::create(one_pod()).await.expect("topology");
+    };
     let prefix = topo.prefix().to_string();
     let standing = netns::registered_namespaces().expect("list");
     assert_eq!(

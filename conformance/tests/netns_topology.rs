@@ -11,7 +11,8 @@ use std::time::Duration;
 use imds_conformance::backend::interceptor::aks_rule_argv;
 use imds_conformance::netns::{self, IMDS_IP, NetnsError, Topology};
 use netns_common::{
-    CONNECT_TIMEOUT, ask, exec_argv, one_pod, serve_imds, serve_tag, supported, two_by_two,
+    CONNECT_TIMEOUT, ask, exec_argv, n1_with_imds, one_pod, serve_imds, serve_tag, supported,
+    topology_or_skip, two_by_two,
 };
 
 /// Packet count of the rule carrying `comment` in `iptables-save -c` output.
@@ -198,13 +199,15 @@ async fn pods_and_node_reach_their_vm_imds_forwarded_and_masqueraded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic() {
-    if !supported("nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic") {
+    let Some(topo) = topology_or_skip(
+        "nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic",
+        two_by_two(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(two_by_two()).await.expect("topology");
-    let n1 = topo.node("n1").expect("n1").clone();
-    let imds = topo.imds_addr();
-    let _imds1 = serve_imds(&n1.host_side_ns, imds, "imds");
+    };
+    let (n1, imds, _imds1) = n1_with_imds(&topo, "imds");
     let _imds2 = serve_imds(&topo.node("n2").expect("n2").host_side_ns, imds, "imds");
     let nmi_listener =
         netns::bind_in(&n1.ns, "127.0.0.1:0".parse().expect("addr")).expect("bind nmi");
@@ -266,13 +269,15 @@ async fn nmi_dnat_to_localhost_intercepts_pod_traffic_but_not_node_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
-    if !supported("aks_forward_drop_times_out_pods_while_the_node_still_connects") {
+    let Some(topo) = topology_or_skip(
+        "aks_forward_drop_times_out_pods_while_the_node_still_connects",
+        two_by_two(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(two_by_two()).await.expect("topology");
-    let n1 = topo.node("n1").expect("n1").clone();
-    let imds = topo.imds_addr();
-    let _imds = serve_imds(&n1.host_side_ns, imds, "imds");
+    };
+    let (n1, imds, _imds) = n1_with_imds(&topo, "imds");
     let p1 = topo.pod("p1").expect("p1");
     ask(&p1.ns, imds, CONNECT_TIMEOUT)
         .await
@@ -302,10 +307,14 @@ async fn aks_forward_drop_times_out_pods_while_the_node_still_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conntrack_in_the_node_lists_the_pods_imds_flow() {
-    if !supported("conntrack_in_the_node_lists_the_pods_imds_flow") {
+    let Some(topo) = topology_or_skip(
+        "conntrack_in_the_node_lists_the_pods_imds_flow",
+        two_by_two(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(two_by_two()).await.expect("topology");
+    };
     let n1 = topo.node("n1").expect("n1").clone();
     let imds = topo.imds_addr();
     // A server that keeps connections open, so the flow is ESTABLISHED while we look.
@@ -347,10 +356,14 @@ async fn conntrack_in_the_node_lists_the_pods_imds_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_reaches_the_api_server_in_the_cluster_namespace() {
-    if !supported("every_node_reaches_the_api_server_in_the_cluster_namespace") {
+    let Some(topo) = topology_or_skip(
+        "every_node_reaches_the_api_server_in_the_cluster_namespace",
+        two_by_two(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(two_by_two()).await.expect("topology");
+    };
     let api =
         netns::bind_in(topo.cluster_ns(), SocketAddr::from((topo.api_ip(), 0))).expect("bind api");
     let api_addr = api.local_addr().expect("api addr");
@@ -380,10 +393,14 @@ async fn every_node_reaches_the_api_server_in_the_cluster_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_name_the_command_and_carry_stderr_timeouts_and_os_errors() {
-    if !supported("errors_name_the_command_and_carry_stderr_timeouts_and_os_errors") {
+    let Some(topo) = topology_or_skip(
+        "errors_name_the_command_and_carry_stderr_timeouts_and_os_errors",
+        one_pod(),
+    )
+    .await
+    else {
         return;
-    }
-    let topo = Topology::create(one_pod()).await.expect("topology");
+    };
     let node = topo.node("n1").expect("n1");
 
     let err = netns::exec_in(

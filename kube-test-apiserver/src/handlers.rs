@@ -131,7 +131,24 @@ async fn accounting(State(shared): State<Arc<Shared>>, mut req: Request, next: N
         return resp;
     }
     req.extensions_mut().insert(ClientKey(client.clone()));
+    let write = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    // Writes are counted in flight (and delayed, when asked) from here until their answer is ready.
+    let in_flight = write.then(|| {
+        let resource = match parse_path(req.uri().path()) {
+            Some(Route::Collection { rt, .. } | Route::Object { rt, .. }) => rt.plural,
+            _ => "other",
+        };
+        shared.stats.begin_write(&client, resource)
+    });
+    let latency = *shared.write_latency.borrow();
+    if write && !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let resp = next.run(req).await;
+    drop(in_flight);
     let resource = resp
         .extensions()
         .get::<ResourceTag>()
@@ -236,6 +253,9 @@ async fn dispatch(
                 }
                 Method::POST => match namespace {
                     Some(ns) => write_body(&headers, &body).and_then(|body| ctx.create(&ns, &body)),
+                    None if !rt.namespaced => {
+                        write_body(&headers, &body).and_then(|body| ctx.create("", &body))
+                    }
                     None => Err(ApiError::method_not_allowed()),
                 },
                 Method::DELETE => ctx.delete_collection(namespace.as_deref(), &params),
@@ -321,6 +341,7 @@ mod tests {
             hung: tokio::sync::watch::channel(false).0,
             bookmark_interval: Duration::from_secs(60),
             server_address: "127.0.0.1:1".into(),
+            write_latency: tokio::sync::watch::channel(Duration::ZERO).0,
         })
     }
 

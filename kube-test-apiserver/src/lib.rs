@@ -1,9 +1,11 @@
-//! A small Kubernetes API server for tests and the loopback/netns backends: core/v1 `pods` and
+//! A small Kubernetes API server for tests and the loopback/netns backends: core/v1 `pods` and `nodes` and
 //! the aadpodidentity.k8s.io/v1 CRDs (`azureidentities`, `azureidentitybindings`,
-//! `azureassignedidentities`, `azurepodidentityexceptions`), with real list/watch semantics
+//! `azureassignedidentities`, `azurepodidentityexceptions`) and coordination.k8s.io/v1 `leases`, with
+//! real list/watch semantics
 //! (resourceVersion, bookmarks, streaming lists, 410 Expired, label and field selectors, field
 //! selectors on CRDs refused as kube-apiserver refuses them) and per-client accounting of what it
-//! sends, so that an interceptor's API-server load is measured rather than guessed.
+//! sends (and of how many writes each client keeps in flight), so that an interceptor's or a
+//! controller's API-server load is measured rather than guessed.
 //!
 //! The crate root owns the server handle and its public API; it must not depend on the interceptor
 //! (the harness treats interceptors as black boxes). Submodules: `resources` (served types and
@@ -89,6 +91,8 @@ pub struct Shared {
     pub(crate) shutdown: signal::Sender<bool>,
     pub(crate) bookmark_interval: Duration,
     pub(crate) server_address: String,
+    /// Added before answering every write (see [`ApiServer::set_write_latency`]).
+    pub(crate) write_latency: signal::Sender<Duration>,
 }
 
 /// Options for [`ApiServer`]; `ApiServer::start` uses the defaults.
@@ -146,6 +150,7 @@ impl Builder {
             shutdown,
             bookmark_interval: self.bookmark_interval,
             server_address: addr.to_string(),
+            write_latency: signal::channel(Duration::ZERO).0,
         });
         let app = handlers::router(shared.clone());
         let task = tokio::spawn(serve::accept_loop(listener, app, shared.clone()));
@@ -238,14 +243,21 @@ impl ApiServer {
             .unwrap_or("")
             .to_owned();
         let rt = Self::resource(&api_version, &kind)?;
-        let namespace = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or("default")
-            .to_owned();
+        let namespace = if rt.namespaced {
+            obj.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or("default")
+                .to_owned()
+        } else {
+            String::new()
+        };
         if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-            m.insert("namespace".into(), Value::String(namespace.clone()));
+            if rt.namespaced {
+                m.insert("namespace".into(), Value::String(namespace.clone()));
+            } else {
+                m.remove("namespace");
+            }
             // The caller's stale resourceVersion must not leak into the stored object.
             m.remove("resourceVersion");
         }
@@ -301,6 +313,13 @@ impl ApiServer {
     /// up, as after SIGCONT. The handle keeps working meanwhile.
     pub fn set_hung(&self, hung: bool) {
         self.shared.hung.send_replace(hung);
+    }
+
+    /// Delays the answer to every write (POST, PUT, PATCH, DELETE) by `latency` (zero: none), so that a
+    /// client's concurrent writes overlap and `ClientStats::max_writes_in_flight` shows how many it keeps in
+    /// flight.
+    pub fn set_write_latency(&self, latency: Duration) {
+        self.shared.write_latency.send_replace(latency);
     }
 
     pub fn is_hung(&self) -> bool {

@@ -26,6 +26,9 @@ pub struct ResourceType {
     pub extra_field_labels: &'static [&'static str],
     /// Core types return the deleted object from DELETE; custom resources return a Success Status.
     pub delete_returns_object: bool,
+    /// `false` for cluster-scoped types (nodes): stored with an empty namespace, served at
+    /// `/api/v1/{plural}[/{name}]` only.
+    pub namespaced: bool,
 }
 
 impl ResourceType {
@@ -111,6 +114,22 @@ pub static POD: ResourceType = ResourceType {
         "status.nominatedNodeName",
     ],
     delete_returns_object: true,
+    namespaced: true,
+};
+
+/// core/v1 nodes (cluster-scoped), for controllers that read `spec.providerID` (MIC groups scale-set nodes
+/// by it).
+pub static NODE: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    plural: "nodes",
+    singular: "node",
+    kind: "Node",
+    short_names: &["no"],
+    status_subresource: true,
+    extra_field_labels: &["spec.unschedulable"],
+    delete_returns_object: true,
+    namespaced: false,
 };
 
 pub static AZURE_IDENTITY: ResourceType = ResourceType {
@@ -123,6 +142,7 @@ pub static AZURE_IDENTITY: ResourceType = ResourceType {
     status_subresource: false,
     extra_field_labels: &[],
     delete_returns_object: false,
+    namespaced: true,
 };
 
 pub static AZURE_IDENTITY_BINDING: ResourceType = ResourceType {
@@ -135,6 +155,7 @@ pub static AZURE_IDENTITY_BINDING: ResourceType = ResourceType {
     status_subresource: false,
     extra_field_labels: &[],
     delete_returns_object: false,
+    namespaced: true,
 };
 
 pub static AZURE_ASSIGNED_IDENTITY: ResourceType = ResourceType {
@@ -147,6 +168,7 @@ pub static AZURE_ASSIGNED_IDENTITY: ResourceType = ResourceType {
     status_subresource: false,
     extra_field_labels: &[],
     delete_returns_object: false,
+    namespaced: true,
 };
 
 pub static AZURE_POD_IDENTITY_EXCEPTION: ResourceType = ResourceType {
@@ -159,15 +181,35 @@ pub static AZURE_POD_IDENTITY_EXCEPTION: ResourceType = ResourceType {
     status_subresource: false,
     extra_field_labels: &[],
     delete_returns_object: false,
+    namespaced: true,
+};
+
+/// Group of Leases (leader election).
+pub const COORDINATION_GROUP: &str = "coordination.k8s.io";
+
+/// coordination.k8s.io/v1 leases, the lock of controllers' leader election.
+pub static LEASE: ResourceType = ResourceType {
+    group: COORDINATION_GROUP,
+    version: "v1",
+    plural: "leases",
+    singular: "lease",
+    kind: "Lease",
+    short_names: &[],
+    status_subresource: false,
+    extra_field_labels: &[],
+    delete_returns_object: false,
+    namespaced: true,
 };
 
 /// Every served resource type, core first.
-pub static ALL: [&ResourceType; 5] = [
+pub static ALL: [&ResourceType; 7] = [
     &POD,
+    &NODE,
     &AZURE_IDENTITY,
     &AZURE_IDENTITY_BINDING,
     &AZURE_ASSIGNED_IDENTITY,
     &AZURE_POD_IDENTITY_EXCEPTION,
+    &LEASE,
 ];
 
 /// Resource by URL coordinates (`""`/`v1`/`pods`).
@@ -209,7 +251,8 @@ fn group_document(group: &str) -> Value {
 
 /// `GET /apis`
 pub fn api_group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_document(AAD_GROUP)]})
+    json!({"kind": "APIGroupList", "apiVersion": "v1",
+        "groups": [group_document(AAD_GROUP), group_document(COORDINATION_GROUP)]})
 }
 
 /// `GET /apis/{group}`
@@ -236,7 +279,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Value {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
-            "namespaced": true,
+            "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": r.verbs(),
         });
@@ -250,7 +293,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Value {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),
                 "singularName": "",
-                "namespaced": true,
+                "namespaced": r.namespaced,
                 "kind": r.kind,
                 "verbs": ["get", "patch", "update"],
             }));

@@ -24,6 +24,9 @@ pub struct ResourceStats {
     pub watch_events: u64,
     /// BOOKMARK events sent on watches.
     pub bookmarks: u64,
+    /// Most writes of this resource in flight at once (see [`ClientStats::max_writes_in_flight`]).
+    #[serde(default)]
+    pub max_writes_in_flight: u64,
 }
 
 /// Counters for one client: totals plus the per-resource breakdown.
@@ -36,6 +39,10 @@ pub struct ClientStats {
     pub bytes_sent: u64,
     pub watch_events: u64,
     pub bookmarks: u64,
+    /// Most writes (POST, PUT, PATCH, DELETE) of this client in flight at once, each counted from its arrival
+    /// until its answer is ready, as controllers bounding their concurrent operations are judged.
+    #[serde(default)]
+    pub max_writes_in_flight: u64,
     pub resources: BTreeMap<String, ResourceStats>,
 }
 
@@ -76,6 +83,29 @@ impl Stats {
 struct Raw {
     clients: BTreeMap<String, (u64, BTreeMap<String, ResourceStats>)>,
     refused_connections: u64,
+    /// Per client, and per (client, resource): writes in flight now, and the most seen at once.
+    in_flight: BTreeMap<String, (u64, u64)>,
+    in_flight_by_resource: BTreeMap<(String, String), (u64, u64)>,
+}
+
+/// A request in flight (see [`Recorder::begin`]); dropping it ends the request.
+pub struct InFlight {
+    recorder: Recorder,
+    client: String,
+    resource: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut raw = self.recorder.lock();
+        if let Some((now, _)) = raw.in_flight.get_mut(&self.client) {
+            *now = now.saturating_sub(1);
+        }
+        let key = (self.client.clone(), self.resource.clone());
+        if let Some((now, _)) = raw.in_flight_by_resource.get_mut(&key) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// Live counters shared by all handlers. Cheap to clone.
@@ -99,6 +129,26 @@ impl Recorder {
         self.with(client, resource, |r| {
             *r.requests.entry(verb.to_owned()).or_default() += 1
         });
+    }
+
+    /// A write of `client` to `resource` starts; it ends when the guard is dropped.
+    pub fn begin_write(&self, client: &str, resource: &str) -> InFlight {
+        let mut raw = self.lock();
+        let raw = &mut *raw;
+        for (now, max) in [
+            raw.in_flight.entry(client.to_owned()).or_default(),
+            raw.in_flight_by_resource
+                .entry((client.to_owned(), resource.to_owned()))
+                .or_default(),
+        ] {
+            *now += 1;
+            *max = (*max).max(*now);
+        }
+        InFlight {
+            recorder: self.clone(),
+            client: client.to_owned(),
+            resource: resource.to_owned(),
+        }
     }
 
     pub fn refused(&self, client: &str) {
@@ -135,6 +185,12 @@ impl Recorder {
         let mut raw = self.lock();
         raw.clients.clear();
         raw.refused_connections = 0;
+        for (now, max) in raw.in_flight.values_mut() {
+            *max = *now;
+        }
+        for (now, max) in raw.in_flight_by_resource.values_mut() {
+            *max = *now;
+        }
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -143,8 +199,18 @@ impl Recorder {
             .clients
             .iter()
             .map(|(key, (refused, resources))| {
+                let mut resources = resources.clone();
+                for ((client, resource), (_, max)) in &raw.in_flight_by_resource {
+                    if client == key {
+                        resources
+                            .entry(resource.clone())
+                            .or_default()
+                            .max_writes_in_flight = *max;
+                    }
+                }
                 let mut c = ClientStats {
                     refused: *refused,
+                    max_writes_in_flight: raw.in_flight.get(key).map_or(0, |(_, max)| *max),
                     resources: resources.clone(),
                     ..Default::default()
                 };
@@ -187,6 +253,14 @@ mod tests {
         );
         assert_eq!(s.objects_sent("n1", "azureassignedidentities"), 1);
         assert_eq!(s.client("nobody"), ClientStats::default());
+        {
+            let _a = r.begin_write("n1", "pods");
+            let _b = r.begin_write("n1", "leases");
+        }
+        let _c = r.begin_write("n1", "pods");
+        let s = r.snapshot();
+        assert_eq!(s.client("n1").max_writes_in_flight, 2);
+        assert_eq!(s.client("n1").resource("pods").max_writes_in_flight, 1);
         r.reset();
         assert!(r.snapshot().clients.is_empty());
     }

@@ -124,6 +124,15 @@ fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     meta.as_object_mut()
 }
 
+/// `metadata.namespace` of a stored object; cluster-scoped objects (empty namespace) carry none.
+fn set_namespace(meta: &mut serde_json::Map<String, Value>, namespace: &str) {
+    if namespace.is_empty() {
+        meta.remove("namespace");
+    } else {
+        meta.insert("namespace".into(), json!(namespace));
+    }
+}
+
 fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -271,7 +280,7 @@ impl Store {
         }
         if let Some(m) = meta_mut(&mut obj) {
             m.insert("name".into(), json!(name));
-            m.insert("namespace".into(), json!(namespace));
+            set_namespace(m, namespace);
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(now_timestamp()));
             m.insert("generation".into(), json!(1));
@@ -334,7 +343,7 @@ impl Store {
         let spec_changed = spec_part(&old) != spec_part(&obj);
         if let Some(m) = meta_mut(&mut obj) {
             m.insert("name".into(), json!(name));
-            m.insert("namespace".into(), json!(namespace));
+            set_namespace(m, namespace);
             for field in [
                 "uid",
                 "creationTimestamp",

@@ -490,3 +490,52 @@ async fn outage_makes_the_watcher_error_and_it_recovers() {
     )
     .await;
 }
+
+/// Nodes are cluster-scoped: created, read, listed and watched at `/api/v1/nodes[/{name}]` with no
+/// namespace, as a controller that reads `spec.providerID` (MIC) uses them.
+#[tokio::test]
+async fn nodes_are_cluster_scoped() {
+    use k8s_openapi::api::core::v1::Node;
+    let api = ApiServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("server starts");
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n0", "namespace": "ignored"},
+        "spec": {"providerID": "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/n0"}
+    }))
+    .expect("apply node");
+    let nodes: Api<Node> = Api::all(client(&api, "ctl").await);
+    let n0 = nodes.get("n0").await.expect("get node");
+    assert_eq!(
+        n0.metadata.namespace, None,
+        "cluster-scoped objects carry no namespace"
+    );
+    let created = nodes
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n1"}, "spec": {}})).expect("node"),
+        )
+        .await
+        .expect("create node");
+    assert_eq!(created.metadata.namespace, None);
+    let names: BTreeSet<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, BTreeSet::from(["n0".to_owned(), "n1".to_owned()]));
+    let (store, writer) = reflector::store::<Node>();
+    let stream = watcher(nodes.clone(), watcher::Config::default()).reflect(writer);
+    let driver = tokio::spawn(stream.for_each(|_| async {}));
+    store.wait_until_ready().await.expect("node store ready");
+    assert_eq!(store.state().len(), 2);
+    driver.abort();
+    // The namespaced path does not serve nodes, as kube-apiserver does not.
+    let url = format!("{}/api/v1/namespaces/default/nodes/n0", api.url());
+    let status = reqwest::get(url).await.expect("get").status();
+    assert_eq!(status, 404);
+}

@@ -165,14 +165,7 @@ pub fn world_of(scenario: &Scenario) -> World {
                 // ≤ 20 nodes and ≤ 40 pods (validated), so both octets stay in range.
                 Ipv4Addr::new(127, 10 + ni as u8, 0, 10 + pi as u8)
             };
-            w.pods.push(PodView {
-                name: p.name.clone(),
-                namespace: p.namespace.clone(),
-                node: n.name.clone(),
-                host_network: p.host_network,
-                ip,
-                labels: p.labels.clone(),
-            });
+            w.pods.push(PodView::of(p, &n.name, ip));
         }
     }
     w

@@ -1,6 +1,7 @@
 //! The one interface cases use to touch the world: [`Backend`].
 //!
-//! Owns the trait, the harness's view of the topology ([`World`]: nodes and pods with their addresses), and
+//! Owns the trait (and re-exports the harness's view of the topology, [`World`]: nodes and pods with their
+//! addresses, from [`crate::world`]), and
 //! the shared pieces every backend needs (the interceptor process supervisor in [`interceptor`], the
 //! in-process mock-imds / API server wiring in [`services`]). Cases never see namespaces, PIDs or ports:
 //! they say "connect as pod P to IMDS", "read the journal of node N", "restart the interceptor on node N",
@@ -9,15 +10,14 @@
 //!   is reached directly (no kernel redirect); kernel operations return [`BackendError::Unsupported`].
 //! - [`netns::Netns`] — root; the netns helper's `Topology` (SPEC §4): nodes, per-VM host-side namespaces
 //!   owning 169.254.169.254, pods behind veths, real iptables and conntrack.
-//! - [`kind::KindBackend`] — a kind cluster: real pods running the probe (connections through
-//!   [`relay`]), a mock-imds pod per node that owns 169.254.169.254 and is routed to by the node, the
+//! - [`crate::kind::KindBackend`] — a kind cluster (all of it in `kind/`): real pods running the probe
+//!   (connections through [`relay`]), a mock-imds pod per node that owns 169.254.169.254 and is routed to by the node, the
 //!   interceptor as a DaemonSet, the real API server behind [`ClusterApi`].
 //!
 //! This module must not judge anything (that is the catalogue's job) and must not depend on imds-proxy:
 //! the interceptor is a black-box process.
 
 pub mod interceptor;
-pub mod kind;
 pub mod loopback;
 pub mod netns;
 pub mod relay;
@@ -27,12 +27,12 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::case::{BackendKind, BoxFut};
 use crate::http::SendError;
+pub use crate::world::{NodeView, PodView, World};
 use kube_test_apiserver::{ApiServer, Stats};
 
 /// The IMDS address every pod talks to.
@@ -79,60 +79,6 @@ impl BackendError {
     }
 }
 
-/// A node as the harness sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Node name.
-    pub name: String,
-    /// The node's address (`status.hostIP`, source of host-network traffic, the AKS rule's primary NIC IP).
-    pub ip: Ipv4Addr,
-}
-
-/// A pod as the harness sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodView {
-    /// Pod name.
-    pub name: String,
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Node it runs on.
-    pub node: String,
-    /// `spec.hostNetwork`.
-    pub host_network: bool,
-    /// `status.podIP` (the node IP for host-network pods).
-    pub ip: Ipv4Addr,
-    /// Labels.
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
-/// Nodes and pods with backend-specific addresses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct World {
-    /// Nodes in scenario order.
-    pub nodes: Vec<NodeView>,
-    /// Pods in scenario order.
-    pub pods: Vec<PodView>,
-}
-
-impl World {
-    /// Looks a pod up by name.
-    pub fn pod(&self, name: &str) -> Option<&PodView> {
-        self.pods.iter().find(|p| p.name == name)
-    }
-
-    /// Looks a node up by name.
-    pub fn node(&self, name: &str) -> Option<&NodeView> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
-
-    /// The IP of node `name` (`0.0.0.0` for an unknown node).
-    pub fn node_ip(&self, name: &str) -> std::net::Ipv4Addr {
-        self.node(name)
-            .map(|n| n.ip)
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
-    }
-}
-
 /// Where a connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -163,33 +109,18 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// One request seen by a mock IMDS (the mock's `/_mock/journal` entry, mirrored here so the harness can
-/// also read journals it fetched over HTTP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    /// Monotonic sequence number.
-    pub seq: u64,
-    /// RFC 3339 arrival time.
-    pub time: String,
-    /// HTTP method.
-    pub method: String,
-    /// Path as received.
-    pub path: String,
-    /// Raw query string (may be empty).
-    #[serde(default)]
-    pub query: String,
-    /// Headers in arrival order.
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    /// `ip:port` of the peer.
-    pub source: String,
-    /// Status the mock answered.
-    pub status: u16,
+/// One request seen by a mock IMDS: mock-imds's own type, read in-process or decoded from its
+/// `GET /_mock/journal` (the kind backend).
+pub use mock_imds::journal::JournalEntry;
+
+/// What cases ask of a [`JournalEntry`] beyond its fields.
+pub trait JournalEntryExt {
+    /// First header with this name (case-insensitive).
+    fn header(&self, name: &str) -> Option<&str>;
 }
 
-impl JournalEntry {
-    /// First header with this name (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+impl JournalEntryExt for JournalEntry {
+    fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -210,6 +141,37 @@ pub enum ApiLoad {
         /// Where the figures come from.
         source: String,
     },
+}
+
+/// Which Kubernetes object a JSON object is: what deletes and the undo lists need.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// `apiVersion`, e.g. `aadpodidentity.k8s.io/v1`.
+    pub api_version: String,
+    /// `kind`, e.g. `AzureAssignedIdentity`.
+    pub kind: String,
+    /// `metadata.namespace` (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// The reference of `obj` (empty strings for missing fields).
+    pub fn of(obj: &Value) -> Self {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        ObjectRef {
+            api_version: s(&obj["apiVersion"]),
+            kind: s(&obj["kind"]),
+            namespace: s(&obj["metadata"]["namespace"]),
+            name: s(&obj["metadata"]["name"]),
+        }
+    }
+
+    /// Whether this is a core `v1` Pod.
+    pub fn is_pod(&self) -> bool {
+        self.api_version == "v1" && self.kind == "Pod"
+    }
 }
 
 /// The cluster's API as cases use it: the test API server on loopback / netns, the real one on kind.
@@ -249,8 +211,8 @@ impl ClusterApi for ApiServer {
 
     fn delete<'a>(&'a self, obj: &'a Value) -> BoxFut<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let (av, kind, ns, name) = crate::cluster::object_key(obj);
-            ApiServer::delete(self, &av, &kind, &ns, &name)
+            let o = ObjectRef::of(obj);
+            ApiServer::delete(self, &o.api_version, &o.kind, &o.namespace, &o.name)
                 .map(|_| ())
                 .map_err(|e| BackendError::env("deleting from the test API server", e))
         })

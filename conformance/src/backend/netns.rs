@@ -435,7 +435,7 @@ impl Backend for Netns {
                 .await
                 .map_err(env_err("running a command in the node"))?;
             Ok(ExecOutput {
-                code: out.status.code().unwrap_or(-1),
+                code: out.code.unwrap_or(-1),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             })

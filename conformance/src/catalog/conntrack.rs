@@ -9,12 +9,13 @@ use std::time::Duration;
 use crate::backend::Target;
 use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
 use crate::catalog::interception::connect_without_interceptor;
-use crate::catalog::{has_token, plain_pod, start_interceptor, stop_interceptor};
+use crate::catalog::{fail_if, has_token, plain_pod, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, Sent, token_target};
 use crate::declare_case;
 use crate::http::Request;
 
-const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 /// What the old connection did after the interceptor became ready.
 enum After {
@@ -60,7 +61,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::EnableConntrackDeletion, Feature::Iptables],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Conntrack; REFERENCE A.1 (conntrack deletion after the first reconcile), A.12",
         explain: "With no interceptor, a pod opens a keep-alive connection to 169.254.169.254 and gets the VM's token directly. The interceptor starts; after it is ready, a request on the old connection must not reach IMDS (reset or intercepted), and a new connection is intercepted.",
     },
@@ -94,7 +94,6 @@ declare_case!(
         features: &[Feature::Iptables],
         unless: &[Feature::EnableConntrackDeletion],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 Conntrack (feature off)",
         explain: "Same procedure as CT-001 with the feature off: reports whether the old connection keeps reaching IMDS directly (the known NMI issue).",
     },
@@ -117,7 +116,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::EnableConntrackDeletion],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
         explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",
     },
@@ -139,12 +137,11 @@ declare_case!(
         start_interceptor(ctx, &node, "the interceptor to start").await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let after = ctx.send_on(&mut conn, Request::get("/version")).await;
-        if after.status() != Some(200) {
-            return Err(Outcome::fail(
-                "a keep-alive connection unrelated to IMDS survives the conntrack deletion",
-                after.summary(),
-            ));
-        }
+        fail_if(
+            after.status() != Some(200),
+            "a keep-alive connection unrelated to IMDS survives the conntrack deletion",
+            || after.summary(),
+        )?;
         Ok(())
     }
 );

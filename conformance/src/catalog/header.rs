@@ -6,12 +6,15 @@
 
 use crate::backend::Target;
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{any_pod, expect_not_forwarded, expect_status, metadata_error_json, response};
+use crate::catalog::{
+    any_pod, expect_not_forwarded, expect_status, fail_if, metadata_error_json, response,
+};
 use crate::ctx::{Ctx, token_target};
 use crate::declare_case;
 use crate::http::Request;
 
-const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 /// A non-host pod to send from (prefers one with an identity, so a wrongly accepted request would succeed).
 fn sender(ctx: &Ctx) -> Result<(String, String), Outcome> {
@@ -31,12 +34,11 @@ async fn refused(
     let sent = ctx.send(&pod, Target::Imds, req).await;
     let r = expect_status(&sent, 400, what)?;
     let body = r.json();
-    if body.as_ref() != Some(&metadata_error_json()) {
-        return Err(Outcome::fail(
-            format!("{what}: body {}", metadata_error_json()),
-            r.summary(),
-        ));
-    }
+    fail_if(
+        body.as_ref() != Some(&metadata_error_json()),
+        format!("{what}: body {}", metadata_error_json()),
+        || r.summary(),
+    )?;
     expect_not_forwarded(ctx, &node, mark, &sent.tag, path_prefix, what).await
 }
 
@@ -46,7 +48,6 @@ declare_case!(
         title: "token request without Metadata header → 400 exact JSON, not forwarded",
         level: Level::Must,
         features: &[Feature::MetadataHeaderRequired],
-        profiles: P,
         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
         explain: "A non-host pod calls /metadata/identity/oauth2/token without any Metadata header. The interceptor must answer 400 with {\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"} and must not forward anything to IMDS (checked in the VM's IMDS journal by request tag and path).",
     },
@@ -67,7 +68,6 @@ declare_case!(
         title: "Metadata header value is case-sensitive: True, false, empty, TRUE → 400, not forwarded",
         level: Level::Must,
         features: &[Feature::MetadataHeaderRequired],
-        profiles: P,
         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1 (value must be exactly `true`)",
         explain: "NMI compares the Metadata header value with `true` exactly. `True`, `TRUE`, `false` and an empty value are refused with the same 400 JSON and nothing reaches IMDS.",
     },
@@ -91,7 +91,6 @@ declare_case!(
         title: "pass-through paths without Metadata header → 400 exact JSON, not forwarded",
         level: Level::Must,
         features: &[Feature::MetadataHeaderRequired],
-        profiles: P,
         spec: "SPEC §3 Metadata header; REFERENCE A.3.3",
         explain: "The default pass-through handler enforces the header too: /metadata/versions, /metadata/attested/document and /metadata/scheduledevents without it get the 400 JSON and are not forwarded.",
     },
@@ -120,7 +119,6 @@ declare_case!(
         title: "Metadata header name is case-insensitive (metadata, METADATA, MeTaDaTa)",
         level: Level::Must,
         features: &[Feature::MetadataHeaderRequired, Feature::Passthrough],
-        profiles: P,
         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1, D (Rust SDK sends lower-case)",
         explain: "HTTP header names are case-insensitive; real clients (Rust azure_identity) send `metadata: true`. Such requests must be served (200 on /metadata/versions).",
     },
@@ -135,18 +133,16 @@ declare_case!(
                 )
                 .await;
             let r = response(&sent, "a response")?;
-            if r.status == 400 && r.text().contains("Required metadata header") {
-                return Err(Outcome::fail(
-                    format!("header name `{name}` accepted (names are case-insensitive)"),
-                    r.summary(),
-                ));
-            }
-            if r.status != 200 {
-                return Err(Outcome::fail(
-                    format!("GET /metadata/versions with `{name}: true` → 200"),
-                    r.summary(),
-                ));
-            }
+            fail_if(
+                r.status == 400 && r.text().contains("Required metadata header"),
+                format!("header name `{name}` accepted (names are case-insensitive)"),
+                || r.summary(),
+            )?;
+            fail_if(
+                r.status != 200,
+                format!("GET /metadata/versions with `{name}: true` → 200"),
+                || r.summary(),
+            )?;
         }
         Ok(())
     }
@@ -158,7 +154,6 @@ declare_case!(
         title: "the header refusal is JSON (Content-Type application/json)",
         level: Level::Should,
         features: &[Feature::MetadataHeaderRequired],
-        profiles: P,
         spec: "REFERENCE A.3.1 step 1, B.1",
         explain: "NMI and IMDS both answer the missing-header 400 with Content-Type application/json; charset=utf-8; SDKs parse the error body as JSON.",
     },

@@ -6,31 +6,29 @@
 //! identities and SKIP against a real IMDS where they cannot be known.
 
 use crate::case::{Level, Outcome, Profile};
-use crate::catalog::{expect_status, response};
+use crate::catalog::{expect_status, fail_if, response};
 use crate::ctx::{INSTANCE, token_target};
 use crate::declare_case;
 use crate::http::Request;
 
-const P: &[Profile] = &[Profile::Imds];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Imds];
 
 declare_case!(
     IMDS_001 = Case {
         id: "IMDS-001",
         title: "missing Metadata header → 400 naming it",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.1",
     },
     |ctx| {
         let sent = ctx.send_imds(Request::get(INSTANCE)).await;
         let r = expect_status(&sent, 400, "/metadata/instance without Metadata header")?;
-        if !r.text().contains("Required metadata header not specified") {
-            return Err(Outcome::fail(
-                "body naming `Required metadata header not specified`",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            !r.text().contains("Required metadata header not specified"),
+            "body naming `Required metadata header not specified`",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -40,8 +38,6 @@ declare_case!(
         id: "IMDS-002",
         title: "X-Forwarded-For present → 400",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.1",
     },
     |ctx| {
@@ -62,8 +58,6 @@ declare_case!(
         id: "IMDS-003",
         title: "missing api-version → 400 with newest-versions",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.2",
     },
     |ctx| {
@@ -76,12 +70,11 @@ declare_case!(
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if newest.is_empty() || !newest.iter().all(|v| v.is_string()) {
-            return Err(Outcome::fail(
-                "a JSON body with a non-empty `newest-versions` array of strings",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            newest.is_empty() || !newest.iter().all(|v| v.is_string()),
+            "a JSON body with a non-empty `newest-versions` array of strings",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -91,8 +84,6 @@ declare_case!(
         id: "IMDS-004",
         title: "token without resource → 400 exact body",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.4",
     },
     |ctx| {
@@ -115,8 +106,6 @@ declare_case!(
         id: "IMDS-005",
         title: "unknown client_id → 400 Identity not found (exact)",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.4",
     },
     |ctx| {
@@ -143,8 +132,6 @@ declare_case!(
         id: "IMDS-006",
         title: "JSON content type, Server: IMDS/…, compact body",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.1",
     },
     |ctx| {
@@ -177,8 +164,6 @@ declare_case!(
         id: "IMDS-007",
         title: "unsupported verb → 405",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.1",
     },
     |ctx| {
@@ -195,8 +180,6 @@ declare_case!(
         id: "IMDS-008",
         title: "/metadata/versions lists the api-versions",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.2",
     },
     |ctx| {
@@ -206,12 +189,11 @@ declare_case!(
         let r = expect_status(&sent, 200, "/metadata/versions")?;
         let body = r.json().unwrap_or_default();
         let list = body["apiVersions"].as_array().cloned().unwrap_or_default();
-        if !list.iter().any(|v| v == "2018-02-01") || !list.iter().any(|v| v == "2021-02-01") {
-            return Err(Outcome::fail(
-                "{\"apiVersions\":[...]} including 2018-02-01 and 2021-02-01",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            !list.iter().any(|v| v == "2018-02-01") || !list.iter().any(|v| v == "2021-02-01"),
+            "{\"apiVersions\":[...]} including 2018-02-01 and 2021-02-01",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -221,8 +203,6 @@ declare_case!(
         id: "IMDS-009",
         title: "leaf needs format=text; then the bare value",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.3",
     },
     |ctx| {
@@ -246,8 +226,6 @@ declare_case!(
         id: "IMDS-010",
         title: "token body all strings; cached token on repeat",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.4",
     },
     |ctx| {
@@ -270,12 +248,11 @@ declare_case!(
             "resource",
             "token_type",
         ] {
-            if !body.get(key).is_some_and(|v| v.is_string()) {
-                return Err(Outcome::fail(
-                    format!("`{key}` present as a string"),
-                    r.summary(),
-                ));
-            }
+            fail_if(
+                !body.get(key).is_some_and(|v| v.is_string()),
+                format!("`{key}` present as a string"),
+                || r.summary(),
+            )?;
         }
         let e1: i64 = body["expires_in"]
             .as_str()
@@ -311,8 +288,6 @@ declare_case!(
         id: "IMDS-011",
         title: "duplicate query parameter → 400",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.1",
     },
     |ctx| {
@@ -332,8 +307,6 @@ declare_case!(
         id: "IMDS-012",
         title: "nonexistent element → 404",
         level: Level::Must,
-        features: &[],
-        profiles: P,
         spec: "REFERENCE B.3",
     },
     |ctx| {

@@ -7,12 +7,13 @@
 
 use crate::backend::Target;
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{any_pod, expect_not_forwarded, expect_status, response};
+use crate::catalog::{any_pod, expect_not_forwarded, expect_status, fail_if, response};
 use crate::ctx::{Ctx, INSTANCE};
 use crate::declare_case;
 use crate::http::Request;
 
-const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 fn pod(ctx: &Ctx) -> Result<(String, String), Outcome> {
     let p = any_pod(ctx, true)?;
@@ -66,12 +67,11 @@ async fn blocked(ctx: &mut Ctx, targets: &[&str], exact_403: bool) -> Result<(),
         if exact_403 && r.status != 403 {
             return Err(Outcome::fail(format!("{what}: 403"), r.summary()));
         }
-        if r.status == 200 {
-            return Err(Outcome::fail(
-                format!("{what}: never 200 (no instance data)"),
-                r.summary(),
-            ));
-        }
+        fail_if(
+            r.status == 200,
+            format!("{what}: never 200 (no instance data)"),
+            || r.summary(),
+        )?;
         leaks(&r.text(), &prints, &what)?;
         let since = ctx.journal_since(&node, mark).await;
         if let Some(e) = since
@@ -93,7 +93,6 @@ declare_case!(
         title: "non-host pod → 403 on /metadata/instance",
         level: Level::Must,
         features: &[Feature::BlockInstanceMetadata],
-        profiles: P,
         spec: "SPEC §3 Instance block; REFERENCE A.3.4",
         explain: "With blockInstanceMetadata, a non-host pod's GET /metadata/instance (with Metadata: true) is answered 403 and never reaches IMDS.",
     },
@@ -106,7 +105,6 @@ declare_case!(
         title: "403 on case, suffix and leaf variants of /metadata/instance",
         level: Level::Must,
         features: &[Feature::BlockInstanceMetadata],
-        profiles: P,
         spec: "SPEC §3 Instance block; REFERENCE A.2 row 4 (case-insensitive metadata segment, prefix match)",
         explain: "/Metadata/instance, /metadata/instance/, /metadata/instance/compute, leaf queries with format=text, network sub-documents and the bare path without query are all blocked with 403.",
     },
@@ -133,7 +131,6 @@ declare_case!(
         title: "canonicalisation bypasses (//, /./, %69, ;, upper case) never yield instance data",
         level: Level::Must,
         features: &[Feature::BlockInstanceMetadata],
-        profiles: P,
         spec: "SPEC §2 (canonicalise then route), §3 Instance block",
         explain: "Non-canonical spellings of the instance path must not slip past the block: whatever status the interceptor chooses, it is never 200, the body carries no instance data (vmId, subscriptionId, resourceId of the VM), and IMDS never serves an instance document for the request.",
     },
@@ -165,7 +162,6 @@ declare_case!(
         title: "the 403 carries no instance data and nothing reaches IMDS",
         level: Level::Must,
         features: &[Feature::BlockInstanceMetadata],
-        profiles: P,
         spec: "SPEC §3 Instance block",
         explain: "The block is decided before any upstream call: the IMDS journal shows no instance request for the tag, and the 403 body contains none of the VM's identifiers.",
     },
@@ -196,7 +192,6 @@ declare_case!(
         title: "host-network pods still get the instance document; other paths are not blocked",
         level: Level::Must,
         features: &[Feature::BlockInstanceMetadata, Feature::Passthrough],
-        profiles: P,
         spec: "SPEC §3 Instance block; REFERENCE A.3.4",
         explain: "Host-network traffic is not intercepted, so a host-network pod gets 200 on /metadata/instance; /metadata/versions, attested and scheduled events stay reachable for non-host pods.",
     },
@@ -251,12 +246,11 @@ declare_case!(
             200,
             "instance document through the interceptor (feature off)",
         )?;
-        if v.body != d.body {
-            return Err(Outcome::fail(
-                "byte-identical instance document through the interceptor",
-                format!("{} bytes vs {} bytes direct", v.body.len(), d.body.len()),
-            ));
-        }
+        fail_if(
+            v.body != d.body,
+            "byte-identical instance document through the interceptor",
+            || format!("{} bytes vs {} bytes direct", v.body.len(), d.body.len()),
+        )?;
         Ok(())
     }
 );

@@ -9,15 +9,17 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backend::JournalEntryExt as _;
 use crate::backend::{PodView, Target};
 use crate::case::{BackendKind, Feature, Level, Outcome, Profile};
-use crate::catalog::{has_token, identity_pod, plain_pod, response};
+use crate::catalog::{fail_if, has_token, identity_pod, plain_pod, response};
 use crate::cluster;
 use crate::ctx::{Ctx, token_client_id, token_target};
 use crate::declare_case;
 use crate::http::Request;
 
-const P: &[Profile] = &[Profile::Nmi, Profile::Hardened];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi, Profile::Hardened];
 
 fn pair(ctx: &Ctx) -> Result<(PodView, PodView), Outcome> {
     Ok((identity_pod(ctx)?, plain_pod(ctx)?))
@@ -59,7 +61,6 @@ declare_case!(
         title: "pod B never gets pod A's identity (none / client_id any case / msi_res_id / mi_res_id)",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §2, §3 Isolation",
         explain: "A pod without identity asks for the token of another pod's identity in every way a client can name it; it is always refused and never receives a token.",
     },
@@ -111,7 +112,6 @@ declare_case!(
         title: "spoofed X-Forwarded-For / podname / podns change nothing; X-Forwarded-For is not forwarded",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §2 (never forwards a client X-Forwarded-For), §3 Isolation",
         explain: "The caller is identified by its source address only: headers naming another pod or its IP do not change which identity is served, and an X-Forwarded-For header never reaches IMDS.",
     },
@@ -158,7 +158,6 @@ declare_case!(
         title: "a reused pod IP gets no stale identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Isolation",
         explain: "Pod A (with identity) is deleted and a new pod without identity receives its IP while A's AzureAssignedIdentity lingers; within 10 s the address must no longer receive A's identity.",
     },
@@ -199,7 +198,6 @@ declare_case!(
         title: "denied responses leak no token bytes",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Isolation",
         explain: "A pod without identity is refused and the refusal body contains no access token (no `access_token`, no JWT).",
     },
@@ -208,12 +206,11 @@ declare_case!(
         let sent = ctx.send_token(&b.name, "").await;
         let r = response(&sent, "a refusal")?;
         let text = r.text();
-        if r.status == 200 || text.contains("access_token") || text.contains("eyJ") {
-            return Err(Outcome::fail(
-                "a pod without identity gets a refusal with no token bytes",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            r.status == 200 || text.contains("access_token") || text.contains("eyJ"),
+            "a pod without identity gets a refusal with no token bytes",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -224,7 +221,6 @@ declare_case!(
         title: "API server down → fail closed (no token for an unknown pod, never a wrong identity)",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
         explain: "With the API server refusing requests and dropping watches, a pod without identity still gets no token and never another pod's identity.",
     },
@@ -248,12 +244,11 @@ declare_case!(
         ] {
             let sent = ctx.send_token(&b.name, &extra).await;
             if let Some(r) = sent.response() {
-                if r.status == 200 {
-                    return Err(Outcome::fail(
-                        "API server down: a pod without identity still gets no token (fail closed)",
-                        r.summary(),
-                    ));
-                }
+                fail_if(
+                    r.status == 200,
+                    "API server down: a pod without identity still gets no token (fail closed)",
+                    || r.summary(),
+                )?;
                 no_foreign_token(r, &forbidden, "API server down")?;
             }
         }
@@ -357,12 +352,11 @@ async fn reused_ip_during_silence(ctx: &mut Ctx, silence: Silence) -> Result<(),
         let sent = ctx.send_token(&a.name, "").await;
         if let Some(r) = sent.response() {
             no_foreign_token(r, &forbidden, &what)?;
-            if has_token(r) {
-                return Err(Outcome::fail(
-                    format!("{what}: a pod without identity gets no token"),
-                    r.summary(),
-                ));
-            }
+            fail_if(
+                has_token(r),
+                format!("{what}: a pod without identity gets no token"),
+                || r.summary(),
+            )?;
         }
         if began.elapsed() >= STALENESS_BOUND + STALENESS_MARGIN {
             return Ok(());
@@ -377,7 +371,6 @@ declare_case!(
         title: "API server hung → no token after the staleness bound (10 s)",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
         explain: "The API server hangs as a stopped process does: connections are accepted, nothing is answered, open watches go silent without an error. 13 s later the pod with an identity must get no token: an interceptor that keeps serving from its cache cannot know whether the pod still exists or still holds its address.",
     },
@@ -389,7 +382,6 @@ declare_case!(
         title: "API server hung → a reused pod IP never gets the deleted pod's identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
         explain: "With the API server hung, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the hang to past the staleness bound, that address never receives A's identity or any token, although the interceptor's cache still names A.",
     },
@@ -402,7 +394,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Tokens],
         backends: &[BackendKind::Netns],
-        profiles: P,
         spec: "SPEC §2 (fails closed when the cluster view is unavailable), §3 Isolation",
         explain: "Every packet between the nodes and the API server is dropped (iptables DROP both ways in each node's namespace): no reset, no error, only silence. 13 s later the pod with an identity must get no token.",
     },
@@ -415,7 +406,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::Tokens],
         backends: &[BackendKind::Netns],
-        profiles: P,
         spec: "SPEC §2 (never answers with another pod's identity), §3 Isolation",
         explain: "With the nodes cut off from the API server, pod A (with identity) is deleted and a new pod without identity receives its IP. From the first moment of the cut to past the staleness bound, that address never receives A's identity or any token.",
     },
@@ -438,7 +428,6 @@ declare_case!(
         id: "ISO-010",
         title: "pods cannot reach the mock's control API (/_mock/) through 169.254.169.254",
         level: Level::Must,
-        features: &[],
         profiles: &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction],
         spec: "SPEC §1 (control API never on an IMDS path), §3.1 (every verdict is observed)",
         explain: "The verdicts rest on each VM's IMDS journal, so no pod (or interceptor) may read or erase it: a non-host and a host-network pod send GET /_mock/journal, GET /_mock/config and DELETE /_mock/journal to 169.254.169.254:80; none gets the control API's answer, and a witness request journaled before is still in the journal afterwards (read through the harness's own path).",
@@ -488,12 +477,11 @@ declare_case!(
                 }
             }
         }
-        if ctx.tagged(&node, &witness.tag).await.is_empty() {
-            return Err(Outcome::fail(
-                format!("{node}'s IMDS journal intact after pods sent DELETE /_mock/journal"),
-                "the witness entry is gone: a pod cleared the journal",
-            ));
-        }
+        fail_if(
+            ctx.tagged(&node, &witness.tag).await.is_empty(),
+            format!("{node}'s IMDS journal intact after pods sent DELETE /_mock/journal"),
+            || "the witness entry is gone: a pod cleared the journal",
+        )?;
         Ok(())
     }
 );

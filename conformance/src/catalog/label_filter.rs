@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::backend::{ApiLoad, PodView, Target};
 use crate::case::{Feature, Level, Outcome, Profile};
 use crate::catalog::{
-    apply, expect_token_within, has_token, identity_pod, plain_pod, response, vm_identity,
+    apply, expect_token_within, fail_if, has_token, identity_pod, plain_pod, response, vm_identity,
 };
 use crate::cluster;
 use crate::ctx::Ctx;
@@ -19,7 +19,8 @@ use crate::http::Request;
 use crate::scenario::IdentityDef;
 use kube_test_apiserver::Stats;
 
-const P: &[Profile] = &[Profile::Nmi];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi];
 const AAI: &str = "azureassignedidentities";
 
 fn setup(ctx: &Ctx) -> Result<(PodView, IdentityDef), Outcome> {
@@ -76,7 +77,6 @@ declare_case!(
         title: "the interceptor receives only its node's AzureAssignedIdentities",
         level: Level::Must,
         features: &[Feature::EnableScaleFeatures],
-        profiles: P,
         spec: "SPEC §3 Label filtering; REFERENCE A.8 enableScaleFeatures",
         explain: "An AAI labelled for another node is applied: the API server's accounting shows no AAI object sent to this node's interceptor; an AAI for its own node is sent (positive control).",
     },
@@ -133,7 +133,6 @@ declare_case!(
         title: "unlabelled AzureAssignedIdentities are ignored when filtering is on",
         level: Level::Must,
         features: &[Feature::EnableScaleFeatures, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Label filtering; REFERENCE A.8 (AAIs created before 1.5.3 lack labels)",
         explain: "An Assigned AAI without the nodename label is invisible to a label-filtering interceptor: the pod gets no token.",
     },
@@ -142,12 +141,11 @@ declare_case!(
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let sent = ctx.send_token(&pod.name, "").await;
         let r = response(&sent, "a refusal")?;
-        if has_token(r) {
-            return Err(Outcome::fail(
-                "an AzureAssignedIdentity without the nodename label is ignored (no token)",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            has_token(r),
+            "an AzureAssignedIdentity without the nodename label is ignored (no token)",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -159,7 +157,6 @@ declare_case!(
         level: Level::Should,
         features: &[Feature::Tokens],
         unless: &[Feature::EnableScaleFeatures],
-        profiles: P,
         spec: "SPEC §3 Label filtering (feature off)",
         explain: "Without label filtering the interceptor watches all AAIs, so an unlabelled Assigned AAI yields a token.",
     },
@@ -179,7 +176,6 @@ declare_case!(
         title: "CRD field selectors are refused (as Kubernetes) and the interceptor still serves tokens",
         level: Level::Must,
         features: &[Feature::EnableScaleFeatures, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Label filtering; REFERENCE A.8 (CRDs lack field selectors)",
         explain: "The test API server refuses field selectors on CRDs with Kubernetes' 400; an interceptor that relied on them would not work. Tokens for an Assigned identity are still served.",
     },
@@ -227,7 +223,6 @@ declare_case!(
         title: "an AzureAssignedIdentity labelled for the node is picked up live",
         level: Level::Must,
         features: &[Feature::EnableScaleFeatures, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Label filtering",
         explain: "Applying an Assigned AAI labelled nodename=<node> for a pod without identity makes the pod's token request succeed within 10 s (watch, not restart).",
     },
@@ -247,7 +242,6 @@ declare_case!(
         title: "AAI watch traffic per node (≈ 1/N of unfiltered)",
         level: Level::Info,
         features: &[Feature::EnableScaleFeatures],
-        profiles: P,
         spec: "SPEC §3 Label filtering",
         explain: "Reports the AAI objects and bytes the API server sent to each node's interceptor; with filtering each node receives only its own share.",
     },

@@ -1,12 +1,14 @@
 //! The conformance catalogue of SPEC §3, one file per area (MIC is out of scope).
 //!
-//! Owns the cases — each declared once with [`declare_case!`](crate::declare_case), data and body
-//! together, which also registers it in [`CASES`] — and the small assertion helpers they share. Cases observe only from
+//! Owns what a case is ([`Case`]: data plus one async function of [`Ctx`]) and the cases — each declared
+//! once with [`declare_case!`](crate::declare_case), data and body together, which also registers it in
+//! [`CASES`] — and the small assertion helpers they share. Cases observe only from
 //! outside — the pod's response, the VM's mock journal, the API server's per-client stats, kernel tables
 //! — through [`Ctx`] and the backend trait; they never ask the interceptor anything.
 //!
 //! | file | area |
 //! | --- | --- |
+//! | `security.rs` | SEC — the security floor (every profile judging an interceptor, whatever it claims) |
 //! | `header.rs` | HDR — Metadata header |
 //! | `instance_block.rs` | BLK — instance metadata block |
 //! | `retry_after.rs` | RTA — Retry-After |
@@ -29,17 +31,64 @@ pub mod label_filter;
 pub mod passthrough;
 pub mod restriction;
 pub mod retry_after;
+pub mod security;
 pub mod tokens;
 
+use std::fmt;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::backend::JournalEntryExt as _;
 use crate::backend::PodView;
-use crate::case::{Case, Outcome};
+use crate::case::{BackendKind, BoxFut, Feature, Level, Outcome, Profile};
 use crate::ctx::{Ctx, Sent};
 use crate::http::Response;
 use crate::scenario::IdentityDef;
+
+/// The signature of a case body.
+pub type CaseFn = for<'a> fn(&'a mut Ctx) -> BoxFut<'a, Outcome>;
+
+/// One conformance case: data plus a function.
+pub struct Case {
+    /// Stable id, `AREA-NNN`.
+    pub id: &'static str,
+    /// One line: what is checked.
+    pub title: &'static str,
+    /// MUST / SHOULD / INFO.
+    pub level: Level,
+    /// Features the interceptor must claim for the case to apply (else UNCLAIMED).
+    pub features: &'static [Feature],
+    /// Features that must NOT be claimed (cases checking the feature-off behaviour; else SKIP).
+    pub unless: &'static [Feature],
+    /// Backends able to run the case (else SKIP with the reason).
+    pub backends: &'static [BackendKind],
+    /// Profiles that include the case.
+    pub profiles: &'static [Profile],
+    /// Where the rule comes from.
+    pub spec: &'static str,
+    /// Longer explanation for `imds-conformance explain`.
+    pub explain: &'static str,
+    /// The check.
+    pub run: CaseFn,
+}
+
+impl Case {
+    /// The area prefix (`HDR` of `HDR-001`).
+    pub fn area(&self) -> &'static str {
+        self.id.split('-').next().unwrap_or(self.id)
+    }
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("id", &self.id)
+            .field("title", &self.title)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Every case of the catalogue: each [`declare_case!`](crate::declare_case) adds its case here.
 #[linkme::distributed_slice]
@@ -47,7 +96,7 @@ pub static CASES: [Case];
 
 /// The areas in catalogue order (the order of `list`, of runs and of reports).
 pub const AREAS: &[&str] = &[
-    "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
+    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
 ];
 
 /// Where an area stands in [`AREAS`] (unknown areas last; a unit test keeps there from being any).
@@ -70,6 +119,19 @@ pub fn find(id: &str) -> Option<&'static Case> {
 /// The exact JSON NMI (and IMDS) answer for a missing/invalid Metadata header.
 pub fn metadata_error_json() -> serde_json::Value {
     serde_json::json!({"error":"invalid_request","error_description":"Required metadata header not specified"})
+}
+
+/// A FAIL (`expected` vs what `observed` says) when `failed`, else `Ok`: a case's one-line check,
+/// `fail_if(r.status != 200, "a token", || r.summary())?`. `observed` is only evaluated on failure.
+pub fn fail_if<O: Into<String>>(
+    failed: bool,
+    expected: impl Into<String>,
+    observed: impl FnOnce() -> O,
+) -> Result<(), Outcome> {
+    if failed {
+        return Err(Outcome::fail(expected, observed()));
+    }
+    Ok(())
 }
 
 /// The response, or a FAIL saying there was none.
@@ -216,10 +278,10 @@ pub fn done(r: Result<(), Outcome>) -> Outcome {
 ///         id: "HDR-001",
 ///         title: "token request without Metadata header → 400 exact JSON, not forwarded",
 ///         level: Level::Must,
-///         features: &[Feature::MetadataHeaderRequired],
+///         features: &[Feature::MetadataHeaderRequired], // optional: none when absent
 ///         unless: &[],                   // optional: features that must NOT be claimed (off-behaviour cases)
 ///         backends: KERNEL_BACKENDS,       // optional: every backend when absent
-///         profiles: P,
+///         profiles: &[Profile::Nmi],       // optional: the file's `const PROFILES` when absent
 ///         spec: "SPEC §3 Metadata header; REFERENCE A.3.1 step 1",
 ///         explain: "A non-host pod calls …", // optional: `explain ID` prints the title when absent
 ///     },
@@ -242,10 +304,10 @@ macro_rules! declare_case {
             id: $id:literal,
             title: $title:literal,
             level: $level:expr,
-            features: $features:expr,
+            $(features: $features:expr,)?
             $(unless: $unless:expr,)?
             $(backends: $backends:expr,)?
-            profiles: $profiles:expr,
+            $(profiles: $profiles:expr,)?
             spec: $spec:expr,
             $(explain: $explain:expr,)?
         },
@@ -253,14 +315,15 @@ macro_rules! declare_case {
     ) => {
         #[doc = concat!($id, ": ", $title)]
         #[linkme::distributed_slice($crate::catalog::CASES)]
-        pub static $st: $crate::case::Case = $crate::case::Case {
+        pub static $st: $crate::catalog::Case = $crate::catalog::Case {
             id: $id,
             title: $title,
             level: $level,
-            features: $features,
+            features: $crate::declare_case!(@or $($features)?, &[]),
             unless: $crate::declare_case!(@or $($unless)?, &[]),
             backends: $crate::declare_case!(@or $($backends)?, $crate::case::ANY_BACKEND),
-            profiles: $profiles,
+            // The declaring file's `PROFILES` unless the case names its own.
+            profiles: $crate::declare_case!(@or $($profiles)?, PROFILES),
             spec: $spec,
             explain: $crate::declare_case!(@or $($explain)?, $title),
             run: {

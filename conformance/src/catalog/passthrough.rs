@@ -5,12 +5,13 @@
 
 use crate::backend::Target;
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{any_pod, response};
+use crate::catalog::{any_pod, fail_if, response};
 use crate::ctx::Ctx;
 use crate::declare_case;
 use crate::http::{Request, Response};
 
-const P: &[Profile] = &[Profile::Nmi];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi];
 
 /// Sends `req` directly to the VM's IMDS and through the interceptor as a non-host pod.
 async fn both(ctx: &mut Ctx, req: Request) -> Result<(Response, Response), Outcome> {
@@ -23,12 +24,11 @@ async fn both(ctx: &mut Ctx, req: Request) -> Result<(Response, Response), Outco
 }
 
 fn same(d: &Response, v: &Response, what: &str, body: bool) -> Result<(), Outcome> {
-    if d.status != v.status {
-        return Err(Outcome::fail(
-            format!("{what}: status {} as IMDS gives directly", d.status),
-            v.summary(),
-        ));
-    }
+    fail_if(
+        d.status != v.status,
+        format!("{what}: status {} as IMDS gives directly", d.status),
+        || v.summary(),
+    )?;
     for h in ["content-type", "server"] {
         if d.header(h) != v.header(h) {
             return Err(Outcome::fail(
@@ -40,12 +40,11 @@ fn same(d: &Response, v: &Response, what: &str, body: bool) -> Result<(), Outcom
             ));
         }
     }
-    if body && d.body != v.body {
-        return Err(Outcome::fail(
-            format!("{what}: body identical to IMDS's ({} bytes)", d.body.len()),
-            format!("{} bytes: {}", v.body.len(), v.summary()),
-        ));
-    }
+    fail_if(
+        body && d.body != v.body,
+        format!("{what}: body identical to IMDS's ({} bytes)", d.body.len()),
+        || format!("{} bytes: {}", v.body.len(), v.summary()),
+    )?;
     Ok(())
 }
 
@@ -55,7 +54,6 @@ declare_case!(
         title: "/metadata/versions through the interceptor = direct IMDS (status, body, headers)",
         level: Level::Must,
         features: &[Feature::Passthrough],
-        profiles: P,
         spec: "SPEC §3 Pass-through; REFERENCE A.3.3",
         explain: "The default handler relays IMDS's status, headers and body verbatim; compared with the same request sent to the VM's IMDS directly.",
     },
@@ -71,7 +69,6 @@ declare_case!(
         title: "attested document and scheduled events (GET + POST) pass through",
         level: Level::Must,
         features: &[Feature::Passthrough],
-        profiles: P,
         spec: "SPEC §3 Pass-through; REFERENCE A.3.3, B.6, B.7",
         explain: "Attested document (same status, headers and fields; the signature is time-dependent), scheduled events GET (identical) and the POST acknowledgement (same status) behave as IMDS directly.",
     },
@@ -117,7 +114,6 @@ declare_case!(
         title: "unknown paths and /metadata/identity/info relay IMDS's answer",
         level: Level::Must,
         features: &[Feature::Passthrough],
-        profiles: P,
         spec: "SPEC §3 Pass-through; REFERENCE A.3.3 (e2e: /doesnotexist → 404 relayed)",
         explain: "An unknown path gets IMDS's own 404, and /metadata/identity/info IMDS's answer, byte-identical.",
     },

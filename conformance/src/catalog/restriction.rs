@@ -9,12 +9,13 @@ use std::time::Duration;
 use crate::backend::Target;
 use crate::backend::interceptor::{AKS_RULE_COMMENT, aks_rule_argv};
 use crate::case::{Feature, KERNEL_BACKENDS, Level, Outcome, Profile};
-use crate::catalog::{any_pod, expect_status, start_interceptor, stop_interceptor};
+use crate::catalog::{any_pod, expect_status, fail_if, start_interceptor, stop_interceptor};
 use crate::ctx::{Ctx, INSTANCE};
 use crate::declare_case;
 use crate::http::{Request, SendError};
 
-const P: &[Profile] = &[Profile::AksRestriction];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::AksRestriction];
 
 fn pod(ctx: &Ctx) -> Result<crate::backend::PodView, Outcome> {
     any_pod(ctx, false)
@@ -49,7 +50,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::ImdsRestriction],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 AKS restriction; REFERENCE C",
         explain: "AKS drops forwarded pod traffic to IMDS in FORWARD; the client sees a connect timeout, not a refusal (curl exit 28).",
     },
@@ -67,7 +67,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::ImdsRestriction],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 AKS restriction; REFERENCE C (OUTPUT is not FORWARD)",
         explain: "Node-originated traffic traverses OUTPUT, so a host-network pod and a node process get the instance document.",
     },
@@ -90,7 +89,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::ImdsRestriction],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 AKS restriction; REFERENCE C (re-applied on every kubelet start)",
         explain: "The rule is deleted (pods reach IMDS), the node re-applies it (kubelet restart), and pods time out again.",
     },
@@ -108,12 +106,11 @@ declare_case!(
             .exec(&node, aks_rule_argv(&node_ip, false))
             .await
             .map_err(|e| Outcome::skip(e.to_string()))?;
-        if out.code != 0 {
-            return Err(Outcome::fail(
-                "AgentBaker's rule present to tamper with",
-                format!("iptables -D failed: {}", out.stderr.trim()),
-            ));
-        }
+        fail_if(
+            out.code != 0,
+            "AgentBaker's rule present to tamper with",
+            || format!("iptables -D failed: {}", out.stderr.trim()),
+        )?;
         let sent = try_pod(ctx, &p.name).await;
         expect_status(&sent, 200, "after removing the rule the pod reaches IMDS")?;
         // The node re-applies the rule (AgentBaker: on every kubelet start).
@@ -131,7 +128,6 @@ declare_case!(
         level: Level::Must,
         features: &[Feature::ImdsRestriction],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "SPEC §3 AKS restriction; REFERENCE C (--disable-imds-restriction)",
         explain: "With the restriction disabled (rule deleted from both tables), a non-host pod gets 200 again.",
     },
@@ -155,7 +151,6 @@ declare_case!(
         level: Level::Should,
         features: &[Feature::ImdsRestriction],
         backends: KERNEL_BACKENDS,
-        profiles: P,
         spec: "REFERENCE C",
         explain: "`iptables -S FORWARD` (filter or mangle) lists the DROP for 169.254.169.254/32 tcp dport 80 first, with AgentBaker's comment.",
     },

@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Target;
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{apply, expect_token_within, has_token, plain_pod, response, vm_identity};
+use crate::catalog::{
+    apply, expect_token_within, fail_if, has_token, plain_pod, response, vm_identity,
+};
 use crate::cluster;
 use crate::ctx::Ctx;
 use crate::declare_case;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
-const P: &[Profile] = &[Profile::Nmi];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi];
 
 /// An identity for ad-hoc assignments: the scenario's first on-VM identity, or `on_vm = false` variant.
 fn adhoc_identity(ctx: &Ctx, on_vm: bool) -> Result<IdentityDef, Outcome> {
@@ -51,7 +54,6 @@ declare_case!(
         title: "pod without identity → 503 + Retry-After: 20",
         level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 7, A.8",
         explain: "With setRetryAfterHeader, an identity-selection failure is 503 with `Retry-After: 20` instead of 404, so SDKs retry later.",
     },
@@ -82,7 +84,6 @@ declare_case!(
         title: "AzureAssignedIdentity in Created → 503 + Retry-After: 20",
         level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Retry-After; REFERENCE A.6 (Created bucket)",
         explain: "While MIC has created but not yet assigned the identity (status Created), the pod gets 503 + Retry-After: 20.",
     },
@@ -102,7 +103,6 @@ declare_case!(
         title: "after the identity becomes Assigned → 200",
         level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Retry-After; REFERENCE A.6",
         explain: "Once the AzureAssignedIdentity moves to Assigned, the same request succeeds (within 10 s: watch propagation).",
     },
@@ -131,7 +131,6 @@ declare_case!(
         title: "token-acquisition errors are not turned into 503 + Retry-After",
         level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Retry-After; REFERENCE A.3.1 step 8, A.8",
         explain: "An Assigned identity that the VM does not have makes IMDS refuse the token; NMI reports that as 403, never as 503 + Retry-After (which would make clients retry forever).",
     },
@@ -167,9 +166,8 @@ declare_case!(
     RTA_005 = Case {
         id: "RTA-005",
         title: "/host/token is unaffected: 404 without Retry-After",
-        level: Level::Should,
+        level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::HostToken],
-        profiles: P,
         spec: "REFERENCE A.3.2, A.8 (not applied to the host endpoint)",
         explain: "The host token handler has no Retry-After behaviour: a host-network caller asking for a pod without identity gets 404.",
     },
@@ -193,12 +191,11 @@ declare_case!(
                 format!("{} Retry-After {:?}", r.summary(), r.header("retry-after")),
             ));
         }
-        if r.status != 404 {
-            return Err(Outcome::fail(
-                "/host/token for a pod without identity: 404",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            r.status != 404,
+            "/host/token for a pod without identity: 404",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -210,7 +207,6 @@ declare_case!(
         level: Level::Should,
         features: &[Feature::Tokens],
         unless: &[Feature::SetRetryAfterHeader],
-        profiles: P,
         spec: "SPEC §3 Retry-After (feature off); REFERENCE A.6 retry loop",
         explain: "Without the feature, a pod with no identity waits through the retry loop (retry-attempts-for-created × find-identity-retry-interval) and then gets 404. Timed with a generous tolerance (0.5× budget .. budget + 5 s).",
     },
@@ -229,12 +225,11 @@ declare_case!(
         let sent = ctx.send_token(&pod.name, "").await;
         let took = start.elapsed();
         let r = response(&sent, "404 after the retry budget")?;
-        if r.status != 404 {
-            return Err(Outcome::fail(
-                "404 for a pod without identity (Retry-After off)",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            r.status != 404,
+            "404 for a pod without identity (Retry-After off)",
+            || r.summary(),
+        )?;
         let low = budget.mul_f64(0.5);
         let high = budget + Duration::from_secs(5);
         if took < low || took > high {

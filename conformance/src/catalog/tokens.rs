@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use crate::backend::{PodView, Target};
 use crate::case::{Feature, Level, Outcome, Profile};
-use crate::catalog::{expect_status, has_token, response};
+use crate::catalog::{expect_status, fail_if, has_token, response};
 use crate::ctx::{Ctx, token_client_id};
 use crate::declare_case;
 use crate::http::Request;
 use crate::scenario::IdentityDef;
 
-const P: &[Profile] = &[Profile::Nmi];
+/// The profiles of every case in this file (unless a case names its own).
+const PROFILES: &[Profile] = &[Profile::Nmi];
 
 fn identity_pod(ctx: &Ctx) -> Result<(PodView, Vec<IdentityDef>), Outcome> {
     let pod = crate::catalog::identity_pod(ctx)?;
@@ -52,7 +53,6 @@ declare_case!(
         title: "no selector → a token of the pod's identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.6 (no identity requested → first of the bucket)",
         explain: "A pod with an Assigned identity asking without client_id / msi_res_id gets 200 and the token's appid is one of its identities.",
     },
@@ -97,7 +97,6 @@ declare_case!(
         title: "client_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.6",
         explain: "For each identity assigned to the pod, ?client_id=<id> yields a token whose appid is that id.",
     },
@@ -117,7 +116,6 @@ declare_case!(
         title: "msi_res_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 (msi_res_id), A.6",
         explain: "For each identity assigned to the pod, ?msi_res_id=<ARM id> yields that identity's token.",
     },
@@ -137,7 +135,6 @@ declare_case!(
         title: "mi_res_id selects that identity",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 (mi_res_id fallback)",
         explain: "NMI reads mi_res_id when msi_res_id is empty (adal sends mi_res_id); it selects the identity like msi_res_id.",
     },
@@ -176,12 +173,11 @@ declare_case!(
             .await;
         let r = response(&sent, "404 for an identity not assigned to the pod")?;
         let ok = r.status == 404 || (ctx.claims(Feature::SetRetryAfterHeader) && r.status == 503);
-        if !ok || has_token(r) {
-            return Err(Outcome::fail(
-                "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
-                r.summary(),
-            ));
-        }
+        fail_if(
+            !ok || has_token(r),
+            "404 (503 with Retry-After claimed) and no token for an identity not assigned to the pod",
+            || r.summary(),
+        )?;
         Ok(())
     }
 );
@@ -192,7 +188,6 @@ declare_case!(
         title: "missing resource → 400",
         level: Level::Must,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.1 step 3",
         explain: "A token request without `resource` is refused with 400 (NMI: `parameter resource cannot be empty`).",
     },
@@ -219,7 +214,6 @@ declare_case!(
         title: "NMI token body shape: seven fields, all strings",
         level: Level::Should,
         features: &[Feature::Tokens],
-        profiles: P,
         spec: "REFERENCE A.4, D (clients need strings)",
         explain: "NMI answers access_token, refresh_token, expires_in, expires_on, not_before, resource, token_type, every one a JSON string; clients (Rust, Python) fail on numbers.",
     },
@@ -259,7 +253,6 @@ declare_case!(
         title: "/host/token serves host-network callers only",
         level: Level::Must,
         features: &[Feature::HostToken],
-        profiles: P,
         spec: "SPEC §3 Tokens; REFERENCE A.3.2",
         explain: "A host-network caller asking 127.0.0.1:<port>/host/token/ with podname/podns headers gets {token, clientid}; the same request from a non-host pod never yields a token.",
     },
@@ -297,6 +290,113 @@ declare_case!(
                 "/host/token from a non-host pod: no token",
                 r.summary(),
             ));
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    TOK_009 = Case {
+        id: "TOK-009",
+        title: "AzureAssignedIdentity state: Created and Unassigned are never served, legacy \"\" is (as NMI)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §3 Tokens; REFERENCE A.6 (buckets: no-state and Assigned are served)",
+        explain: "The pod without identity is given an AzureAssignedIdentity of a VM identity in each state MIC writes. While it is Created (MIC has not assigned it yet) or Unassigned (MIC is removing it), no token request from the pod — without a selector or naming the identity by client_id — may receive a token, whatever flags the interceptor runs with (with or without Retry-After). In the legacy state \"\" (AAIs written by MIC before states existed) NMI serves it like Assigned: the pod gets that identity's token within 10 s.",
+    },
+    |ctx| {
+        let pod = crate::catalog::plain_pod(ctx)?;
+        let id = crate::catalog::vm_identity(ctx)?;
+        let by_id = format!("&client_id={}", id.client_id());
+        for state in ["Created", "Unassigned"] {
+            crate::catalog::apply(
+                ctx,
+                crate::cluster::aai_object(&pod, &id, state, true),
+                &format!("applying an AzureAssignedIdentity in state {state}"),
+            )
+            .await?;
+            // Let the watch deliver it (an interceptor that ignores the state would now serve it).
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            for extra in ["", by_id.as_str()] {
+                let sent = ctx.send_token(&pod.name, extra).await;
+                if let Some(r) = sent.response() {
+                    fail_if(
+                        has_token(r),
+                        format!(
+                            "pod {} with its AzureAssignedIdentity in state {state}, token request {}: no token",
+                            pod.name,
+                            if extra.is_empty() {
+                                "without selector"
+                            } else {
+                                "by client_id"
+                            }
+                        ),
+                        || r.summary(),
+                    )?;
+                }
+            }
+        }
+        crate::catalog::apply(
+            ctx,
+            crate::cluster::aai_object(&pod, &id, "", true),
+            "applying a legacy AzureAssignedIdentity (state \"\")",
+        )
+        .await?;
+        let sent = ctx
+            .poll_token(&pod.name, &by_id, Duration::from_secs(10))
+            .await;
+        let r = expect_status(&sent, 200, "the legacy-state identity's token within 10 s")?;
+        let got = token_client_id(r);
+        fail_if(
+            !got.as_deref()
+                .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+            format!("a token of {} ({})", id.name, id.client_id()),
+            || format!("appid {got:?}: {}", r.summary()),
+        )
+    }
+);
+
+declare_case!(
+    TOK_010 = Case {
+        id: "TOK-010",
+        title: "a selector in another letter case yields that identity or a refusal, never another identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §2 (a pod receives only the identity it asked for), §3 Tokens; REFERENCE A.6 (quirks)",
+        explain: "For each identity of the pod with identities, the pod asks by client_id in upper case and by msi_res_id in upper case. NMI refuses these after its wait loop (its final pick compares exactly); imds-proxy compares case-insensitively and serves the identity. Either is accepted. What is never accepted is a token of a different identity, e.g. the pod's first identity served because the requested one was not matched.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        for id in &ids {
+            for extra in [
+                format!("&client_id={}", id.client_id().to_ascii_uppercase()),
+                format!(
+                    "&msi_res_id={}",
+                    enc(&id.resource_id().to_ascii_uppercase())
+                ),
+            ] {
+                let sent = ctx.send_token(&pod.name, &extra).await;
+                let Some(r) = sent.response() else {
+                    continue;
+                };
+                if !has_token(r) {
+                    continue;
+                }
+                let got = token_client_id(r);
+                fail_if(
+                    !got.as_deref()
+                        .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+                    format!(
+                        "pod {} asking with {extra}: a token of {} ({}) or a refusal",
+                        pod.name,
+                        id.name,
+                        id.client_id()
+                    ),
+                    || format!("a token for appid {got:?}"),
+                )?;
+            }
         }
         Ok(())
     }

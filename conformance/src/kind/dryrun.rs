@@ -3,7 +3,7 @@
 //! backend would run — set-up, the operations cases use, teardown — without a cluster.
 //!
 //! Owns the simulated answers only ([`simulated`]): node lists, pod addresses, routes, readiness. The
-//! command sequence itself comes from [`crate::backend::kind`] unchanged.
+//! command sequence itself comes from the backend ([`super::KindBackend`]) unchanged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::manifests;
-use super::tools::{Recorder, ToolCmd, ToolOutput};
-use crate::backend::Target;
+use super::{KindBackend, KindOptions};
 use crate::backend::interceptor::InterceptorSpec;
-use crate::backend::kind::{KindBackend, KindOptions};
+use crate::backend::{BackendError, Target};
+use crate::process::{Recorder, ToolCmd, ToolOutput};
 use crate::scenario::Scenario;
 
 /// Workers the simulated cluster has (at least two, as `ci/kind/two-workers.yaml`).
@@ -187,7 +187,7 @@ pub fn transcript(
     scenario: &Scenario,
     interceptor: InterceptorSpec,
     opts: KindOptions,
-) -> Result<String, String> {
+) -> Result<String, BackendError> {
     transcript_with(scenario, interceptor, opts, false)
 }
 
@@ -197,7 +197,7 @@ pub fn transcript_with(
     interceptor: InterceptorSpec,
     opts: KindOptions,
     exists: bool,
-) -> Result<String, String> {
+) -> Result<String, BackendError> {
     let rec = simulated(&opts.cluster, scenario, exists);
     let mut sc = scenario.clone();
     let mut out = String::new();
@@ -205,8 +205,7 @@ pub fn transcript_with(
         out.push_str(&format!("# {title}\n{}\n\n", rec.transcript()));
         rec.clear();
     };
-    let backend = KindBackend::start_blocking(&mut sc, interceptor, opts, Arc::new(rec.clone()))
-        .map_err(|e| e.to_string())?;
+    let backend = KindBackend::start_blocking(&mut sc, interceptor, opts, Arc::new(rec.clone()))?;
     section(&mut out, "set-up", &rec);
     let node = sc.nodes.first().map(|n| n.name.clone()).unwrap_or_default();
     let first_pod = sc
@@ -227,22 +226,16 @@ pub fn transcript_with(
         "# a connection from node {node} to its own IMDS (the mock pod)\n{}\n\n",
         c.display()
     ));
-    backend.journal_blocking(&node).map_err(|e| e.to_string())?;
+    backend.journal_blocking(&node)?;
     section(&mut out, &format!("read the IMDS journal of {node}"), &rec);
-    backend
-        .exec_blocking(
-            &node,
-            &["iptables".into(), "-t".into(), "nat".into(), "-S".into()],
-        )
-        .map_err(|e| e.to_string())?;
+    backend.exec_blocking(
+        &node,
+        &["iptables".into(), "-t".into(), "nat".into(), "-S".into()],
+    )?;
     section(&mut out, &format!("a kernel command in {node}"), &rec);
-    backend
-        .stop_blocking(&node, false)
-        .map_err(|e| e.to_string())?;
+    backend.stop_blocking(&node, false)?;
     section(&mut out, &format!("kill the interceptor on {node}"), &rec);
-    backend
-        .start_interceptor_blocking(&node)
-        .map_err(|e| e.to_string())?;
+    backend.start_interceptor_blocking(&node)?;
     section(
         &mut out,
         &format!("start the interceptor on {node} again"),

@@ -1,8 +1,8 @@
 //! Typed wrappers for the three tools the kind backend drives: [`Kind`], [`Kubectl`] and [`Docker`].
 //!
 //! Owns the exact command lines (flags, timeouts, stdin) and the parsing of their output. Every method
-//! goes through a [`Runner`], so the same code runs for real ([`super::tools::SystemRunner`]) or against a
-//! [`super::tools::Recorder`] in the snapshot tests. It knows nothing about cases or scenarios.
+//! goes through a [`Runner`], so the same code runs for real ([`crate::process::SystemRunner`]) or against
+//! a [`crate::process::Recorder`] in the snapshot tests. It knows nothing about cases or scenarios.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::tools::{Runner, ToolCmd, ToolError, ToolOutput};
+use crate::process::{Runner, ToolCmd, ToolError, ToolOutput};
 
 /// Timeout for quick queries (`get`, `label`, `exec` of a short command).
 pub const QUICK: Duration = Duration::from_secs(60);
@@ -24,6 +24,16 @@ fn json_of(cmd: &ToolCmd, out: &ToolOutput) -> Result<Value, ToolError> {
         cmd: cmd.display(),
         message: format!("not JSON: {e}"),
     })
+}
+
+/// The `kubectl` resource argument for objects of `kind` in `obj_api_version` (`kind.group`, or `kind` for
+/// the core group).
+pub fn resource_arg(obj_api_version: &str, kind: &str) -> String {
+    let kind = kind.to_ascii_lowercase();
+    match obj_api_version.split_once('/') {
+        Some((group, _)) => format!("{kind}.{group}"),
+        None => kind,
+    }
 }
 
 /// `kind`.

@@ -1,21 +1,16 @@
 //! Typed wrappers around the tools the netns backend drives: `ip` (iproute2), `iptables-save`/
 //! `iptables-restore` and `conntrack`, always *inside* a named namespace (`ip -n NS …` or
-//! `ip netns exec NS …`). Every run has a timeout, and a failure carries the command line and its stderr.
+//! `ip netns exec NS …`). Every run goes through the harness's process runner ([`crate::process`]): it has a
+//! timeout, and a failure carries the command line and its stderr.
 //!
 //! What it must not touch: the root network namespace. The only operations here that do not name a
 //! namespace are the registry operations of `ip netns` (add, delete, list) and read-only listings used to
 //! prove that nothing was left behind ([`root_link_names`], [`root_iptables_save`]).
 
-use std::{
-    io::{Read, Write},
-    net::IpAddr,
-    process::{ExitStatus, Output, Stdio},
-    time::{Duration, Instant},
-};
-
-use tokio::io::AsyncWriteExt;
+use std::{net::IpAddr, time::Duration};
 
 use super::error::NetnsError;
+use crate::process::{self, Runner as _, SystemRunner, ToolCmd, ToolError, ToolOutput};
 
 /// Timeout for every command unless a caller chooses another one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +18,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where iproute2 keeps the bind mounts that name network namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// The command line as netns errors name it (unquoted, as typed).
 fn command_line(program: &str, args: &[String]) -> String {
     let mut line = program.to_string();
     for arg in args {
@@ -32,60 +28,65 @@ fn command_line(program: &str, args: &[String]) -> String {
     line
 }
 
-fn status_text(status: ExitStatus) -> String {
-    match status.code() {
-        Some(code) => format!("exit code {code}"),
-        None => format!("{status}"),
+fn tool_cmd(program: &str, args: &[String], stdin: Option<&[u8]>, timeout: Duration) -> ToolCmd {
+    let cmd = ToolCmd::new(program)
+        .args(args.iter().cloned())
+        .timeout(timeout);
+    match stdin {
+        Some(bytes) => cmd.stdin(bytes),
+        None => cmd,
     }
 }
 
-fn check(command: String, output: Output) -> Result<Output, NetnsError> {
-    if output.status.success() {
+/// The process runner's error in the netns vocabulary (the command line as typed).
+fn netns_error(command: String, err: ToolError) -> NetnsError {
+    match err {
+        ToolError::Timeout { after, .. } => NetnsError::CommandTimeout {
+            command,
+            timeout: after,
+        },
+        ToolError::NotFound { source, .. } | ToolError::Spawn { source, .. } => {
+            NetnsError::Spawn { command, source }
+        }
+        ToolError::Failed { code, stderr, .. } => NetnsError::CommandFailed {
+            command,
+            status: code,
+            stderr,
+        },
+        ToolError::Output { message, .. } => NetnsError::CommandFailed {
+            command,
+            status: "unexpected output".into(),
+            stderr: message,
+        },
+    }
+}
+
+fn check(command: String, output: ToolOutput) -> Result<ToolOutput, NetnsError> {
+    if output.success() {
         Ok(output)
     } else {
         Err(NetnsError::CommandFailed {
             command,
-            status: status_text(output.status),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            status: match output.code {
+                Some(code) => format!("exit code {code}"),
+                None => "killed by a signal".into(),
+            },
+            stderr: output.stderr_text(),
         })
     }
 }
 
-/// Runs a program to completion (async), feeding `stdin` if given; the process is killed on timeout.
-/// Returns the output whatever the exit status; see [`run_checked`] for the usual case.
+/// Runs a program to completion (async, [`process::run_async`]), feeding `stdin` if given; the process is
+/// killed on timeout. Returns the output whatever the exit status; see [`run_checked`] for the usual case.
 pub async fn run(
     program: &str,
     args: &[String],
     stdin: Option<&[u8]>,
     timeout: Duration,
-) -> Result<Output, NetnsError> {
-    let command = command_line(program, args);
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .stdin(stdin_for(stdin))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Dropping the future on timeout drops the child: it must die with it.
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| NetnsError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    let io = async move {
-        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A child that exits before reading everything (a parse error) breaks the pipe; its exit
-            // status and stderr, not EPIPE, say what went wrong, so the write error is not reported.
-            let _ = pipe.write_all(bytes).await;
-            // Closing stdin is what tells `ip -batch -` and `iptables-restore` that input is complete.
-            drop(pipe);
-        }
-        child.wait_with_output().await
-    };
-    match tokio::time::timeout(timeout, io).await {
-        Err(_) => Err(NetnsError::CommandTimeout { command, timeout }),
-        Ok(Err(source)) => Err(NetnsError::Spawn { command, source }),
-        Ok(Ok(output)) => Ok(output),
-    }
+) -> Result<ToolOutput, NetnsError> {
+    process::run_async(&tool_cmd(program, args, stdin, timeout))
+        .await
+        .map_err(|e| netns_error(command_line(program, args), e))
 }
 
 /// [`run`], failing unless the exit status is success.
@@ -94,75 +95,24 @@ pub async fn run_checked(
     args: &[String],
     stdin: Option<&[u8]>,
     timeout: Duration,
-) -> Result<Output, NetnsError> {
+) -> Result<ToolOutput, NetnsError> {
     let output = run(program, args, stdin, timeout).await?;
     check(command_line(program, args), output)
 }
 
-/// Blocking twin of [`run_checked`] for paths without a runtime: `Drop`, the signal handler, start-up checks.
+/// Blocking twin of [`run_checked`] ([`SystemRunner`]) for paths without a runtime: `Drop`, the signal
+/// handler, start-up checks.
 pub fn run_blocking(
     program: &str,
     args: &[String],
     stdin: Option<&[u8]>,
     timeout: Duration,
-) -> Result<Output, NetnsError> {
+) -> Result<ToolOutput, NetnsError> {
     let command = command_line(program, args);
-    let spawn_err = |source| NetnsError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .stdin(stdin_for(stdin))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    // Drain the pipes on threads so a chatty child cannot block on a full pipe while we poll for exit.
-    let out_reader = drain(child.stdout.take());
-    let err_reader = drain(child.stderr.take());
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // As in `run`: a broken pipe is reported through the exit status and stderr.
-        let _ = pipe.write_all(bytes);
-    }
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(spawn_err)? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(NetnsError::CommandTimeout { command, timeout });
-            }
-            None => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let output = Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    };
+    let output = SystemRunner
+        .run(&tool_cmd(program, args, stdin, timeout))
+        .map_err(|e| netns_error(command.clone(), e))?;
     check(command, output)
-}
-
-/// The child's stdin: a pipe when there is input to write, else nothing.
-fn stdin_for(stdin: Option<&[u8]>) -> Stdio {
-    if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    }
-}
-
-/// Reads `pipe` to its end on a thread (empty when there is none or it fails).
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -325,7 +275,7 @@ fn exec_args(ns: &str, args: &[&str]) -> Vec<String> {
 
 /// `ip netns exec NS ARGS…` with [`DEFAULT_TIMEOUT`]; fails unless the exit status is success, with stderr
 /// in the error.
-pub async fn exec_in(ns: &str, args: &[&str]) -> Result<Output, NetnsError> {
+pub async fn exec_in(ns: &str, args: &[&str]) -> Result<ToolOutput, NetnsError> {
     exec_in_with(ns, args, None, DEFAULT_TIMEOUT).await
 }
 
@@ -335,7 +285,7 @@ pub async fn exec_in_with(
     args: &[&str],
     stdin: Option<&[u8]>,
     timeout: Duration,
-) -> Result<Output, NetnsError> {
+) -> Result<ToolOutput, NetnsError> {
     run_checked("ip", &exec_args(ns, args), stdin, timeout).await
 }
 
@@ -345,7 +295,7 @@ pub async fn exec_in_unchecked(
     ns: &str,
     args: &[&str],
     timeout: Duration,
-) -> Result<Output, NetnsError> {
+) -> Result<ToolOutput, NetnsError> {
     run("ip", &exec_args(ns, args), None, timeout).await
 }
 

@@ -32,7 +32,7 @@ pub fn render(report: &RunReport) -> Result<String, quick_junit::SerializeError>
             }
             Outcome::Skip { .. } | Outcome::Unclaimed { .. } => {
                 let mut s = TestCaseStatus::skipped();
-                s.set_type(c.outcome.status());
+                s.set_type(c.outcome.status().as_str());
                 s.set_message(c.outcome.detail());
                 s
             }

@@ -10,10 +10,11 @@ use crate::case::{Level, Outcome};
 /// Renders the report as Markdown.
 pub fn render(r: &RunReport) -> String {
     let s = &r.summary;
-    let verdict = if s.must_failed == 0 {
-        "✅ all MUST cases pass"
+    let v = r.verdict();
+    let verdict = if v.conformant {
+        "✅ CONFORMANT".to_string()
     } else {
-        "❌ MUST cases fail"
+        format!("❌ NOT CONFORMANT: {}", v.reasons.join("; "))
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -40,7 +41,10 @@ pub fn render(r: &RunReport) -> String {
     for n in &r.notes {
         let _ = writeln!(out, "> {}", escape(n));
     }
-    if !r.notes.is_empty() {
+    if let Some(t) = &r.timing {
+        let _ = writeln!(out, "> timing: {t}");
+    }
+    if !r.notes.is_empty() || r.timing.is_some() {
         out.push('\n');
     }
     let _ = writeln!(out, "| id | level | result | title | detail |");

@@ -73,16 +73,15 @@ impl Terminal {
 
     /// Prints the closing summary.
     pub fn summary(&self, r: &RunReport) {
-        let s = &r.summary;
-        let verdict = if s.must_failed == 0 {
-            self.paint("32;1", "CONFORMANT")
+        let v = r.verdict();
+        let word = if v.conformant {
+            self.paint("32;1", v.word())
         } else {
-            self.paint("31;1", "NOT CONFORMANT")
+            self.paint("31;1", v.word())
         };
-        let [total, pass, fail, must, skip, unclaimed, info] = s.counts();
-        let secs = r.duration_ms as f64 / 1000.0;
-        println!(
-            "\n{verdict}: {total} cases — {pass} pass, {fail} fail ({must} MUST), {skip} skip, {unclaimed} unclaimed, {info} info — {secs:.1} s"
-        );
+        println!("\n{word}: {}", super::verdict_line(r));
+        for reason in &v.reasons {
+            println!("  - {reason}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use imds_conformance::case::Status;
 use imds_conformance::report::RunReport;
 
 /// The imds-conformance binary under test.
@@ -31,6 +32,26 @@ pub fn proxy_or_skip(test: &str) -> Option<PathBuf> {
         );
     }
     p
+}
+
+/// Runs the harness binary with `args` (colour off) to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(conformance_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running imds-conformance")
+}
+
+/// Asserts that a [`cli`] run exited with `code`, showing `what` and its output otherwise.
+pub fn assert_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Whether we are root (netns tests need it).
@@ -67,7 +88,7 @@ pub struct Run {
 
 impl Run {
     /// Ids with `status` in the report.
-    pub fn ids(&self, status: &str) -> Vec<String> {
+    pub fn ids(&self, status: Status) -> Vec<String> {
         self.report
             .as_ref()
             .map(|r| r.ids_with(status))
@@ -87,7 +108,7 @@ impl Run {
 
     /// Ids that FAILed.
     pub fn fails(&self) -> BTreeSet<String> {
-        self.ids("FAIL").into_iter().collect()
+        self.ids(Status::Fail).into_iter().collect()
     }
 
     /// Asserts that exactly `ids` FAILed and the run exited 1 (a self-test's verdict).

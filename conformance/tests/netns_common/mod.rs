@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use imds_conformance::netns::{self, NetnsError, NodeSpec, TopologySpec};
+use imds_conformance::netns::{self, NetnsError, Node, NodeSpec, Topology, TopologySpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -19,6 +19,26 @@ pub fn supported(test: &str) -> bool {
             false
         }
     }
+}
+
+/// `spec` built for `test`; `None` after a loud SKIP when the netns backend cannot run here.
+pub async fn topology_or_skip(test: &str, spec: TopologySpec) -> Option<Topology> {
+    if !supported(test) {
+        return None;
+    }
+    Some(Topology::create(spec).await.expect("topology"))
+}
+
+/// Node `n1` of `topo`, the IMDS address, and a tag server `tag` standing in for n1's IMDS (it serves
+/// until its handle is dropped with the runtime).
+pub fn n1_with_imds(
+    topo: &Topology,
+    tag: &'static str,
+) -> (Node, SocketAddr, tokio::task::JoinHandle<()>) {
+    let n1 = topo.node("n1").expect("n1").clone();
+    let imds = topo.imds_addr();
+    let server = serve_imds(&n1.host_side_ns, imds, tag);
+    (n1, imds, server)
 }
 
 /// 2 nodes × 2 pods, plus a host-network pod on n1.
@@ -66,7 +86,10 @@ pub fn serve_imds(
 }
 
 /// [`netns::exec_in`] with an owned argv (as the library builds them).
-pub async fn exec_argv(ns: &str, argv: &[String]) -> Result<std::process::Output, NetnsError> {
+pub async fn exec_argv(
+    ns: &str,
+    argv: &[String],
+) -> Result<imds_conformance::process::ToolOutput, NetnsError> {
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     netns::exec_in(ns, &args).await
 }

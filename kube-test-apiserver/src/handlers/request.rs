@@ -66,18 +66,31 @@ pub(super) fn parse_path(path: &str) -> Option<Route> {
             namespace: None,
         }),
         ["namespaces", ns, plural] => Some(Route::Collection {
-            rt: resources::by_path(group, version, plural)?,
+            rt: resources::by_path(group, version, plural).filter(|rt| rt.namespaced)?,
             namespace: Some((*ns).to_owned()),
         }),
         ["namespaces", ns, plural, name] => Some(Route::Object {
-            rt: resources::by_path(group, version, plural)?,
+            rt: resources::by_path(group, version, plural).filter(|rt| rt.namespaced)?,
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
             sub: None,
         }),
         ["namespaces", ns, plural, name, sub] => Some(Route::Object {
-            rt: resources::by_path(group, version, plural)?,
+            rt: resources::by_path(group, version, plural).filter(|rt| rt.namespaced)?,
             namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+            sub: Some((*sub).to_owned()),
+        }),
+        // Cluster-scoped objects: `/api/v1/nodes/{name}[/{sub}]`, stored under the empty namespace.
+        [plural, name] => Some(Route::Object {
+            rt: resources::by_path(group, version, plural).filter(|rt| !rt.namespaced)?,
+            namespace: String::new(),
+            name: (*name).to_owned(),
+            sub: None,
+        }),
+        [plural, name, sub] => Some(Route::Object {
+            rt: resources::by_path(group, version, plural).filter(|rt| !rt.namespaced)?,
+            namespace: String::new(),
             name: (*name).to_owned(),
             sub: Some((*sub).to_owned()),
         }),

@@ -69,6 +69,9 @@ impl ResourceRequest<'_> {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
+            _ if namespace.is_empty() => {
+                meta.remove("namespace");
+            }
             _ => {
                 meta.insert("namespace".into(), json!(namespace));
             }

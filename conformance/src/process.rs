@@ -1,10 +1,12 @@
-//! Running external tools (`kind`, `kubectl`, `docker`) as typed commands: [`ToolCmd`] says what to run,
-//! with its stdin and a timeout; a [`Runner`] runs it to completion and returns the captured output.
+//! The harness's one process runner: external tools (`kind`, `kubectl`, `docker` for the kind backend;
+//! `ip`, `iptables`, `conntrack` for the netns helper) run as typed commands. A [`ToolCmd`] says what to
+//! run, with its stdin and a timeout; a [`Runner`] runs it to completion and returns the captured output
+//! ([`SystemRunner`] on a blocking thread, [`run_async`] on tokio).
 //!
 //! Owns timeouts (every call has one; a late process is killed), stderr capture in errors, and the
 //! [`Recorder`] runner that the snapshot tests (and `--kind-dry-run`) use to see the exact command
-//! sequence without executing anything. It knows nothing about Kubernetes: the wrappers in
-//! [`super::wrappers`] build the commands.
+//! sequence without executing anything. It knows nothing about Kubernetes or namespaces: the wrappers in
+//! [`crate::kind::wrappers`] and [`crate::netns`] build the commands and interpret what they print.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -140,6 +142,8 @@ pub enum ToolError {
         program: String,
         /// The command.
         cmd: String,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// It could not be started.
     #[error("starting `{cmd}`: {source}")]
@@ -202,6 +206,29 @@ pub trait Runner: Send + Sync {
     }
 }
 
+fn spawn_error(cmd: &ToolCmd, source: std::io::Error) -> ToolError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        ToolError::NotFound {
+            program: cmd.program.clone(),
+            cmd: cmd.display(),
+            source,
+        }
+    } else {
+        ToolError::Spawn {
+            cmd: cmd.display(),
+            source,
+        }
+    }
+}
+
+fn stdin_for(cmd: &ToolCmd) -> Stdio {
+    if cmd.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
 /// Runs commands for real with `std::process`, a reader thread per pipe and a kill on timeout.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemRunner;
@@ -220,26 +247,10 @@ impl Runner for SystemRunner {
     fn run(&self, cmd: &ToolCmd) -> Result<ToolOutput, ToolError> {
         let mut c = Command::new(&cmd.program);
         c.args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(stdin_for(cmd))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = c.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ToolError::NotFound {
-                    program: cmd.program.clone(),
-                    cmd: cmd.display(),
-                }
-            } else {
-                ToolError::Spawn {
-                    cmd: cmd.display(),
-                    source: e,
-                }
-            }
-        })?;
+        let mut child = c.spawn().map_err(|e| spawn_error(cmd, e))?;
         let writer = match (cmd.stdin.clone(), child.stdin.take()) {
             (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
                 // A command that exits without reading everything is its own business.
@@ -270,6 +281,46 @@ impl Runner for SystemRunner {
             stdout: out.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),
         })
+    }
+}
+
+/// Runs `cmd` on tokio: the same contract as [`SystemRunner`] (output whatever the exit code; errors for
+/// not-found, spawn failures and timeouts) for callers on the runtime. The child dies with the future
+/// (kill on drop), so a timeout or a cancelled caller leaves no process behind. On timeout the stderr
+/// printed so far is not available (it is reported empty).
+pub async fn run_async(cmd: &ToolCmd) -> Result<ToolOutput, ToolError> {
+    let mut c = cmd.tokio_command();
+    c.stdin(stdin_for(cmd))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = c.spawn().map_err(|e| spawn_error(cmd, e))?;
+    let stdin = cmd.stdin.as_deref();
+    let io = async move {
+        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A child that exits before reading everything (a parse error) breaks the pipe; its exit
+            // status and stderr, not EPIPE, say what went wrong, so the write error is not reported.
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut pipe, bytes).await;
+            // Closing stdin is what tells `ip -batch -` and `iptables-restore` that input is complete.
+            drop(pipe);
+        }
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(cmd.timeout, io).await {
+        Err(_) => Err(ToolError::Timeout {
+            cmd: cmd.display(),
+            after: cmd.timeout,
+            stderr: String::new(),
+        }),
+        Ok(Err(source)) => Err(ToolError::Spawn {
+            cmd: cmd.display(),
+            source,
+        }),
+        Ok(Ok(out)) => Ok(ToolOutput {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }),
     }
 }
 
@@ -362,6 +413,32 @@ mod tests {
         assert!(matches!(e, ToolError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("started"), "{e}");
         let e = r.run(&ToolCmd::new("imds-no-such-tool-xyz")).unwrap_err();
+        assert!(matches!(e, ToolError::NotFound { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn async_runner_captures_and_times_out() {
+        let out = run_async(
+            &ToolCmd::new("sh")
+                .args(["-c", "cat; echo err >&2; exit 3"])
+                .stdin("in"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.code, Some(3));
+        assert_eq!(out.stdout_text(), "in");
+        assert_eq!(out.stderr_text(), "err");
+        let e = run_async(
+            &ToolCmd::new("sh")
+                .args(["-c", "sleep 30"])
+                .timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ToolError::Timeout { .. }), "{e}");
+        let e = run_async(&ToolCmd::new("imds-no-such-tool-xyz"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, ToolError::NotFound { .. }), "{e}");
     }
 

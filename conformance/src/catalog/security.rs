@@ -1,0 +1,145 @@
+//! SEC — the security floor (SPEC §2, §3.1): what every interceptor that sits between pods and IMDS must
+//! never do, whatever features it claims.
+//!
+//! Owns the two floor cases. They claim no feature, so no claim set can make them UNCLAIMED, and
+//! [`crate::report::Verdict`] refuses `CONFORMANT` to a run in which they did not run. A forwarder that
+//! hands every pod the VM's token, or an interceptor that serves one pod another's identity, fails here on
+//! every profile — even when it claims only `passthrough`. A request that gets no answer (a restriction
+//! rule dropping the pod's traffic) received nothing, which is what the floor asks; every request is still
+//! sent, so a selective interceptor cannot hide behind one dropped request.
+
+use crate::backend::PodView;
+use crate::case::{Level, Outcome, Profile};
+use crate::catalog::{has_token, plain_pod};
+use crate::ctx::{Ctx, token_client_id};
+use crate::declare_case;
+use crate::http::Response;
+use crate::scenario::IdentityDef;
+
+const P: &[Profile] = &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction];
+
+/// The scenario's identities the VM holds (IMDS would issue a token for each).
+fn vm_identities(ctx: &Ctx) -> Vec<IdentityDef> {
+    ctx.scenario
+        .identities
+        .iter()
+        .filter(|i| i.on_vm)
+        .cloned()
+        .collect()
+}
+
+/// A short description of a token answer: who it is for.
+fn token_of(r: &Response) -> String {
+    match token_client_id(r) {
+        Some(appid) => format!("a token for appid {appid}"),
+        None => "a token".into(),
+    }
+}
+
+declare_case!(
+    SEC_001 = Case {
+        id: "SEC-001",
+        title: "a pod without identity never receives a token (no selector, or naming any of the VM's identities)",
+        level: Level::Must,
+        features: &[],
+        profiles: P,
+        spec: "SPEC §2 (a pod receives only its own identity), §3.1 (security floor)",
+        explain: "Security floor, checked whatever the interceptor claims. A non-host pod that has no identity asks for a managed-identity token without a selector (IMDS would answer with the VM's system-assigned identity) and then naming each identity the VM holds by client_id. None of these requests may be answered with a token: an interceptor that forwards token requests to IMDS unmediated hands every pod the VM's identities. No answer at all (traffic dropped) is not a token and passes.",
+    },
+    |ctx| {
+        let pod: PodView = plain_pod(ctx)?;
+        let mut asks = vec![String::new()];
+        asks.extend(
+            vm_identities(ctx)
+                .iter()
+                .map(|i| format!("&client_id={}", i.client_id())),
+        );
+        for extra in asks {
+            let sent = ctx.send_token(&pod.name, &extra).await;
+            if let Some(r) = sent.response()
+                && has_token(r)
+            {
+                let what = if extra.is_empty() {
+                    "no selector".to_string()
+                } else {
+                    extra.trim_start_matches('&').to_string()
+                };
+                return Err(Outcome::fail(
+                    format!(
+                        "pod {} (no identity), token request with {what}: no token",
+                        pod.name
+                    ),
+                    format!("{}: {}", token_of(r), r.summary()),
+                ));
+            }
+        }
+        Ok(())
+    }
+);
+
+declare_case!(
+    SEC_002 = Case {
+        id: "SEC-002",
+        title: "a pod with an identity never receives another identity the VM holds",
+        level: Level::Must,
+        features: &[],
+        profiles: P,
+        spec: "SPEC §2 (never answers with another pod's identity), §3.1 (security floor)",
+        explain: "Security floor, checked whatever the interceptor claims. Every non-host pod with an identity on the first node asks, by client_id, for each identity the VM holds that is not its own. It may be refused or receive nothing, but any token it receives must be for one of its own identities: never another pod's, never the VM's.",
+    },
+    |ctx| {
+        let pods: Vec<PodView> = ctx
+            .world()
+            .pods
+            .iter()
+            .filter(|p| !p.host_network && !ctx.identities_of(&p.name).is_empty())
+            .cloned()
+            .collect();
+        let Some(first_node) = ctx.world().nodes.first().map(|n| n.name.clone()) else {
+            return Err(Outcome::skip("scenario has no node"));
+        };
+        let pods: Vec<PodView> = pods.into_iter().filter(|p| p.node == first_node).collect();
+        if pods.is_empty() {
+            return Err(Outcome::skip(
+                "scenario has no non-host pod with an identity on the first node",
+            ));
+        }
+        let vm = vm_identities(ctx);
+        for pod in pods {
+            let own: Vec<String> = ctx
+                .identities_of(&pod.name)
+                .iter()
+                .map(|i| i.client_id())
+                .collect();
+            for other in vm
+                .iter()
+                .filter(|i| !own.iter().any(|o| o.eq_ignore_ascii_case(&i.client_id())))
+            {
+                let extra = format!("&client_id={}", other.client_id());
+                let sent = ctx.send_token(&pod.name, &extra).await;
+                let Some(r) = sent.response() else {
+                    continue;
+                };
+                if !has_token(r) {
+                    continue;
+                }
+                let got = token_client_id(r);
+                let is_own = got
+                    .as_deref()
+                    .is_some_and(|g| own.iter().any(|o| o.eq_ignore_ascii_case(g)));
+                if !is_own {
+                    return Err(Outcome::fail(
+                        format!(
+                            "pod {} asking for identity {} ({}), not its own: no token of that identity",
+                            pod.name,
+                            other.name,
+                            other.client_id()
+                        ),
+                        format!("{}: {}", token_of(r), r.summary()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+);
