@@ -65,23 +65,6 @@ impl Default for MockArmImage {
 }
 
 impl MockArmImage {
-    /// Another image name and tag.
-    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
-        self.core.set_image(name, tag);
-        self
-    }
-
-    /// The estate: serialised to TOML and copied into the container (`server.listen` is overridden).
-    pub fn with_config(mut self, config: &Config) -> Result<Self, ConfigError> {
-        self.core.set_config_toml(config.to_toml()?);
-        Ok(self)
-    }
-
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.core.set_seed(seed);
-        self
-    }
-
     /// Bearer-token authentication (default on); `false` passes `--no-auth`.
     pub fn with_auth(mut self, on: bool) -> Self {
         self.auth = on;
@@ -107,7 +90,7 @@ impl MockArmImage {
     }
 }
 
-mock_support::impl_mock_image!(MockArmImage);
+mock_support::impl_mock_image!(MockArmImage, config: Config, error: ConfigError);
 
 /// What a started mock-arm container offers beyond testcontainers' own API.
 pub trait MockArmContainer {

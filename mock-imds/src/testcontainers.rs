@@ -84,25 +84,6 @@ impl Default for MockImdsImage {
 }
 
 impl MockImdsImage {
-    /// Use another image name and tag (e.g. one pushed to your own registry).
-    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
-        self.core.set_image(name, tag);
-        self
-    }
-
-    /// The VM the mock describes: serialised to TOML and copied into the container before it starts.
-    /// `server.listen` in it is overridden by the image's `--listen 0.0.0.0:8080`.
-    pub fn with_config(mut self, config: &Config) -> Result<Self, ConfigError> {
-        self.core.set_config_toml(config.to_toml()?);
-        Ok(self)
-    }
-
-    /// Deterministic ids and keys (`--seed`).
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.core.set_seed(seed);
-        self
-    }
-
     /// The real service's rate limits (default on); `false` passes `--no-rate-limit`.
     pub fn with_rate_limits(mut self, enabled: bool) -> Self {
         self.rate_limits = enabled;
@@ -128,7 +109,7 @@ impl MockImdsImage {
     }
 }
 
-mock_support::impl_mock_image!(MockImdsImage);
+mock_support::impl_mock_image!(MockImdsImage, config: Config, error: ConfigError);
 
 /// What a started mock container offers beyond testcontainers' own API.
 pub trait MockImdsContainer {

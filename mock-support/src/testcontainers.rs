@@ -113,10 +113,33 @@ pub async fn uri<I: Image>(
 }
 
 /// `impl testcontainers::Image for $image` from its `core: ImageCore` field and its `args(&self) ->
-/// Vec<String>` method.
+/// Vec<String>` method, and the builder methods every mock image has: `with_image(name, tag)`,
+/// `with_config(&$config)` (serialised with the config's `to_toml`, whose error is `$error`) and
+/// `with_seed(seed)`.
 #[macro_export]
 macro_rules! impl_mock_image {
-    ($image:ty) => {
+    ($image:ty, config: $config:ty, error: $error:ty) => {
+        impl $image {
+            /// Another image name and tag (e.g. one pushed to your own registry).
+            pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
+                self.core.set_image(name, tag);
+                self
+            }
+
+            /// The mock's configuration: serialised to TOML and copied into the container before it
+            /// starts (its `server.listen` is overridden by the image's `--listen`).
+            pub fn with_config(mut self, config: &$config) -> Result<Self, $error> {
+                self.core.set_config_toml(config.to_toml()?);
+                Ok(self)
+            }
+
+            /// Deterministic ids and keys (`--seed`).
+            pub fn with_seed(mut self, seed: u64) -> Self {
+                self.core.set_seed(seed);
+                self
+            }
+        }
+
         impl $crate::testcontainers::reexport::Image for $image {
             fn name(&self) -> &str {
                 self.core.name()
