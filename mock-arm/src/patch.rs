@@ -214,7 +214,11 @@ pub fn plan(
         return Err(ArmError::too_many_identities(user.len(), limit));
     }
     // An identity added and removed again in one body (two keys differing in case) is neither.
-    added.retain(|a| user.iter().any(|u| u.eq_ignore_ascii_case(a)));
+    // Likewise one removed and added again (in another letter case) was attached before: not added.
+    added.retain(|a| {
+        user.iter().any(|u| u.eq_ignore_ascii_case(a))
+            && !current.user.iter().any(|u| u.eq_ignore_ascii_case(a))
+    });
     removed.retain(|r| !user.iter().any(|u| u.eq_ignore_ascii_case(r)));
     Ok(PatchPlan {
         system,
