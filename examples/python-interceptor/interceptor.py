@@ -166,10 +166,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding") or (length and not length.isdigit()):
             self.close_connection = True
             return self.answer(400, {"error": "invalid_request", "error_description": "unsupported body framing"})
-        body = self.rfile.read(int(length)) if length else b""
-        if len(body) > MAX_BODY:
+        if length and int(length) > MAX_BODY:  # refused before reading it
             self.close_connection = True
             return self.answer(413, {"error": "invalid_request", "error_description": "body too large"})
+        body = self.rfile.read(int(length)) if length else b""
         # 1. The Metadata header, on every path (header names are case-insensitive; the value is exact).
         if self.headers.get("Metadata") != "true":
             return self.answer(400, HEADER_ERROR)
