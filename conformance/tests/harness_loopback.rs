@@ -124,8 +124,8 @@ fn selftest_tok_iso_no_interceptor_but_claimed() {
         &["--interceptor", "none", "--focus", "^(SEC|TOK|ISO)"],
     );
     r.assert_fails_exactly(&[
-        "SEC-001", "SEC-002", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "ISO-001", "ISO-002",
-        "ISO-004", "ISO-005", "ISO-006", "ISO-007",
+        "SEC-001", "SEC-002", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "TOK-009", "ISO-001",
+        "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007",
     ]);
 }
 

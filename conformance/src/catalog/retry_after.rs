@@ -166,7 +166,7 @@ declare_case!(
     RTA_005 = Case {
         id: "RTA-005",
         title: "/host/token is unaffected: 404 without Retry-After",
-        level: Level::Should,
+        level: Level::Must,
         features: &[Feature::SetRetryAfterHeader, Feature::HostToken],
         spec: "REFERENCE A.3.2, A.8 (not applied to the host endpoint)",
         explain: "The host token handler has no Retry-After behaviour: a host-network caller asking for a pod without identity gets 404.",

@@ -294,3 +294,110 @@ declare_case!(
         Ok(())
     }
 );
+
+declare_case!(
+    TOK_009 = Case {
+        id: "TOK-009",
+        title: "AzureAssignedIdentity state: Created and Unassigned are never served, legacy \"\" is (as NMI)",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §3 Tokens; REFERENCE A.6 (buckets: no-state and Assigned are served)",
+        explain: "The pod without identity is given an AzureAssignedIdentity of a VM identity in each state MIC writes. While it is Created (MIC has not assigned it yet) or Unassigned (MIC is removing it), no token request from the pod — without a selector or naming the identity by client_id — may receive a token, whatever flags the interceptor runs with (with or without Retry-After). In the legacy state \"\" (AAIs written by MIC before states existed) NMI serves it like Assigned: the pod gets that identity's token within 10 s.",
+    },
+    |ctx| {
+        let pod = crate::catalog::plain_pod(ctx)?;
+        let id = crate::catalog::vm_identity(ctx)?;
+        let by_id = format!("&client_id={}", id.client_id());
+        for state in ["Created", "Unassigned"] {
+            crate::catalog::apply(
+                ctx,
+                crate::cluster::aai_object(&pod, &id, state, true),
+                &format!("applying an AzureAssignedIdentity in state {state}"),
+            )
+            .await?;
+            // Let the watch deliver it (an interceptor that ignores the state would now serve it).
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            for extra in ["", by_id.as_str()] {
+                let sent = ctx.send_token(&pod.name, extra).await;
+                if let Some(r) = sent.response() {
+                    fail_if(
+                        has_token(r),
+                        format!(
+                            "pod {} with its AzureAssignedIdentity in state {state}, token request {}: no token",
+                            pod.name,
+                            if extra.is_empty() {
+                                "without selector"
+                            } else {
+                                "by client_id"
+                            }
+                        ),
+                        || r.summary(),
+                    )?;
+                }
+            }
+        }
+        crate::catalog::apply(
+            ctx,
+            crate::cluster::aai_object(&pod, &id, "", true),
+            "applying a legacy AzureAssignedIdentity (state \"\")",
+        )
+        .await?;
+        let sent = ctx
+            .poll_token(&pod.name, &by_id, Duration::from_secs(10))
+            .await;
+        let r = expect_status(&sent, 200, "the legacy-state identity's token within 10 s")?;
+        let got = token_client_id(r);
+        fail_if(
+            !got.as_deref()
+                .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+            format!("a token of {} ({})", id.name, id.client_id()),
+            || format!("appid {got:?}: {}", r.summary()),
+        )
+    }
+);
+
+declare_case!(
+    TOK_010 = Case {
+        id: "TOK-010",
+        title: "a selector in another letter case yields that identity or a refusal, never another identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        profiles: &[Profile::Nmi, Profile::Hardened],
+        spec: "SPEC §2 (a pod receives only the identity it asked for), §3 Tokens; REFERENCE A.6 (quirks)",
+        explain: "For each identity of the pod with identities, the pod asks by client_id in upper case and by msi_res_id in upper case. NMI refuses these after its wait loop (its final pick compares exactly); imds-proxy compares case-insensitively and serves the identity. Either is accepted. What is never accepted is a token of a different identity, e.g. the pod's first identity served because the requested one was not matched.",
+    },
+    |ctx| {
+        let (pod, ids) = identity_pod(ctx)?;
+        for id in &ids {
+            for extra in [
+                format!("&client_id={}", id.client_id().to_ascii_uppercase()),
+                format!(
+                    "&msi_res_id={}",
+                    enc(&id.resource_id().to_ascii_uppercase())
+                ),
+            ] {
+                let sent = ctx.send_token(&pod.name, &extra).await;
+                let Some(r) = sent.response() else {
+                    continue;
+                };
+                if !has_token(r) {
+                    continue;
+                }
+                let got = token_client_id(r);
+                fail_if(
+                    !got.as_deref()
+                        .is_some_and(|g| g.eq_ignore_ascii_case(&id.client_id())),
+                    format!(
+                        "pod {} asking with {extra}: a token of {} ({}) or a refusal",
+                        pod.name,
+                        id.name,
+                        id.client_id()
+                    ),
+                    || format!("a token for appid {got:?}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+);
