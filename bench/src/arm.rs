@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::load::{self, Load, LoadResult};
-use crate::{Row, row};
+use crate::report::{Report, row};
 
 /// One request shape.
 #[derive(Clone, Debug)]
@@ -147,7 +147,7 @@ pub fn section(
     load_rt: &tokio::runtime::Runtime,
     rounds: usize,
     l: Load,
-    rows: &mut Vec<Row>,
+    rows: &mut Report,
 ) -> Result<()> {
     let mut config = mock_arm::config::Config::generate(Some(42));
     config.lro.vm_secs = 0.0;

@@ -30,14 +30,6 @@ pub struct ProxyRun {
     pub total_bytes: u64,
 }
 
-pub struct ClusterResult {
-    pub nodes: usize,
-    pub populate: Duration,
-    pub runs: Vec<ProxyRun>,
-    /// In-process identity lookups (section 4), see `lookup`.
-    pub lookups: Vec<crate::lookup::LookupRun>,
-}
-
 /// Writes N × 20 pods and as many AAIs into `api`.
 pub fn populate(api: &ApiServer, nodes: usize) -> Result<Duration> {
     let start = Instant::now();

@@ -44,7 +44,7 @@ fn pod_ip(i: usize) -> IpAddr {
 }
 
 /// One lookup as the token handler does it; `Err` if the caller or its identity is not found.
-fn lookup(view: &dyn ClusterView, ip: IpAddr, budget: &RetryBudget) -> Result<String, String> {
+fn lookup(view: &dyn ClusterView, ip: IpAddr, budget: &RetryBudget) -> Result<String> {
     let req = IdentityRequest::default();
     view.ready()?;
     let pod = policy::match_pod(&view.pods_with_ip(ip), ip)?;
@@ -52,10 +52,10 @@ fn lookup(view: &dyn ClusterView, ip: IpAddr, budget: &RetryBudget) -> Result<St
     let aais = view.assigned_identities_for(&pod.namespace, &pod.name);
     match policy::standard_step(&aais, &pod, &req, 0, budget) {
         StandardStep::Found(candidates) => {
-            policy::pick_standard(&candidates, &pod, &req, false).map(|id| id.client_id)
+            Ok(policy::pick_standard(&candidates, &pod, &req, false)?.client_id)
         }
-        StandardStep::Fail(msg) => Err(msg),
-        StandardStep::Wait => Err(format!("no assigned identity for {}", pod.name)),
+        StandardStep::Fail(e) => Err(e.into()),
+        StandardStep::Wait => bail!("no assigned identity for {}", pod.name),
     }
 }
 
@@ -101,7 +101,7 @@ pub async fn measure(
     // Sanity check: every pod of the node resolves to its own identity before anything is timed.
     for i in 0..PODS_PER_NODE {
         let id = lookup(view.as_ref(), pod_ip(i), &budget)
-            .map_err(|e| anyhow::anyhow!("lookup of pod {i} failed: {e}"))?;
+            .with_context(|| format!("lookup of pod {i} failed"))?;
         let want = format!("{:012x}", i);
         if !id.ends_with(&want) {
             bail!("pod {i} resolved to identity {id}, expected one ending in {want}");

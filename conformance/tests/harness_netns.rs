@@ -109,6 +109,36 @@ fn selftest_rst_no_rule_but_claimed() {
     assert!(leftovers(pid).is_empty());
 }
 
+/// Issue 12: a vendor whose conntrack deletion is too broad (it flushes the whole table at start) fails
+/// CT-003, which watches DESTROY events (the kernel rebuilds the established entry, so a later look at the
+/// table would not see it).
+#[test]
+fn selftest_ct_flush_everything_at_start() {
+    if !netns_or_skip("selftest_ct_flush") {
+        return;
+    }
+    let Some(proxy) = proxy_or_skip("selftest_ct_flush") else {
+        return;
+    };
+    let template = format!(
+        "cmd:sh -c 'conntrack -F >/dev/null 2>&1; exec {} --node={{node}} --kubeconfig={{kubeconfig}} --metadata-ip={{imds_ip}} --metadata-port={{imds_port}} --nmi-listen-address=127.0.0.1 --nmi-port={{listen_port}} --http-probe-port={{probe_port}} --prometheus-port={{metrics_port}} --manage-iptables=true --enable-conntrack-deletion=true --ipt-update-interval-sec=2'",
+        proxy.display()
+    );
+    let (r, _) = run_netns(
+        "hardened.yaml",
+        &[
+            "--interceptor",
+            &template,
+            "--features",
+            "enableConntrackDeletion,iptables",
+            "--focus",
+            "^CT-003",
+        ],
+    );
+    r.assert_fails_exactly(&["CT-003"]);
+    assert!(r.log().contains("destroyed flows of pod"), "{}", r.log());
+}
+
 #[test]
 fn selftest_ct_deletion_off_but_claimed() {
     if !netns_or_skip("selftest_ct") || proxy_or_skip("selftest_ct").is_none() {

@@ -53,12 +53,34 @@ pub enum Since {
     },
 }
 
-/// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
-pub type Key = (String, String);
+/// Where an object is stored within its resource type: namespace (empty for cluster-scoped objects) and
+/// name. Ordered by namespace, then name: the order lists are served in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The reference of an object by its `metadata.namespace` and `metadata.name` (empty when missing).
+    pub fn of(obj: &Value) -> Self {
+        Self::new(
+            meta_str(obj, "namespace").unwrap_or(""),
+            meta_str(obj, "name").unwrap_or(""),
+        )
+    }
+}
 
 struct Inner {
     rv: u64,
-    objects: BTreeMap<&'static str, BTreeMap<Key, Value>>,
+    objects: BTreeMap<&'static str, BTreeMap<ObjectRef, Value>>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     /// Revision up to which history has been dropped: a watch may resume from any rv ≥ this.
@@ -67,7 +89,7 @@ struct Inner {
 
 impl Inner {
     /// A copy of the stored object of type `rt` at `key`.
-    fn object(&self, rt: &ResourceType, key: &Key) -> Option<Value> {
+    fn object(&self, rt: &ResourceType, key: &ObjectRef) -> Option<Value> {
         self.objects
             .get(rt.plural)
             .and_then(|b| b.get(key))
@@ -189,7 +211,7 @@ impl Store {
         &self,
         inner: &mut Inner,
         rt: &'static ResourceType,
-        key: Key,
+        key: ObjectRef,
         kind: EventType,
         mut object: Value,
         old: Option<Value>,
@@ -248,7 +270,7 @@ impl Store {
                 }
             },
         };
-        let key = (namespace.to_owned(), name.clone());
+        let key = ObjectRef::new(namespace, name.clone());
         if inner
             .objects
             .get(rt.plural)
@@ -281,7 +303,7 @@ impl Store {
         scope: WriteScope,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let key = (namespace.to_owned(), name.to_owned());
+        let key = ObjectRef::new(namespace, name);
         let Some(old) = inner.object(rt, &key) else {
             return Err(ApiError::not_found(rt, name));
         };
@@ -375,7 +397,7 @@ impl Store {
         ignore_finalizers: bool,
     ) -> Result<(Value, bool), ApiError> {
         let mut inner = self.lock();
-        let key = (namespace.to_owned(), name.to_owned());
+        let key = ObjectRef::new(namespace, name);
         let Some(old) = inner.object(rt, &key) else {
             return Err(ApiError::not_found(rt, name));
         };
@@ -417,8 +439,7 @@ impl Store {
     }
 
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
-        self.lock()
-            .object(rt, &(namespace.to_owned(), name.to_owned()))
+        self.lock().object(rt, &ObjectRef::new(namespace, name))
     }
 
     /// Snapshot of matching objects (ordered by namespace, name) and the revision it reflects.
@@ -440,7 +461,7 @@ impl Store {
         rt: &ResourceType,
         namespace: Option<&str>,
         filter: impl Fn(&Value) -> bool,
-        after: Option<&Key>,
+        after: Option<&ObjectRef>,
         limit: Option<usize>,
     ) -> (u64, Vec<Value>, usize) {
         use std::ops::Bound;
@@ -454,8 +475,8 @@ impl Store {
         };
         let mut items = Vec::new();
         let mut remaining = 0;
-        for ((ns, _), v) in objects.range((start, Bound::Unbounded)) {
-            if namespace.is_some_and(|want| want != ns) || !filter(v) {
+        for (key, v) in objects.range((start, Bound::Unbounded)) {
+            if namespace.is_some_and(|want| want != key.namespace) || !filter(v) {
                 continue;
             }
             if limit.is_some_and(|l| items.len() >= l) {
@@ -528,7 +549,7 @@ mod tests {
         };
         let (_, first, rest) = s.list_page(&POD, Some("default"), |_| true, None, Some(2));
         assert_eq!((names(&first), rest), (vec!["a".into(), "b".into()], 3));
-        let after = ("default".to_string(), "b".to_string());
+        let after = ObjectRef::new("default", "b");
         let (_, next, rest) = s.list_page(&POD, Some("default"), |_| true, Some(&after), Some(2));
         assert_eq!((names(&next), rest), (vec!["c".into(), "d".into()], 1));
         // The filter applies before the limit; no limit returns everything after the key.

@@ -33,6 +33,20 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl ConfigError {
+    /// A layering failure of the document from `origin`.
+    fn layering(origin: &str, e: mock_support::layering::LayerError) -> Self {
+        use mock_support::layering::LayerError;
+        match e {
+            LayerError::Parse(source) => ConfigError::Parse {
+                origin: origin.to_string(),
+                source: Box::new(source),
+            },
+            LayerError::Serialize(e) => ConfigError::Serialize(e),
+        }
+    }
+}
+
 /// Everything mock-arm serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -529,20 +543,8 @@ impl Config {
         origin: &str,
         seed: Option<u64>,
     ) -> Result<Config, ConfigError> {
-        let parse_err = |e: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_string(),
-            source: Box::new(e),
-        };
-        let over: toml::Table = toml::from_str(text).map_err(parse_err)?;
-        let file_seed = over
-            .get("server")
-            .and_then(|s| s.get("seed"))
-            .and_then(toml::Value::as_integer)
-            .and_then(|s| u64::try_from(s).ok());
-        let seed = seed.or(file_seed);
-        let mut base = toml::Table::try_from(Config::generate(seed))?;
-        merge(&mut base, over);
-        let mut config: Config = base.try_into().map_err(parse_err)?;
+        let (mut config, seed) = mock_support::layering::layer(text, seed, Config::generate)
+            .map_err(|e| ConfigError::layering(origin, e))?;
         config.server.seed = seed;
         config.complete(&mut IdGen::new(seed.map(|s| s ^ 0x5eed)));
         config.validate()?;
@@ -560,17 +562,6 @@ impl Config {
     /// The effective configuration as TOML (`--print-config`).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string(self)?)
-    }
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(key, v);
-            }
-        }
     }
 }
 

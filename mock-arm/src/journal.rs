@@ -84,7 +84,7 @@ impl Journal {
         if self.capacity == 0 {
             return;
         }
-        let mut inner = crate::state::lock(&self.inner);
+        let mut inner = mock_support::sync::lock(&self.inner);
         entry.seq = inner.next_seq;
         inner.next_seq += 1;
         inner.bytes += entry.size();
@@ -98,7 +98,7 @@ impl Journal {
     }
 
     pub fn entries(&self) -> Vec<JournalEntry> {
-        crate::state::lock(&self.inner)
+        mock_support::sync::lock(&self.inner)
             .entries
             .iter()
             .cloned()
@@ -106,7 +106,7 @@ impl Journal {
     }
 
     pub fn clear(&self) {
-        let mut inner = crate::state::lock(&self.inner);
+        let mut inner = mock_support::sync::lock(&self.inner);
         inner.entries.clear();
         inner.bytes = 0;
     }

@@ -70,8 +70,8 @@ use std::time::Duration;
 use axum::Router;
 use jsonwebtoken::jwk::JwkSet;
 use mock_imds::clock::{Clock, SystemClock};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use mock_support::listen::{self, ListenError};
+use mock_support::serving::Serving;
 
 use crate::auth::Keys;
 use crate::config::Config;
@@ -83,13 +83,9 @@ use crate::state::{AppState, lock};
 /// Errors starting a mock.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot use the given listener: {0}")]
-    Listener(std::io::Error),
+    /// The listener could not be bound or used.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("invalid configuration: {0}")]
     Config(#[from] config::ConfigError),
     #[error("TLS: {0}")]
@@ -221,21 +217,7 @@ impl MockArmBuilder {
     pub async fn start(self) -> Result<MockArm, StartError> {
         let config = self.effective_config();
         config.validate()?;
-        let listener = match self.listener {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(StartError::Listener)?;
-                tokio::net::TcpListener::from_std(l).map_err(StartError::Listener)?
-            }
-            None => {
-                let addr = self
-                    .listen
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?
-            }
-        };
-        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let (listener, addr) = listen::listener_or_bind(self.listener, self.listen).await?;
         let tls = if config.server.tls {
             Some(tls::generate(&self.tls_names)?)
         } else {
@@ -249,28 +231,24 @@ impl MockArmBuilder {
             self.jwks.map(Keys::Static),
             tls.as_ref().map(|t| t.ca_pem.clone()),
         );
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(
+        let mut serving = Serving::new();
+        serving.spawn_server(server::serve(
             listener,
             app(state.clone()),
             tls.map(|t| t.acceptor),
-            rx,
+            serving.shutdown_signal(),
         ));
-        let propagator = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(tick).await;
-                    state.propagate_due().await;
-                }
-            })
-        };
+        let propagating = state.clone();
+        serving.spawn_background(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                propagating.propagate_due().await;
+            }
+        });
         Ok(MockArm {
             addr,
             state,
-            shutdown: tx,
-            task: Some(task),
-            propagator,
+            serving,
         })
     }
 }
@@ -280,9 +258,8 @@ impl MockArmBuilder {
 pub struct MockArm {
     addr: SocketAddr,
     state: AppState,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
-    propagator: JoinHandle<()>,
+    /// The server, and the propagator as a background task.
+    serving: Serving,
 }
 
 impl MockArm {
@@ -369,21 +346,7 @@ impl MockArm {
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), and waits.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        self.propagator.abort();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for MockArm {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        self.propagator.abort();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.serving.shutdown().await;
     }
 }

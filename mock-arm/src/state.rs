@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use http::Method;
@@ -21,9 +21,7 @@ use crate::journal::Journal;
 use crate::throttle::Throttle;
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use mock_support::sync::lock;
 
 /// Most propagation results kept.
 pub const PROPAGATION_LOG_CAPACITY: usize = 1000;

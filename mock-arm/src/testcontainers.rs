@@ -23,10 +23,9 @@
 //! # }
 //! ```
 
-use std::borrow::Cow;
-
-use ::testcontainers::core::{ContainerPort, WaitFor};
-use ::testcontainers::{ContainerAsync, CopyToContainer, Image, TestcontainersError};
+use ::testcontainers::core::ContainerPort;
+use ::testcontainers::{ContainerAsync, TestcontainersError};
+use mock_support::testcontainers::ImageCore;
 
 use crate::config::{Config, ConfigError};
 
@@ -44,51 +43,28 @@ pub const READY_LINE: &str = "mock-arm listening on";
 /// The mock-arm container image (defaults: generated estate, auth and throttling on, plain http).
 #[derive(Debug, Clone)]
 pub struct MockArmImage {
-    name: String,
-    tag: String,
-    seed: Option<u64>,
+    core: ImageCore,
     auth: bool,
     throttling: bool,
-    config: Option<CopyToContainer>,
-    ports: [ContainerPort; 1],
 }
 
 impl Default for MockArmImage {
     fn default() -> Self {
         MockArmImage {
-            name: IMAGE_NAME.to_owned(),
-            tag: IMAGE_TAG.to_owned(),
-            seed: None,
+            core: ImageCore::new(
+                IMAGE_NAME,
+                IMAGE_TAG,
+                CONTAINER_PORT,
+                READY_LINE,
+                CONFIG_PATH,
+            ),
             auth: true,
             throttling: true,
-            config: None,
-            ports: [CONTAINER_PORT],
         }
     }
 }
 
 impl MockArmImage {
-    /// Another image name and tag.
-    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
-        self.name = name.into();
-        self.tag = tag.into();
-        self
-    }
-
-    /// The estate: serialised to TOML and copied into the container (`server.listen` is overridden).
-    pub fn with_config(mut self, config: &Config) -> Result<Self, ConfigError> {
-        self.config = Some(CopyToContainer::new(
-            config.to_toml()?.into_bytes(),
-            CONFIG_PATH,
-        ));
-        Ok(self)
-    }
-
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
     /// Bearer-token authentication (default on); `false` passes `--no-auth`.
     pub fn with_auth(mut self, on: bool) -> Self {
         self.auth = on;
@@ -103,13 +79,7 @@ impl MockArmImage {
 
     /// The arguments the binary gets (the entrypoint is `/mock-arm`).
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec!["--listen".to_owned(), "0.0.0.0:8090".to_owned()];
-        if self.config.is_some() {
-            args.extend(["--config".to_owned(), CONFIG_PATH.to_owned()]);
-        }
-        if let Some(seed) = self.seed {
-            args.extend(["--seed".to_owned(), seed.to_string()]);
-        }
+        let mut args = self.core.args();
         if !self.auth {
             args.push("--no-auth".to_owned());
         }
@@ -120,31 +90,7 @@ impl MockArmImage {
     }
 }
 
-impl Image for MockArmImage {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    fn ready_conditions(&self) -> Vec<WaitFor> {
-        vec![WaitFor::message_on_stderr(READY_LINE)]
-    }
-
-    fn cmd(&self) -> impl IntoIterator<Item = impl Into<Cow<'_, str>>> {
-        self.args()
-    }
-
-    fn copy_to_sources(&self) -> impl IntoIterator<Item = &CopyToContainer> {
-        self.config.iter()
-    }
-
-    fn expose_ports(&self) -> &[ContainerPort] {
-        &self.ports
-    }
-}
+mock_support::impl_mock_image!(MockArmImage, config: Config, error: ConfigError);
 
 /// What a started mock-arm container offers beyond testcontainers' own API.
 pub trait MockArmContainer {
@@ -154,14 +100,14 @@ pub trait MockArmContainer {
 
 impl MockArmContainer for ContainerAsync<MockArmImage> {
     async fn uri(&self) -> Result<String, TestcontainersError> {
-        let host = self.get_host().await?;
-        let port = self.get_host_port_ipv4(CONTAINER_PORT).await?;
-        Ok(format!("http://{host}:{port}"))
+        mock_support::testcontainers::uri(self, CONTAINER_PORT).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ::testcontainers::Image as _;
+
     use super::*;
 
     #[test]

@@ -88,7 +88,7 @@ impl Throttle {
 
     /// Every bucket full again.
     pub fn reset(&self) {
-        crate::state::lock(&self.buckets).clear();
+        mock_support::sync::lock(&self.buckets).clear();
     }
 
     fn policies(&self, kind: Option<Kind>, access: Access) -> &[Policy] {
@@ -123,7 +123,7 @@ impl Throttle {
         let policies = self.policies(resource.map(|r| r.0), access);
         let policy_key = |p: &Policy| format!("res|{}|{}", resource.map_or("", |r| r.1), p.name);
         let enabled = self.enabled();
-        let mut buckets = crate::state::lock(&self.buckets);
+        let mut buckets = mock_support::sync::lock(&self.buckets);
 
         // Refill and check everything first: a refused request consumes nothing.
         let sub_cap = f64::from(sub_bucket.capacity);

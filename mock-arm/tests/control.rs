@@ -15,6 +15,40 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// The control API of one mock: `{base}/_mock{path}`.
+struct Ctl {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Ctl {
+    fn url(&self, path: &str) -> String {
+        format!("{}/_mock{path}", self.base)
+    }
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect(path)
+    }
+    async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("json")
+    }
+    async fn put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect(path)
+    }
+    async fn post(&self, path: &str, body: Option<Value>) -> reqwest::Response {
+        let req = self.client.post(self.url(path));
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        req.send().await.expect(path)
+    }
+}
+
 #[tokio::test]
 async fn control_api_drives_and_reports_the_mock() {
     let c = common::config(61);
@@ -27,19 +61,12 @@ async fn control_api_drives_and_reports_the_mock() {
     let arm = MockArm::builder().config(c).start().await.expect("starts");
     let base = arm.uri();
     let client = http();
-    let ctl = |path: &str| format!("{base}/_mock{path}");
+    let ctl = Ctl {
+        client: client.clone(),
+        base: base.clone(),
+    };
 
-    assert_eq!(
-        client
-            .get(ctl("/health"))
-            .send()
-            .await
-            .expect("health")
-            .text()
-            .await
-            .expect("text"),
-        "ok"
-    );
+    assert_eq!(ctl.get("/health").await.text().await.expect("text"), "ok");
     let r = client
         .patch(format!("{base}{vm}?{API}"))
         .body(identity_patch("UserAssigned", &[(&app, true)]))
@@ -47,14 +74,7 @@ async fn control_api_drives_and_reports_the_mock() {
         .await
         .expect("patch");
     assert_eq!(r.status(), 200);
-    let journal: Value = client
-        .get(ctl("/journal"))
-        .send()
-        .await
-        .expect("journal")
-        .json()
-        .await
-        .expect("json");
+    let journal: Value = ctl.get_json("/journal").await;
     assert_eq!(journal[0]["method"], "PATCH");
     assert_eq!(journal[0]["query"], API);
     assert!(
@@ -65,14 +85,7 @@ async fn control_api_drives_and_reports_the_mock() {
     );
     assert_eq!(journal[0]["status"], 200);
 
-    let state: Value = client
-        .get(ctl("/state"))
-        .send()
-        .await
-        .expect("state")
-        .json()
-        .await
-        .expect("json");
+    let state: Value = ctl.get_json("/state").await;
     assert_eq!(state["operations"].as_array().map(Vec::len), Some(1));
     let vm_doc = state["resources"]
         .as_array()
@@ -86,75 +99,45 @@ async fn control_api_drives_and_reports_the_mock() {
     );
 
     // Faults: invalid ones refused, valid ones applied, cleared.
-    let r = client
-        .put(ctl("/faults"))
-        .json(&json!({"rules": [{"status": 200}]}))
-        .send()
-        .await
-        .expect("put");
+    let r = ctl
+        .put("/faults", json!({"rules": [{"status": 200}]}))
+        .await;
     assert_eq!(r.status(), 400);
-    let r = client
-        .put(ctl("/faults"))
-        .json(&json!({"rules": [{"method": "GET", "path_contains": "virtualMachineScaleSets", "status": 500, "times": 1}]}))
-        .send()
-        .await
-        .expect("put");
+    let r = ctl.put("/faults", json!({"rules": [{"method": "GET", "path_contains": "virtualMachineScaleSets", "status": 500, "times": 1}]})).await;
     assert_eq!(r.status(), 200);
     let get_vmss = || client.get(format!("{base}{vmss}?{API}")).send();
     assert_eq!(get_vmss().await.expect("get").status(), 500);
     assert_eq!(get_vmss().await.expect("get").status(), 200);
 
     // Throttling switch: an empty bucket refuses, switched off it does not.
-    let r = client
-        .put(ctl("/throttling"))
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .expect("put");
+    let r = ctl.put("/throttling", json!({"enabled": false})).await;
     assert_eq!(r.status(), 200);
-    let throttling: Value = client
-        .get(ctl("/throttling"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let throttling: Value = ctl.get_json("/throttling").await;
     assert_eq!(throttling["enabled"], false);
 
     // Auth switch: on, an anonymous GET is 401.
-    client
-        .put(ctl("/auth"))
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .expect("put");
+    ctl.put("/auth", json!({"enabled": true})).await;
     assert_eq!(get_vmss().await.expect("get").status(), 401);
-    client
-        .put(ctl("/auth"))
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .expect("put");
+    ctl.put("/auth", json!({"enabled": false})).await;
 
     // Out-of-band removal of the kubelet identity from the scale set.
-    let r = client
-        .post(ctl("/out-of-band/remove"))
-        .json(&json!({"resource": vmss, "identities": [kubelet.to_uppercase()]}))
-        .send()
-        .await
-        .expect("post");
+    let r = ctl
+        .post(
+            "/out-of-band/remove",
+            Some(json!({"resource": vmss, "identities": [kubelet.to_uppercase()]})),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let removed: Value = r.json().await.expect("json");
     assert_eq!(removed["removed"], json!([kubelet]));
     let doc: Value = get_vmss().await.expect("get").json().await.expect("json");
     assert!(doc.get("identity").is_none(), "no identity left: {doc}");
-    let r = client
-        .post(ctl("/out-of-band/remove"))
-        .json(&json!({"resource": "/nope", "identities": []}))
-        .send()
-        .await
-        .expect("post");
+    let r = ctl
+        .post(
+            "/out-of-band/remove",
+            Some(json!({"resource": "/nope", "identities": []})),
+        )
+        .await;
     assert_eq!(r.status(), 400);
 
     // Malformed control requests are answered.
@@ -165,7 +148,7 @@ async fn control_api_drives_and_reports_the_mock() {
         (reqwest::Method::GET, "/no-such-endpoint", ""),
     ] {
         let r = client
-            .request(method, ctl(path))
+            .request(method, ctl.url(path))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -173,52 +156,21 @@ async fn control_api_drives_and_reports_the_mock() {
             .expect("answered");
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
     }
-    assert_eq!(
-        client
-            .get(ctl("/ca.pem"))
-            .send()
-            .await
-            .expect("get")
-            .status(),
-        404,
-        "not serving TLS"
-    );
+    assert_eq!(ctl.get("/ca.pem").await.status(), 404, "not serving TLS");
 
     // Reset: configured state, empty journal.
-    assert_eq!(
-        client
-            .post(ctl("/reset"))
-            .send()
-            .await
-            .expect("reset")
-            .status(),
-        204
-    );
+    assert_eq!(ctl.post("/reset", None).await.status(), 204);
     let doc: Value = get_vmss().await.expect("get").json().await.expect("json");
     assert_eq!(
         doc["identity"]["type"], "UserAssigned",
         "kubelet identity back: {doc}"
     );
-    let journal: Value = client
-        .get(ctl("/journal"))
-        .send()
-        .await
-        .expect("journal")
-        .json()
-        .await
-        .expect("json");
+    let journal: Value = ctl.get_json("/journal").await;
     assert_eq!(
         journal.as_array().map(Vec::len),
         Some(1),
         "only the GET after the reset"
     );
-    let config: Value = client
-        .get(ctl("/config"))
-        .send()
-        .await
-        .expect("config")
-        .json()
-        .await
-        .expect("json");
+    let config: Value = ctl.get_json("/config").await;
     assert_eq!(config["virtual_machines"][0]["id"], vm.as_str());
 }

@@ -10,13 +10,13 @@
 //! pass. Owns only this file and `tests/real_clients/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use mock_arm::MockArm;
 use mock_arm::config::{Config, IdentityConfig};
 use mock_arm::faults::{Faults, IdentityFailure};
 use mock_arm::ids::ResourceId;
+use mock_support::clients::{self, PythonVenv, run};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -27,89 +27,27 @@ fn assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients")
 }
 
-/// Runs a command to completion with a deadline; `(success, stdout, stderr)`, `None` if it cannot start.
-async fn run(cmd: &mut Command, timeout: Duration) -> Option<(bool, String, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().ok()?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Some((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )),
-        Ok(Err(e)) => Some((false, String::new(), format!("waiting for {cmd:?}: {e}"))),
-        Err(_) => Some((
-            false,
-            String::new(),
-            format!("{cmd:?} timed out after {timeout:?}"),
-        )),
-    }
-}
-
 fn tail(s: &str) -> &str {
-    let start = s.len().saturating_sub(3000);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
-}
-
-/// A set-up step; on failure prints `SKIP: {why}: <stderr tail>` and returns `false`.
-async fn setup_step(cmd: &mut Command, why: &str) -> bool {
-    match run(cmd, INSTALL_TIMEOUT).await {
-        Some((true, _, _)) => true,
-        other => {
-            eprintln!(
-                "SKIP: {why}: {}",
-                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
-            );
-            false
-        }
-    }
+    clients::tail(s, 3000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_azure_mgmt_compute() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let Some((true, version, _)) = run(Command::new(&python).arg("--version"), RUN_TIMEOUT).await
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(PythonVenv {
+        python: venv_python,
+        version,
+    }) = clients::python_venv(
+        dir.path(),
+        &assets().join("requirements.txt"),
+        "the azure-mgmt-compute real-client test",
+        "azure-mgmt-compute",
+        INSTALL_TIMEOUT,
+    )
+    .await
     else {
-        eprintln!("SKIP: {python} not found; the azure-mgmt-compute real-client test did not run");
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let venv = dir.path().join("venv");
-    if !setup_step(
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
-        &format!(
-            "`{python} -m venv` unavailable; the azure-mgmt-compute real-client test did not run"
-        ),
-    )
-    .await
-    {
-        return;
-    }
-    let venv_python = venv.join("bin/python");
-    if !setup_step(
-        Command::new(&venv_python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-q",
-                "-r",
-            ])
-            .arg(assets().join("requirements.txt")),
-        "pip could not install the pinned azure-mgmt-compute (no package index?)",
-    )
-    .await
-    {
-        return;
-    }
     eprintln!(
         "real client: {} with azure-mgmt-compute 39.0.0, azure-core 1.41.0",
         version.trim()

@@ -13,86 +13,43 @@
 #![cfg(feature = "testcontainers")]
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mock_arm::config::Config;
 use mock_arm::testcontainers::{MockArmContainer, MockArmImage};
+use mock_support::images::{self, DockerError, assert_container_gone};
 use serde_json::{Value, json};
 use testcontainers::runners::AsyncRunner;
 
 const TEST_IMAGE: &str = "imds-conformance/mock-arm";
-const TEST_TAG: &str = "test";
 const API: &str = "api-version=2019-12-01";
-
-/// Runs `docker ARGS`; its stdout, or why it failed.
-fn docker(args: &[&str]) -> Result<String, std::io::Error> {
-    let out = Command::new("docker").args(args).output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(std::io::Error::other(format!(
-            "`docker {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
 
 /// Builds the test image once per test binary (or names the prebuilt one). An error here is a failure, not a
 /// skip: with an engine present the image must build.
-fn image() -> &'static Result<(String, String), String> {
-    static IMAGE: OnceLock<Result<(String, String), String>> = OnceLock::new();
+fn image() -> &'static Result<(String, String), DockerError> {
+    static IMAGE: OnceLock<Result<(String, String), DockerError>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        if let Ok(spec) = std::env::var("MOCK_ARM_IMAGE") {
-            let (name, tag) = spec
-                .rsplit_once(':')
-                .ok_or_else(|| format!("MOCK_ARM_IMAGE={spec} is not name:tag"))?;
-            docker(&["image", "inspect", "--format", "{{.Id}}", &spec])
-                .map_err(|e| e.to_string())?;
-            return Ok((name.to_owned(), tag.to_owned()));
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = Command::new(root.join("ci/docker/test-image.sh"))
-            .arg(env!("CARGO_BIN_EXE_mock-arm"))
-            .arg(root.join("ci/docker/mock-arm.Dockerfile"))
-            .arg(format!("{TEST_IMAGE}:{TEST_TAG}"))
-            .output()
-            .map_err(|e| format!("ci/docker/test-image.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ci/docker/test-image.sh failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok((TEST_IMAGE.to_owned(), TEST_TAG.to_owned()))
+        images::test_image(
+            "MOCK_ARM_IMAGE",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            Path::new(env!("CARGO_BIN_EXE_mock-arm")),
+            "ci/docker/mock-arm.Dockerfile",
+            TEST_IMAGE,
+        )
     })
 }
 
 /// The image to start, or `None` after printing why the test is skipped.
 fn test_image(test: &str) -> Option<MockArmImage> {
-    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
-        eprintln!(
-            "SKIP: {test}: no Docker engine answers ({e}); start one with `eval \"$(ci/dockerd.sh start)\"`"
-        );
+    if let Some(reason) = images::engine_missing() {
+        eprintln!("SKIP: {test}: {reason}");
         return None;
     }
     match image() {
         Ok((name, tag)) => Some(MockArmImage::default().with_image(name, tag)),
         Err(e) => panic!("{test}: cannot provide the mock-arm image: {e}"),
     }
-}
-
-fn assert_container_gone(id: &str) {
-    let listed = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")])
-        .unwrap_or_else(|e| panic!("docker ps: {e}"));
-    assert!(
-        listed.trim().is_empty(),
-        "container {id} is still there: {listed}"
-    );
 }
 
 fn http() -> reqwest::Client {

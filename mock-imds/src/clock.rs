@@ -61,3 +61,31 @@ impl Clock for ManualClock {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// The `Date` header value of the current second, formatted once per second instead of once per request.
+/// Keyed by the exact Unix second of the mock's clock, so a fake clock that jumps (or goes back) gets the
+/// right value too.
+#[derive(Debug, Default)]
+pub struct HttpDate(std::sync::Mutex<Option<(i64, axum::http::HeaderValue)>>);
+
+impl HttpDate {
+    pub fn get(&self, now: chrono::DateTime<chrono::Utc>) -> Option<axum::http::HeaderValue> {
+        let second = now.timestamp();
+        // httpdate panics outside 1970-01-01 ..= 9999-12-31 (a fake clock can be anywhere): no header then.
+        if !(0..=253_402_300_799).contains(&second) {
+            return None;
+        }
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, v)) = cached.as_ref()
+            && *s == second
+        {
+            return Some(v.clone());
+        }
+        let v = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(
+            std::time::SystemTime::from(now),
+        ))
+        .ok()?;
+        *cached = Some((second, v.clone()));
+        Some(v)
+    }
+}

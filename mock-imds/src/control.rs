@@ -141,8 +141,12 @@ async fn faults(State(s): State<AppState>) -> Json<Faults> {
 }
 
 async fn put_faults(State(s): State<AppState>, Json(f): Json<Faults>) -> Response {
-    if let Err(message) = f.validate() {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+    if let Err(e) = f.validate() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response();
     }
     lock(&s.faults).replace(f.clone());
     Json(f).into_response()

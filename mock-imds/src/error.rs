@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+pub use crate::config::ApiVersionStyle;
 use crate::versions;
 
 /// Which family of error body a path uses: the identity endpoints speak OAuth
@@ -28,17 +29,8 @@ impl Surface {
     }
 }
 
-/// How an unsupported but well-formed `api-version` is answered (REFERENCE open question 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ApiVersionStyle {
-    /// Current documentation: 400 with `newest-versions`.
-    #[default]
-    NewestVersions,
-    /// 2019 capture: 404 `{"error":"Not found. Invalid version requested"}` for a well-formed unknown version
-    /// (a missing version still gets the `newest-versions` body).
-    LegacyNotFound,
-}
+/// Content type of every JSON answer, exactly as the real service sends it.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// What went wrong. Rendering depends on the [`Surface`], carried alongside.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -317,7 +309,7 @@ impl IntoResponse for ImdsError {
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::rules::JSON_CONTENT_TYPE),
+            HeaderValue::from_static(JSON_CONTENT_TYPE),
         );
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -470,7 +470,13 @@ impl SigningKeys {
     /// Signs `content` as a PKCS#7 / CMS SignedData (DER): content embedded, SHA-256 with RSA PKCS#1 v1.5,
     /// the leaf (`*.metadata.azure.com`) and intermediate certificates included.
     pub fn sign_attested(&self, content: &[u8]) -> Result<Vec<u8>, KeyError> {
-        Ok(crate::pkcs7::sign_attested(&self.inner.attested, content)?)
+        let chain = &self.inner.attested;
+        let signer = crate::pkcs7::Signer {
+            leaf_key: &chain.leaf_key,
+            leaf_der: &chain.leaf_der,
+            intermediate_der: &chain.intermediate_der,
+        };
+        Ok(crate::pkcs7::sign_attested(&signer, content)?)
     }
 
     /// The attested-document chain as PEM, root first, then intermediate, then the signing leaf.

@@ -74,11 +74,13 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod instance;
+pub mod instance_doc;
 pub mod journal;
 pub mod keys;
 pub mod loadbalancer;
 mod pkcs7;
 pub mod rules;
+pub mod scheduled;
 pub mod server;
 mod state;
 #[cfg(feature = "testcontainers")]
@@ -93,8 +95,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::IntoResponse;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use mock_support::listen::{self, ListenError};
+use mock_support::serving::Serving;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Fault, ScheduledEvent, UserAssignedIdentity};
@@ -106,13 +108,9 @@ use crate::state::{AppState, lock};
 /// Errors starting a mock.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot use the given listener: {0}")]
-    Listener(std::io::Error),
+    /// A listener could not be bound or used.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// Builds the IMDS application (the IMDS routes behind the rules layer) for `state`, with the control API
@@ -253,26 +251,17 @@ impl MockImdsBuilder {
     /// connections.
     pub async fn start(self) -> Result<MockImds, StartError> {
         let mut config = self.effective_config();
-        let listener = match self.listener {
-            Some(l) => from_std(l)?,
-            None => {
-                let addr = self
-                    .listen
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                bind(addr).await?
-            }
-        };
-        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let (listener, addr) = listen::listener_or_bind(self.listener, self.listen).await?;
         let control_listener = match (config.server.control, self.control_listener) {
             (false, _) => None,
-            (true, Some(l)) => Some(from_std(l)?),
+            (true, Some(l)) => Some(listen::from_std(l)?),
             (true, None) => match config.server.control_listen {
-                Some(control_addr) => Some(bind(control_addr).await?),
+                Some(control_addr) => Some(listen::bind(control_addr).await?),
                 None => None,
             },
         };
         let control_addr = match &control_listener {
-            Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
+            Some(l) => Some(l.local_addr().map_err(ListenError::Listener)?),
             None => None,
         };
         // The effective address (a port 0 resolved), so that `GET /_mock/config` tells the truth.
@@ -281,50 +270,38 @@ impl MockImdsBuilder {
         let state = AppState::new(config, clock, self.keys);
         // Eagerly, on its own thread: start() stays quick and the first token request does not wait seconds.
         state.start_key_generation();
-        let (tx, rx) = watch::channel(false);
+        let mut serving = Serving::new();
         // The report is logged by `serve`. The control listener (if any) is served by the same function with
         // the same limits and timeouts: its own connection table, so it cannot be starved by IMDS clients.
-        let serving = server::serve(
+        let imds = server::serve(
             listener,
             app(state.clone()),
             state.server_header.clone(),
             state.config.server.limits.clone(),
-            rx.clone(),
+            serving.shutdown_signal(),
         );
-        let mut tasks = vec![tokio::spawn(async move {
-            serving.await;
-        })];
+        serving.spawn_server(async move {
+            imds.await;
+        });
         if let Some(l) = control_listener {
-            let serving = server::serve(
+            let control = server::serve(
                 l,
                 control_app(state.clone()),
                 state.server_header.clone(),
                 state.config.server.limits.clone(),
-                rx,
+                serving.shutdown_signal(),
             );
-            tasks.push(tokio::spawn(async move {
-                serving.await;
-            }));
+            serving.spawn_server(async move {
+                control.await;
+            });
         }
         Ok(MockImds {
             addr,
             control_addr,
             state,
-            shutdown: tx,
-            tasks,
+            serving,
         })
     }
-}
-
-fn from_std(l: std::net::TcpListener) -> Result<tokio::net::TcpListener, StartError> {
-    l.set_nonblocking(true).map_err(StartError::Listener)?;
-    tokio::net::TcpListener::from_std(l).map_err(StartError::Listener)
-}
-
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// A running mock. Dropping it stops the server (in-flight connections are closed).
@@ -333,9 +310,8 @@ pub struct MockImds {
     addr: SocketAddr,
     control_addr: Option<SocketAddr>,
     state: AppState,
-    shutdown: watch::Sender<bool>,
     /// The IMDS listener's server, then the control listener's if it has one.
-    tasks: Vec<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl MockImds {
@@ -436,19 +412,7 @@ impl MockImds {
 
     /// Stops accepting, lets in-flight requests finish (bounded by `server.limits.shutdown_grace_secs`; what
     /// the grace cut is logged), and waits.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        for task in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for MockImds {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.serving.shutdown().await;
     }
 }

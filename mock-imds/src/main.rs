@@ -6,25 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use mock_imds::MockImds;
 use mock_imds::cli::Cli;
+use mock_support::process::{self, stop_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // clap exits with status 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mock-imds: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    process::init_logging();
+    process::exit_code("mock-imds", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,17 +49,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     mock.shutdown().await;
     Ok(())
-}
-
-/// Resolves on the first SIGINT or SIGTERM; the handlers are installed when this is called.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }

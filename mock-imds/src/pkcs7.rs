@@ -3,7 +3,7 @@
 //! chain (`*.metadata.azure.com`); the leaf and the intermediate certificates travel in `certificates`, as
 //! Azure's signature does, so `openssl smime -verify` and CMS libraries can check it against the root.
 //!
-//! This module only encodes and signs; the chain and its keys are generated in [`crate::keys`], and the
+//! This module only encodes and signs; the chain and its keys are generated in `keys`, and the
 //! document's JSON and base64 wrapping belong to the route handler.
 
 use cms::builder::{SignedDataBuilder, SignerInfoBuilder, create_signing_time_attribute};
@@ -15,8 +15,6 @@ use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::signed_data::{EncapsulatedContentInfo, SignerIdentifier};
 use rsa::pkcs1v15::SigningKey;
 use sha2::Sha256;
-
-use crate::keys::AttestedChain;
 
 /// Failure to build or encode the SignedData.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +41,16 @@ pub enum Pkcs7Error {
     },
 }
 
+/// The part of the attested-document chain a signature needs: the leaf's key and certificate, and the
+/// intermediate certificate (DER).
+pub(crate) struct Signer<'a> {
+    pub(crate) leaf_key: &'a rsa::RsaPrivateKey,
+    pub(crate) leaf_der: &'a [u8],
+    pub(crate) intermediate_der: &'a [u8],
+}
+
 /// Builds the DER `ContentInfo { signedData }` over `content` signed by the chain's leaf.
-pub(crate) fn sign_attested(chain: &AttestedChain, content: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
+pub(crate) fn sign_attested(chain: &Signer<'_>, content: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
     let der_err = |what| move |source| Pkcs7Error::Der { what, source };
     let builder_err = |what| {
         move |e: cms::builder::Error| Pkcs7Error::Builder {
@@ -53,9 +59,9 @@ pub(crate) fn sign_attested(chain: &AttestedChain, content: &[u8]) -> Result<Vec
         }
     };
 
-    let leaf = Certificate::from_der(&chain.leaf_der).map_err(Pkcs7Error::Certificate)?;
+    let leaf = Certificate::from_der(chain.leaf_der).map_err(Pkcs7Error::Certificate)?;
     let intermediate =
-        Certificate::from_der(&chain.intermediate_der).map_err(Pkcs7Error::Certificate)?;
+        Certificate::from_der(chain.intermediate_der).map_err(Pkcs7Error::Certificate)?;
 
     // eContent is an OCTET STRING holding the document bytes.
     let econtent = Any::new(Tag::OctetString, content).map_err(der_err("content"))?;

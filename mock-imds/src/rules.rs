@@ -12,6 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+pub use crate::clock::HttpDate;
+pub use crate::error::JSON_CONTENT_TYPE;
 use crate::error::{ApiVersionStyle, ErrorKind, ImdsError, Surface};
 use crate::faults::Bucket;
 use crate::journal::RequestRecord;
@@ -19,8 +21,6 @@ use crate::server::ConnInfo;
 use crate::state::{AppState, lock};
 use crate::versions::Category;
 
-/// Content type of every JSON answer, exactly as the real service sends it.
-pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 /// Content type of `format=text` answers.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Longest accepted query string (bytes, raw). Longer → 400 (beyond ~64 KiB hyper answers 414 first).
@@ -376,32 +376,6 @@ fn request_id() -> HeaderValue {
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(text)
         .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-0000-0000-000000000000"))
-}
-
-/// The `Date` header value of the current second, formatted once per second instead of once per request.
-/// Keyed by the exact Unix second of the mock's clock, so a fake clock that jumps (or goes back) gets the
-/// right value too.
-#[derive(Debug, Default)]
-pub struct HttpDate(std::sync::Mutex<Option<(i64, HeaderValue)>>);
-
-impl HttpDate {
-    pub fn get(&self, now: chrono::DateTime<chrono::Utc>) -> Option<HeaderValue> {
-        let second = now.timestamp();
-        // httpdate panics outside 1970-01-01 ..= 9999-12-31 (a fake clock can be anywhere): no header then.
-        if !(0..=253_402_300_799).contains(&second) {
-            return None;
-        }
-        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, v)) = cached.as_ref()
-            && *s == second
-        {
-            return Some(v.clone());
-        }
-        let v = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::from(now)))
-            .ok()?;
-        *cached = Some((second, v.clone()));
-        Some(v)
-    }
 }
 
 #[cfg(test)]

@@ -335,7 +335,7 @@ pub fn rewrite_parse_error(buf: &[u8], server_header: &[u8]) -> Option<Vec<u8>> 
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
     out.extend_from_slice(b"content-type: ");
-    out.extend_from_slice(crate::rules::JSON_CONTENT_TYPE.as_bytes());
+    out.extend_from_slice(crate::error::JSON_CONTENT_TYPE.as_bytes());
     out.extend_from_slice(b"\r\nserver: ");
     out.extend_from_slice(server_header);
     out.extend_from_slice(format!("\r\nx-ms-request-id: {}", uuid::Uuid::new_v4()).as_bytes());

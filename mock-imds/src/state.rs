@@ -4,7 +4,7 @@
 //! behaviour lives in the surface modules.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
@@ -13,10 +13,10 @@ use tokio::sync::{OnceCell, oneshot};
 use crate::clock::Clock;
 use crate::config::{Config, ScheduledEvent, UserAssignedIdentity};
 use crate::error::{ErrorKind, ImdsError, Surface};
-use crate::events::EventsState;
 use crate::faults::{FaultState, RateLimiter};
 use crate::journal::Journal;
 use crate::keys::{KeyError, SigningKeys};
+use crate::scheduled::EventsState;
 use crate::token_cache::TokenCache;
 
 /// Cheaply clonable handle to the shared state.
@@ -59,9 +59,9 @@ pub struct Shared {
     pub events: Mutex<EventsState>,
     /// Rendered `/metadata/instance` documents of `config` (built on first use, never invalidated: the
     /// base configuration does not change while the mock runs).
-    pub instance_docs: crate::instance::DocCache,
+    pub instance_docs: crate::instance_doc::DocCache,
     /// The `Date` header of the current second (see `rules::HttpDate`).
-    pub http_date: crate::rules::HttpDate,
+    pub http_date: crate::clock::HttpDate,
 }
 
 /// Generates the signing keys on a dedicated OS thread (not tokio's blocking pool: dropping a runtime waits
@@ -82,9 +82,7 @@ fn spawn_key_generation(seed: Option<u64>) -> oneshot::Receiver<Result<SigningKe
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves its data consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use mock_support::sync::lock;
 
 impl AppState {
     pub fn new(config: Config, clock: Arc<dyn Clock>, keys: Option<SigningKeys>) -> AppState {
@@ -104,8 +102,8 @@ impl AppState {
             limiter: RateLimiter::new(config.rate_limits.clone()),
             journal: Journal::new(config.server.journal_capacity),
             events: Mutex::new(EventsState::new(&config, started)),
-            instance_docs: crate::instance::DocCache::default(),
-            http_date: crate::rules::HttpDate::default(),
+            instance_docs: crate::instance_doc::DocCache::default(),
+            http_date: crate::clock::HttpDate::default(),
             keys: keys_cell,
             server_header,
             started,

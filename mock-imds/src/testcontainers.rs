@@ -40,10 +40,9 @@
 //! # }
 //! ```
 
-use std::borrow::Cow;
-
-use ::testcontainers::core::{ContainerPort, WaitFor};
-use ::testcontainers::{ContainerAsync, CopyToContainer, Image, TestcontainersError};
+use ::testcontainers::core::ContainerPort;
+use ::testcontainers::{ContainerAsync, TestcontainersError};
+use mock_support::testcontainers::ImageCore;
 
 use crate::config::{Config, ConfigError};
 
@@ -63,51 +62,28 @@ pub const READY_LINE: &str = "mock-imds listening on";
 /// API on).
 #[derive(Debug, Clone)]
 pub struct MockImdsImage {
-    name: String,
-    tag: String,
-    seed: Option<u64>,
+    core: ImageCore,
     rate_limits: bool,
     control: bool,
-    config: Option<CopyToContainer>,
-    ports: [ContainerPort; 1],
 }
 
 impl Default for MockImdsImage {
     fn default() -> Self {
         MockImdsImage {
-            name: IMAGE_NAME.to_owned(),
-            tag: IMAGE_TAG.to_owned(),
-            seed: None,
+            core: ImageCore::new(
+                IMAGE_NAME,
+                IMAGE_TAG,
+                CONTAINER_PORT,
+                READY_LINE,
+                CONFIG_PATH,
+            ),
             rate_limits: true,
             control: true,
-            config: None,
-            ports: [CONTAINER_PORT],
         }
     }
 }
 
 impl MockImdsImage {
-    /// Use another image name and tag (e.g. one pushed to your own registry).
-    pub fn with_image(mut self, name: impl Into<String>, tag: impl Into<String>) -> Self {
-        self.name = name.into();
-        self.tag = tag.into();
-        self
-    }
-
-    /// The VM the mock describes: serialised to TOML and copied into the container before it starts.
-    /// `server.listen` in it is overridden by the image's `--listen 0.0.0.0:8080`.
-    pub fn with_config(mut self, config: &Config) -> Result<Self, ConfigError> {
-        let toml = config.to_toml()?;
-        self.config = Some(CopyToContainer::new(toml.into_bytes(), CONFIG_PATH));
-        Ok(self)
-    }
-
-    /// Deterministic ids and keys (`--seed`).
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
     /// The real service's rate limits (default on); `false` passes `--no-rate-limit`.
     pub fn with_rate_limits(mut self, enabled: bool) -> Self {
         self.rate_limits = enabled;
@@ -122,15 +98,7 @@ impl MockImdsImage {
 
     /// The arguments the binary gets (the image's entrypoint is `/mock-imds`).
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec!["--listen".to_owned(), "0.0.0.0:8080".to_owned()];
-        if self.config.is_some() {
-            args.push("--config".to_owned());
-            args.push(CONFIG_PATH.to_owned());
-        }
-        if let Some(seed) = self.seed {
-            args.push("--seed".to_owned());
-            args.push(seed.to_string());
-        }
+        let mut args = self.core.args();
         if !self.rate_limits {
             args.push("--no-rate-limit".to_owned());
         }
@@ -141,32 +109,7 @@ impl MockImdsImage {
     }
 }
 
-impl Image for MockImdsImage {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    fn ready_conditions(&self) -> Vec<WaitFor> {
-        // The binary prints the line only after the listener is bound and the router is serving.
-        vec![WaitFor::message_on_stderr(READY_LINE)]
-    }
-
-    fn cmd(&self) -> impl IntoIterator<Item = impl Into<Cow<'_, str>>> {
-        self.args()
-    }
-
-    fn copy_to_sources(&self) -> impl IntoIterator<Item = &CopyToContainer> {
-        self.config.iter()
-    }
-
-    fn expose_ports(&self) -> &[ContainerPort] {
-        &self.ports
-    }
-}
+mock_support::impl_mock_image!(MockImdsImage, config: Config, error: ConfigError);
 
 /// What a started mock container offers beyond testcontainers' own API.
 pub trait MockImdsContainer {
@@ -176,14 +119,14 @@ pub trait MockImdsContainer {
 
 impl MockImdsContainer for ContainerAsync<MockImdsImage> {
     async fn uri(&self) -> Result<String, TestcontainersError> {
-        let host = self.get_host().await?;
-        let port = self.get_host_port_ipv4(CONTAINER_PORT).await?;
-        Ok(format!("http://{host}:{port}"))
+        mock_support::testcontainers::uri(self, CONTAINER_PORT).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ::testcontainers::Image as _;
+
     use super::*;
 
     #[test]

@@ -19,35 +19,12 @@ use crate::config::Config;
 use crate::error::{ErrorKind, ImdsError};
 use crate::rules::ImdsQuery;
 use crate::state::{AppState, IdentityRegistry, lock};
+pub use crate::token_cache::CachedToken;
 
 /// How far `iat`/`nbf` (and the response's `not_before`) lie before the moment of issue. Entra back-dates
 /// them five minutes so that relying parties with a slow clock accept a fresh token; the token documentation's
 /// sample shows it in the response body too (`expires_in` 3599, `expires_on - not_before` = 3900).
 pub const CLOCK_SKEW_SECS: i64 = 300;
-
-/// A token the service handed out and will hand out again until it nears expiry.
-#[derive(Debug, Clone)]
-pub struct CachedToken {
-    pub access_token: String,
-    pub not_before: i64,
-    pub expires_on: i64,
-    /// The last response body rendered from this token: the second it was rendered in (`expires_in`
-    /// changes every second) and the client id it names. Serialising the ~1.6 KB body (escaping the token)
-    /// was the largest part of a cached token request's handler time (measured by `just bench`).
-    rendered: Option<(i64, String, axum::body::Bytes)>,
-}
-
-impl CachedToken {
-    /// A token as issued (its response body is rendered on first use).
-    pub fn new(access_token: String, not_before: i64, expires_on: i64) -> Self {
-        CachedToken {
-            access_token,
-            not_before,
-            expires_on,
-            rendered: None,
-        }
-    }
-}
 
 /// How the caller chose an identity.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,6 @@
 use axum::{Json, Router, routing::get};
 use serde_json::json;
 
-use crate::state::AppState;
-
 /// Every api-version the current documentation lists, oldest first (REFERENCE B.2).
 pub const SUPPORTED: &[&str] = &[
     "2017-03-01",
@@ -123,8 +121,8 @@ impl Category {
     }
 }
 
-/// `GET /metadata/versions`.
-pub fn router() -> Router<AppState> {
+/// `GET /metadata/versions` (it needs no state).
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new().route("/metadata/versions", get(versions))
 }
 

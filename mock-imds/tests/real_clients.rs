@@ -13,11 +13,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{discover, first_uami, start_seeded, validation, verify};
 use mock_imds::MockImds;
+use mock_support::clients::{self, PythonVenv, run};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -34,36 +34,8 @@ fn assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients")
 }
 
-/// Runs a command to completion with a deadline; returns (success, stdout, stderr). `None` when the program
-/// could not be started at all (not installed).
-async fn run(cmd: &mut Command, timeout: Duration) -> Option<(bool, String, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().ok()?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Some((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )),
-        Ok(Err(e)) => Some((false, String::new(), format!("waiting for {cmd:?}: {e}"))),
-        // kill_on_drop ends the child when the future is dropped here.
-        Err(_) => Some((
-            false,
-            String::new(),
-            format!("{cmd:?} timed out after {timeout:?}"),
-        )),
-    }
-}
-
 fn tail(s: &str) -> &str {
-    let start = s.len().saturating_sub(2000);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
+    clients::tail(s, clients::SKIP_TAIL_BYTES)
 }
 
 /// Environment for a client process: the mock as authority, nothing else that could redirect or configure
@@ -95,19 +67,8 @@ fn client_env(cmd: &mut Command, mock: &MockImds) {
         .env("no_proxy", "127.0.0.1,localhost");
 }
 
-/// Runs a set-up step (interpreter, installer) with [`INSTALL_TIMEOUT`]; on failure prints the loud
-/// `SKIP: {why}: <stderr tail>` and returns `false`.
 async fn setup_step(cmd: &mut Command, why: &str) -> bool {
-    match run(cmd, INSTALL_TIMEOUT).await {
-        Some((true, _, _)) => true,
-        other => {
-            eprintln!(
-                "SKIP: {why}: {}",
-                other.map(|o| tail(&o.2).to_owned()).unwrap_or_default()
-            );
-            false
-        }
-    }
+    clients::setup_step(cmd, why, INSTALL_TIMEOUT).await
 }
 
 /// The failed case `name` (an unassigned client id): the client reported an error of type `error_type`;
@@ -177,43 +138,21 @@ async fn check_ok(mock: &MockImds, results: &Value, cases: &[(&str, &str, bool)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_azure_identity_and_msal() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let Some((true, version, _)) = run(Command::new(&python).arg("--version"), RUN_TIMEOUT).await
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(PythonVenv {
+        python: venv_python,
+        version,
+    }) = clients::python_venv(
+        dir.path(),
+        &assets().join("requirements.txt"),
+        "the Python real-client test (azure-identity, msal)",
+        "azure-identity/msal",
+        INSTALL_TIMEOUT,
+    )
+    .await
     else {
-        eprintln!(
-            "SKIP: {python} not found; the Python real-client test (azure-identity, msal) did not run"
-        );
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let venv = dir.path().join("venv");
-    if !setup_step(
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
-        &format!("`{python} -m venv` unavailable; the Python real-client test did not run"),
-    )
-    .await
-    {
-        return;
-    }
-    let venv_python = venv.join("bin/python");
-    if !setup_step(
-        Command::new(&venv_python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-q",
-                "-r",
-            ])
-            .arg(assets().join("requirements.txt")),
-        "pip could not install the pinned azure-identity/msal (no package index?)",
-    )
-    .await
-    {
-        return;
-    }
     eprintln!(
         "real clients: {} with azure-identity 1.27.0, msal 1.39.0",
         version.trim()

@@ -10,82 +10,35 @@
 //! test checks the engine no longer lists it.
 #![cfg(feature = "testcontainers")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use mock_imds::config::Config;
 use mock_imds::testcontainers::{MockImdsContainer, MockImdsImage};
+use mock_support::images::{self, DockerError, assert_container_gone};
 use serde_json::Value;
 use testcontainers::runners::AsyncRunner;
 
 const TEST_IMAGE: &str = "imds-conformance/mock-imds";
-const TEST_TAG: &str = "test";
 
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `docker {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`docker {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// `None` when there is no engine to test against (the reason is printed as SKIP by the caller).
-fn engine_missing() -> Option<String> {
-    match docker(&["info", "--format", "{{.ServerVersion}}"]) {
-        Ok(_) => None,
-        Err(e) => Some(format!(
-            "no Docker engine answers ({e}); start one with `eval \"$(ci/dockerd.sh start)\"`"
-        )),
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds the test image once per test binary (or names the prebuilt one). `Err` is a failure, not a skip:
-/// with an engine present the image must build.
-fn image() -> &'static Result<(String, String), String> {
-    static IMAGE: OnceLock<Result<(String, String), String>> = OnceLock::new();
+/// Builds the test image once per test binary (or names the prebuilt one). An error here is a failure, not a
+/// skip: with an engine present the image must build.
+fn image() -> &'static Result<(String, String), DockerError> {
+    static IMAGE: OnceLock<Result<(String, String), DockerError>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        if let Ok(spec) = std::env::var("IMDS_MOCK_IMAGE") {
-            let (name, tag) = spec
-                .rsplit_once(':')
-                .ok_or_else(|| format!("IMDS_MOCK_IMAGE={spec} is not name:tag"))?;
-            docker(&["image", "inspect", "--format", "{{.Id}}", &spec])?;
-            return Ok((name.to_owned(), tag.to_owned()));
-        }
-        // The binary of this test run with its shared libraries, in the release image's Dockerfile.
-        let out = Command::new(repo_root().join("ci/docker/test-image.sh"))
-            .arg(env!("CARGO_BIN_EXE_mock-imds"))
-            .arg(repo_root().join("ci/docker/mock-imds.Dockerfile"))
-            .arg(format!("{TEST_IMAGE}:{TEST_TAG}"))
-            .output()
-            .map_err(|e| format!("ci/docker/test-image.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ci/docker/test-image.sh failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok((TEST_IMAGE.to_owned(), TEST_TAG.to_owned()))
+        images::test_image(
+            "IMDS_MOCK_IMAGE",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            Path::new(env!("CARGO_BIN_EXE_mock-imds")),
+            "ci/docker/mock-imds.Dockerfile",
+            TEST_IMAGE,
+        )
     })
 }
 
 /// The image to start, or `None` after printing why the test is skipped.
 fn test_image(test: &str) -> Option<MockImdsImage> {
-    if let Some(reason) = engine_missing() {
+    if let Some(reason) = images::engine_missing() {
         eprintln!("SKIP: {test}: {reason}");
         return None;
     }
@@ -93,15 +46,6 @@ fn test_image(test: &str) -> Option<MockImdsImage> {
         Ok((name, tag)) => Some(MockImdsImage::default().with_image(name, tag)),
         Err(e) => panic!("{test}: cannot provide the mock-imds image: {e}"),
     }
-}
-
-fn assert_container_gone(id: &str) {
-    let listed = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")])
-        .unwrap_or_else(|e| panic!("docker ps: {e}"));
-    assert!(
-        listed.trim().is_empty(),
-        "container {id} is still there: {listed}"
-    );
 }
 
 async fn get(url: &str) -> (u16, Value) {

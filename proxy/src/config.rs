@@ -274,33 +274,32 @@ impl Settings {
     }
 
     /// Cross-flag checks NMI makes at startup (usage errors: exit 2).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if self.operation_mode == OperationMode::Managed && !self.force_namespaced {
-            return Err("managed mode requires force namespaced mode: add --forceNamespaced=true (NMI: \"managed mode not intialized in force namespaced mode\")".into());
+            return Err(SettingsError::ManagedNeedsForceNamespaced);
         }
         if self.manage_iptables {
             if !self.metadata_ip.is_ipv4() || !self.nmi_listen_address.is_ipv4() {
-                return Err("--manage-iptables needs IPv4 --metadata-ip and --nmi-listen-address (the aad-metadata chain is iptables, not ip6tables)".into());
+                return Err(SettingsError::IptablesNeedsIpv4);
             }
             if self.nmi_port == 0 {
-                return Err("--nmi-port=0 cannot be used with --manage-iptables: the DNAT rule needs a fixed port".into());
+                return Err(SettingsError::IptablesNeedsFixedPort);
             }
             if self.ipt_update_interval_sec == 0 {
-                return Err("--ipt-update-interval-sec must be at least 1".into());
+                return Err(SettingsError::IptablesInterval);
             }
         }
         if Duration::from_millis(self.cluster_view_staleness_bound_ms) < Freshness::MIN_BOUND {
-            return Err(format!(
-                "--cluster-view-staleness-bound-ms must be at least {}",
-                Freshness::MIN_BOUND.as_millis()
-            ));
+            return Err(SettingsError::StalenessBound {
+                min_ms: Freshness::MIN_BOUND.as_millis(),
+            });
         }
         if self
             .retry_attempts_for_created
             .saturating_add(self.retry_attempts_for_assigned)
             == 0
         {
-            return Err("--retry-attempts-for-created plus --retry-attempts-for-assigned must be at least 1".into());
+            return Err(SettingsError::NoRetryAttempts);
         }
         Ok(())
     }
@@ -321,20 +320,46 @@ impl Settings {
     }
 }
 
+/// Settings the proxy refuses to start with (usage errors: exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "managed mode requires force namespaced mode: add --forceNamespaced=true (NMI: \"managed mode not intialized in force namespaced mode\")"
+    )]
+    ManagedNeedsForceNamespaced,
+    #[error(
+        "--manage-iptables needs IPv4 --metadata-ip and --nmi-listen-address (the aad-metadata chain is iptables, not ip6tables)"
+    )]
+    IptablesNeedsIpv4,
+    #[error("--nmi-port=0 cannot be used with --manage-iptables: the DNAT rule needs a fixed port")]
+    IptablesNeedsFixedPort,
+    #[error("--ipt-update-interval-sec must be at least 1")]
+    IptablesInterval,
+    #[error("--cluster-view-staleness-bound-ms must be at least {min_ms}")]
+    StalenessBound { min_ms: u128 },
+    #[error("--retry-attempts-for-created plus --retry-attempts-for-assigned must be at least 1")]
+    NoRetryAttempts,
+    /// iptables interception was asked for with an IPv6 address.
+    #[error("iptables interception needs IPv4 addresses")]
+    InterceptionNeedsIpv4,
+    /// NMI's kubenet guard refused (see [`kubenet_guard`]).
+    #[error(
+        "AAD Pod Identity is not supported for Kubenet (found --network-plugin=kubenet in {}): pods with CAP_NET_RAW could spoof ARP and impersonate other pods. Review https://azure.github.io/aad-pod-identity/docs/configure/aad_pod_identity_on_kubenet/ and pass --allow-network-plugin-kubenet=true to run anyway",
+        .kubelet_config.display()
+    )]
+    Kubenet { kubelet_config: PathBuf },
+}
+
 /// NMI's kubenet guard: refuse to start when the kubelet config mentions `--network-plugin=kubenet`, unless
 /// allowed. A missing or unreadable file is not an error (NMI only logs it).
-pub fn kubenet_guard(settings: &Settings) -> Result<(), String> {
+pub fn kubenet_guard(settings: &Settings) -> Result<(), SettingsError> {
     if settings.allow_network_plugin_kubenet {
         return Ok(());
     }
     match std::fs::read_to_string(&settings.kubelet_config) {
-        Ok(text) if text.contains("--network-plugin=kubenet") => Err(format!(
-            "AAD Pod Identity is not supported for Kubenet (found --network-plugin=kubenet in {}): \
-             pods with CAP_NET_RAW could spoof ARP and impersonate other pods. Review \
-             https://azure.github.io/aad-pod-identity/docs/configure/aad_pod_identity_on_kubenet/ and pass \
-             --allow-network-plugin-kubenet=true to run anyway",
-            settings.kubelet_config.display()
-        )),
+        Ok(text) if text.contains("--network-plugin=kubenet") => Err(SettingsError::Kubenet {
+            kubelet_config: settings.kubelet_config.clone(),
+        }),
         _ => Ok(()),
     }
 }

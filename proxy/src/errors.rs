@@ -3,15 +3,15 @@
 //! `UpstreamError` is a request to IMDS that got no answer. Its text is the one NMI's Go client shows (a
 //! `*url.Error`: `Get "http://169.254.169.254:80/metadata/instance?…": dial tcp 169.254.169.254:80: connect:
 //! connection refused`), so the pass-through's 500 body and the token path's 503 body read as NMI's do and
-//! never carry Rust debug text. `ViewUnavailable`, `CallerError`, `SelectError` and `FetchError` are the
-//! token handlers' refusals: the cluster view cannot be trusted, the caller is not exactly one pod, no identity
-//! was found, or IMDS gave no token. Their `Display` is the NMI message that goes into the `http.Error` body;
-//! `server` maps each to its status and `policy::Decision`. This module decides nothing.
+//! never carry Rust debug text. `ViewUnavailable`, `CallerError` (with `PodMatchError` and `Unconfirmed`),
+//! `SelectError` (with `NoIdentity`) and `FetchError` (with the upstream's `TokenError`) are the token handlers' refusals: the cluster view
+//! cannot be trusted, the caller is not exactly one pod, no identity was found, or IMDS gave no token. Their
+//! `Display` is the NMI message that goes into the `http.Error` body; `server` maps each to its status and
+//! `policy::Decision`. `policy` and `cluster` build them; this module decides nothing.
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
-
-use crate::upstream::TokenError;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 /// A request to IMDS that got no answer, displayed as Go's `*url.Error`: `<Op> "<url>": <cause>`.
 #[derive(Debug, thiserror::Error)]
@@ -136,23 +136,153 @@ fn transport_text(err: &hyper_util::client::legacy::Error) -> String {
     }
 }
 
-/// The cluster view cannot be trusted right now (not synced, or its source failing): the reason it gives.
+/// Why a token could not be obtained. `Refresh` is adal's `TokenRefreshError` (final non-200: NMI 403);
+/// `Decode` is an answer that is not a token (403); `Transport` is a connectivity problem (NMI 503).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "adal: Refresh request failed. Status Code = '{status}'. Response body: {body} Endpoint {endpoint}"
+    )]
+    Refresh {
+        status: u16,
+        body: String,
+        endpoint: String,
+    },
+    #[error("adal: Failed to execute the refresh request. Error = '{0}'")]
+    Transport(#[source] UpstreamError),
+    #[error(
+        "adal: Failed to unmarshal the service principal token during refresh. Error = '{source}' JSON = '{json}'"
+    )]
+    Decode {
+        source: serde_json::Error,
+        json: String,
+    },
+}
+
+impl TokenError {
+    /// NMI maps `TokenRefreshError` to 403 and other failures to 503 (A.3.1 step 8).
+    pub fn status(&self) -> u16 {
+        match self {
+            TokenError::Refresh { .. } | TokenError::Decode { .. } => 403,
+            TokenError::Transport(_) => 503,
+        }
+    }
+}
+
+/// The cluster view cannot be trusted right now (not synced, or its source failing): which resource and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ViewUnavailable(pub String);
+pub enum ViewUnavailable {
+    /// The resource's first list has not completed.
+    #[error("cluster view not yet synced ({resource})")]
+    NotSynced { resource: &'static str },
+    /// The resource's list or watch failed and no fresh list has succeeded since.
+    #[error("cluster view unavailable: watch of {resource} is failing")]
+    Failing { resource: &'static str },
+    /// The resource has shown no proof of currency within the staleness bound.
+    #[error(
+        "cluster view unavailable: no word from the API server about {resource} for {age_ms} ms (staleness bound {bound_ms} ms)"
+    )]
+    Stale {
+        resource: &'static str,
+        age_ms: u64,
+        bound_ms: u64,
+    },
+}
+
+/// No single Running/Pending pod of this node has the caller's address (A.5); NMI's messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodMatchError {
+    /// No pod has the address.
+    #[error("pod list is empty")]
+    Empty,
+    /// More than one pod claims the address (`namespace/name` of each, sorted): refused, never guessed.
+    #[error("failed to match pod IP {ip} with [{}]", .pods.join(" "))]
+    Ambiguous { ip: IpAddr, pods: Vec<String> },
+}
+
+/// The API server did not confirm that the pod found in the cached view holds the caller's address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cluster view unavailable: cannot confirm that pod {namespace}/{name} holds {ip}: {reason}"
+)]
+pub struct Unconfirmed {
+    pub namespace: String,
+    pub name: String,
+    pub ip: IpAddr,
+    #[source]
+    pub reason: UnconfirmedReason,
+}
+
+/// Why a caller could not be confirmed against the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum UnconfirmedReason {
+    /// The consistent GET got no answer within the request deadline.
+    #[error("no answer from the API server within {0:?}")]
+    Deadline(Duration),
+    /// The consistent GET failed.
+    #[error("{0}")]
+    Api(#[source] kube::Error),
+    /// The pod was deleted.
+    #[error("the pod no longer exists")]
+    Gone,
+    /// The live pod does not hold the address (or is not Running/Pending): its address and phase.
+    #[error("the API server gives it address {ip:?}, phase {phase:?}")]
+    Moved {
+        ip: Option<String>,
+        phase: Option<String>,
+    },
+}
 
 /// The caller could not be identified as exactly one pod of this node (A.5): 500 with the lookup message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CallerError {
     /// The view failed while looking (fail closed).
     #[error(transparent)]
     View(#[from] ViewUnavailable),
     /// No pod, or more than one, has the caller's IP (`pod list is empty`, `failed to match pod IP …`).
-    #[error("{0}")]
-    NoMatch(String),
+    #[error(transparent)]
+    NoMatch(#[from] PodMatchError),
     /// The source of truth did not confirm that the matched pod still holds the caller's IP.
-    #[error("{0}")]
-    NotConfirmed(String),
+    #[error(transparent)]
+    NotConfirmed(#[from] Unconfirmed),
+}
+
+/// No identity for the pod (A.6): NMI's messages, client ids already redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoIdentity {
+    /// No candidate matches the request (or there is none).
+    #[error("no azure identity found for request clientID {client_id}")]
+    NoMatch {
+        /// The requested client id, redacted.
+        client_id: String,
+    },
+    /// Standard mode: nothing usable even in `Created` state once the created budget is spent. With a
+    /// requested client id (redacted), NMI prefixes the message with it.
+    #[error(
+        "{}getting assigned identities for pod {namespace}/{name} in CREATED state failed after {attempts} attempts, retry duration [{interval_secs}]s, error: <nil>. Check MIC pod logs for identity assignment errors",
+        requested_prefix(.client_id.as_deref())
+    )]
+    NotCreated {
+        client_id: Option<String>,
+        namespace: String,
+        name: String,
+        attempts: u32,
+        interval_secs: u64,
+    },
+    /// Standard mode: the whole budget spent without an `Assigned` identity.
+    #[error(
+        "getting assigned identities for pod {namespace}/{name} in ASSIGNED state failed after {attempts} attempts, retry duration [{interval_secs}]s, error: <nil>. Check MIC pod logs for identity assignment errors"
+    )]
+    NotAssigned {
+        namespace: String,
+        name: String,
+        attempts: u32,
+        interval_secs: u64,
+    },
+}
+
+fn requested_prefix(client_id: Option<&str>) -> String {
+    client_id.map_or_else(String::new, |id| format!("clientID in request: {id}, "))
 }
 
 /// Identity selection failed (A.6).
@@ -162,8 +292,8 @@ pub enum SelectError {
     #[error(transparent)]
     View(#[from] ViewUnavailable),
     /// No identity (404, or 503 + Retry-After on the token path when enabled); NMI's message.
-    #[error("{0}")]
-    NotFound(String),
+    #[error(transparent)]
+    NotFound(#[from] NoIdentity),
 }
 
 /// The identity was found but no token was obtained for it (A.3.1 steps 8–9).

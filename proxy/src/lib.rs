@@ -25,6 +25,7 @@ pub mod config;
 pub mod errors;
 pub mod listener;
 pub mod metrics;
+pub mod model;
 pub mod netfilter;
 pub mod policy;
 pub mod server;
@@ -80,7 +81,7 @@ pub enum ProxyError {
     #[error("iptables: netfilter task failed: {0}")]
     NetfilterTask(#[source] tokio::task::JoinError),
     #[error("invalid settings: {0}")]
-    Settings(String),
+    Settings(#[from] config::SettingsError),
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -184,7 +185,7 @@ fn netfilter_for(settings: &Settings, addr: SocketAddr) -> Result<Netfilter, Pro
         (settings.metadata_ip, settings.nmi_listen_address)
     else {
         return Err(ProxyError::Settings(
-            "iptables interception needs IPv4 addresses".into(),
+            config::SettingsError::InterceptionNeedsIpv4,
         ));
     };
     Ok(Netfilter::new(NetfilterConfig {

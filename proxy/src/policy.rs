@@ -9,9 +9,8 @@
 
 use std::net::IpAddr;
 
-use crate::cluster::model::{
-    AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo,
-};
+use crate::errors::{NoIdentity, PodMatchError};
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 // ---------------------------------------------------------------------------------------------------------
 // Metadata header (A.3.1 step 1, A.3.3)
@@ -305,7 +304,7 @@ impl std::fmt::Display for Decision {
 pub fn match_pod<'a>(
     pods: impl IntoIterator<Item = &'a PodInfo>,
     ip: IpAddr,
-) -> Result<PodInfo, String> {
+) -> Result<PodInfo, PodMatchError> {
     let mut matches: Vec<&PodInfo> = pods
         .into_iter()
         .filter(|p| {
@@ -314,18 +313,15 @@ pub fn match_pod<'a>(
         .collect();
     matches.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     match matches.as_slice() {
-        [] => Err("pod list is empty".to_string()),
+        [] => Err(PodMatchError::Empty),
         [one] => Ok((*one).clone()),
-        many => {
-            let names: Vec<String> = many
+        many => Err(PodMatchError::Ambiguous {
+            ip,
+            pods: many
                 .iter()
                 .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect();
-            Err(format!(
-                "failed to match pod IP {ip} with [{}]",
-                names.join(" ")
-            ))
-        }
+                .collect(),
+        }),
     }
 }
 
@@ -406,8 +402,8 @@ pub enum StandardStep {
     Found(Vec<IdentityInfo>),
     /// Nothing usable yet: sleep `interval_secs` and look again (if the budget allows).
     Wait,
-    /// Give up now with this message (404, or 503 + Retry-After).
-    Fail(String),
+    /// Give up now (404, or 503 + Retry-After).
+    Fail(NoIdentity),
 }
 
 fn sorted_bucket(aais: &[&AssignedIdentityInfo], status: &str) -> Vec<IdentityInfo> {
@@ -421,22 +417,25 @@ fn sorted_bucket(aais: &[&AssignedIdentityInfo], status: &str) -> Vec<IdentityIn
     v.into_iter().map(|a| a.identity.clone()).collect()
 }
 
-fn created_failure(pod: &PodInfo, budget: &RetryBudget) -> String {
-    format!(
-        "getting assigned identities for pod {}/{} in CREATED state failed after {} attempts, retry duration [{}]s, error: <nil>. Check MIC pod logs for identity assignment errors",
-        pod.namespace, pod.name, budget.attempts_for_created, budget.interval_secs
-    )
+/// Nothing usable once the created budget is spent; `requested` is the client id asked for, if any.
+fn created_failure(pod: &PodInfo, budget: &RetryBudget, requested: Option<&str>) -> NoIdentity {
+    NoIdentity::NotCreated {
+        client_id: requested.map(redact_client_id),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        attempts: budget.attempts_for_created,
+        interval_secs: budget.interval_secs,
+    }
 }
 
-/// The message after the whole budget is spent without an `Assigned` identity.
-pub fn assigned_failure(pod: &PodInfo, budget: &RetryBudget) -> String {
-    format!(
-        "getting assigned identities for pod {}/{} in ASSIGNED state failed after {} attempts, retry duration [{}]s, error: <nil>. Check MIC pod logs for identity assignment errors",
-        pod.namespace,
-        pod.name,
-        budget.total_attempts(),
-        budget.interval_secs
-    )
+/// The failure after the whole budget is spent without an `Assigned` identity.
+pub fn assigned_failure(pod: &PodInfo, budget: &RetryBudget) -> NoIdentity {
+    NoIdentity::NotAssigned {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        attempts: budget.total_attempts(),
+        interval_secs: budget.interval_secs,
+    }
 }
 
 /// One lookup of the standard-mode wait loop at `attempt` (0-based), over every AAI the proxy knows of. Only
@@ -464,7 +463,7 @@ pub fn standard_step(
             return StandardStep::Found(assigned);
         }
         if created.is_empty() && past_created {
-            return StandardStep::Fail(created_failure(pod, budget));
+            return StandardStep::Fail(created_failure(pod, budget, None));
         }
     } else {
         if legacy.iter().any(|i| req.matches(i)) {
@@ -474,22 +473,16 @@ pub fn standard_step(
             return StandardStep::Found(assigned);
         }
         if !created.iter().any(|i| req.matches(i)) && past_created {
-            let mut msg = format!(
-                "clientID in request: {}, ",
-                redact_client_id(&req.client_id)
-            );
-            msg.push_str(&created_failure(pod, budget));
-            return StandardStep::Fail(msg);
+            return StandardStep::Fail(created_failure(pod, budget, Some(&req.client_id)));
         }
     }
     StandardStep::Wait
 }
 
-fn no_identity_found(req: &IdentityRequest) -> String {
-    format!(
-        "no azure identity found for request clientID {}",
-        redact_client_id(&req.client_id)
-    )
+fn no_identity_found(req: &IdentityRequest) -> NoIdentity {
+    NoIdentity::NoMatch {
+        client_id: redact_client_id(&req.client_id),
+    }
 }
 
 /// Standard mode's final pick (NMI `getIdentityFromCandidates` with its defects fixed): drop identities of
@@ -501,7 +494,7 @@ pub fn pick_standard(
     pod: &PodInfo,
     req: &IdentityRequest,
     force_namespaced: bool,
-) -> Result<IdentityInfo, String> {
+) -> Result<IdentityInfo, NoIdentity> {
     let mut filtered = candidates
         .iter()
         .filter(|id| !(force_namespaced || id.namespaced) || id.namespace == pod.namespace);
@@ -521,7 +514,7 @@ pub fn pick_managed(
     identities: &[IdentityInfo],
     pod: &PodInfo,
     req: &IdentityRequest,
-) -> Result<IdentityInfo, String> {
+) -> Result<IdentityInfo, NoIdentity> {
     let Some(selector) = pod.labels.get("aadpodidbinding").filter(|s| !s.is_empty()) else {
         return Err(no_identity_found(req));
     };

@@ -27,10 +27,10 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::cluster::ClusterView;
-use crate::cluster::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::config::{OperationMode, Settings};
-use crate::errors::{CallerError, FetchError, SelectError, ViewUnavailable};
+use crate::errors::{CallerError, FetchError, PodMatchError, SelectError, ViewUnavailable};
 use crate::metrics::{Metrics, RequestRecord};
+use crate::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::policy::{self, Decision, IdentityRequest, RetryBudget, Route, StandardStep};
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 
@@ -276,23 +276,15 @@ fn view_unavailable(e: &ViewUnavailable) -> Outcome {
     )
 }
 
-/// The cluster view's readiness as a typed error.
-fn view_ready(st: &AppState) -> Result<(), ViewUnavailable> {
-    st.view.ready().map_err(ViewUnavailable)
-}
-
 async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
-    let mut last = CallerError::NoMatch(String::new());
+    let mut last = CallerError::NoMatch(PodMatchError::Empty);
     for attempt in 0..POD_LOOKUP_ATTEMPTS {
-        view_ready(st)?;
+        st.view.ready()?;
         match policy::match_pod(&st.view.pods_with_ip(ip), ip) {
             Ok(p) => {
                 // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
                 // address reused: the API server confirms the caller before anything is handed out.
-                st.view
-                    .confirm_caller(&p, ip)
-                    .await
-                    .map_err(CallerError::NotConfirmed)?;
+                st.view.confirm_caller(&p, ip).await?;
                 return Ok(p);
             }
             Err(e) => last = CallerError::NoMatch(e),
@@ -312,11 +304,10 @@ async fn select_identity(
 ) -> Result<IdentityInfo, SelectError> {
     let s = &st.settings;
     if s.operation_mode == OperationMode::Managed {
-        view_ready(st)?;
+        st.view.ready()?;
         let bindings = st.view.bindings_in(&pod.namespace);
         let identities = st.view.identities_in(&pod.namespace);
-        return policy::pick_managed(&bindings, &identities, pod, req)
-            .map_err(SelectError::NotFound);
+        return Ok(policy::pick_managed(&bindings, &identities, pod, req)?);
     }
     let budget = RetryBudget {
         attempts_for_created: s.retry_attempts_for_created,
@@ -325,14 +316,18 @@ async fn select_identity(
     };
     for attempt in 0..budget.total_attempts() {
         // Re-checked every round: an outage during the wait must not let a stale cache answer.
-        view_ready(st)?;
+        st.view.ready()?;
         let aais = st.view.assigned_identities_for(&pod.namespace, &pod.name);
         match policy::standard_step(&aais, pod, req, attempt, &budget) {
             StandardStep::Found(candidates) => {
-                return policy::pick_standard(&candidates, pod, req, s.force_namespaced)
-                    .map_err(SelectError::NotFound);
+                return Ok(policy::pick_standard(
+                    &candidates,
+                    pod,
+                    req,
+                    s.force_namespaced,
+                )?);
             }
-            StandardStep::Fail(msg) => return Err(SelectError::NotFound(msg)),
+            StandardStep::Fail(e) => return Err(SelectError::NotFound(e)),
             StandardStep::Wait => {
                 tracing::debug!(attempt, "no assigned identity yet; waiting");
                 tokio::time::sleep(Duration::from_secs(budget.interval_secs)).await;
@@ -419,9 +414,9 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
         Err(SelectError::View(e)) => {
             return view_unavailable(&e).pod(&pod);
         }
-        Err(SelectError::NotFound(msg)) => {
+        Err(SelectError::NotFound(e)) => {
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
-            let mut resp = go_error(status, &msg);
+            let mut resp = go_error(status, &e.to_string());
             if let Some(secs) = retry_after {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
@@ -469,7 +464,7 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
         )
         .host_pod(&podns, &podname);
     }
-    if let Err(e) = view_ready(st) {
+    if let Err(e) = st.view.ready() {
         return view_unavailable(&e).host_pod(&podns, &podname);
     }
     let pod = PodInfo {
@@ -501,8 +496,8 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
         Err(SelectError::View(e)) => {
             return view_unavailable(&e).host_pod(&podns, &podname);
         }
-        Err(SelectError::NotFound(msg)) => {
-            return Outcome::new(go_error(404, &msg), Decision::IdentityNotFound)
+        Err(SelectError::NotFound(e)) => {
+            return Outcome::new(go_error(404, &e.to_string()), Decision::IdentityNotFound)
                 .host_pod(&podns, &podname);
         }
     };

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
+pub use crate::errors::TokenError;
 use crate::errors::{UpstreamCause, UpstreamError};
 use crate::metrics::Metrics;
 
@@ -58,39 +59,6 @@ pub struct MsiToken {
     pub not_before: String,
     pub resource: String,
     pub token_type: String,
-}
-
-/// Why a token could not be obtained. `Refresh` is adal's `TokenRefreshError` (final non-200: NMI 403);
-/// `Decode` is an answer that is not a token (403); `Transport` is a connectivity problem (NMI 503).
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error(
-        "adal: Refresh request failed. Status Code = '{status}'. Response body: {body} Endpoint {endpoint}"
-    )]
-    Refresh {
-        status: u16,
-        body: String,
-        endpoint: String,
-    },
-    #[error("adal: Failed to execute the refresh request. Error = '{0}'")]
-    Transport(#[source] UpstreamError),
-    #[error(
-        "adal: Failed to unmarshal the service principal token during refresh. Error = '{source}' JSON = '{json}'"
-    )]
-    Decode {
-        source: serde_json::Error,
-        json: String,
-    },
-}
-
-impl TokenError {
-    /// NMI maps `TokenRefreshError` to 403 and other failures to 503 (A.3.1 step 8).
-    pub fn status(&self) -> u16 {
-        match self {
-            TokenError::Refresh { .. } | TokenError::Decode { .. } => 403,
-            TokenError::Transport(_) => 503,
-        }
-    }
 }
 
 /// Cumulative back-off before retry `attempt` (1-based): `sum 2^k` for k = 1..=attempt, capped at 60 units.

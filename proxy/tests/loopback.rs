@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use imds_proxy::cluster::memory::MemoryView;
+use imds_proxy::errors::ViewUnavailable;
 use imds_proxy::{Proxy, Settings};
 use serde_json::{Value, json};
 
@@ -649,7 +650,7 @@ async fn iso_005_api_server_down_fails_closed_then_recovers() -> TestResult {
 async fn iso_not_yet_synced_view_refuses_and_health_says_not_active() -> TestResult {
     let mock = mock().await?;
     let view = MemoryView::new();
-    view.set_ready(Err("cluster view not yet synced (pods)".into()));
+    view.set_ready(Err(ViewUnavailable::NotSynced { resource: "pods" }));
     view.set_pods(vec![imds_proxy::cluster::model::PodInfo {
         namespace: "default".into(),
         name: "p1".into(),

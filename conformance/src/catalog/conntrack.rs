@@ -117,11 +117,38 @@ declare_case!(
         features: &[Feature::EnableConntrackDeletion],
         backends: KERNEL_BACKENDS,
         spec: "SPEC §2 (deletion limited to TCP flows to the IMDS address and port), §3 Conntrack",
-        explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards.",
+        explain: "A pod's keep-alive connection to the API server, opened before the interceptor restarts, still works afterwards, and its conntrack entry is never destroyed: conntrack DESTROY events in the node are watched from before the connection is opened until after the interceptor is ready again, and any destroyed flow from the pod that is not to 169.254.169.254:80 fails the case (an established flow's entry is rebuilt by the kernel when packets flow again, so only the events show a deletion that was too broad).",
     },
     |ctx| {
         let pod = plain_pod(ctx)?;
         let node = pod.node.clone();
+        // Watch DESTROY events from before the witness connection exists: with the kernel's default
+        // `nf_conntrack_events = 2` only flows created while a listener runs carry events. `stdbuf -oL`:
+        // every event line leaves conntrack before `timeout` ends it (8 s: open, stop, start fit well).
+        let backend = ctx.backend.clone();
+        let watch_node = node.clone();
+        let watcher = tokio::spawn(async move {
+            backend
+                .exec(
+                    &watch_node,
+                    [
+                        "timeout",
+                        "8",
+                        "stdbuf",
+                        "-oL",
+                        "conntrack",
+                        "-E",
+                        "-e",
+                        "DESTROY",
+                        "-p",
+                        "tcp",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                )
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut conn = ctx
             .open(&pod.name, Target::ApiServer)
             .await
@@ -136,6 +163,26 @@ declare_case!(
         stop_interceptor(ctx, &node, false).await?;
         start_interceptor(ctx, &node, "the interceptor to start").await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let events = match watcher.await {
+            Ok(Ok(out)) => out.stdout,
+            Ok(Err(e)) => return Err(Outcome::skip(format!("watching conntrack events: {e}"))),
+            Err(e) => return Err(Outcome::skip(format!("watching conntrack events: {e}"))),
+        };
+        let too_broad: Vec<&str> = events
+            .lines()
+            .filter(|l| unrelated_flow_of(l, &pod.ip.to_string()))
+            .collect();
+        fail_if(
+            !too_broad.is_empty(),
+            "conntrack deletion destroys only TCP flows to 169.254.169.254:80",
+            || {
+                format!(
+                    "destroyed flows of pod {}: {}",
+                    pod.name,
+                    too_broad.join(" | ")
+                )
+            },
+        )?;
         let after = ctx.send_on(&mut conn, Request::get("/version")).await;
         fail_if(
             after.status() != Some(200),
@@ -145,3 +192,37 @@ declare_case!(
         Ok(())
     }
 );
+
+/// Whether a `conntrack -E` line is the destruction of a flow from `pod_ip` to anything but
+/// 169.254.169.254:80 (the original direction's tuple: the first `src=`, `dst=`, `dport=`).
+fn unrelated_flow_of(line: &str, pod_ip: &str) -> bool {
+    let first = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let (Some(src), Some(dst), Some(dport)) = (first("src="), first("dst="), first("dport="))
+    else {
+        return false;
+    };
+    src == pod_ip && !(dst == "169.254.169.254" && dport == "80")
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::unrelated_flow_of;
+
+    #[test]
+    fn only_unrelated_flows_of_the_pod_count() {
+        let api = " [DESTROY] tcp      6 src=10.244.1.11 dst=10.224.0.1 sport=40000 dport=6443 src=10.224.0.1 dst=10.244.1.11 sport=6443 dport=40000 [ASSURED]";
+        let imds = " [DESTROY] tcp      6 src=10.244.1.11 dst=169.254.169.254 sport=40002 dport=80 src=10.224.0.10 dst=10.244.1.11 sport=2579 dport=40002 [ASSURED]";
+        let other_pod = " [DESTROY] tcp      6 src=10.244.1.12 dst=10.224.0.1 sport=40000 dport=6443 src=10.224.0.1 dst=10.244.1.12 sport=6443 dport=40000";
+        assert!(unrelated_flow_of(api, "10.244.1.11"));
+        assert!(!unrelated_flow_of(imds, "10.244.1.11"));
+        assert!(!unrelated_flow_of(other_pod, "10.244.1.11"));
+        assert!(!unrelated_flow_of(
+            "conntrack v1.4.7: 3 flow events have been shown.",
+            "10.244.1.11"
+        ));
+    }
+}

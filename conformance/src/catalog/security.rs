@@ -80,28 +80,27 @@ declare_case!(
 declare_case!(
     SEC_002 = Case {
         id: "SEC-002",
-        title: "a pod with an identity never receives another identity the VM holds",
+        title: "a pod never receives an identity the VM holds that is not its own",
         level: Level::Must,
         features: &[],
         profiles: P,
         spec: "SPEC §2 (never answers with another pod's identity), §3.1 (security floor)",
-        explain: "Security floor, checked whatever the interceptor claims. Every non-host pod with an identity on the first node asks, by client_id, for each identity the VM holds that is not its own. It may be refused or receive nothing, but any token it receives must be for one of its own identities: never another pod's, never the VM's.",
+        explain: "Security floor, checked whatever the interceptor claims. Every non-host pod on the first node, with identities or without, asks without a selector (IMDS would pick the VM's default identity) and by client_id for each identity the VM holds that is not its own. It may be refused or receive nothing, but any token it receives must be for one of its own identities: never another pod's, never the VM's.",
     },
     |ctx| {
+        let Some(first_node) = ctx.world().nodes.first().map(|n| n.name.clone()) else {
+            return Err(Outcome::skip("scenario has no node"));
+        };
         let pods: Vec<PodView> = ctx
             .world()
             .pods
             .iter()
-            .filter(|p| !p.host_network && !ctx.identities_of(&p.name).is_empty())
+            .filter(|p| !p.host_network && p.node == first_node)
             .cloned()
             .collect();
-        let Some(first_node) = ctx.world().nodes.first().map(|n| n.name.clone()) else {
-            return Err(Outcome::skip("scenario has no node"));
-        };
-        let pods: Vec<PodView> = pods.into_iter().filter(|p| p.node == first_node).collect();
         if pods.is_empty() {
             return Err(Outcome::skip(
-                "scenario has no non-host pod with an identity on the first node",
+                "scenario has no non-host pod on the first node",
             ));
         }
         let vm = vm_identities(ctx);
@@ -111,11 +110,21 @@ declare_case!(
                 .iter()
                 .map(|i| i.client_id())
                 .collect();
-            for other in vm
-                .iter()
-                .filter(|i| !own.iter().any(|o| o.eq_ignore_ascii_case(&i.client_id())))
-            {
-                let extra = format!("&client_id={}", other.client_id());
+            // Without a selector IMDS would pick the VM's default (system-assigned) identity: what the pod
+            // gets must still be its own, so the case observes something on every scenario.
+            let mut asks: Vec<(String, String)> =
+                vec![(String::new(), "the VM's default identity".into())];
+            asks.extend(
+                vm.iter()
+                    .filter(|i| !own.iter().any(|o| o.eq_ignore_ascii_case(&i.client_id())))
+                    .map(|i| {
+                        (
+                            format!("&client_id={}", i.client_id()),
+                            format!("{} ({})", i.name, i.client_id()),
+                        )
+                    }),
+            );
+            for (extra, which) in asks {
                 let sent = ctx.send_token(&pod.name, &extra).await;
                 let Some(r) = sent.response() else {
                     continue;
@@ -130,10 +139,13 @@ declare_case!(
                 if !is_own {
                     return Err(Outcome::fail(
                         format!(
-                            "pod {} asking for identity {} ({}), not its own: no token of that identity",
+                            "pod {} asking {} (for {which}): no token but of its own identities",
                             pod.name,
-                            other.name,
-                            other.client_id()
+                            if extra.is_empty() {
+                                "without selector"
+                            } else {
+                                extra.trim_start_matches('&')
+                            }
                         ),
                         format!("{}: {}", token_of(r), r.summary()),
                     ));

@@ -10,21 +10,11 @@ use serde_json::{Value, json};
 use super::request::{Continue, Params, parse_bool, parse_rv, selectors};
 use super::{ResourceRequest, json_response};
 use crate::status::ApiError;
+use crate::store::ObjectRef;
 use crate::watch::{Start, WatchSpec};
 
 /// Watch timeout when the client gives none (kube-apiserver's --min-request-timeout).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
-
-/// `(namespace, name)` of a stored object: the order lists are served in.
-fn list_order_key(obj: &Value) -> (&str, &str) {
-    let get = |f: &str| {
-        obj.get("metadata")
-            .and_then(|m| m.get(f))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    };
-    (get("namespace"), get("name"))
-}
 
 /// List metadata as kube-apiserver writes it (`continue`/`remainingItemCount` only when paging).
 fn list_meta(rv: u64, next: Option<String>, remaining: usize) -> Value {
@@ -113,7 +103,7 @@ impl ResourceRequest<'_> {
                 return Err(ApiError::continue_expired());
             }
             rv = Some(c.rv);
-            after = Some((c.namespace.clone(), c.name.clone()));
+            after = Some(c.last.clone());
         }
         let paginate = limit > 0 && p.resource_version.as_deref() != Some("0");
         let page = usize::try_from(limit).ok().filter(|_| paginate);
@@ -129,12 +119,10 @@ impl ResourceRequest<'_> {
         if remaining > 0
             && let Some(last) = items.last()
         {
-            let (namespace, name) = list_order_key(last);
             next = Some(
                 Continue {
                     rv,
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    last: ObjectRef::of(last),
                 }
                 .encode(),
             );

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::resources::{self, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+use crate::store::ObjectRef;
 
 /// What a request path names.
 pub(super) enum Route {
@@ -139,13 +140,13 @@ pub(super) fn write_body(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, Api
 /// `rv NUL namespace NUL name`), like kube-apiserver's base64 tokens.
 pub(super) struct Continue {
     pub(super) rv: u64,
-    pub(super) namespace: String,
-    pub(super) name: String,
+    /// The last object of the previous page.
+    pub(super) last: ObjectRef,
 }
 
 impl Continue {
     pub(super) fn encode(&self) -> String {
-        let raw = format!("{}\0{}\0{}", self.rv, self.namespace, self.name);
+        let raw = format!("{}\0{}\0{}", self.rv, self.last.namespace, self.last.name);
         raw.bytes().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -168,8 +169,7 @@ impl Continue {
         };
         Ok(Continue {
             rv: rv.parse().map_err(|_| invalid())?,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            last: ObjectRef::new(namespace, name),
         })
     }
 }

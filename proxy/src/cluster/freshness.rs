@@ -23,6 +23,7 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::errors::ViewUnavailable;
 use crate::metrics::Metrics;
 
 /// The staleness bound and the deadlines derived from it.
@@ -99,26 +100,25 @@ impl Health {
         self.progress_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 
-    /// `Err(reason)` unless this store is synced, healthy and has shown proof within `bound`.
-    pub(crate) fn check(&self, bound: Duration) -> Result<(), String> {
+    /// `Err` unless this store is synced, healthy and has shown proof within `bound`.
+    pub(crate) fn check(&self, bound: Duration) -> Result<(), ViewUnavailable> {
+        let resource = self.what;
         if !self.synced.load(Ordering::SeqCst) {
-            return Err(format!("cluster view not yet synced ({})", self.what));
+            return Err(ViewUnavailable::NotSynced { resource });
         }
         if !self.healthy.load(Ordering::SeqCst) {
-            return Err(format!(
-                "cluster view unavailable: watch of {} is failing",
-                self.what
-            ));
+            return Err(ViewUnavailable::Failing { resource });
         }
         let age = self
             .now_ms()
             .saturating_sub(self.progress_ms.load(Ordering::SeqCst));
         let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
         if age > bound_ms {
-            return Err(format!(
-                "cluster view unavailable: no word from the API server about {} for {} ms (staleness bound {} ms)",
-                self.what, age, bound_ms
-            ));
+            return Err(ViewUnavailable::Stale {
+                resource,
+                age_ms: age,
+                bound_ms,
+            });
         }
         Ok(())
     }
@@ -302,16 +302,26 @@ mod tests {
     fn health_needs_sync_no_error_and_recent_proof() {
         let h = Health::new("pods", Instant::now());
         let bound = Duration::from_secs(3600);
-        assert!(h.check(bound).unwrap_err().contains("not yet synced"));
+        assert!(
+            h.check(bound)
+                .unwrap_err()
+                .to_string()
+                .contains("not yet synced")
+        );
         h.synced.store(true, Ordering::SeqCst);
-        assert!(h.check(bound).unwrap_err().contains("is failing"));
+        assert!(
+            h.check(bound)
+                .unwrap_err()
+                .to_string()
+                .contains("is failing")
+        );
         h.healthy.store(true, Ordering::SeqCst);
         h.progress();
         assert_eq!(h.check(bound), Ok(()));
         // Proof older than the bound: not fresh.
         h.progress_ms.store(0, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
-        let err = h.check(Duration::from_millis(5)).unwrap_err();
+        let err = h.check(Duration::from_millis(5)).unwrap_err().to_string();
         assert!(
             err.contains("no word from the API server about pods"),
             "{err}"

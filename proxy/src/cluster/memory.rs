@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use super::ClusterView;
-use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
+use crate::errors::ViewUnavailable;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 #[derive(Debug, Default)]
 struct State {
-    ready: Option<String>,
+    ready: Option<ViewUnavailable>,
     pods: Vec<PodInfo>,
     aais: Vec<AssignedIdentityInfo>,
     exceptions: Vec<ExceptionInfo>,
@@ -51,7 +52,7 @@ impl MemoryView {
     }
 
     /// `Err(reason)` makes the view not ready (the proxy fails closed).
-    pub fn set_ready(&self, ready: Result<(), String>) {
+    pub fn set_ready(&self, ready: Result<(), ViewUnavailable>) {
         self.write(|s| s.ready = ready.err());
     }
     pub fn set_pods(&self, pods: Vec<PodInfo>) {
@@ -72,7 +73,7 @@ impl MemoryView {
 }
 
 impl ClusterView for MemoryView {
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), ViewUnavailable> {
         self.read(|s| match &s.ready {
             None => Ok(()),
             Some(r) => Err(r.clone()),
@@ -108,14 +109,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cluster::model::fixtures::{aai, identity, pod};
+    use crate::model::fixtures::{aai, identity, pod};
 
     #[test]
     fn queries_select_by_ip_name_pod_and_namespace() -> Result<(), std::net::AddrParseError> {
         let view = MemoryView::new();
         assert_eq!(view.ready(), Ok(()));
-        view.set_ready(Err("not synced".into()));
-        assert_eq!(view.ready(), Err("not synced".into()));
+        let not_synced = ViewUnavailable::NotSynced { resource: "pods" };
+        view.set_ready(Err(not_synced.clone()));
+        assert_eq!(view.ready(), Err(not_synced));
 
         let (a1, b1, a2) = (
             pod("a", "p1", "10.0.0.1"),

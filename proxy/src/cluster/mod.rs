@@ -12,20 +12,23 @@
 pub mod crd;
 pub mod freshness;
 pub mod memory;
-pub mod model;
 pub mod watch;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
+/// The plain-data views (`crate::model`), also reachable here where they were first defined.
+pub use crate::model;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
+
+use crate::errors::{CallerError, ViewUnavailable};
 
 /// Read-only view of the cluster objects the proxy needs.
 pub trait ClusterView: Send + Sync + 'static {
-    /// `Ok` when the answers are current; `Err(reason)` when the view has not synced yet or its source is
+    /// `Ok` when the answers are current; `Err` when the view has not synced yet or its source is
     /// unavailable. Callers must not hand out tokens while this is `Err`.
-    fn ready(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), ViewUnavailable>;
     /// `Ok` when the source of truth confirms, now, that `pod` (found in this view for caller `ip`) is the
     /// pod holding `ip`. Called before a token is handed out, so that a pod that reused the address of a
     /// pod deleted during an outage is never served the old pod's identity from a view that has not yet
@@ -34,9 +37,9 @@ pub trait ClusterView: Send + Sync + 'static {
         &'a self,
         pod: &'a PodInfo,
         ip: IpAddr,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>> {
         let _ = (pod, ip);
-        Box::pin(std::future::ready(self.ready()))
+        Box::pin(std::future::ready(self.ready().map_err(CallerError::View)))
     }
     /// Pods of this node whose `status.podIP` is `ip` (any phase; policy filters).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;

@@ -29,9 +29,10 @@ use super::crd::{
     BEHAVIOR_ANNOTATION, EmbeddedIdentity,
 };
 use super::freshness::{Follow, Freshness, Health, follow};
-use super::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 use super::{ClusterView, WatchPlan};
+use crate::errors::{CallerError, Unconfirmed, UnconfirmedReason, ViewUnavailable};
 use crate::metrics::Metrics;
+use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 struct Inner {
     client: Client,
@@ -279,7 +280,7 @@ pub fn aai_info(aai: &AzureAssignedIdentity) -> AssignedIdentityInfo {
 }
 
 impl ClusterView for KubeView {
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), ViewUnavailable> {
         for h in &self.inner.health {
             h.check(self.inner.freshness.bound)?;
         }
@@ -290,31 +291,29 @@ impl ClusterView for KubeView {
         &'a self,
         pod: &'a PodInfo,
         ip: IpAddr,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>> {
         Box::pin(async move {
             // A GET with no resourceVersion is a consistent read: the API server's state now, not a cache's.
             let api = Api::<Pod>::namespaced(self.inner.client.clone(), &pod.namespace);
             let deadline = self.inner.freshness.request_deadline();
-            let unconfirmed = |why: String| {
-                format!(
-                    "cluster view unavailable: cannot confirm that pod {}/{} holds {ip}: {why}",
-                    pod.namespace, pod.name
-                )
+            let unconfirmed = |reason| Unconfirmed {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                ip,
+                reason,
             };
             let live = tokio::time::timeout(deadline, api.get_opt(&pod.name))
                 .await
-                .map_err(|_| {
-                    unconfirmed(format!("no answer from the API server within {deadline:?}"))
-                })?
-                .map_err(|e| unconfirmed(e.to_string()))?
-                .ok_or_else(|| unconfirmed("the pod no longer exists".into()))?;
+                .map_err(|_| unconfirmed(UnconfirmedReason::Deadline(deadline)))?
+                .map_err(|e| unconfirmed(UnconfirmedReason::Api(e)))?
+                .ok_or_else(|| unconfirmed(UnconfirmedReason::Gone))?;
             // The same decision as on the cached view, on the live object alone.
             crate::policy::match_pod([&pod_info(&live)], ip).map_err(|_| {
-                unconfirmed(format!(
-                    "the API server gives it address {:?}, phase {:?}",
-                    live.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
-                    live.status.as_ref().and_then(|s| s.phase.as_deref())
-                ))
+                let status = live.status.as_ref();
+                unconfirmed(UnconfirmedReason::Moved {
+                    ip: status.and_then(|s| s.pod_ip.clone()),
+                    phase: status.and_then(|s| s.phase.clone()),
+                })
             })?;
             Ok(())
         })

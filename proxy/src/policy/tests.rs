@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::cluster::model::fixtures::*;
-use crate::cluster::model::*;
+use crate::model::fixtures::*;
+use crate::model::*;
 
 /// The candidates of a `Found` step (panics on any other step).
 fn found(step: StandardStep) -> Vec<IdentityInfo> {
@@ -19,7 +19,7 @@ fn found(step: StandardStep) -> Vec<IdentityInfo> {
 /// The message of a `Fail` step (panics on any other step).
 fn failure(step: StandardStep) -> String {
     match step {
-        StandardStep::Fail(m) => m,
+        StandardStep::Fail(m) => m.to_string(),
         other => panic!("expected Fail, got {other:?}"),
     }
 }
@@ -193,9 +193,15 @@ fn pod_matching_requires_exactly_one() {
         .parse()
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     assert_eq!(match_pod([&a, &b], ip).map(|p| p.name), Ok("a".to_string()));
-    assert_eq!(match_pod([&b], ip), Err("pod list is empty".to_string()));
+    assert_eq!(
+        match_pod([&b], ip).map_err(|e| e.to_string()),
+        Err("pod list is empty".to_string())
+    );
     let a2 = pod("other", "a2", "10.0.0.1");
-    let err = match_pod([&a, &a2], ip).err().unwrap_or_default();
+    let err = match_pod([&a, &a2], ip)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.starts_with("failed to match pod IP 10.0.0.1"), "{err}");
     let mut done = a2.clone();
     done.phase = "Succeeded".into();
@@ -277,6 +283,7 @@ fn standard_created_waits_then_fails_after_budget() {
     }
     assert!(
         assigned_failure(&p, &BUDGET)
+            .to_string()
             .contains("in ASSIGNED state failed after 20 attempts, retry duration [5]s")
     );
     // Nothing at all: wait until the created budget, then fail with the CREATED message.
@@ -358,7 +365,8 @@ fn namespaced_filter_empty_list_is_not_found_not_panic() {
             &p,
             &IdentityRequest::default(),
             true
-        ),
+        )
+        .map_err(|e| e.to_string()),
         Err("no azure identity found for request clientID ".to_string())
     );
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Plain-data views of the cluster objects the proxy decides on.
 //!
 //! These are what `policy` sees: no kube types, no `Arc`s, no I/O, so every decision can be unit- and
-//! property-tested with hand-built values. `cluster::kube` converts the typed CRDs and core/v1 pods into these;
-//! nothing here may talk to the API server.
+//! property-tested with hand-built values. `cluster::watch` converts the typed CRDs and core/v1 pods into these;
+//! nothing here may talk to the API server. Below `cluster` and `policy` both (re-exported as `cluster::model`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

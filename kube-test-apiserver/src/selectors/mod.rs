@@ -1,7 +1,8 @@
 //! Label and field selectors, parsed and matched the way the Kubernetes API server does
 //! (`k8s.io/apimachinery/pkg/labels` and `pkg/fields`).
 //!
-//! This module owns the selector grammar, validation and matching only. It knows nothing about which
+//! This module owns the selector grammar, validation and matching only: label selectors here, field
+//! selectors in `fields`. It knows nothing about which
 //! field labels a resource supports (that is `resources`) nor about HTTP (that is `handlers`).
 //!
 //! Label selector grammar (the one `kubectl -l` and every client library send):
@@ -17,6 +18,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::Value;
+
+mod fields;
+
+pub use fields::{FieldOp, FieldRequirement, FieldSelector};
 
 /// A selector that did not parse or validate. The message is what the API server puts in the
 /// 400 Status body.
@@ -502,131 +507,6 @@ fn validate_value(value: &str) -> Result<(), SelectorError> {
     }
 }
 
-/// Operator of a field requirement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldOp {
-    Equals,
-    NotEquals,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldRequirement {
-    pub field: String,
-    pub op: FieldOp,
-    pub value: String,
-}
-
-/// A parsed field selector (`spec.nodeName=node-1,metadata.name!=x`). Which fields are allowed is
-/// decided per resource by the caller; this type only parses and matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldSelector {
-    pub requirements: Vec<FieldRequirement>,
-}
-
-impl FieldSelector {
-    /// Parse as `k8s.io/apimachinery/pkg/fields.ParseSelector` does: terms split on unescaped `,`,
-    /// operators `!=`, `==`, `=` (first found wins), `\` escapes `,`, `=` and `\` in values.
-    pub fn parse(input: &str) -> Result<Self, SelectorError> {
-        let mut requirements = Vec::new();
-        if input.is_empty() {
-            return Ok(FieldSelector { requirements });
-        }
-        for term in split_unescaped(input, ',') {
-            if term.is_empty() {
-                continue;
-            }
-            let (field, op, raw_value) = split_term(&term).ok_or_else(|| {
-                SelectorError(format!(
-                    "invalid selector: '{input}'; can't understand '{term}'"
-                ))
-            })?;
-            let value = unescape(raw_value).map_err(|e| {
-                SelectorError(format!("invalid field selector value {raw_value:?}: {e}"))
-            })?;
-            requirements.push(FieldRequirement {
-                field: field.to_owned(),
-                op,
-                value,
-            });
-        }
-        Ok(FieldSelector { requirements })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
-    }
-
-    /// Does an object match, given a function that yields the value of a field label?
-    pub fn matches(&self, field_value: impl Fn(&str) -> String) -> bool {
-        self.requirements.iter().all(|r| {
-            let actual = field_value(&r.field);
-            match r.op {
-                FieldOp::Equals => actual == r.value,
-                FieldOp::NotEquals => actual != r.value,
-            }
-        })
-    }
-}
-
-/// Split on `sep` unless preceded by a backslash escape; escapes are kept for `unescape`.
-fn split_unescaped(input: &str, sep: char) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut escaped = false;
-    for c in input.chars() {
-        if escaped {
-            current.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            current.push(c);
-            escaped = true;
-        } else if c == sep {
-            parts.push(std::mem::take(&mut current));
-        } else {
-            current.push(c);
-        }
-    }
-    parts.push(current);
-    parts
-}
-
-/// Find the first unescaped operator in a term.
-fn split_term(term: &str) -> Option<(&str, FieldOp, &str)> {
-    let bytes = term.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'!' if bytes.get(i + 1) == Some(&b'=') => {
-                return Some((&term[..i], FieldOp::NotEquals, &term[i + 2..]));
-            }
-            b'=' if bytes.get(i + 1) == Some(&b'=') => {
-                return Some((&term[..i], FieldOp::Equals, &term[i + 2..]));
-            }
-            b'=' => return Some((&term[..i], FieldOp::Equals, &term[i + 1..])),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-fn unescape(s: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some(e @ ('\\' | ',' | '=')) => out.push(e),
-                Some(other) => return Err(format!("invalid escape sequence \\{other}")),
-                None => return Err("unterminated escape sequence".into()),
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,23 +591,5 @@ mod tests {
                 "{bad:?} must be refused"
             );
         }
-    }
-
-    #[test]
-    fn field_selector_parses_and_matches() {
-        let f = FieldSelector::parse("spec.nodeName=n1,metadata.name!=x").unwrap();
-        assert_eq!(f.requirements.len(), 2);
-        let get = |field: &str| match field {
-            "spec.nodeName" => "n1".to_owned(),
-            "metadata.name" => "p".to_owned(),
-            _ => String::new(),
-        };
-        assert!(f.matches(get));
-        let f = FieldSelector::parse("spec.nodeName==n2").unwrap();
-        assert!(!f.matches(get));
-        let f = FieldSelector::parse(r"metadata.name=a\,b").unwrap();
-        assert_eq!(f.requirements[0].value, "a,b");
-        assert!(FieldSelector::parse("nonsense").is_err());
-        assert!(FieldSelector::parse("").unwrap().is_empty());
     }
 }
