@@ -119,7 +119,7 @@ pub enum StartError {
     #[error(transparent)]
     Kube(#[from] kube::KubeError),
     #[error("HTTP client: {0}")]
-    Http(#[from] http_client::HttpError),
+    Http(#[from] http_client::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -168,7 +168,7 @@ impl Controller {
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
         let azure = settings.load_cloud()?;
         let credential = azure.credential()?;
-        let http = http_client::HttpClient::new(settings.arm_ca_file.as_deref())?;
+        let http = http_client::client(settings.arm_ca_file.as_deref())?;
         let metrics = metrics::Metrics::default();
         let mut immutable: std::collections::HashSet<String> = settings
             .immutable_user_msis
