@@ -334,7 +334,17 @@ async fn run_loop(
             fatal.send_replace(Some(format!("leadership lost: {reason}")));
             return;
         }
-        let outcome = cycle::run(&ctx).await;
+        // A view that cannot show it is current is not acted on; the cycle is retried as pending work.
+        let outcome = match ctx.cluster.fresh() {
+            Ok(()) => cycle::run(&ctx).await,
+            Err(why) => {
+                tracing::warn!(%why, "cluster view not current; cycle skipped");
+                cycle::Outcome {
+                    busy: false,
+                    pending: true,
+                }
+            }
+        };
         active.store(true, Ordering::Relaxed);
         let retry_pending = outcome
             .pending
