@@ -67,7 +67,36 @@ async fn run(settings: Settings) -> Result<ShutdownReport, ProxyError> {
     proxy.shutdown_until(again).await
 }
 
+/// The mutation suite's build (cargo feature `mutants`): `--list-mutants`, and the defect this process
+/// carries (logged loudly, an unknown name refused). `Some(code)` ends the process.
+#[cfg(feature = "mutants")]
+fn mutants() -> Option<ExitCode> {
+    if std::env::args().nth(1).as_deref() == Some("--list-mutants") {
+        print!("{}", imds_proxy::mutant::table());
+        return Some(ExitCode::SUCCESS);
+    }
+    match imds_proxy::mutant::check() {
+        Ok(None) => None,
+        Ok(Some(name)) => {
+            eprintln!("imds-proxy: MUTANT BUILD, deliberate defect `{name}` is on");
+            None
+        }
+        Err(e) => {
+            eprintln!("imds-proxy: {e}");
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
+#[cfg(not(feature = "mutants"))]
+fn mutants() -> Option<ExitCode> {
+    None
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = mutants() {
+        return code;
+    }
     let mut settings = match Settings::try_parse() {
         Ok(s) => s,
         Err(e) => {
