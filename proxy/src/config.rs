@@ -442,7 +442,10 @@ mod tests {
         assert_eq!(s.retry_attempts_for_created, 16);
         assert!(s.metadata_header_required);
         assert_eq!(s.node, "b");
-        let s = parse(&["--block-instance-metadata=true", "--block-instance-metadata=false"])?;
+        let s = parse(&[
+            "--block-instance-metadata=true",
+            "--block-instance-metadata=false",
+        ])?;
         assert!(!s.block_instance_metadata);
         Ok(())
     }
