@@ -64,39 +64,56 @@ pub fn journal_line(node: &str, e: &JournalEntry) -> String {
     )
 }
 
-/// Appends new journal entries of every VM's mock to `imds.log` and new API server requests to
-/// `apiserver.log`, every 500 ms, forever (the caller drops it at teardown).
-pub async fn pump(
-    mocks: Vec<(String, &MockImds)>,
-    api: &kube_test_apiserver::ApiServer,
-    dir: &Path,
-) {
-    let imds_log = dir.join(IMDS_LOG);
-    let api_log = dir.join(APISERVER_LOG);
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    loop {
+/// Writes `imds.log` and `apiserver.log`: remembers what it wrote so each call appends only what is new.
+pub struct Pump<'a> {
+    mocks: Vec<(String, &'a MockImds)>,
+    api: &'a kube_test_apiserver::ApiServer,
+    imds_log: PathBuf,
+    api_log: PathBuf,
+    seen: BTreeMap<String, u64>,
+    counts: BTreeMap<(String, String, String), u64>,
+}
+
+impl<'a> Pump<'a> {
+    /// A pump for these mocks (node, mock) and this API server, into log directory `dir`.
+    pub fn new(
+        mocks: Vec<(String, &'a MockImds)>,
+        api: &'a kube_test_apiserver::ApiServer,
+        dir: &Path,
+    ) -> Self {
+        Pump {
+            mocks,
+            api,
+            imds_log: dir.join(IMDS_LOG),
+            api_log: dir.join(APISERVER_LOG),
+            seen: BTreeMap::new(),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Appends the journal entries and API server requests that are new since the last call.
+    pub fn once(&mut self) {
         let mut out = String::new();
-        for (node, mock) in &mocks {
-            let last = seen.get(node).copied();
+        for (node, mock) in &self.mocks {
+            let last = self.seen.get(node).copied();
             for e in mock.journal() {
                 if last.is_none_or(|l| e.seq > l) {
                     out.push_str(&journal_line(node, &e));
                     out.push('\n');
-                    seen.insert(node.clone(), e.seq);
+                    self.seen.insert(node.clone(), e.seq);
                 }
             }
         }
-        append(&imds_log, &out);
+        append(&self.imds_log, &out);
         let mut out = String::new();
         let t = now();
-        for (client, c) in api.stats().clients {
+        for (client, c) in self.api.stats().clients {
             for (resource, r) in &c.resources {
                 let mut kinds: Vec<(String, u64)> = r.requests.clone().into_iter().collect();
                 kinds.push(("watch-event".into(), r.watch_events));
                 for (verb, n) in kinds {
                     let key = (client.clone(), resource.clone(), verb.clone());
-                    let before = counts.insert(key, n).unwrap_or(0);
+                    let before = self.counts.insert(key, n).unwrap_or(0);
                     if n > before {
                         out.push_str(&format!(
                             "{t} {client} {verb} {resource} +{} (total {n})\n",
@@ -106,8 +123,16 @@ pub async fn pump(
                 }
             }
         }
-        append(&api_log, &out);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        append(&self.api_log, &out);
+    }
+
+    /// [`Pump::once`] every 500 ms, forever (the caller stops polling it at teardown, then calls `once`
+    /// a last time).
+    pub async fn run(&mut self) {
+        loop {
+            self.once();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

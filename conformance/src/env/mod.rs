@@ -396,10 +396,14 @@ async fn up(
         .keys()
         .filter_map(|n| env.mock(n).map(|m| (n.clone(), m)))
         .collect();
+    let mut pump = logs::Pump::new(mocks, env.api_server(), &log_dir);
     let sig = tokio::select! {
         sig = up_signal() => sig,
-        _ = logs::pump(mocks, env.api_server(), &log_dir) => "the log pump",
+        _ = pump.run() => "the log pump",
     };
+    // What arrived since the last poll.
+    pump.once();
+    drop(pump);
     eprintln!("imds-conformance: {sig}: tearing environment {name} down");
     crate::backend::Backend::teardown(&env).await;
     drop(env);
