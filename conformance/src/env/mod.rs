@@ -38,7 +38,7 @@ pub struct EnvArgs {
 /// `env` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
-    /// Build the scenario's environment (netns backend, root) and keep it standing until Ctrl-C or `env down`.
+    /// Build the scenario's environment (netns backend, root) and keep it standing until Ctrl-C, SIGTERM, SIGHUP or `env down`; prints how to reach every pod, node and VM IMDS, and the log directory (kept after down).
     Up {
         /// Environment name (default: the scenario file's stem, e.g. nmi-default). Several environments with
         /// different names stand side by side.
