@@ -46,6 +46,22 @@ fn append(path: &Path, text: &str) {
     }
 }
 
+/// `s` with control characters escaped (`\u{1b}`): what pods sent never drives the reader's terminal.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// One journal entry as a log line: `TIME NODE SOURCE METHOD PATH?QUERY -> STATUS`.
 pub fn journal_line(node: &str, e: &JournalEntry) -> String {
     let q = if e.query.is_empty() {
@@ -58,10 +74,10 @@ pub fn journal_line(node: &str, e: &JournalEntry) -> String {
     } else {
         e.status.to_string()
     };
-    format!(
+    printable(&format!(
         "{} {node} {} {} {}{q} -> {status}",
         e.time, e.source, e.method, e.path
-    )
+    ))
 }
 
 /// Writes `imds.log` and `apiserver.log`: remembers what it wrote so each call appends only what is new.
@@ -275,7 +291,7 @@ pub fn pretty_journal(node: &str, entries: &[JournalEntry]) -> String {
     for e in entries {
         s.push_str(&format!("#{} {}\n", e.seq, journal_line(node, e)));
         for (k, v) in &e.headers {
-            s.push_str(&format!("    {k}: {v}\n"));
+            s.push_str(&format!("    {}: {}\n", printable(k), printable(v)));
         }
     }
     if entries.is_empty() {
@@ -308,5 +324,13 @@ mod tests {
         assert!(p.starts_with("#7 2026-01-01T00:00:00Z node-1 "), "{p}");
         assert!(p.ends_with("\n    metadata: true\n"), "{p}");
         assert_eq!(pretty_journal("n", &[]), "n: no request yet\n");
+        let hostile = JournalEntry {
+            path: "/x\u{1b}[2J".into(),
+            headers: vec![("x".into(), "\u{1b}]0;title\u{7}".into())],
+            ..e
+        };
+        let p = pretty_journal("n", &[hostile]);
+        assert!(!p.contains('\u{1b}') && !p.contains('\u{7}'), "{p}");
+        assert!(p.contains("/x\\u{1b}[2J"), "{p}");
     }
 }
