@@ -345,8 +345,9 @@ declare_case!(
             .send_on(&mut conn, Request::get("/metadata/versions").metadata())
             .await;
         start_interceptor(ctx, &node, "the interceptor to restart").await?;
+        let selector = crate::catalog::direct_selector(ctx);
         let second = ctx
-            .send_on(&mut conn, Request::get(token_target("")).metadata())
+            .send_on(&mut conn, Request::get(token_target(&selector)).metadata())
             .await;
         let flows = ctx
             .backend
