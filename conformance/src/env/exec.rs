@@ -5,9 +5,10 @@
 //! and leaves nothing running.
 //!
 //! Process groups: from an interactive terminal where we are the foreground group, the command stays in
-//! our group (so a shell inside can read the terminal and Ctrl-C reaches it directly) and signals are
-//! forwarded to its PID. Otherwise (scripts, `timeout`, CI) it gets a group of its own and signals go to
-//! that whole group, so a pipeline or a shell's children are reached too.
+//! our group (so a shell inside can read the terminal) and the terminal's own SIGINT / SIGQUIT (Ctrl-C,
+//! Ctrl-\) reach it directly — those are not forwarded again, so it sees each once; SIGTERM and SIGHUP are
+//! forwarded to its PID. Otherwise (scripts, `timeout`, CI) it gets a group of its own and every one of the
+//! four signals goes to that whole group, so a pipeline or a shell's children are reached too.
 
 use std::os::fd::AsFd as _;
 use std::os::unix::process::ExitStatusExt as _;
@@ -98,12 +99,16 @@ pub async fn run_in(ns: &str, argv: &[String]) -> Result<i32, ExecError> {
         };
         // The child is not reaped yet (its wait did not complete), so its PID / group id is still ours to
         // signal: it cannot have been reused by a stranger.
-        if let Some(pid) = pid {
-            let _ = if own_group {
-                killpg(pid, sig)
-            } else {
-                kill(pid, sig)
-            };
+        let from_terminal = matches!(sig, Signal::SIGINT | Signal::SIGQUIT);
+        match pid {
+            Some(pid) if own_group => {
+                let _ = killpg(pid, sig);
+            }
+            Some(pid) if !from_terminal => {
+                let _ = kill(pid, sig);
+            }
+            // Our group is the terminal's foreground group: the command got it from the terminal too.
+            _ => {}
         }
     }
 }
