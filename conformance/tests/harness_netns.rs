@@ -592,9 +592,24 @@ fn netns_env_side_by_side_exec_signals_override_logs_and_down() {
         "{err}"
     );
 
+    // `logs -f` prints what is there and follows until the environment goes down.
+    let follow = env
+        .cmd(&["logs", "--name", "a", "-f", "imds"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
     // down: the up process tears down; logs stay (plain text), nothing else does.
     let (code, out, err) = env.run(&["down", "--name", "a"]);
     assert_eq!(code, 0, "{err}");
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    assert!(
+        String::from_utf8_lossy(&followed.stdout).contains("GET /metadata/identity/oauth2/token?")
+            && String::from_utf8_lossy(&followed.stderr).contains("environment a is down"),
+        "{followed:?}"
+    );
     assert!(
         out.contains(&format!("logs kept in {}", sa.log_dir.display())),
         "{out}"
