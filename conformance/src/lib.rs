@@ -17,7 +17,8 @@
 //! - [`scenario`], [`cluster`], [`world`] — scenario files, the Kubernetes objects they imply, and the
 //!   nodes and pods a backend made of them;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
-//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
+//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line; [`env`] — named environments
+//!   a person works in (`env up|list|exec|logs|journal|down`);
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
 //! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod ctx;
+pub mod env;
 pub mod http;
 pub mod kind;
 pub mod netns;

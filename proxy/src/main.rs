@@ -7,6 +7,7 @@
 //! client, rule removal), 2 usage or environment error (unknown flag, invalid value, kubenet guard), 3 clean
 //! shutdown that had to cut in-flight requests at the end of the grace.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ fn init_logging(settings: &Settings) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal: a log redirected to a file (a harness, systemd, `2> log`) stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Json => builder
