@@ -90,7 +90,8 @@ fn netns_aks_restriction_passes_with_aks_rule() {
     assert_eq!(
         r.ids(Status::Pass).into_iter().collect::<BTreeSet<_>>(),
         set(&[
-            "SEC-001", "SEC-002", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
+            "SEC-001", "SEC-002", "SEC-003", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004",
+            "RST-005"
         ]),
         "{}",
         r.log()
@@ -105,7 +106,9 @@ fn selftest_rst_no_rule_but_claimed() {
     }
     let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "none"]);
     // No rule: pods reach IMDS and get the VM's tokens, which the security floor sees too.
-    r.assert_fails_exactly(&["SEC-001", "SEC-002", "RST-001", "RST-003", "RST-005"]);
+    r.assert_fails_exactly(&[
+        "SEC-001", "SEC-002", "SEC-003", "RST-001", "RST-003", "RST-005",
+    ]);
     assert!(leftovers(pid).is_empty());
 }
 
