@@ -33,6 +33,7 @@ test: lint
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --workspace --bins {{test_features}}
+    just mutants-build
     # The probe statically linked, for the probe-image test (std only: seconds).
     RUSTFLAGS='-C target-feature=+crt-static' cargo build -p imds-probe --target x86_64-unknown-linux-gnu
     # A Docker engine for the testcontainers tests: the one that answers, else our own dockerd under a
@@ -79,9 +80,15 @@ bench *ARGS:
 # directory, never shipped) judged by the catalogue on netns (root); writes docs/CONFORMANCE-POWER.md, exits 1
 # when a defect survives its aimed case or the correct proxy fails one. `--aimed-only` is the fast subset,
 # `--only a,b` picks defects, `--baseline-runs N` counts false failures of the correct proxy over N runs.
-mutants *ARGS: build
-    cargo build -p imds-proxy --features mutants --target-dir target/mutants
+mutants *ARGS: build mutants-build
     target/debug/imds-mutants {{ARGS}}
+
+# imds-proxy with its deliberate defects as target/debug/imds-proxy-mutants, then the shipped build back in
+# place (one target directory: only imds-proxy itself is compiled twice).
+mutants-build:
+    cargo build -p imds-proxy --features mutants
+    cp target/debug/imds-proxy target/debug/imds-proxy-mutants
+    cargo build -p imds-proxy
 
 # Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
 # INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both

@@ -23,8 +23,8 @@ use imds_conformance::report::RunReport;
     long_about = None
 )]
 struct Opts {
-    /// imds-proxy built with `--features mutants` (`just mutants` builds it into target/mutants).
-    #[arg(long, default_value = "target/mutants/debug/imds-proxy")]
+    /// imds-proxy built with `--features mutants` (`just mutants-build` puts it there).
+    #[arg(long, default_value = "target/debug/imds-proxy-mutants")]
     mutant_proxy: PathBuf,
     /// The harness binary.
     #[arg(long, default_value = "target/debug/imds-conformance")]
@@ -63,6 +63,9 @@ struct Run {
     failed: Vec<String>,
     outcome_of: Vec<(String, String)>,
     took: Duration,
+    /// The harness could not judge the interceptor at all (exit 2: it never became ready, exited, …):
+    /// the last lines of what it said. A vendor's interceptor in that state is not certified either.
+    refused: Option<String>,
 }
 
 fn list(proxy: &Path) -> Result<Vec<Defect>> {
@@ -134,19 +137,27 @@ fn run(opts: &Opts, mutant: Option<&str>, focus: Option<&str>, dir: &Path) -> Re
         .output()
         .with_context(|| format!("running {}", opts.harness.display()))?;
     let took = started.elapsed();
-    // Exit 0 or 1 is a verdict; anything else is the harness failing to run.
+    // Exit 0 or 1 is a verdict; 2 is the harness refusing to judge (for a defect: refused at start-up).
     if !matches!(out.status.code(), Some(0 | 1)) {
-        bail!(
-            "harness for {}: {} — {}",
-            mutant.unwrap_or("the correct proxy"),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        let said = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("imds-conformance:"))
+            .last()
+            .unwrap_or("(no message)")
+            .to_owned();
+        if mutant.is_none() || out.status.code() != Some(2) {
+            bail!(
+                "harness for {}: {} — {said}",
+                mutant.unwrap_or("the correct proxy"),
+                out.status
+            );
+        }
+        return Ok(Run {
+            failed: Vec::new(),
+            outcome_of: Vec::new(),
+            took,
+            refused: Some(said),
+        });
     }
     let report: RunReport = serde_json::from_slice(
         &std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?,
@@ -165,6 +176,7 @@ fn run(opts: &Opts, mutant: Option<&str>, focus: Option<&str>, dir: &Path) -> Re
             .map(|c| (c.id.clone(), status(&c.outcome).to_owned()))
             .collect(),
         took,
+        refused: None,
     })
 }
 
@@ -222,13 +234,16 @@ fn main() -> Result<()> {
             .aimed_only
             .then(|| focus_of(&BTreeSet::from([d.case.as_str()])));
         let r = run(&opts, Some(&d.name), own.as_deref(), dir.path())?;
-        let aimed_outcome = r
-            .outcome_of
-            .iter()
-            .find(|(id, _)| *id == d.case)
-            .map_or("not run", |(_, o)| o.as_str())
-            .to_owned();
-        let hit = aimed_outcome == "FAIL";
+        let aimed_outcome = match &r.refused {
+            Some(said) => format!("no verdict: refused at start-up ({said})"),
+            None => r
+                .outcome_of
+                .iter()
+                .find(|(id, _)| *id == d.case)
+                .map_or("not run", |(_, o)| o.as_str())
+                .to_owned(),
+        };
+        let hit = aimed_outcome == "FAIL" || r.refused.is_some();
         killed += usize::from(hit);
         eprintln!(
             "{:<32} aimed {:<8} {:<9} failed {:?} ({:.0} s)",
@@ -265,7 +280,8 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "**{killed} of {} killed by the case aimed at them.** False failures of the correct proxy: {}.\n",
+        "**{killed} of {} killed** (by the case aimed at them, or refused by the harness at start-up). \
+         False failures of the correct proxy: {}.\n",
         defects.len(),
         if false_failures.is_empty() {
             "none".to_owned()
@@ -290,7 +306,7 @@ fn main() -> Result<()> {
             d.what.replace('|', "\\|"),
             d.case,
             aimed_outcome,
-            if aimed_outcome == "FAIL" {
+            if aimed_outcome == "FAIL" || aimed_outcome.starts_with("no verdict") {
                 " ✔ killed"
             } else {
                 " ✘ survived"

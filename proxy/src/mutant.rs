@@ -51,7 +51,7 @@ mod table {
         BlockNoDecode "block-no-decode" "BLK-003" "the instance block matches the path before percent-decoding and cleaning";
         BlockAfterForward "block-after-forward" "BLK-004" "the request is forwarded to IMDS and only then answered 403";
         BlockEverything "block-everything" "BLK-005" "every pass-through path is answered 403";
-        DnatHostTraffic "dnat-host-traffic" "IPT-001" "the DNAT rule has no `! -s 127.0.0.1/32`: host processes are intercepted too";
+        HostOutputIntercepted "host-output-intercepted" "IPT-001" "the chain is also jumped to from nat OUTPUT: the node's own processes are intercepted";
         DnatWrongPort "dnat-wrong-port" "IPT-001" "the DNAT rule sends traffic to a port nothing listens on";
         NoReconcile "no-reconcile" "IPT-002" "the rules are installed once and never repaired";
         NoJumpRepair "no-jump-repair" "IPT-006" "a missing PREROUTING jump is never re-inserted";

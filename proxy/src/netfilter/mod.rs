@@ -129,7 +129,7 @@ impl NetfilterConfig {
     /// `iptables -S` prints, so the rule we append and the line we expect cannot drift apart.
     pub fn dnat_rule_spec(&self) -> Vec<String> {
         let target = self.dnat_target();
-        let spec: Vec<String> = [
+        [
             "!".to_owned(),
             "-s".to_owned(),
             "127.0.0.1/32".to_owned(),
@@ -146,11 +146,7 @@ impl NetfilterConfig {
             "--to-destination".to_owned(),
             target.to_string(),
         ]
-        .into();
-        if crate::mutant!(DnatHostTraffic) {
-            return spec[3..].to_vec();
-        }
-        spec
+        .into()
     }
 
     /// The chain's last rule.
@@ -280,6 +276,10 @@ impl Netfilter {
             self.ipt
                 .insert(Table::Nat, JUMP_CHAIN, 1, &self.cfg.jump_rule_spec())?;
             outcome = Reconciled::Repaired;
+        }
+        if created && crate::mutant!(HostOutputIntercepted) {
+            self.ipt
+                .insert(Table::Nat, "OUTPUT", 1, &self.cfg.jump_rule_spec())?;
         }
 
         let expected = self.expected_rules();
