@@ -1,6 +1,7 @@
-//! The `imds-conformance` command line (clap derive): `run`, `list`, `explain`, `env up|exec|down`,
-//! `apiserver`. Owns argument parsing, exit codes and the `env` state file; everything else is delegated
-//! (runner, catalog, backends, apiserver).
+//! The `imds-conformance` command line (clap derive): `run`, `matrix` (its arguments live in
+//! [`crate::matrix::cmd`]), `list`, `explain`, `env up|exec|down`, `apiserver`. Owns argument parsing,
+//! exit codes and the `env` state file; everything else is delegated (runner, catalog, backends,
+//! apiserver).
 //!
 //! Exit codes: 0 = every selected MUST case passed; 1 = a MUST case failed; 2 = usage or environment
 //! error (bad flags, scenario, missing binary, no root for netns); 130/143 = interrupted by SIGINT/SIGTERM
@@ -40,6 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the catalogue against an interceptor and report (exit 0 CONFORMANT; 1 NOT CONFORMANT: a MUST case failed, the profile's floor of features is not claimed, the security floor or every MUST case did not run; 2 error).
     Run(Box<RunArgs>),
+    /// Run one scenario and profile against several interceptors side by side and write the case ×
+    /// interceptor table (Markdown, self-contained HTML, JSON); `matrix --help` for the column syntax.
+    Matrix(Box<crate::matrix::cmd::MatrixArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {
         /// Only cases of this profile.
@@ -295,6 +299,7 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
 pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run_cmd(*args).await,
+        Command::Matrix(args) => crate::matrix::cmd::matrix_cmd(*args).await,
         Command::List { profile } => {
             // Written through a locked handle so a closed pipe (`list | head`) ends the listing quietly
             // instead of panicking in println!.
