@@ -19,7 +19,7 @@ pub struct MatrixArgs {
     /// A column: `LABEL=SPEC` (repeatable, in column order). SPEC is spelled as for `run --interceptor`:
     /// `builtin [FLAG…]` (imds-proxy; the flags are appended to the scenario's interceptor.flags for this
     /// column), `aks-rule`, `none`, `cmd:TEMPLATE`, or `manifest:FILE` (kind). A bare SPEC is labelled
-    /// by its kind. Labels cannot contain `=`.
+    /// by its kind. Labels cannot contain `=` or `:`.
     #[arg(long = "interceptor", value_name = "LABEL=SPEC")]
     pub interceptors: Vec<String>,
     /// A matrix file (YAML: `scenario`, `profile`, `columns` of {label, interceptor, flags, features});
