@@ -80,6 +80,14 @@ bench *ARGS:
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}
 
+# Conformance power: imds-proxy built with its deliberate single defects (cargo feature `mutants`, own target
+# directory, never shipped) judged by the catalogue on netns (root); writes docs/CONFORMANCE-POWER.md, exits 1
+# when a defect survives its aimed case or the correct proxy fails one. `--aimed-only` is the fast subset,
+# `--only a,b` picks defects, `--baseline-runs N` counts false failures of the correct proxy over N runs.
+mutants *ARGS: build
+    cargo build -p imds-proxy --features mutants --target-dir target/mutants
+    target/debug/imds-mutants {{ARGS}}
+
 # Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
 # INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both
 # targets run in parallel (two test threads); 1 M each took 9 min 13 s on a loaded 2-core machine (query parser

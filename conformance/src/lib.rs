@@ -18,7 +18,8 @@
 //!   nodes and pods a backend made of them;
 //! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown, and the
 //!   matrix's Markdown / HTML / JSON; [`matrix`] — one scenario against several interceptors, side by side;
-//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
+//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line; [`env`] — named environments
+//!   a person works in (`env up|list|exec|logs|journal|down`);
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
 //! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
@@ -31,6 +32,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod ctx;
+pub mod env;
 pub mod http;
 pub mod kind;
 pub mod matrix;

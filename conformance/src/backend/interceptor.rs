@@ -224,7 +224,9 @@ impl Supervised {
         let err = file
             .try_clone()
             .map_err(|e| BackendError::env(format!("opening {}", log.display()), e))?;
-        cmd.stdin(Stdio::null())
+        // The log is a file: ask for no colour (imds-proxy also checks for a terminal itself).
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .kill_on_drop(true);

@@ -18,14 +18,9 @@ use crate::scenario::IdentityDef;
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction];
 
-/// The scenario's identities the VM holds (IMDS would issue a token for each).
+/// The scenario's identities the (first node's) VM holds (IMDS would issue a token for each).
 fn vm_identities(ctx: &Ctx) -> Vec<IdentityDef> {
-    ctx.scenario
-        .identities
-        .iter()
-        .filter(|i| i.on_vm)
-        .cloned()
-        .collect()
+    crate::catalog::first_vm_identities(ctx)
 }
 
 /// A short description of a token answer: who it is for.

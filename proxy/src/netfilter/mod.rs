@@ -117,14 +117,19 @@ impl NetfilterConfig {
         } else {
             self.target_ip
         };
-        SocketAddrV4::new(ip, self.target_port)
+        let port = if crate::mutant!(DnatWrongPort) {
+            self.target_port.wrapping_add(1)
+        } else {
+            self.target_port
+        };
+        SocketAddrV4::new(ip, port)
     }
 
     /// The DNAT rule as iptables arguments (after `-A <chain>`). The same tokens, joined by spaces, are what
     /// `iptables -S` prints, so the rule we append and the line we expect cannot drift apart.
     pub fn dnat_rule_spec(&self) -> Vec<String> {
         let target = self.dnat_target();
-        [
+        let spec: Vec<String> = [
             "!".to_owned(),
             "-s".to_owned(),
             "127.0.0.1/32".to_owned(),
@@ -141,7 +146,11 @@ impl NetfilterConfig {
             "--to-destination".to_owned(),
             target.to_string(),
         ]
-        .into()
+        .into();
+        if crate::mutant!(DnatHostTraffic) {
+            return spec[3..].to_vec();
+        }
+        spec
     }
 
     /// The chain's last rule.
@@ -266,7 +275,7 @@ impl Netfilter {
             outcome = Reconciled::Repaired;
         }
 
-        if self.jump_positions()?.is_empty() {
+        if self.jump_positions()?.is_empty() && (created || !crate::mutant!(NoJumpRepair)) {
             tracing::info!(chain = %chain, "inserting jump at {JUMP_CHAIN} position 1");
             self.ipt
                 .insert(Table::Nat, JUMP_CHAIN, 1, &self.cfg.jump_rule_spec())?;
