@@ -17,6 +17,11 @@ conformance-hardened *ARGS: build
 conformance-aks *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
 
+# The CI matrix (ci/matrix.yaml): imds-proxy (NMI defaults, all features, hardened), the AKS rule, no
+# interceptor and the example vendor side by side; writes target/matrix/matrix.{md,html,json}.
+matrix *ARGS: build
+    target/debug/imds-conformance matrix --matrix ci/matrix.yaml --backend auto --out target/matrix {{ARGS}}
+
 # The catalogue on a kind cluster (needs docker, kind, kubectl and `just images`): creates a cluster from
 # ci/kind/two-workers.yaml unless --kind-cluster names an existing one; `--kind-dry-run` prints the commands.
 kind-conformance *ARGS: build

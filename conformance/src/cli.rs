@@ -1,6 +1,7 @@
-//! The `imds-conformance` command line (clap derive): `run`, `list`, `explain`, `env …` (its subcommands
-//! live in [`crate::env`]), `apiserver`. Owns argument parsing and exit codes; everything else is
-//! delegated (runner, catalog, backends, env, apiserver).
+//! The `imds-conformance` command line (clap derive): `run`, `matrix` (its arguments live in
+//! [`crate::matrix::cmd`]), `list`, `explain`, `env …` (its subcommands live in [`crate::env`]),
+//! `apiserver`. Owns argument parsing and exit codes; everything else is delegated (runner, catalog,
+//! backends, env, apiserver).
 //!
 //! Exit codes: 0 = every selected MUST case passed; 1 = a MUST case failed; 2 = usage or environment
 //! error (bad flags, scenario, missing binary, no root for netns); 130/143 = interrupted by SIGINT/SIGTERM
@@ -39,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the catalogue against an interceptor and report (exit 0 CONFORMANT; 1 NOT CONFORMANT: a MUST case failed, the profile's floor of features is not claimed, the security floor or every MUST case did not run; 2 error).
     Run(Box<RunArgs>),
+    /// Run one scenario and profile against several interceptors side by side and write the case ×
+    /// interceptor table (Markdown, self-contained HTML, JSON); `matrix --help` for the column syntax.
+    Matrix(Box<crate::matrix::cmd::MatrixArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {
         /// Only cases of this profile.
@@ -271,6 +275,7 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
 pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run_cmd(*args).await,
+        Command::Matrix(args) => crate::matrix::cmd::matrix_cmd(*args).await,
         Command::List { profile } => {
             // Written through a locked handle so a closed pipe (`list | head`) ends the listing quietly
             // instead of panicking in println!.

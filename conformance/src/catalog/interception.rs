@@ -40,7 +40,7 @@ fn redirects(nat: &str) -> bool {
 }
 
 /// Whether an `iptables-save` line appends a DNAT/REDIRECT rule for 169.254.169.254.
-fn is_redirect(line: &str) -> bool {
+pub(crate) fn is_redirect(line: &str) -> bool {
     line.starts_with("-A ")
         && line.contains("169.254.169.254")
         && (line.contains("DNAT") || line.contains("REDIRECT"))
