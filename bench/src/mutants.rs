@@ -42,6 +42,9 @@ struct Opts {
     /// fast subset.
     #[arg(long)]
     aimed_only: bool,
+    /// Only shard K of N (`K/N`, 1-based: every N-th defect from the K-th), for parallel CI jobs.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
     /// Runs of the correct proxy over the whole selection, to count false failures.
     #[arg(long, default_value_t = 1)]
     baseline_runs: u32,
@@ -66,6 +69,16 @@ struct Run {
     /// The harness could not judge the interceptor at all (exit 2: it never became ready, exited, …):
     /// the last lines of what it said. A vendor's interceptor in that state is not certified either.
     refused: Option<String>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let err = || format!("--shard {s}: expected K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(err)?;
+    let (k, n): (usize, usize) = (k.parse().map_err(|_| err())?, n.parse().map_err(|_| err())?);
+    if k == 0 || n == 0 || k > n {
+        return Err(err());
+    }
+    Ok((k, n))
 }
 
 fn list(proxy: &Path) -> Result<Vec<Defect>> {
@@ -201,6 +214,14 @@ fn main() -> Result<()> {
             }
         }
         defects.retain(|d| opts.only.contains(&d.name));
+    }
+    if let Some((k, n)) = opts.shard {
+        defects = defects
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % n == k - 1)
+            .map(|(_, d)| d)
+            .collect();
     }
     let dir = tempfile::Builder::new()
         .prefix("imds-mutants-")
