@@ -396,15 +396,9 @@ async fn run_cmd(args: RunArgs) -> i32 {
             Err(e) => usage(e),
         };
     }
-    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
-        s.as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| format!("{flag}: {e}"))
-    };
-    let (focus, skip) = match (re(&args.focus, "--focus"), re(&args.skip, "--skip")) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(e), _) | (_, Err(e)) => return usage(e),
+    let (focus, skip) = match focus_and_skip(&args.focus, &args.skip) {
+        Ok(both) => both,
+        Err(e) => return usage(e),
     };
     let mut targets = ReportTargets::default();
     for r in &args.report {
@@ -438,4 +432,18 @@ async fn run_cmd(args: RunArgs) -> i32 {
         }
         Err(e) => usage(e),
     }
+}
+
+/// `--focus` and `--skip` compiled; the error names the flag.
+pub(crate) fn focus_and_skip(
+    focus: &Option<String>,
+    skip: &Option<String>,
+) -> Result<(Option<Regex>, Option<Regex>), String> {
+    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
+        s.as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    Ok((re(focus, "--focus")?, re(skip, "--skip")?))
 }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use regex::Regex;
 
 use super::{Column, MatrixFile, MatrixOptions, apply_features, check_columns, parse_column};
 use crate::case::Profile;
@@ -134,15 +133,9 @@ pub async fn matrix_cmd(args: MatrixArgs) -> i32 {
             "cmd: columns start a process inside a node; on kind give manifest:FILE columns",
         );
     }
-    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
-        s.as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| format!("{flag}: {e}"))
-    };
-    let (focus, skip) = match (re(&args.focus, "--focus"), re(&args.skip, "--skip")) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(e), _) | (_, Err(e)) => return usage(e),
+    let (focus, skip) = match crate::cli::focus_and_skip(&args.focus, &args.skip) {
+        Ok(both) => both,
+        Err(e) => return usage(e),
     };
     let mut targets = MatrixTargets::default();
     for r in &args.report {

@@ -169,6 +169,24 @@ impl FollowObserver for Metrics {
     }
 }
 
+/// What a loop can follow: a cluster-scoped-typed Kubernetes resource that deserialises and moves between
+/// tasks.
+pub trait Followed:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Followed for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The loops of one view: each resource's health record and task. Dropping it ends the loops.
 pub struct Followers {
     client: Client,
@@ -222,13 +240,7 @@ impl Followers {
         what: &'static str,
     ) -> Store<K>
     where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Followed,
     {
         let (store, writer) = reflector::store();
         let health = Health::new(what, self.epoch);
@@ -299,13 +311,7 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 /// re-opening the watch each time the server ends it; after any error, back off and list again.
 async fn follow<K>(mut f: Follow<K>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Followed,
 {
     let mut delay = RESTART_MIN;
     loop {
@@ -330,13 +336,7 @@ where
 /// One consistent, unpaged list replacing the store's content; returns its revision.
 async fn list<K>(f: &mut Follow<K>) -> Result<String, FollowError>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Followed,
 {
     let deadline = f.freshness.list_deadline();
     let list = tokio::time::timeout(deadline, f.api.list(&f.list))
@@ -367,13 +367,7 @@ where
 /// Watches from `rv` until an error, re-opening each watch the server ends. Returns why it stopped.
 async fn watch_from<K>(f: &mut Follow<K>, mut rv: String) -> FollowError
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Followed,
 {
     let deadline = f.freshness.request_deadline();
     loop {
