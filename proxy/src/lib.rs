@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod netfilter;
 pub mod policy;
+pub mod sdk_friendly;
 pub mod server;
 pub mod upstream;
 
