@@ -13,6 +13,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use imds_conformance::case::{Outcome, Status};
 use imds_conformance::report::RunReport;
@@ -78,9 +79,17 @@ fn sdk_area_shows_what_the_opt_ins_change() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
     install(dir.path());
+    eprintln!("{test}: clients installed in {:?}", started.elapsed());
 
+    let waited = Instant::now();
     let _serial = common::serial_guard();
+    eprintln!(
+        "{test}: waited {:?} for the netns tests' lock",
+        waited.elapsed()
+    );
+    let started = Instant::now();
     let (nmi, opt_in) = std::thread::scope(|s| {
         let nmi = s.spawn(|| run(dir.path(), NMI_CAP, &[]));
         let opt_in = s.spawn(|| {
@@ -98,6 +107,7 @@ fn sdk_area_shows_what_the_opt_ins_change() {
             opt_in.join().expect("opt-in run"),
         )
     });
+    eprintln!("{test}: both runs in {:?}", started.elapsed());
     let nmi_report = nmi
         .report
         .as_ref()
