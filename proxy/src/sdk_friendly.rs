@@ -195,6 +195,21 @@ mod tests {
         assert!(!b.ends_with('\n'), "IMDS sends no trailing newline");
     }
 
+    proptest::proptest! {
+        /// Whatever NMI's message says (client ids, quotes, control characters), the body is one JSON
+        /// object with exactly IMDS's two fields, and the description carries the message unchanged.
+        #[test]
+        fn any_message_gives_an_imds_body(msg in ".*", status in 400u16..600, retry_after: bool) {
+            for (status, e) in [generic(status, &msg), identity_not_found(&msg, retry_after)] {
+                let v: serde_json::Value = serde_json::from_str(&body(&e)).expect("JSON");
+                let o = v.as_object().expect("an object");
+                proptest::prop_assert_eq!(o.len(), 2);
+                proptest::prop_assert_eq!(o["error"].as_str(), Some(error_code(status)));
+                proptest::prop_assert!(o["error_description"].as_str().is_some_and(|d| d.ends_with(msg.as_str())));
+            }
+        }
+    }
+
     #[test]
     fn codes_follow_imds() {
         assert_eq!(error_code(400), "invalid_request");
