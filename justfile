@@ -29,11 +29,11 @@ sdk-clients DIR="target/sdk-clients":
 
 # imds-proxy with NMI's defaults, then with the opt-ins beyond NMI; writes target/sdk-experience-{nmi,opt-in}.md.
 # The SDK area at NMI's real timing (root, netns; about 6 minutes): the README's SDK table.
-sdk-experience *ARGS: build (sdk-clients "target/sdk-clients")
+sdk-experience SCENARIO="scenarios/nmi-real-timing.yaml" *ARGS: build (sdk-clients "target/sdk-clients")
     #!/usr/bin/env bash
     set -uo pipefail
     run() { # exit 1 is expected: the area has no MUST case, so no run of it alone is CONFORMANT
-        target/debug/imds-conformance run --backend netns --scenario scenarios/nmi-real-timing.yaml \
+        target/debug/imds-conformance run --backend netns --scenario {{SCENARIO}} \
             --focus '^SDK-' --sdk-clients target/sdk-clients --sdk-timeout 90 "$@" {{ARGS}}
         [ $? -le 1 ]
     }
