@@ -17,6 +17,11 @@ conformance-hardened *ARGS: build
 conformance-aks *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
 
+# The CI matrix (ci/matrix.yaml): imds-proxy (NMI defaults, all features, hardened), the AKS rule, no
+# interceptor and the example vendor side by side; writes target/matrix/matrix.{md,html,json}.
+matrix *ARGS: build
+    target/debug/imds-conformance matrix --matrix ci/matrix.yaml --backend auto --out target/matrix {{ARGS}}
+
 # The catalogue on a kind cluster (needs docker, kind, kubectl and `just images`): creates a cluster from
 # ci/kind/two-workers.yaml unless --kind-cluster names an existing one; `--kind-dry-run` prints the commands.
 kind-conformance *ARGS: build
@@ -53,6 +58,7 @@ test: lint
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --workspace --bins {{test_features}}
+    just mutants-build
     # The probe statically linked, for the probe-image test (std only: seconds).
     RUSTFLAGS='-C target-feature=+crt-static' cargo build -p imds-probe --target x86_64-unknown-linux-gnu
     # A Docker engine for the testcontainers tests: the one that answers, else our own dockerd under a
@@ -94,6 +100,20 @@ bench *ARGS:
     # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}
+
+# Conformance power: imds-proxy built with its deliberate single defects (cargo feature `mutants`, own target
+# directory, never shipped) judged by the catalogue on netns (root); writes docs/CONFORMANCE-POWER.md, exits 1
+# when a defect survives its aimed case or the correct proxy fails one. `--aimed-only` is the fast subset,
+# `--only a,b` picks defects, `--baseline-runs N` counts false failures of the correct proxy over N runs.
+mutants *ARGS: build mutants-build
+    target/debug/imds-mutants {{ARGS}}
+
+# imds-proxy with its deliberate defects as target/debug/imds-proxy-mutants, then the shipped build back in
+# place (one target directory: only imds-proxy itself is compiled twice).
+mutants-build:
+    cargo build -p imds-proxy --features mutants
+    cp target/debug/imds-proxy target/debug/imds-proxy-mutants
+    cargo build -p imds-proxy
 
 # Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
 # INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both

@@ -65,8 +65,12 @@ macro_rules! go_bool {
     about = "IMDS interception proxy for Kubernetes nodes, drop-in compatible with aad-pod-identity NMI",
     long_about = "IMDS interception proxy for Kubernetes nodes, drop-in compatible with aad-pod-identity NMI.\n\n\
         Flag names and defaults follow NMI (v1.8.17). Boolean flags take `--flag`, `--flag=true` or `--flag=false`.\n\
+        A flag given twice takes its last value, as NMI's Go flag parsing does.\n\
         Exit codes: 0 clean shutdown, 1 runtime failure (e.g. iptables), 2 usage or environment error.",
-    rename_all = "kebab-case"
+    rename_all = "kebab-case",
+    // NMI (Go pflag) lets a repeated flag override the earlier one: `--retry-attempts-for-created=1
+    // --retry-attempts-for-created=16` means 16. Harnesses append overrides after a scenario's flags.
+    args_override_self = true
 )]
 pub struct Settings {
     /// Address the proxy listens on (and the DNAT target; 0.0.0.0 becomes 127.0.0.1 in the rule)
@@ -453,6 +457,28 @@ mod tests {
         assert!(parse(&["--block-instance-metadata=yes"]).is_err());
         // pflag booleans never take a separate value: `--flag false` leaves `false` as a stray argument.
         assert!(parse(&["--block-instance-metadata", "false"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value_as_nmi() -> Result<(), clap::Error> {
+        let s = parse(&[
+            "--retry-attempts-for-created=1",
+            "--metadata-header-required=false",
+            "--retry-attempts-for-created=16",
+            "--metadata-header-required",
+            "--node=a",
+            "--node",
+            "b",
+        ])?;
+        assert_eq!(s.retry_attempts_for_created, 16);
+        assert!(s.metadata_header_required);
+        assert_eq!(s.node, "b");
+        let s = parse(&[
+            "--block-instance-metadata=true",
+            "--block-instance-metadata=false",
+        ])?;
+        assert!(!s.block_instance_metadata);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ pub mod errors;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod mutant;
 pub mod netfilter;
 pub mod policy;
 pub mod sdk_friendly;
@@ -237,6 +238,10 @@ async fn lifecycle(
     } else {
         None
     };
+    if crate::mutant!(ReadyBeforeRules) {
+        initialized.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     if let Some(nf) = &nf {
         let probe = nf.clone();
         match blocking(move || probe.route_localnet_problem()).await {
@@ -247,7 +252,7 @@ async fn lifecycle(
         let first = nf.clone();
         let outcome = blocking(move || first.reconcile()).await?;
         tracing::info!(?outcome, "aad-metadata chain in place");
-        if settings.enable_conntrack_deletion {
+        if settings.enable_conntrack_deletion && !crate::mutant!(ConntrackSkipped) {
             let ct = nf.clone();
             let n = blocking(move || ct.delete_imds_flows()).await?;
             tracing::info!(
@@ -263,7 +268,7 @@ async fn lifecycle(
     let interval = Duration::from_secs(settings.ipt_update_interval_sec.max(1));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval), if nf.is_some() => {
+            _ = tokio::time::sleep(interval), if nf.is_some() && !crate::mutant!(NoReconcile) => {
                 if let Some(nf) = &nf {
                     let again = nf.clone();
                     match blocking(move || again.reconcile()).await? {
@@ -277,6 +282,9 @@ async fn lifecycle(
     }
     if let Some(nf) = nf {
         initialized.store(false, Ordering::SeqCst);
+        if crate::mutant!(RulesKeptOnExit) {
+            return Ok(());
+        }
         blocking(move || nf.remove()).await?;
         tracing::info!("aad-metadata chain removed");
     }

@@ -110,7 +110,11 @@ fn metadata_required() -> Response {
     let mut resp = (StatusCode::BAD_REQUEST, policy::METADATA_REQUIRED_BODY).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
+        HeaderValue::from_static(if crate::mutant!(HeaderRefusalPlainText) {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/json; charset=utf-8"
+        }),
     );
     resp
 }
@@ -146,12 +150,20 @@ pub fn query_get(query: &str, key: &str) -> String {
 }
 
 fn identity_request(query: &str) -> IdentityRequest {
-    let mut resource_id = query_get(query, "msi_res_id");
-    if resource_id.is_empty() {
+    let mut resource_id = if crate::mutant!(MsiResIdIgnored) {
+        String::new()
+    } else {
+        query_get(query, "msi_res_id")
+    };
+    if resource_id.is_empty() && !crate::mutant!(MiResIdIgnored) {
         resource_id = query_get(query, "mi_res_id");
     }
     IdentityRequest {
-        client_id: query_get(query, "client_id"),
+        client_id: if crate::mutant!(ClientIdIgnored) {
+            String::new()
+        } else {
+            query_get(query, "client_id")
+        },
         resource_id,
     }
 }
@@ -176,7 +188,10 @@ async fn handle(
     let started = Instant::now();
     let raw_path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let routed = policy::route(&raw_path, st.settings.block_instance_metadata);
+    let routed = policy::route(
+        &raw_path,
+        st.settings.block_instance_metadata && !crate::mutant!(BlockOff),
+    );
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -197,10 +212,15 @@ async fn handle(
                 Decision::InvalidTokenPath,
             ),
             Route::HostToken => host_token(&st, peer, req.headers(), &query).await,
-            Route::BlockedInstance => Outcome::new(
-                go_error(403, policy::BLOCKED_MESSAGE),
-                Decision::BlockedInstance,
-            ),
+            Route::BlockedInstance => {
+                if crate::mutant!(BlockAfterForward) {
+                    let _ = pass_through(&st, req, &routed.forward_path, &query).await;
+                }
+                Outcome::new(
+                    go_error(403, policy::BLOCKED_MESSAGE),
+                    Decision::BlockedInstance,
+                )
+            }
             Route::PassThrough => pass_through(&st, req, &routed.forward_path, &query).await,
         }
     }
@@ -296,7 +316,9 @@ async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
             Ok(p) => {
                 // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
                 // address reused: the API server confirms the caller before anything is handed out.
-                st.view.confirm_caller(&p, ip).await?;
+                if !crate::mutant!(CallerNotConfirmed) {
+                    st.view.confirm_caller(&p, ip).await?;
+                }
                 return Ok(p);
             }
             Err(e) => last = CallerError::NoMatch(e),
@@ -393,12 +415,24 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let s = &st.settings;
     // 1. Metadata header.
     if s.metadata_header_required
+        && !crate::mutant!(HeaderIgnoredOnToken)
         && !policy::metadata_header_ok(headers.get_all("metadata").iter().map(|v| v.as_bytes()))
     {
+        if crate::mutant!(HeaderRefusalForwarded) {
+            let _ = st.upstream.token(None, &query_get(query, "resource")).await;
+        }
         return Outcome::new(metadata_required(), Decision::MetadataHeaderMissing);
     }
     // 2. Caller address.
-    let Some(ip) = caller_ip(peer) else {
+    let forwarded_for = header_str(headers, "x-forwarded-for")
+        .split(',')
+        .next()
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let peer_ip = match forwarded_for {
+        Some(ip) if crate::mutant!(ForwardedForTrusted) => Some(ip),
+        _ => caller_ip(peer),
+    };
+    let Some(ip) = peer_ip else {
         return Outcome::new(
             token_error(st, 500, "request remote address is empty"),
             Decision::NoCallerAddress,
@@ -406,7 +440,7 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     };
     // 3. resource.
     let resource = query_get(query, "resource");
-    if resource.is_empty() {
+    if resource.is_empty() && !crate::mutant!(ResourceNotRequired) {
         return Outcome::new(
             token_error(st, 400, "parameter resource cannot be empty"),
             Decision::ResourceMissing,
@@ -452,6 +486,11 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
             .pod(&pod);
         }
         Err(SelectError::NotFound(e)) => {
+            if crate::mutant!(NoIdentityForwarded)
+                && let Ok(t) = st.upstream.token(None, &resource).await
+            {
+                return Outcome::new(json_ok(&t), Decision::Token).pod(&pod);
+            }
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
             let mut resp = if s.sdk_friendly_errors {
                 let (status, body) =
@@ -460,7 +499,14 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
             } else {
                 go_error(status, &e.to_string())
             };
-            if let Some(secs) = retry_after {
+            if let Some(secs) = retry_after
+                && !crate::mutant!(RetryAfterMissing)
+            {
+                let secs = if crate::mutant!(RetryAfterWrongValue) {
+                    "30"
+                } else {
+                    secs
+                };
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
             }
@@ -469,7 +515,20 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     };
     // 8./9. Token acquisition.
     match fetch_token(st, &identity, &resource).await {
+        Ok(t) if crate::mutant!(TokenBodyNumbers) => {
+            let mut body = serde_json::to_value(&t).unwrap_or_default();
+            body["expires_in"] = serde_json::json!(t.expires_in.parse::<u64>().unwrap_or(0));
+            Outcome::new(json_ok(&body), Decision::Token).pod(&pod)
+        }
         Ok(t) => Outcome::new(json_ok(&t), Decision::Token).pod(&pod),
+        Err(e) if crate::mutant!(RetryAfterOnTokenErrors) => {
+            let mut resp = go_error(503, &e.to_string());
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(policy::RETRY_AFTER_SECS),
+            );
+            Outcome::new(resp, Decision::TokenError).pod(&pod)
+        }
         Err(e) if s.sdk_friendly_errors => {
             let (status, body) = sdk_friendly::fetch_failed(&e);
             Outcome::new(sdk_friendly::response(status, &body), Decision::TokenError).pod(&pod)
@@ -496,7 +555,8 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
             Decision::HostHeadersMissing,
         );
     }
-    if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) {
+    if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) && !crate::mutant!(HostTokenAnyCaller)
+    {
         return Outcome::new(
             go_error(500, "request remote address is not from a host"),
             Decision::HostNotLocal,
@@ -543,6 +603,14 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
         Err(SelectError::View(e)) => {
             return view_unavailable(&e).host_pod(&podns, &podname);
         }
+        Err(SelectError::NotFound(e)) if crate::mutant!(RetryAfterOnHostToken) => {
+            let mut resp = go_error(503, &e.to_string());
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(policy::RETRY_AFTER_SECS),
+            );
+            return Outcome::new(resp, Decision::IdentityNotFound).host_pod(&podns, &podname);
+        }
         Err(SelectError::NotFound(e)) => {
             return Outcome::new(go_error(404, &e.to_string()), Decision::IdentityNotFound)
                 .host_pod(&podns, &podname);
@@ -570,6 +638,7 @@ async fn pass_through(
     query: &str,
 ) -> Outcome {
     if st.settings.metadata_header_required
+        && !crate::mutant!(HeaderIgnoredOnPassThrough)
         && !policy::metadata_header_ok(
             req.headers()
                 .get_all("metadata")
@@ -601,12 +670,22 @@ async fn pass_through(
             );
         }
     };
-    let path_and_query = if query.is_empty() {
+    if crate::mutant!(UnknownPathsRefused)
+        && forward_path != "/metadata/versions"
+        && !forward_path.starts_with("/metadata/instance")
+    {
+        return Outcome::new(go_error(404, "404 page not found"), Decision::PassThrough);
+    }
+    let path_and_query = if query.is_empty() || crate::mutant!(QueryDropped) {
         forward_path.to_string()
     } else {
         format!("{forward_path}?{query}")
     };
-    let method: Method = parts.method;
+    let method: Method = if crate::mutant!(PostAsGet) {
+        Method::GET
+    } else {
+        parts.method
+    };
     match st
         .upstream
         .forward(method, &path_and_query, &parts.headers, body)

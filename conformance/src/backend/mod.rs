@@ -22,6 +22,7 @@ pub mod loopback;
 pub mod netns;
 pub mod relay;
 pub mod services;
+pub mod startup;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
+use super::startup;
 use super::{
     Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodCommand, PodRun, PodView, Target,
     World,
@@ -241,7 +242,9 @@ impl Netns {
         let mut cmd = netns::command_in(&rt.ns, &argv[0]);
         cmd.args(&argv[1..]);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
-        rt.interceptor
+        let probe = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.probe_port));
+        let started = rt
+            .interceptor
             .start(
                 &self.spec,
                 cmd,
@@ -251,14 +254,35 @@ impl Netns {
                         .await
                         .is_ok()
                 },
-                |_, tail| {
-                    BackendError::env(
-                        format!("interceptor on {node} not listening on {addr}"),
-                        tail,
+                || async {
+                    startup::healthz(
+                        netns::connect_in(&rt.ns, probe, Duration::from_millis(500))
+                            .await
+                            .map_err(send_err),
                     )
+                    .await
+                },
+                // What listens in the node while it runs (everything there is the interceptor's: the
+                // harness's own services live in other namespaces).
+                || async {
+                    netns::exec_in_unchecked(&rt.ns, &["ss", "-Htln"], netns::DEFAULT_TIMEOUT)
+                        .await
+                        .ok()
+                        .filter(|o| o.code == Some(0))
+                        .map(|o| startup::listening_sockets(&String::from_utf8_lossy(&o.stdout)))
                 },
             )
-            .await
+            .await;
+        started.map_err(|failure| {
+            startup::start_error(
+                failure,
+                &startup::NodeFacts {
+                    node,
+                    listen: addr.to_string(),
+                    probe: probe.to_string(),
+                },
+            )
+        })
     }
 
     async fn stop_inner(&self, node: &str, graceful: bool) -> Result<(), BackendError> {

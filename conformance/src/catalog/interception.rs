@@ -40,22 +40,24 @@ fn redirects(nat: &str) -> bool {
 }
 
 /// Whether an `iptables-save` line appends a DNAT/REDIRECT rule for 169.254.169.254.
-fn is_redirect(line: &str) -> bool {
+pub(crate) fn is_redirect(line: &str) -> bool {
     line.starts_with("-A ")
         && line.contains("169.254.169.254")
         && (line.contains("DNAT") || line.contains("REDIRECT"))
 }
 
 /// Whether a pod without identity's token request is answered without a token now. Directly, IMDS would
-/// hand it the VM's system-assigned token. This is the answer the pod sees, not where its packets went:
+/// hand it the VM's default token (on a VM without one, the request names a VM identity:
+/// [`crate::catalog::direct_selector`]). This is the answer the pod sees, not where its packets went:
 /// FAIL messages say what was seen (a token), not why. Observing the path itself (the IMDS journal sees
 /// masqueraded node addresses on this topology; conntrack reply tuples) is issue 12's open item.
 async fn intercepted(ctx: &mut Ctx, pod: &PodView) -> Result<bool, Outcome> {
+    let selector = crate::catalog::direct_selector(ctx);
     let sent = ctx
         .send_timeout(
             &pod.name,
             Target::Imds,
-            Request::get(token_target("")).metadata(),
+            Request::get(token_target(&selector)).metadata(),
             Duration::from_secs(3),
             Duration::from_secs(30),
         )
@@ -82,7 +84,8 @@ declare_case!(
             || "it received a token: either its traffic was not intercepted or the interceptor handed out a VM identity",
         )?;
         let host = ctx.host_pod(&pod.node);
-        let sent = ctx.send_token(&host, "").await;
+        let selector = crate::catalog::direct_selector(ctx);
+        let sent = ctx.send_token(&host, &selector).await;
         let r = response(&sent, "a token for host traffic")?;
         fail_if(
             r.status != 200,
@@ -342,8 +345,9 @@ declare_case!(
             .send_on(&mut conn, Request::get("/metadata/versions").metadata())
             .await;
         start_interceptor(ctx, &node, "the interceptor to restart").await?;
+        let selector = crate::catalog::direct_selector(ctx);
         let second = ctx
-            .send_on(&mut conn, Request::get(token_target("")).metadata())
+            .send_on(&mut conn, Request::get(token_target(&selector)).metadata())
             .await;
         let flows = ctx
             .backend

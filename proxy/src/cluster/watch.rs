@@ -62,9 +62,10 @@ impl KubeView {
         let node_selector = format!("spec.nodeName={}", plan.node_name);
         let pods = w.spawn::<Pod>(None, Some(&node_selector), "pods");
         let aais = plan.assigned_identities.then(|| {
+            let crd_fields = crate::mutant!(CrdFieldSelector).then_some(node_selector.as_str());
             w.spawn(
                 plan.aai_label_selector.as_deref(),
-                None,
+                crd_fields,
                 "azureassignedidentities",
             )
         });
@@ -247,7 +248,10 @@ impl ClusterView for KubeView {
     fn assigned_identities_for(&self, namespace: &str, name: &str) -> Vec<AssignedIdentityInfo> {
         select(
             self.inner.aais.as_ref(),
-            |a| a.spec.pod == name && a.spec.pod_namespace == namespace,
+            |a| {
+                crate::mutant!(AaiOfAnyPod)
+                    || (a.spec.pod == name && a.spec.pod_namespace == namespace)
+            },
             aai_info,
         )
     }
