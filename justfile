@@ -27,6 +27,26 @@ matrix *ARGS: build
 kind-conformance *ARGS: build
     target/debug/imds-conformance run --backend kind --scenario scenarios/nmi-default.yaml {{ARGS}}
 
+# Python azure-identity and Node @azure/identity into DIR/{python,node}; also builds the Rust imds-sdk-client.
+# Install the SDK area's real Azure SDK clients, for `imds-conformance run --sdk-clients DIR`.
+sdk-clients DIR="target/sdk-clients":
+    scripts/sdk-clients.sh {{DIR}}
+
+# imds-proxy with NMI's defaults, then with the opt-ins beyond NMI; writes target/sdk-experience-{nmi,opt-in}.md.
+# The SDK area at NMI's real timing (root, netns; about 6 minutes): the README's SDK table.
+sdk-experience SCENARIO="scenarios/nmi-real-timing.yaml" *ARGS: build (sdk-clients "target/sdk-clients")
+    #!/usr/bin/env bash
+    set -uo pipefail
+    run() { # exit 1 is expected: the area has no MUST case, so no run of it alone is CONFORMANT
+        target/debug/imds-conformance run --backend netns --scenario {{SCENARIO}} \
+            --focus '^SDK-' --sdk-clients target/sdk-clients --sdk-timeout 90 "$@" {{ARGS}}
+        [ $? -le 1 ]
+    }
+    rm -f target/sdk-experience-nmi.md target/sdk-experience-opt-in.md
+    run --report md=target/sdk-experience-nmi.md &&
+    run --proxy-flag=--sdk-friendly-errors --proxy-flag=--identity-wait-bound-sec=10 \
+        --report md=target/sdk-experience-opt-in.md
+
 # Build every binary of the workspace (the harness starts imds-proxy from target/debug).
 build:
     cargo build --workspace --bins

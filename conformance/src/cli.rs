@@ -178,6 +178,15 @@ pub struct RunArgs {
     /// each run's own mock-imds.
     #[arg(long)]
     pub imds_url: Option<String>,
+    /// The SDK area's clients: a directory made by `scripts/sdk-clients.sh` (`just sdk-clients`): Python
+    /// azure-identity in DIR/python, Node @azure/identity in DIR/node; the Rust client imds-sdk-client is
+    /// found next to this executable. Without it the SDK cases SKIP.
+    #[arg(long, env = "IMDS_CONFORMANCE_SDK_CLIENTS")]
+    pub sdk_clients: Option<PathBuf>,
+    /// Cap on each SDK client run, in seconds: a client still waiting then is killed and reported as
+    /// "no answer within N s".
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=150))]
+    pub sdk_timeout: u64,
     /// No live per-case lines (reports only).
     #[arg(long)]
     pub quiet: bool,
@@ -416,6 +425,13 @@ async fn run_cmd(args: RunArgs) -> i32 {
         focus,
         skip,
         imds_url: args.imds_url.clone(),
+        sdk: args
+            .sdk_clients
+            .clone()
+            .map(|dir| catalog::sdk::SdkClients {
+                dir: std::path::absolute(&dir).unwrap_or(dir),
+                timeout: std::time::Duration::from_secs(args.sdk_timeout),
+            }),
         live: !args.quiet,
         kind: (args.backend == BackendChoice::Kind).then(|| args.kind.options()),
     };

@@ -91,6 +91,8 @@ pub struct Ctx {
     pub claimed: BTreeSet<Feature>,
     /// Real IMDS base URL for the IMDS fidelity cases (`--imds-url`); `None` = the node's mock.
     pub imds_url: Option<String>,
+    /// The SDK area's clients (`--sdk-clients`, `--sdk-timeout`); `None`: the SDK cases SKIP.
+    pub sdk: Option<crate::catalog::sdk::SdkClients>,
     run_id: String,
     counter: u64,
     dirty: bool,
@@ -113,6 +115,7 @@ impl Ctx {
             scenario,
             claimed,
             imds_url: None,
+            sdk: None,
             run_id: run_id.into(),
             counter: 0,
             dirty: false,

@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub skip: Option<Regex>,
     /// Real IMDS URL for the IMDS fidelity cases.
     pub imds_url: Option<String>,
+    /// The SDK area's clients (`--sdk-clients`); `None`: the SDK cases SKIP.
+    pub sdk: Option<crate::catalog::sdk::SdkClients>,
     /// Print live progress.
     pub live: bool,
     /// Options of the kind backend (with `--backend kind`).
@@ -449,6 +451,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         env.run_id.clone(),
     );
     ctx.imds_url = opts.imds_url.clone();
+    ctx.sdk = opts.sdk.clone();
     let setup = setup_started.elapsed();
     // Let interceptors' watches sync the seeded objects before the first case.
     let sync = Duration::from_millis(500);

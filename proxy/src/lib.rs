@@ -6,7 +6,8 @@
 //! `Active`, reconcile every `--ipt-update-interval-sec`, log an info-level summary every minute, and on
 //! shutdown stop accepting, undo the rules and drain in-flight requests (up to `--shutdown-grace-sec`).
 //! Decisions live in `policy`, request handling in `server`, connections and their bounds in `listener`, the
-//! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`.
+//! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`, the IMDS-shaped errors of
+//! the SDK opt-ins beyond NMI (off by default) in `sdk_friendly`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imds_proxy::ProxyError> {
@@ -29,6 +30,7 @@ pub mod model;
 pub mod mutant;
 pub mod netfilter;
 pub mod policy;
+pub mod sdk_friendly;
 pub mod server;
 pub mod upstream;
 

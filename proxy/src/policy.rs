@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::errors::{NoIdentity, PodMatchError};
+use crate::errors::{NoIdentity, PodMatchError, WaitState};
 use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -515,6 +515,30 @@ pub fn standard_step(
         }
     }
     StandardStep::Wait
+}
+
+/// The failure when `--identity-wait-bound-sec` passed during the wait loop: says whether any
+/// AzureAssignedIdentity names the pod at all (the common "pod has no identity" case) or none is usable yet.
+pub fn wait_bound_failure(
+    aais: &[AssignedIdentityInfo],
+    pod: &PodInfo,
+    req: &IdentityRequest,
+    bound_secs: u64,
+) -> NoIdentity {
+    let any = aais
+        .iter()
+        .any(|a| a.pod == pod.name && a.pod_namespace == pod.namespace);
+    NoIdentity::WaitBound {
+        client_id: (!req.unspecified()).then(|| redact_client_id(&req.client_id)),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        bound_secs,
+        state: if any {
+            WaitState::NotAssigned
+        } else {
+            WaitState::NoneForPod
+        },
+    }
 }
 
 fn no_identity_found(req: &IdentityRequest) -> NoIdentity {

@@ -32,6 +32,7 @@ use crate::errors::{CallerError, FetchError, PodMatchError, SelectError, ViewUna
 use crate::metrics::{Metrics, RequestRecord};
 use crate::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::policy::{self, Decision, IdentityRequest, RetryBudget, Route, StandardStep};
+use crate::sdk_friendly;
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 
 /// Pod lookups by IP: NMI tries 5 times, 300 ms apart, so a pod that just started is found (A.5).
@@ -92,6 +93,17 @@ pub fn go_error(status: u16, msg: &str) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+/// An error of the pod-facing token handler: Go's `http.Error`, or with `--sdk-friendly-errors` IMDS's
+/// JSON shape (same status; `sdk_friendly`).
+fn token_error(st: &AppState, status: u16, msg: &str) -> Response {
+    if st.settings.sdk_friendly_errors {
+        let (status, e) = sdk_friendly::generic(status, msg);
+        sdk_friendly::response(status, &e)
+    } else {
+        go_error(status, msg)
+    }
 }
 
 fn metadata_required() -> Response {
@@ -336,6 +348,10 @@ async fn select_identity(
         attempts_for_assigned: s.retry_attempts_for_assigned,
         interval_secs: s.find_identity_retry_interval,
     };
+    // `--identity-wait-bound-sec` (beyond NMI): the loop ends with "no identity" once the bound has passed.
+    let bound =
+        (s.identity_wait_bound_sec > 0).then(|| Duration::from_secs(s.identity_wait_bound_sec));
+    let started = Instant::now();
     for attempt in 0..budget.total_attempts() {
         // Re-checked every round: an outage during the wait must not let a stale cache answer.
         st.view.ready()?;
@@ -351,8 +367,21 @@ async fn select_identity(
             }
             StandardStep::Fail(e) => return Err(SelectError::NotFound(e)),
             StandardStep::Wait => {
+                let mut pause = Duration::from_secs(budget.interval_secs);
+                if let Some(bound) = bound {
+                    let left = bound.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(SelectError::NotFound(policy::wait_bound_failure(
+                            &aais,
+                            pod,
+                            req,
+                            bound.as_secs(),
+                        )));
+                    }
+                    pause = pause.min(left);
+                }
                 tracing::debug!(attempt, "no assigned identity yet; waiting");
-                tokio::time::sleep(Duration::from_secs(budget.interval_secs)).await;
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -405,7 +434,7 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     };
     let Some(ip) = peer_ip else {
         return Outcome::new(
-            go_error(500, "request remote address is empty"),
+            token_error(st, 500, "request remote address is empty"),
             Decision::NoCallerAddress,
         );
     };
@@ -413,7 +442,7 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let resource = query_get(query, "resource");
     if resource.is_empty() && !crate::mutant!(ResourceNotRequired) {
         return Outcome::new(
-            go_error(400, "parameter resource cannot be empty"),
+            token_error(st, 400, "parameter resource cannot be empty"),
             Decision::ResourceMissing,
         );
     }
@@ -421,7 +450,10 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let pod = match find_pod(st, ip).await {
         Ok(p) => p,
         Err(e) => {
-            return Outcome::new(go_error(500, &e.to_string()), Decision::UnknownCaller);
+            return Outcome::new(
+                token_error(st, 500, &e.to_string()),
+                Decision::UnknownCaller,
+            );
         }
     };
     tracing::Span::current().record("pod", format!("{}/{}", pod.namespace, pod.name));
@@ -433,7 +465,8 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
         return match st.upstream.token(client_id, &resource).await {
             Ok(t) => Outcome::new(json_ok(&t), Decision::ExceptionToken).pod(&pod),
             Err(e) => Outcome::new(
-                go_error(
+                token_error(
+                    st,
                     403,
                     &format!("failed to get service principal token, error: {e}"),
                 ),
@@ -446,7 +479,11 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return view_unavailable(&e).pod(&pod);
+            return Outcome::new(
+                token_error(st, 500, &e.to_string()),
+                Decision::ClusterViewUnavailable,
+            )
+            .pod(&pod);
         }
         Err(SelectError::NotFound(e)) => {
             if crate::mutant!(NoIdentityForwarded)
@@ -455,7 +492,13 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
                 return Outcome::new(json_ok(&t), Decision::Token).pod(&pod);
             }
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
-            let mut resp = go_error(status, &e.to_string());
+            let mut resp = if s.sdk_friendly_errors {
+                let (status, body) =
+                    sdk_friendly::identity_not_found(&e.to_string(), retry_after.is_some());
+                sdk_friendly::response(status, &body)
+            } else {
+                go_error(status, &e.to_string())
+            };
             if let Some(secs) = retry_after
                 && !crate::mutant!(RetryAfterMissing)
             {
@@ -485,6 +528,10 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
                 HeaderValue::from_static(policy::RETRY_AFTER_SECS),
             );
             Outcome::new(resp, Decision::TokenError).pod(&pod)
+        }
+        Err(e) if s.sdk_friendly_errors => {
+            let (status, body) = sdk_friendly::fetch_failed(&e);
+            Outcome::new(sdk_friendly::response(status, &body), Decision::TokenError).pod(&pod)
         }
         Err(e) => {
             Outcome::new(go_error(e.status(), &e.to_string()), Decision::TokenError).pod(&pod)
@@ -681,83 +728,4 @@ pub fn metrics_router(metrics: Metrics) -> Router {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_get_is_go_like() {
-        assert_eq!(
-            query_get(
-                "resource=https%3A%2F%2Fvault.azure.net&client_id=a",
-                "resource"
-            ),
-            "https://vault.azure.net"
-        );
-        assert_eq!(query_get("client_id=a&client_id=b", "client_id"), "a");
-        assert_eq!(query_get("resource=a+b", "resource"), "a b");
-        assert_eq!(query_get("resource", "resource"), "");
-        assert_eq!(query_get("", "resource"), "");
-    }
-
-    async fn render(resp: Response) -> String {
-        let status = resp.status().as_u16();
-        let mut headers: Vec<String> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-            .collect();
-        headers.sort();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        format!(
-            "{status}\n{}\n\n{}",
-            headers.join("\n"),
-            String::from_utf8_lossy(&body)
-        )
-    }
-
-    fn token() -> MsiToken {
-        MsiToken {
-            access_token: "eyJ0eXAiOiJKV1QifQ.e30.sig".into(),
-            refresh_token: String::new(),
-            expires_in: "86399".into(),
-            expires_on: "1700086399".into(),
-            not_before: "1700000000".into(),
-            resource: "https://management.azure.com/".into(),
-            token_type: "Bearer".into(),
-        }
-    }
-
-    /// Byte-exact NMI answers (REFERENCE A.3/A.4), pinned as snapshots.
-    #[tokio::test]
-    async fn nmi_response_bodies() {
-        insta::assert_snapshot!("metadata_required", render(metadata_required()).await);
-        insta::assert_snapshot!(
-            "instance_blocked",
-            render(go_error(403, policy::BLOCKED_MESSAGE)).await
-        );
-        insta::assert_snapshot!(
-            "invalid_request",
-            render(go_error(400, policy::INVALID_REQUEST_MESSAGE)).await
-        );
-        insta::assert_snapshot!("token", render(json_ok(&token())).await);
-        insta::assert_snapshot!(
-            "host_token",
-            render(json_ok(&HostTokenResponse {
-                token: token(),
-                clientid: "11111111-2222-3333-4444-555555555555".into()
-            }))
-            .await
-        );
-    }
-
-    #[test]
-    fn mi_res_id_is_a_fallback() {
-        assert_eq!(identity_request("mi_res_id=x").resource_id, "x");
-        assert_eq!(
-            identity_request("msi_res_id=y&mi_res_id=x").resource_id,
-            "y"
-        );
-    }
-}
+mod tests;

@@ -19,7 +19,10 @@ use tokio::sync::Mutex;
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
 use super::startup;
-use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
+use super::{
+    Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodCommand, PodRun, PodView, Target,
+    World,
+};
 use crate::case::{BackendKind, BoxFut};
 use crate::cluster;
 use crate::http::SendError;
@@ -463,6 +466,38 @@ impl Backend for Netns {
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             })
+        })
+    }
+
+    fn run_in_pod<'a>(
+        &'a self,
+        pod: &'a str,
+        cmd: PodCommand,
+    ) -> BoxFut<'a, Result<PodRun, BackendError>> {
+        Box::pin(async move {
+            let ns = self.pod_netns(pod).ok_or_else(|| BackendError::Unknown {
+                kind: "pod",
+                name: pod.into(),
+            })?;
+            // `command_in`: killed when dropped (here: at the timeout), in its own process group.
+            let mut c = netns::command_in(ns, &cmd.program);
+            c.args(&cmd.args)
+                .env_clear()
+                .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let what = format!("running {} in pod {pod}", cmd.program);
+            let child = c.spawn().map_err(|e| BackendError::env(&what, e))?;
+            match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
+                Ok(Ok(out)) => Ok(PodRun::Finished(ExecOutput {
+                    code: out.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })),
+                Ok(Err(e)) => Err(BackendError::env(what, e)),
+                Err(_) => Ok(PodRun::TimedOut),
+            }
         })
     }
 

@@ -20,6 +20,7 @@
 //! | `passthrough.rs` | PT — pass-through |
 //! | `restriction.rs` | RST — AKS IMDS restriction |
 //! | `imds.rs` | IMDS — endpoint fidelity |
+//! | `sdk.rs` | SDK — what real Azure SDKs in pods experience (SHOULD / INFO) |
 
 pub mod conntrack;
 pub mod header;
@@ -31,6 +32,7 @@ pub mod label_filter;
 pub mod passthrough;
 pub mod restriction;
 pub mod retry_after;
+pub mod sdk;
 pub mod security;
 pub mod tokens;
 
@@ -96,7 +98,7 @@ pub static CASES: [Case];
 
 /// The areas in catalogue order (the order of `list`, of runs and of reports).
 pub const AREAS: &[&str] = &[
-    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
+    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS", "SDK",
 ];
 
 /// Where an area stands in [`AREAS`] (unknown areas last; a unit test keeps there from being any).

@@ -261,6 +261,8 @@ async fn run_column(opts: &MatrixOptions, col: &Column) -> Result<ColumnResult, 
         focus: opts.focus.clone(),
         skip: opts.skip.clone(),
         imds_url: None,
+        // The SDK area measures one interceptor at a time (`run --sdk-clients`), not a matrix column.
+        sdk: None,
         live: false,
         kind: opts.kind.clone(),
     };
