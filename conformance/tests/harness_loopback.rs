@@ -125,7 +125,7 @@ fn selftest_tok_iso_no_interceptor_but_claimed() {
     );
     r.assert_fails_exactly(&[
         "SEC-001", "SEC-002", "SEC-003", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "TOK-009",
-        "ISO-001", "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007",
+        "ISO-001", "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007", "ISO-011",
     ]);
 }
 

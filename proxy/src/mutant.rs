@@ -76,17 +76,17 @@ mod table {
         TokenBodyNumbers "token-body-numbers" "TOK-007" "expires_in is a JSON number";
         HostTokenAnyCaller "host-token-any-caller" "TOK-008" "/host/token answers callers that are not on the host";
         SelectorCaseFallsBack "selector-case-falls-back" "TOK-010" "a selector in another letter case falls back to the pod's first identity";
-        CacheServedWhenStale "cache-served-when-stale" "ISO-006" "the cluster view is trusted however long the API server is silent";
+        CacheServedWhenStale "cache-served-when-stale" "ISO-006" "the cached cluster view is trusted however long the API server is silent (no staleness bound, no live check of the caller)";
         CallerNotConfirmed "caller-not-confirmed" "ISO-007" "the caller is not confirmed against the API server before a token";
         ForwardedForTrusted "forwarded-for-trusted" "ISO-002" "the caller is taken from X-Forwarded-For when present";
         ForwardedForForwarded "forwarded-for-forwarded" "ISO-002" "X-Forwarded-For is forwarded to IMDS";
-        AnyPhaseMatches "any-phase-matches" "ISO-003" "pods in any phase (Succeeded, Failed) are matched to a caller address";
+        AnyPhaseMatches "any-phase-matches" "ISO-011" "pods in any phase (Succeeded, Failed) are matched to a caller address";
         AaiOfAnyPod "aai-of-any-pod" "ISO-001" "AzureAssignedIdentities are not filtered by pod: any pod's identity on the node may be served";
         NoIdentityForwarded "no-identity-forwarded" "SEC-001" "a pod without identity is forwarded to IMDS (the VM's token)";
-        QueryDropped "query-dropped" "PT-001" "the pass-through drops the query string";
+        QueryDropped "query-dropped" "PT-002" "the pass-through drops the query string";
         PostAsGet "post-as-get" "PT-002" "the pass-through sends POST as GET";
         UnknownPathsRefused "unknown-paths-refused" "PT-003" "unknown paths are answered 404 by the interceptor";
-        TokenRouteCaseSensitive "token-route-case-sensitive" "SEC-001" "the token route is matched case-sensitively (NMI's defect): /metadata/Identity/oauth2/token reaches IMDS";
+        TokenRouteCaseSensitive "token-route-case-sensitive" "SEC-003" "the token route is matched case-sensitively (NMI's defect): /metadata/Identity/oauth2/token reaches IMDS";
     }
 
     static ACTIVE: OnceLock<Option<Mutant>> = OnceLock::new();

@@ -316,7 +316,7 @@ async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
             Ok(p) => {
                 // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
                 // address reused: the API server confirms the caller before anything is handed out.
-                if !crate::mutant!(CallerNotConfirmed) {
+                if !crate::mutant!(CallerNotConfirmed | CacheServedWhenStale) {
                     st.view.confirm_caller(&p, ip).await?;
                 }
                 return Ok(p);
