@@ -10,6 +10,7 @@
 //! caller must not be able to claim another address). This module decides nothing about who may ask.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -72,9 +73,12 @@ pub fn backoff(attempt: u32, unit: Duration) -> Duration {
     unit.saturating_mul(total.min(60) as u32)
 }
 
-/// The IMDS client. Cheap to clone.
+/// The IMDS client. Cheap to clone: one reference count (handlers get a clone of the state per request).
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub struct Upstream(Arc<UpstreamInner>);
+
+#[derive(Debug)]
+struct UpstreamInner {
     client: Client<HttpConnector, Full<Bytes>>,
     imds: SocketAddr,
     /// `http://IP:PORT` and the `Host` value of forwarded requests, formatted once.
@@ -155,7 +159,7 @@ impl Upstream {
             .unwrap_or_else(|_| HeaderValue::from_static("imds-proxy"));
         let host = HeaderValue::from_str(&imds.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("169.254.169.254"));
-        Self {
+        Self(Arc::new(UpstreamInner {
             client,
             imds,
             base_url: format!("http://{imds}"),
@@ -163,11 +167,11 @@ impl Upstream {
             user_agent,
             backoff_unit,
             metrics,
-        }
+        }))
     }
 
     pub fn imds(&self) -> SocketAddr {
-        self.imds
+        self.0.imds
     }
 
     async fn send(
@@ -178,10 +182,10 @@ impl Upstream {
         // Shares the URI's bytes; rendered only for an error message.
         let uri = req.uri().clone();
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| {
+            let resp = self.0.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
                     UpstreamCause::Connect {
-                        addr: self.imds,
+                        addr: self.0.imds,
                         source: e,
                     }
                 } else {
@@ -211,7 +215,7 @@ impl Upstream {
         }
         q.push_str("&resource=");
         q.push_str(&query_escape(resource));
-        format!("http://{}/metadata/identity/oauth2/token?{q}", self.imds)
+        format!("http://{}/metadata/identity/oauth2/token?{q}", self.0.imds)
     }
 
     /// Fetches a managed-identity token (user-assigned when `client_id` is given, else system-assigned).
@@ -228,7 +232,8 @@ impl Upstream {
         };
         let started = Instant::now();
         let result = self.token_with_retries(&url).await;
-        self.metrics
+        self.0
+            .metrics
             .imds_token(op, result.is_ok(), started.elapsed().as_secs_f64());
         result
     }
@@ -240,7 +245,7 @@ impl Upstream {
                 .method(Method::GET)
                 .uri(url)
                 .header("Metadata", "true")
-                .header(header::USER_AGENT, self.user_agent.clone())
+                .header(header::USER_AGENT, self.0.user_agent.clone())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| {
                     TokenError::Transport(UpstreamError::new(
@@ -266,7 +271,7 @@ impl Upstream {
                     }),
                 };
             }
-            let wait = backoff(attempt, self.backoff_unit);
+            let wait = backoff(attempt, self.0.backoff_unit);
             tracing::debug!(
                 attempt,
                 wait_ms = wait.as_millis() as u64,
@@ -285,8 +290,8 @@ impl Upstream {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Full<Bytes>>, UpstreamError> {
-        let mut uri = String::with_capacity(self.base_url.len() + path_and_query.len());
-        uri.push_str(&self.base_url);
+        let mut uri = String::with_capacity(self.0.base_url.len() + path_and_query.len());
+        uri.push_str(&self.0.base_url);
         uri.push_str(path_and_query);
         let parsed = Uri::try_from(uri.as_str())
             .map_err(|e| UpstreamError::new(&method, &uri, UpstreamCause::Request(e.into())))?;
@@ -297,7 +302,7 @@ impl Upstream {
                 out.append(name.clone(), value.clone());
             }
         }
-        out.append(header::HOST, self.host.clone());
+        out.append(header::HOST, self.0.host.clone());
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = parsed;
