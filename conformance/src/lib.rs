@@ -16,8 +16,10 @@
 //! - [`catalog`] — what a case is ([`catalog::Case`], `declare_case!`) and the cases, one file per area;
 //! - [`scenario`], [`cluster`], [`world`] — scenario files, the Kubernetes objects they imply, and the
 //!   nodes and pods a backend made of them;
-//! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown;
-//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line;
+//! - [`runner`] — selection and the run lifecycle; [`report`] — terminal, JSON, JUnit, Markdown, and the
+//!   matrix's Markdown / HTML / JSON; [`matrix`] — one scenario against several interceptors, side by side;
+//! - [`http`] — the raw pod-side HTTP client; [`cli`] — the command line; [`env`] — named environments
+//!   a person works in (`env up|list|exec|logs|journal|down`);
 //! - [`netns`] — namespaces, veths, cleanup (the test Kubernetes API server is the crate
 //!   `kube-test-apiserver`);
 //! - [`kind`] — the kind backend, all of it: facade, bring-up steps, interceptor control, API access,
@@ -30,8 +32,10 @@ pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod ctx;
+pub mod env;
 pub mod http;
 pub mod kind;
+pub mod matrix;
 pub mod netns;
 pub mod process;
 /// The probe's protocol (crate `imds-probe`), re-exported for the relay and the kind backend.

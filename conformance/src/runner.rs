@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub skip: Option<Regex>,
     /// Real IMDS URL for the IMDS fidelity cases.
     pub imds_url: Option<String>,
+    /// The SDK area's clients (`--sdk-clients`); `None`: the SDK cases SKIP.
+    pub sdk: Option<crate::catalog::sdk::SdkClients>,
     /// Print live progress.
     pub live: bool,
     /// Options of the kind backend (with `--backend kind`).
@@ -339,6 +341,44 @@ pub async fn start_env(
     })
 }
 
+/// A vendor interceptor (`cmd:`) that claims `iptables` on netns must have its redirect in every node's
+/// nat table once it is ready (docs/VENDORS.md §5); otherwise the run stops here, saying so (with the
+/// rules it did find and its log's tail) instead of failing every interception case for no stated reason.
+async fn check_redirects(
+    env: &Env,
+    spec: &InterceptorSpec,
+    features: &BTreeSet<Feature>,
+    kind: BackendKind,
+) -> Result<(), BackendError> {
+    if kind != BackendKind::Netns
+        || !matches!(spec, InterceptorSpec::Cmd { .. })
+        || !features.contains(&Feature::Iptables)
+    {
+        return Ok(());
+    }
+    let nodes: Vec<String> = env
+        .backend
+        .world()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    for node in nodes {
+        let argv = vec!["iptables-save".into(), "-t".into(), "nat".into()];
+        let nat = env.backend.exec(&node, argv).await?.stdout;
+        if nat.lines().any(catalog::interception::is_redirect) {
+            continue;
+        }
+        let imds: Vec<&str> = nat
+            .lines()
+            .filter(|l| l.contains("169.254.169.254"))
+            .collect();
+        let log = env.backend.interceptor_log(&node).await;
+        return Err(crate::backend::startup::no_rules_error(&node, &imds, &log));
+    }
+    Ok(())
+}
+
 /// Resolves when SIGINT or SIGTERM arrives, naming it.
 pub async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -400,6 +440,10 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
             return Err(RunError::Interrupted(sig));
         }
     };
+    if let Err(e) = check_redirects(&env, &opts.interceptor, &opts.features, kind).await {
+        env.teardown(false).await;
+        return Err(e.into());
+    }
     let mut ctx = Ctx::new(
         env.backend.clone(),
         env.scenario.clone(),
@@ -407,6 +451,7 @@ pub async fn run(opts: RunOptions) -> Result<RunReport, RunError> {
         env.run_id.clone(),
     );
     ctx.imds_url = opts.imds_url.clone();
+    ctx.sdk = opts.sdk.clone();
     let setup = setup_started.elapsed();
     // Let interceptors' watches sync the seeded objects before the first case.
     let sync = Duration::from_millis(500);

@@ -10,6 +10,9 @@
 //! profile: nmi
 //! nodes:
 //!   - name: node-1
+//!     # Optional: the VM's own identity layout. Absent = a system-assigned identity, the mock's seeded
+//!     # user-assigned one and every `onVm` identity below. Given = exactly what it lists.
+//!     # vm: { systemAssigned: false, userAssigned: [id-app, id-other] }
 //!     pods:
 //!       - { name: app, labels: { aadpodidbinding: app } }
 //!       - { name: other }
@@ -91,9 +94,41 @@ fn default_profile() -> Profile {
 pub struct NodeDef {
     /// Node name (`spec.nodeName` of its pods, `--node` of the interceptor). Lower-case, ≤ 12 chars.
     pub name: String,
+    /// The VM's managed identities as IMDS sees them (what a request without a selector gets, which
+    /// errors a pod can meet). Absent: a system-assigned identity, the mock's own seeded user-assigned
+    /// identity and every `onVm` identity of the scenario (the layout of earlier releases).
+    #[serde(default)]
+    pub vm: Option<VmDef>,
     /// Pods scheduled on this node.
     #[serde(default)]
     pub pods: Vec<PodDef>,
+}
+
+/// A VM's identity layout (`nodes[].vm`). With it the VM holds exactly: the system-assigned identity when
+/// `systemAssigned`, plus the user-assigned identities named in `userAssigned` (names of `identities[]`;
+/// absent = every identity with `onVm: true`). E.g. no system identity and two user-assigned ones is the
+/// common AKS node where IMDS answers 400 "Multiple user assigned identities exist…" to a request without
+/// a selector; no identity at all gives 400 "Identity not found".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VmDef {
+    /// Whether the VM has a system-assigned identity (default true).
+    #[serde(default = "yes")]
+    pub system_assigned: bool,
+    /// Names of the scenario's identities assigned to this VM (default: every `onVm` identity).
+    #[serde(default)]
+    pub user_assigned: Option<Vec<String>>,
+}
+
+/// The identities one VM holds, resolved from the scenario (see [`VmDef`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmLayout<'a> {
+    /// A system-assigned identity.
+    pub system_assigned: bool,
+    /// Keep the mock's own seeded user-assigned identity (only without `vm:`, as before).
+    pub seeded_user_assigned: bool,
+    /// The scenario identities assigned to the VM.
+    pub user_assigned: Vec<&'a IdentityDef>,
 }
 
 /// One pod.
@@ -237,6 +272,43 @@ impl Scenario {
         if self.nodes.len() > 20 {
             return Err("at most 20 nodes".into());
         }
+        for n in &self.nodes {
+            let Some(names) = n.vm.as_ref().and_then(|v| v.user_assigned.as_ref()) else {
+                continue;
+            };
+            let mut seen = BTreeSet::new();
+            for name in names {
+                let matching: Vec<&IdentityDef> =
+                    self.identities.iter().filter(|i| &i.name == name).collect();
+                match matching.as_slice() {
+                    [] => {
+                        return Err(format!(
+                            "node {}: vm.userAssigned names {name:?}, which is not in identities",
+                            n.name
+                        ));
+                    }
+                    [one] if !one.on_vm => {
+                        return Err(format!(
+                            "node {}: vm.userAssigned names {name:?}, whose onVm is false",
+                            n.name
+                        ));
+                    }
+                    [_] => {}
+                    _ => {
+                        return Err(format!(
+                            "node {}: vm.userAssigned name {name:?} is ambiguous (several namespaces)",
+                            n.name
+                        ));
+                    }
+                }
+                if !seen.insert(name) {
+                    return Err(format!(
+                        "node {}: vm.userAssigned lists {name:?} twice",
+                        n.name
+                    ));
+                }
+            }
+        }
         let mut ids = BTreeSet::new();
         for id in &self.identities {
             if !ids.insert((id.namespace.clone(), id.name.clone())) {
@@ -258,6 +330,39 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// The identities VM `node` holds (unknown node: the default layout).
+    pub fn vm_layout(&self, node: &str) -> VmLayout<'_> {
+        let on_vm = || {
+            self.identities
+                .iter()
+                .filter(|i| i.on_vm)
+                .collect::<Vec<_>>()
+        };
+        match self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.vm.as_ref())
+        {
+            None => VmLayout {
+                system_assigned: true,
+                seeded_user_assigned: true,
+                user_assigned: on_vm(),
+            },
+            Some(vm) => VmLayout {
+                system_assigned: vm.system_assigned,
+                seeded_user_assigned: false,
+                user_assigned: match &vm.user_assigned {
+                    None => on_vm(),
+                    Some(names) => names
+                        .iter()
+                        .filter_map(|n| self.identities.iter().find(|i| &i.name == n))
+                        .collect(),
+                },
+            },
+        }
     }
 
     /// A pod and the node it runs on.
@@ -332,6 +437,30 @@ mod tests {
         }
         assert!(n >= 5, "expected at least 5 scenarios, found {n}");
     }
+
+    #[test]
+    fn nmi_real_timing_keeps_nmis_timing_on_an_aks_vm() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/nmi-real-timing.yaml");
+        let s = Scenario::load(&p).unwrap();
+        for f in [
+            "--retry-attempts-for-created=16",
+            "--retry-attempts-for-assigned=4",
+            "--find-identity-retry-interval=5",
+            "--ipt-update-interval-sec=60",
+        ] {
+            assert!(s.interceptor.flags.iter().any(|x| x == f), "{f}");
+        }
+        let vm = s.vm_layout("node-1");
+        assert!(!vm.system_assigned && !vm.seeded_user_assigned);
+        assert_eq!(vm.user_assigned.len(), 3);
+        // Without `vm:` the layout is the earlier one: system identity, seeded UAMI, every onVm identity.
+        let d = Scenario::parse(DEFAULT, "t").unwrap();
+        let vm = d.vm_layout("node-1");
+        assert!(vm.system_assigned && vm.seeded_user_assigned);
+        assert_eq!(vm.user_assigned.len(), 3);
+    }
+
+    const DEFAULT: &str = include_str!("../../scenarios/nmi-default.yaml");
 
     #[test]
     fn rejects_unknown_fields_and_pods() {

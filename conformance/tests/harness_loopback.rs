@@ -124,8 +124,8 @@ fn selftest_tok_iso_no_interceptor_but_claimed() {
         &["--interceptor", "none", "--focus", "^(SEC|TOK|ISO)"],
     );
     r.assert_fails_exactly(&[
-        "SEC-001", "SEC-002", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "TOK-009", "ISO-001",
-        "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007",
+        "SEC-001", "SEC-002", "SEC-003", "TOK-001", "TOK-005", "TOK-007", "TOK-008", "TOK-009",
+        "ISO-001", "ISO-002", "ISO-004", "ISO-005", "ISO-006", "ISO-007", "ISO-011",
     ]);
 }
 
@@ -147,11 +147,11 @@ fn forwarder_fails_the_security_floor_on_every_profile() {
                 "^SEC",
             ],
         );
-        r.assert_fails_exactly(&["SEC-001", "SEC-002"]);
+        r.assert_fails_exactly(&["SEC-001", "SEC-002", "SEC-003"]);
         let out = r.log();
         assert!(out.contains("NOT CONFORMANT: profile"), "{profile}: {out}");
         assert!(
-            out.contains("MUST cases failed: SEC-001, SEC-002"),
+            out.contains("MUST cases failed: SEC-001, SEC-002, SEC-003"),
             "{profile}: {out}"
         );
     }

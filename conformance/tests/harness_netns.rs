@@ -90,7 +90,8 @@ fn netns_aks_restriction_passes_with_aks_rule() {
     assert_eq!(
         r.ids(Status::Pass).into_iter().collect::<BTreeSet<_>>(),
         set(&[
-            "SEC-001", "SEC-002", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004", "RST-005"
+            "SEC-001", "SEC-002", "SEC-003", "ISO-010", "RST-001", "RST-002", "RST-003", "RST-004",
+            "RST-005"
         ]),
         "{}",
         r.log()
@@ -105,7 +106,9 @@ fn selftest_rst_no_rule_but_claimed() {
     }
     let (r, pid) = run_netns("aks-restriction.yaml", &["--interceptor", "none"]);
     // No rule: pods reach IMDS and get the VM's tokens, which the security floor sees too.
-    r.assert_fails_exactly(&["SEC-001", "SEC-002", "RST-001", "RST-003", "RST-005"]);
+    r.assert_fails_exactly(&[
+        "SEC-001", "SEC-002", "SEC-003", "RST-001", "RST-003", "RST-005",
+    ]);
     assert!(leftovers(pid).is_empty());
 }
 
@@ -334,4 +337,367 @@ fn prefix_leftovers(prefix: &str) -> Vec<String> {
         }
     }
     out
+}
+
+// ---- `env` (issue 16): named environments a person works in ----
+
+/// `imds-conformance env …` with the test's own state directory and TMPDIR (logs land under it).
+struct EnvCli {
+    state: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+}
+
+impl EnvCli {
+    fn new() -> Self {
+        EnvCli {
+            state: tempfile::tempdir().unwrap(),
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(common::conformance_bin());
+        c.arg("env")
+            .args(args)
+            .env("IMDS_CONFORMANCE_ENV_DIR", self.state.path())
+            .env("TMPDIR", self.tmp.path())
+            .env("IMDS_PROXY_BIN", common::proxy_bin().unwrap())
+            .env_remove("SUDO_UID")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs `env ARGS` to completion: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd(args).output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `env up ARGS` and waits until the environment `name` is up; returns the child.
+    fn up(&self, name: &str, args: &[&str]) -> std::process::Child {
+        let mut child = self
+            .cmd(&[&["up", "--name", name][..], args].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let dir = imds_conformance::env::state::StateDir::new(self.state.path());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(s)) = dir.get(name)
+                && s.phase == imds_conformance::env::state::Phase::Up
+            {
+                return child;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let o = child.wait_with_output().unwrap();
+                panic!(
+                    "env up {name} exited with {status}\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            assert!(Instant::now() < deadline, "env up {name} never came up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// [`EnvCli::run`] as another user behind sudo.
+    fn run_as(&self, sudo_uid: &str, args: &[&str]) -> (i32, String, String) {
+        let o = self.cmd(args).env("SUDO_UID", sudo_uid).output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    fn state_of(&self, name: &str) -> imds_conformance::env::state::EnvState {
+        imds_conformance::env::state::StateDir::new(self.state.path())
+            .get(name)
+            .unwrap()
+            .unwrap()
+    }
+}
+
+fn curl_or_skip(test: &str) -> bool {
+    let ok = Command::new("curl").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("SKIP: {test}: curl not installed (env exec runs it inside the pods)");
+    }
+    ok
+}
+
+const TOKEN_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+
+/// Namespaces of run `prefix` that exist.
+fn namespaces_of(prefix: &str) -> Vec<String> {
+    imds_conformance::netns::registered_namespaces()
+        .unwrap()
+        .into_iter()
+        .filter(|n| imds_conformance::netns::belongs_to(prefix, n))
+        .collect()
+}
+
+/// Two environments side by side: distinct prefixes; `exec` needs `--name` then; `--proxy-flag` overrides
+/// the scenario's flag (last wins, as NMI); the scenario's VM layout reaches IMDS's "Multiple user assigned
+/// identities" answer; a `timeout` around `exec` leaves nothing running; logs and the journal read back;
+/// `down` keeps the logs (no colour, no kubeconfig); another user's or a dead environment is refused and a
+/// dead one's leftovers are removed by `down`.
+#[test]
+fn netns_env_side_by_side_exec_signals_override_logs_and_down() {
+    let test = "netns_env_side_by_side";
+    if !netns_or_skip(test) || proxy_or_skip(test).is_none() || !curl_or_skip(test) {
+        return;
+    }
+    let _serial = common::serial_guard();
+    let env = EnvCli::new();
+    let real = scenario("nmi-real-timing.yaml");
+    let mut a = env.up("a", &[]);
+    let mut b = env.up(
+        "b",
+        &[
+            "--scenario",
+            real.to_str().unwrap(),
+            // The scenario sets 16 / 5 s: overridden, so a pod without identity is answered at once.
+            "--proxy-flag=--retry-attempts-for-created=1",
+            "--proxy-flag=--retry-attempts-for-assigned=1",
+            "--proxy-flag=--find-identity-retry-interval=1",
+        ],
+    );
+    let (sa, sb) = (env.state_of("a"), env.state_of("b"));
+    assert_ne!(sa.prefix, sb.prefix);
+    assert!(!namespaces_of(&sa.prefix).is_empty() && !namespaces_of(&sb.prefix).is_empty());
+    let (code, out, _) = env.run(&["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().filter(|l| l.contains(" up ")).count() == 2,
+        "{out}"
+    );
+
+    // Two environments: no implicit pick.
+    let (code, _, err) = env.run(&["exec", "app", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("several") && err.contains("a (up") && err.contains("b (up"),
+        "{err}"
+    );
+
+    // A token in a, through the interceptor.
+    let (code, out, err) = env.run(&[
+        "exec",
+        "--name",
+        "a",
+        "app",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "30",
+        "-H",
+        "Metadata: true",
+        TOKEN_URL,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"access_token\""), "{out}");
+    // b: the overridden wait loop (NMI's message names the attempts), and the VM's layout.
+    let (_, out, _) = env.run(&[
+        "exec",
+        "--name",
+        "b",
+        "other",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "60",
+        "-H",
+        "Metadata: true",
+        TOKEN_URL,
+    ]);
+    assert!(
+        out.contains("CREATED state failed after 1 attempts"),
+        "{out}"
+    );
+    let (_, out, _) = env.run(&[
+        "exec",
+        "--name",
+        "b",
+        "host-agent",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "30",
+        "-H",
+        "Metadata: true",
+        TOKEN_URL,
+    ]);
+    assert!(
+        out.contains("Multiple user assigned identities exist"),
+        "{out}"
+    );
+
+    // `timeout` around exec: exec returns and the command is gone.
+    let pidfile = env.tmp.path().join("sleep.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut t = Command::new("timeout");
+    t.arg("2").arg(common::conformance_bin()).args([
+        "env", "exec", "--name", "a", "app", "--", "sh", "-c", &script,
+    ]);
+    t.env("IMDS_CONFORMANCE_ENV_DIR", env.state.path());
+    let mut child = t.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout + env exec did not return"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(124), "timeout reports the time-out");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !imds_conformance::netns::pid_alive(pid)
+            || imds_conformance::env::state::is_zombie(pid as u32),
+        "the command (PID {pid}) still runs"
+    );
+
+    // Logs and the journal.
+    let (code, out, _) = env.run(&["logs", "--name", "a", "imds"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("node-1") && out.contains("GET /metadata/identity/oauth2/token?"),
+        "{out}"
+    );
+    let (code, out, _) = env.run(&["journal", "--name", "a", "node-1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("/metadata/identity/oauth2/token") && out.contains("    metadata: true"),
+        "{out}"
+    );
+
+    // Another user's environment is refused.
+    let (code, _, err) = env.run_as("4242", &["down", "--name", "a"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("belongs to uid 0") && err.contains("refusing"),
+        "{err}"
+    );
+
+    // `logs -f` prints what is there and follows until the environment goes down.
+    let follow = env
+        .cmd(&["logs", "--name", "a", "-f", "imds"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // down: the up process tears down; logs stay (plain text), nothing else does.
+    let (code, out, err) = env.run(&["down", "--name", "a"]);
+    assert_eq!(code, 0, "{err}");
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    assert!(
+        String::from_utf8_lossy(&followed.stdout).contains("GET /metadata/identity/oauth2/token?")
+            && String::from_utf8_lossy(&followed.stderr).contains("environment a is down"),
+        "{followed:?}"
+    );
+    assert!(
+        out.contains(&format!("logs kept in {}", sa.log_dir.display())),
+        "{out}"
+    );
+    assert!(a.wait().unwrap().success());
+    assert!(namespaces_of(&sa.prefix).is_empty());
+    let log = std::fs::read_to_string(sa.log_dir.join("node-1-interceptor.log")).unwrap();
+    assert!(
+        log.contains("imds-proxy ready") && !log.contains('\u{1b}'),
+        "no colour in the log file"
+    );
+    assert!(
+        std::fs::read_to_string(sa.log_dir.join("imds.log"))
+            .unwrap()
+            .contains("-> 200")
+    );
+    assert!(!sa.log_dir.join("node-1.kubeconfig").exists());
+
+    // b's up process dies without tearing down: exec refuses, list says dead, down removes what is left.
+    b.kill().unwrap(); // our own child, by PID
+    b.wait().unwrap();
+    let (code, _, err) = env.run(&["exec", "app", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("not running") && err.contains("env down --name b"),
+        "{err}"
+    );
+    let (_, out, _) = env.run(&["list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("b ") && l.contains(" dead ")),
+        "{out}"
+    );
+    assert!(!namespaces_of(&sb.prefix).is_empty(), "leftovers to clean");
+    let (code, out, err) = env.run(&["down"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("was not running"), "{out}");
+    assert!(namespaces_of(&sb.prefix).is_empty());
+    let (_, out, _) = env.run(&["list"]);
+    assert!(out.starts_with("no environment"), "{out}");
+}
+
+/// A failed `env up` (the interceptor refuses an unknown flag) removes its namespaces, state file and
+/// directory, keeping only the log with content and saying where it is.
+#[test]
+fn netns_env_failed_up_cleans_up_after_itself() {
+    let test = "netns_env_failed_up";
+    if !netns_or_skip(test) || proxy_or_skip(test).is_none() {
+        return;
+    }
+    let _serial = common::serial_guard();
+    let env = EnvCli::new();
+    let child = env
+        .cmd(&["up", "--name", "broken", "--proxy-flag=--no-such-flag"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(leftovers(pid).is_empty(), "leftovers: {:?}", leftovers(pid));
+    assert!(
+        std::fs::read_dir(env.state.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "no state file left"
+    );
+    let kept: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("imds-conformance: log kept: "))
+        .collect();
+    assert_eq!(kept.len(), 1, "{err}");
+    assert!(kept[0].ends_with("node-1-interceptor.log"), "{err}");
+    let dir = std::path::Path::new(kept[0]).parent().unwrap();
+    let files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, vec!["node-1-interceptor.log".to_string()]);
+    assert!(
+        std::fs::read_to_string(kept[0])
+            .unwrap()
+            .contains("no-such-flag")
+    );
 }

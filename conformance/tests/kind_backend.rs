@@ -213,19 +213,36 @@ fn manifests_are_rendered_from_the_repository_files() {
     assert_eq!(manifests::crds().unwrap().len(), 4);
 }
 
-#[tokio::test]
-async fn the_kind_mock_config_gives_the_same_vm_as_the_in_process_mock() {
-    let s = scenario("nmi-default");
-    let text = manifests::mock_config_toml(&s);
+/// The VM's identities as a mock's control API reports them: (system-assigned, sorted client ids).
+async fn vm_identities(control_uri: String) -> (bool, Vec<String>) {
+    let v: Value = reqwest::get(format!("{control_uri}/_mock/identities"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = v["user_assigned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["client_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    (v["system_assigned"].as_bool().unwrap(), ids)
+}
+
+/// Starts the in-process mock of the other backends and one from the kind ConfigMap for `s`; returns what
+/// each says its VM holds.
+async fn both_mocks(s: &Scenario) -> ((bool, Vec<String>), (bool, Vec<String>)) {
+    let text = manifests::mock_config_toml(s).expect("one layout for every node");
     let seed = imds_conformance::backend::services::MOCK_SEED;
     let from_file = mock_imds::config::Config::from_toml_str(&text, "kind ConfigMap", Some(seed))
         .expect("mock-imds accepts the ConfigMap");
     assert!(!from_file.rate_limits.enabled);
-    // Ask both mocks (the in-process one of the other backends, one started from the ConfigMap) which
-    // identities their VM has, through the control API.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let control = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let in_process = imds_conformance::backend::services::start_mock(l, control, &s, "vm")
+    let node = s.nodes[0].name.clone();
+    let in_process = imds_conformance::backend::services::start_mock(l, control, s, &node)
         .await
         .unwrap();
     let from_configmap = mock_imds::MockImds::builder()
@@ -234,36 +251,39 @@ async fn the_kind_mock_config_gives_the_same_vm_as_the_in_process_mock() {
         .start()
         .await
         .unwrap();
-    async fn client_ids(uri: String) -> Vec<String> {
-        let v: Value = reqwest::get(format!("{uri}/_mock/identities"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        fn walk(v: &Value, out: &mut Vec<String>) {
-            match v {
-                Value::Object(m) => {
-                    for (k, x) in m {
-                        match (k.as_str(), x.as_str()) {
-                            ("client_id", Some(id)) => out.push(id.to_string()),
-                            _ => walk(x, out),
-                        }
-                    }
-                }
-                Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        walk(&v, &mut out);
-        out.sort();
-        out
-    }
-    let want = client_ids(in_process.control_uri().unwrap()).await;
-    let got = client_ids(from_configmap.control_uri().unwrap()).await;
+    (
+        vm_identities(in_process.control_uri().unwrap()).await,
+        vm_identities(from_configmap.control_uri().unwrap()).await,
+    )
+}
+
+#[tokio::test]
+async fn the_kind_mock_config_gives_the_same_vm_as_the_in_process_mock() {
+    let s = scenario("nmi-default");
+    let (want, got) = both_mocks(&s).await;
     assert_eq!(got, want);
-    assert!(got.len() > s.identities.iter().filter(|i| i.on_vm).count());
+    assert!(want.0, "the default layout has a system-assigned identity");
+    assert!(want.1.len() > s.identities.iter().filter(|i| i.on_vm).count());
+    // A `vm:` layout (no system identity, two user-assigned ones) is the same on both too.
+    let s = Scenario::parse(
+        "name: layout\nnodes:\n  - name: node-1\n    vm: { systemAssigned: false, userAssigned: [a, b] }\n\
+         identities: [ { name: a }, { name: b }, { name: c } ]\n",
+        "test",
+    )
+    .unwrap();
+    let (want, got) = both_mocks(&s).await;
+    assert_eq!(got, want);
+    let mut ids: Vec<String> = s.identities[..2].iter().map(|i| i.client_id()).collect();
+    ids.sort();
+    assert_eq!(want, (false, ids));
+    // Different layouts per node cannot be one ConfigMap: a clear error, not a silent pick.
+    let s = Scenario::parse(
+        "name: layout\nnodes:\n  - { name: node-1, vm: { systemAssigned: false } }\n  - { name: node-2 }\n",
+        "test",
+    )
+    .unwrap();
+    let e = manifests::mock_config_toml(&s).unwrap_err().to_string();
+    assert!(e.contains("same `vm:` identity layout"), "{e}");
 }
 
 #[test]

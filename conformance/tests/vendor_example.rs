@@ -22,8 +22,8 @@ const FEATURES: &str =
 
 /// Cases the example passes on every backend.
 const PASS_ANY: &[&str] = &[
-    "SEC-001", "SEC-002", "HDR-001", "HDR-002", "HDR-003", "HDR-004", "HDR-005", "BLK-001",
-    "BLK-002", "BLK-003", "BLK-004", "BLK-005", "ISO-010", "PT-001", "PT-002", "PT-003",
+    "SEC-001", "SEC-002", "SEC-003", "HDR-001", "HDR-002", "HDR-003", "HDR-004", "HDR-005",
+    "BLK-001", "BLK-002", "BLK-003", "BLK-004", "BLK-005", "ISO-010", "PT-001", "PT-002", "PT-003",
 ];
 /// Kernel cases it passes on netns.
 const PASS_NETNS: &[&str] = &[

@@ -1,6 +1,7 @@
 //! The Kubernetes side: one client whose every request passes one token bucket (`--clientQps`, a tower
-//! `RateLimit` layer on the kube-rs stack, so watches, lists and writes all count), kube-rs watchers and
-//! reflector stores for pods (label `aadpodidbinding`), nodes, AzureIdentities, AzureIdentityBindings and
+//! `RateLimit` layer on the kube-rs stack, so watches, lists and writes all count), imds-proxy's
+//! list-then-watch loops with bounded staleness (`cluster::freshness`) feeding kube-rs reflector stores for
+//! pods (label `aadpodidbinding`), nodes, AzureIdentities, AzureIdentityBindings and
 //! AzureAssignedIdentities, a change signal for the cycle, and the AzureAssignedIdentity writes. The stores
 //! lag the controller's own writes; `Written` remembers the answers to those writes until the store has
 //! caught up, so that a cycle never acts on an older state than the controller itself produced.
@@ -10,17 +11,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use imds_proxy::cluster::crd::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding};
+use imds_proxy::cluster::freshness::{FollowObserver, Followers, Freshness};
+use imds_proxy::errors::ViewUnavailable;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::plan::BINDING_LABEL;
 
@@ -78,7 +77,12 @@ pub async fn client(kubeconfig: Option<&Path>, qps: f64) -> Result<Client, KubeE
         .build())
 }
 
-/// The stores the cycle reads, the change signal, and the watcher tasks.
+/// The staleness bound of the controller's view (see imds-proxy's `cluster::freshness`). Watches re-open
+/// every half bound and each re-open passes the `--clientQps` bucket, so the bound is long: five resources
+/// cost one request every 6 s, not a tenth of a 5 QPS budget as the proxy's 10 s bound would.
+pub const STALENESS_BOUND: Duration = Duration::from_secs(60);
+
+/// The stores the cycle reads, the change signal, and the loops that keep the stores current.
 pub struct Cluster {
     pub client: Client,
     pub pods: Store<Pod>,
@@ -86,85 +90,44 @@ pub struct Cluster {
     pub identities: Store<AzureIdentity>,
     pub bindings: Store<AzureIdentityBinding>,
     pub aais: Store<AzureAssignedIdentity>,
-    /// Notified on every watch event.
+    /// Notified on every change of any store.
     pub changed: Arc<Notify>,
     pub written: Written,
-    tasks: Vec<JoinHandle<()>>,
+    /// imds-proxy's list-then-watch loops with bounded staleness; dropping them ends the loops.
+    followers: Followers,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+/// Tells the cycle loop that something changed.
+struct Changes(Arc<Notify>);
+
+impl FollowObserver for Changes {
+    fn changed(&self, _resource: &'static str) {
+        self.0.notify_one();
+    }
+    fn failed(&self, _resource: &'static str) {
+        // The loop has logged why; the view is not fresh until its next list succeeds.
     }
 }
 
-fn follow<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    changed: Arc<Notify>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let what = K::plural(&()).to_string();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    tasks.push(tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => {
-                        tracing::warn!(resource = %what, error = %e, "watch failed; retrying")
-                    }
-                }
-                async {}
-            })
-            .await;
-    }));
-    store
-}
-
 impl Cluster {
-    /// Starts the watchers; `ready` waits for their first lists.
+    /// Starts the loops; `ready` waits for their first lists.
     pub fn start(client: Client) -> Self {
         let changed = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
-        let cfg = watcher::Config::default;
-        let pods = follow(
-            Api::<Pod>::all(client.clone()),
-            cfg().labels(BINDING_LABEL),
-            changed.clone(),
-            &mut tasks,
+        let mut f = Followers::new(
+            client.clone(),
+            Freshness::new(STALENESS_BOUND),
+            Arc::new(Changes(changed.clone())),
         );
-        let nodes = follow(
-            Api::<Node>::all(client.clone()),
-            cfg(),
-            changed.clone(),
-            &mut tasks,
-        );
-        let identities = follow(Api::all(client.clone()), cfg(), changed.clone(), &mut tasks);
-        let bindings = follow(Api::all(client.clone()), cfg(), changed.clone(), &mut tasks);
-        let aais = follow(Api::all(client.clone()), cfg(), changed.clone(), &mut tasks);
         Cluster {
+            pods: f.spawn(Some(BINDING_LABEL), None, "pods"),
+            nodes: f.spawn(None, None, "nodes"),
+            identities: f.spawn(None, None, "azureidentities"),
+            bindings: f.spawn(None, None, "azureidentitybindings"),
+            aais: f.spawn(None, None, "azureassignedidentities"),
             client,
-            pods,
-            nodes,
-            identities,
-            bindings,
-            aais,
             changed,
             written: Written::default(),
-            tasks,
+            followers: f,
         }
     }
 
@@ -175,6 +138,12 @@ impl Cluster {
         let _ = self.identities.wait_until_ready().await;
         let _ = self.bindings.wait_until_ready().await;
         let _ = self.aais.wait_until_ready().await;
+    }
+
+    /// `Ok` while every store has shown, within [`STALENESS_BOUND`], that it is current; a cycle on a view
+    /// that is not would add and remove identities on what the cluster was, not on what it is.
+    pub fn fresh(&self) -> Result<(), ViewUnavailable> {
+        self.followers.check()
     }
 
     /// The AAIs as the controller last knew them: the store, overlaid with its own newer writes.

@@ -119,7 +119,7 @@ pub enum StartError {
     #[error(transparent)]
     Kube(#[from] kube::KubeError),
     #[error("HTTP client: {0}")]
-    Http(#[from] http_client::HttpError),
+    Http(#[from] http_client::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -168,7 +168,7 @@ impl Controller {
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
         let azure = settings.load_cloud()?;
         let credential = azure.credential()?;
-        let http = http_client::HttpClient::new(settings.arm_ca_file.as_deref())?;
+        let http = http_client::client(settings.arm_ca_file.as_deref())?;
         let metrics = metrics::Metrics::default();
         let mut immutable: std::collections::HashSet<String> = settings
             .immutable_user_msis
@@ -334,7 +334,17 @@ async fn run_loop(
             fatal.send_replace(Some(format!("leadership lost: {reason}")));
             return;
         }
-        let outcome = cycle::run(&ctx).await;
+        // A view that cannot show it is current is not acted on; the cycle is retried as pending work.
+        let outcome = match ctx.cluster.fresh() {
+            Ok(()) => cycle::run(&ctx).await,
+            Err(why) => {
+                tracing::warn!(%why, "cluster view not current; cycle skipped");
+                cycle::Outcome {
+                    busy: false,
+                    pending: true,
+                }
+            }
+        };
         active.store(true, Ordering::Relaxed);
         let retry_pending = outcome
             .pending

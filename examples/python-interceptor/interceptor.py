@@ -263,9 +263,13 @@ def main():
     # 127.0.0.1 and the machine's own tables must not be touched.
     manage = host == IMDS_IP
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # SIGTERM / SIGINT are taken by the main loop itself (sigtimedwait below), never by a signal handler.
+    # A handler that sets a threading.Event deadlocks when the signal lands while the main thread holds
+    # that Event's lock inside Event.wait(): the process then never exits on SIGTERM, the harness kills it
+    # after 15 s, and the rules stay behind (an occasional IPT-003 FAIL). Blocked here, before any thread
+    # starts (threads inherit the mask), the signals stay pending until the loop collects them.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     if manage:
         check_route_localnet()
@@ -279,8 +283,8 @@ def main():
     log(f"node {a.node!r}: serving 127.0.0.1:{a.port} → {a.upstream}, probe :{a.probe_port}, "
         f"iptables {'on' if manage else 'off'}")
 
-    # Reconcile loop on the main thread: put back whatever someone deleted, until SIGTERM.
-    while not stop.wait(a.reconcile_interval):
+    # Reconcile loop on the main thread: put back whatever someone deleted, until SIGTERM (or SIGINT).
+    while signal.sigtimedwait(stop_signals, a.reconcile_interval) is None:
         if manage:
             try:
                 ensure_rules(a.port)

@@ -115,12 +115,14 @@ impl Verifier {
             Some((set, at)) => set.find(kid).is_none() && at.elapsed() >= REFETCH_AFTER,
         };
         if stale {
-            match self.client.call(Method::GET, uri, None).await {
-                Ok((status, body)) if status.is_success() => match serde_json::from_slice(&body) {
-                    Ok(set) => *cache = Some((set, Instant::now())),
-                    Err(e) => tracing::warn!(%uri, error = %e, "JWKS is not a key set"),
-                },
-                Ok((status, _)) => tracing::warn!(%uri, %status, "JWKS fetch refused"),
+            match self.client.call(Method::GET, uri, &[], None).await {
+                Ok(answer) if answer.status.is_success() => {
+                    match serde_json::from_slice(&answer.body) {
+                        Ok(set) => *cache = Some((set, Instant::now())),
+                        Err(e) => tracing::warn!(%uri, error = %e, "JWKS is not a key set"),
+                    }
+                }
+                Ok(answer) => tracing::warn!(%uri, status = %answer.status, "JWKS fetch refused"),
                 Err(e) => tracing::warn!(error = %e, "JWKS fetch failed"),
             }
         }

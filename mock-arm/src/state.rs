@@ -90,7 +90,7 @@ impl AppState {
         keys: Option<Keys>,
         ca_pem: Option<String>,
     ) -> Self {
-        let client = Client::new();
+        let client = crate::client::client();
         let keys = keys.unwrap_or_else(|| match &config.auth.jwks_uri {
             Some(uri) => Keys::Uri(uri.clone()),
             None => Keys::Missing,
@@ -203,7 +203,10 @@ impl AppState {
                 None,
             ),
         };
-        let (status, answer) = self.client.call(method, &uri, body).await?;
+        let json = [("content-type", "application/json".to_owned())];
+        let headers: &[(&str, String)] = if body.is_some() { &json } else { &[] };
+        let answer = self.client.call(method, &uri, headers, body).await?;
+        let (status, answer) = (answer.status, answer.body);
         // 404 on DELETE: mock-imds no longer had it, which is the wanted state.
         if status.is_success() || status.as_u16() == 404 {
             Ok(status.as_u16())

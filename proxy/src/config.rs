@@ -1,7 +1,8 @@
 //! Command line and settings: every NMI flag of REFERENCE A.9 with its name and default, plus the few this
 //! proxy adds (`--kubeconfig`, `--manage-iptables`, `--probe-listen-address`, `--imds-retry-backoff-unit-ms`,
-//! and the listener bounds and shutdown grace: `--header-read-timeout-sec`, `--idle-timeout-sec`,
-//! `--max-connections[-per-ip]`, `--probe-max-connections[-per-ip]`, `--shutdown-grace-sec`).
+//! the listener bounds and shutdown grace: `--header-read-timeout-sec`, `--idle-timeout-sec`,
+//! `--max-connections[-per-ip]`, `--probe-max-connections[-per-ip]`, `--shutdown-grace-sec`; and the SDK
+//! opt-ins, off by default: `--sdk-friendly-errors`, `--identity-wait-bound-sec`).
 //!
 //! Boolean flags behave like Go's pflag booleans: bare `--flag` means true and `--flag=<v>` accepts what
 //! `strconv.ParseBool` accepts (`1 t T TRUE true True 0 f F FALSE false False`); anything else is a usage
@@ -64,8 +65,12 @@ macro_rules! go_bool {
     about = "IMDS interception proxy for Kubernetes nodes, drop-in compatible with aad-pod-identity NMI",
     long_about = "IMDS interception proxy for Kubernetes nodes, drop-in compatible with aad-pod-identity NMI.\n\n\
         Flag names and defaults follow NMI (v1.8.17). Boolean flags take `--flag`, `--flag=true` or `--flag=false`.\n\
+        A flag given twice takes its last value, as NMI's Go flag parsing does.\n\
         Exit codes: 0 clean shutdown, 1 runtime failure (e.g. iptables), 2 usage or environment error.",
-    rename_all = "kebab-case"
+    rename_all = "kebab-case",
+    // NMI (Go pflag) lets a repeated flag override the earlier one: `--retry-attempts-for-created=1
+    // --retry-attempts-for-created=16` means 16. Harnesses append overrides after a scenario's flags.
+    args_override_self = true
 )]
 pub struct Settings {
     /// Address the proxy listens on (and the DNAT target; 0.0.0.0 becomes 127.0.0.1 in the rule)
@@ -238,6 +243,19 @@ pub struct Settings {
     /// (at least 2000)
     #[arg(long = "cluster-view-staleness-bound-ms", default_value_t = 10_000)]
     pub cluster_view_staleness_bound_ms: u64,
+
+    /// Beyond NMI (off = NMI's plain-text errors): answer token-path errors as real IMDS does, JSON
+    /// {"error","error_description"}; a pod without identity gets IMDS's 400 "Identity not found" with
+    /// NMI's explanation appended
+    #[arg(long = "sdk-friendly-errors", num_args = 0..=1, require_equals = true, default_value = "false",
+          default_missing_value = "true", value_parser = go_bool!(), action = ArgAction::Set)]
+    pub sdk_friendly_errors: bool,
+
+    /// Beyond NMI (0 = NMI's whole wait loop): answer "no identity" after at most this many seconds of
+    /// the standard-mode identity wait, before SDKs' own timeouts; never changes which identity is served
+    #[arg(long = "identity-wait-bound-sec", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub identity_wait_bound_sec: u64,
 }
 
 impl Default for Settings {
@@ -406,7 +424,25 @@ mod tests {
         assert_eq!(s.custom_user_agent, "");
         assert!(s.manage_iptables);
         assert_eq!(s.freshness().bound, Duration::from_secs(10));
+        assert!(
+            !s.sdk_friendly_errors,
+            "NMI's plain-text errors unless asked"
+        );
+        assert_eq!(
+            s.identity_wait_bound_sec, 0,
+            "NMI's whole wait loop unless asked"
+        );
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn sdk_opt_ins_parse() -> Result<(), clap::Error> {
+        let s = parse(&["--sdk-friendly-errors", "--identity-wait-bound-sec=7"])?;
+        assert!(s.sdk_friendly_errors);
+        assert_eq!(s.identity_wait_bound_sec, 7);
+        assert!(!parse(&["--sdk-friendly-errors=false"])?.sdk_friendly_errors);
+        assert!(parse(&["--identity-wait-bound-sec=-1"]).is_err());
+        Ok(())
     }
 
     #[test]
@@ -421,6 +457,28 @@ mod tests {
         assert!(parse(&["--block-instance-metadata=yes"]).is_err());
         // pflag booleans never take a separate value: `--flag false` leaves `false` as a stray argument.
         assert!(parse(&["--block-instance-metadata", "false"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value_as_nmi() -> Result<(), clap::Error> {
+        let s = parse(&[
+            "--retry-attempts-for-created=1",
+            "--metadata-header-required=false",
+            "--retry-attempts-for-created=16",
+            "--metadata-header-required",
+            "--node=a",
+            "--node",
+            "b",
+        ])?;
+        assert_eq!(s.retry_attempts_for_created, 16);
+        assert!(s.metadata_header_required);
+        assert_eq!(s.node, "b");
+        let s = parse(&[
+            "--block-instance-metadata=true",
+            "--block-instance-metadata=false",
+        ])?;
+        assert!(!s.block_instance_metadata);
         Ok(())
     }
 

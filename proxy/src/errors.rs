@@ -269,6 +269,19 @@ pub enum NoIdentity {
         attempts: u32,
         interval_secs: u64,
     },
+    /// Standard mode with `--identity-wait-bound-sec`: the bound passed without a usable identity (an
+    /// opt-in beyond NMI; the same requests fail as with NMI's loop, only sooner).
+    #[error(
+        "{}no identity is assigned to pod {namespace}/{name}: {state} after waiting {bound_secs}s (--identity-wait-bound-sec). Check MIC pod logs for identity assignment errors",
+        requested_prefix(.client_id.as_deref())
+    )]
+    WaitBound {
+        client_id: Option<String>,
+        namespace: String,
+        name: String,
+        bound_secs: u64,
+        state: WaitState,
+    },
     /// Standard mode: the whole budget spent without an `Assigned` identity.
     #[error(
         "getting assigned identities for pod {namespace}/{name} in ASSIGNED state failed after {attempts} attempts, retry duration [{interval_secs}]s, error: <nil>. Check MIC pod logs for identity assignment errors"
@@ -279,6 +292,17 @@ pub enum NoIdentity {
         attempts: u32,
         interval_secs: u64,
     },
+}
+
+/// What the identity wait saw last when its bound passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WaitState {
+    /// No AzureAssignedIdentity names the pod (none was ever created for it).
+    #[error("no AzureAssignedIdentity names the pod")]
+    NoneForPod,
+    /// The pod has AzureAssignedIdentities, none of them usable (not Assigned, or not the one requested).
+    #[error("none of its AzureAssignedIdentities is ASSIGNED and matches the request")]
+    NotAssigned,
 }
 
 fn requested_prefix(client_id: Option<&str>) -> String {

@@ -6,7 +6,8 @@
 //! `Active`, reconcile every `--ipt-update-interval-sec`, log an info-level summary every minute, and on
 //! shutdown stop accepting, undo the rules and drain in-flight requests (up to `--shutdown-grace-sec`).
 //! Decisions live in `policy`, request handling in `server`, connections and their bounds in `listener`, the
-//! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`.
+//! cluster in `cluster`, IMDS in `upstream`, the request path's errors in `errors`, the IMDS-shaped errors of
+//! the SDK opt-ins beyond NMI (off by default) in `sdk_friendly`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imds_proxy::ProxyError> {
@@ -26,8 +27,10 @@ pub mod errors;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod mutant;
 pub mod netfilter;
 pub mod policy;
+pub mod sdk_friendly;
 pub mod server;
 pub mod upstream;
 
@@ -235,6 +238,10 @@ async fn lifecycle(
     } else {
         None
     };
+    if crate::mutant!(ReadyBeforeRules) {
+        initialized.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     if let Some(nf) = &nf {
         let probe = nf.clone();
         match blocking(move || probe.route_localnet_problem()).await {
@@ -245,7 +252,7 @@ async fn lifecycle(
         let first = nf.clone();
         let outcome = blocking(move || first.reconcile()).await?;
         tracing::info!(?outcome, "aad-metadata chain in place");
-        if settings.enable_conntrack_deletion {
+        if settings.enable_conntrack_deletion && !crate::mutant!(ConntrackSkipped) {
             let ct = nf.clone();
             let n = blocking(move || ct.delete_imds_flows()).await?;
             tracing::info!(
@@ -261,7 +268,7 @@ async fn lifecycle(
     let interval = Duration::from_secs(settings.ipt_update_interval_sec.max(1));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval), if nf.is_some() => {
+            _ = tokio::time::sleep(interval), if nf.is_some() && !crate::mutant!(NoReconcile) => {
                 if let Some(nf) = &nf {
                     let again = nf.clone();
                     match blocking(move || again.reconcile()).await? {
@@ -275,6 +282,9 @@ async fn lifecycle(
     }
     if let Some(nf) = nf {
         initialized.store(false, Ordering::SeqCst);
+        if crate::mutant!(RulesKeptOnExit) {
+            return Ok(());
+        }
         blocking(move || nf.remove()).await?;
         tracing::info!("aad-metadata chain removed");
     }

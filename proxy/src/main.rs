@@ -7,6 +7,7 @@
 //! client, rule removal), 2 usage or environment error (unknown flag, invalid value, kubenet guard), 3 clean
 //! shutdown that had to cut in-flight requests at the end of the grace.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ fn init_logging(settings: &Settings) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal: a log redirected to a file (a harness, systemd, `2> log`) stays plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Json => builder
@@ -67,7 +70,36 @@ async fn run(settings: Settings) -> Result<ShutdownReport, ProxyError> {
     proxy.shutdown_until(again).await
 }
 
+/// The mutation suite's build (cargo feature `mutants`): `--list-mutants`, and the defect this process
+/// carries (logged loudly, an unknown name refused). `Some(code)` ends the process.
+#[cfg(feature = "mutants")]
+fn mutants() -> Option<ExitCode> {
+    if std::env::args().nth(1).as_deref() == Some("--list-mutants") {
+        print!("{}", imds_proxy::mutant::table());
+        return Some(ExitCode::SUCCESS);
+    }
+    match imds_proxy::mutant::check() {
+        Ok(None) => None,
+        Ok(Some(name)) => {
+            eprintln!("imds-proxy: MUTANT BUILD, deliberate defect `{name}` is on");
+            None
+        }
+        Err(e) => {
+            eprintln!("imds-proxy: {e}");
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
+#[cfg(not(feature = "mutants"))]
+fn mutants() -> Option<ExitCode> {
+    None
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = mutants() {
+        return code;
+    }
     let mut settings = match Settings::try_parse() {
         Ok(s) => s,
         Err(e) => {

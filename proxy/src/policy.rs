@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::errors::{NoIdentity, PodMatchError};
+use crate::errors::{NoIdentity, PodMatchError, WaitState};
 use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInfo, PodInfo};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -19,7 +19,9 @@ use crate::model::{AssignedIdentityInfo, BindingInfo, ExceptionInfo, IdentityInf
 /// NMI reads `r.Header.Get("metadata")`: the first value of the header, name case-insensitive, and compares
 /// it to exactly `true` (value case-sensitive: `True` is refused).
 pub fn metadata_header_ok<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> bool {
-    values.next() == Some(b"true".as_slice())
+    values.next().is_some_and(|v| {
+        v == b"true" || (crate::mutant!(HeaderValueAnyCase) && v.eq_ignore_ascii_case(b"true"))
+    })
 }
 
 /// Body of the 400 answered when the Metadata header is missing (Go `fmt.Fprintln` adds the newline).
@@ -189,6 +191,18 @@ fn looks_like_token_path(p: &str) -> bool {
         .is_some_and(|rest| rest.contains("token"))
 }
 
+/// Whether the instance block applies: the cleaned, fully decoded, lower-cased path (`classified`) is under
+/// `/metadata/instance`. (The mutation suite's block defects look at less.)
+fn is_instance(raw_path: &str, forward_path: &str, classified: &str) -> bool {
+    if crate::mutant!(BlockCaseSensitive) {
+        return forward_path.starts_with(INSTANCE_PREFIX);
+    }
+    if crate::mutant!(BlockNoDecode) {
+        return raw_path.to_ascii_lowercase().starts_with(INSTANCE_PREFIX);
+    }
+    classified.starts_with(INSTANCE_PREFIX) || crate::mutant!(BlockEverything)
+}
+
 /// Canonicalises `raw_path` and classifies it in NMI's router order (REFERENCE A.2). Differences from NMI, on
 /// purpose: the whole path is matched case-insensitively (NMI passes `/metadata/Identity/oauth2/token` through
 /// to IMDS, which would hand the caller a VM identity's token), backslash spellings of the token and instance
@@ -203,7 +217,12 @@ pub fn route(raw_path: &str, block_instance_metadata: bool) -> Routed {
     } else {
         path_forms(raw_path)
     };
-    let route = if c1.starts_with(TOKEN_PREFIX) {
+    let route = if crate::mutant!(TokenRouteCaseSensitive)
+        && c1.starts_with(TOKEN_PREFIX)
+        && !forward_path.starts_with(TOKEN_PREFIX)
+    {
+        Route::PassThrough
+    } else if c1.starts_with(TOKEN_PREFIX) {
         Route::Token
     } else if looks_like_token_path(&c1)
         || c2.starts_with(TOKEN_PREFIX)
@@ -212,7 +231,7 @@ pub fn route(raw_path: &str, block_instance_metadata: bool) -> Routed {
         Route::InvalidTokenPath
     } else if c1.starts_with(HOST_TOKEN_PREFIX) {
         Route::HostToken
-    } else if block_instance_metadata && c2.starts_with(INSTANCE_PREFIX) {
+    } else if block_instance_metadata && is_instance(raw_path, &forward_path, &c2) {
         Route::BlockedInstance
     } else {
         Route::PassThrough
@@ -342,7 +361,10 @@ pub fn match_pod<'a>(
     let mut matches: Vec<&PodInfo> = pods
         .into_iter()
         .filter(|p| {
-            p.ip == Some(ip) && !p.host_network && matches!(p.phase.as_str(), "Pending" | "Running")
+            p.ip == Some(ip)
+                && !p.host_network
+                && (matches!(p.phase.as_str(), "Pending" | "Running")
+                    || crate::mutant!(AnyPhaseMatches))
         })
         .collect();
     matches.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -407,6 +429,10 @@ impl IdentityRequest {
     /// Case-insensitive match on client id or ARM resource id. NMI uses this in its wait loop but an exact
     /// comparison in the final pick; using one rule in both stages is one of the defects we fix.
     pub fn matches(&self, id: &IdentityInfo) -> bool {
+        if crate::mutant!(SelectorCaseFallsBack) {
+            return (!self.client_id.is_empty() && self.client_id == id.client_id)
+                || (!self.resource_id.is_empty() && self.resource_id == id.resource_id);
+        }
         (!self.client_id.is_empty() && self.client_id.eq_ignore_ascii_case(&id.client_id))
             || (!self.resource_id.is_empty()
                 && self.resource_id.eq_ignore_ascii_case(&id.resource_id))
@@ -483,10 +509,22 @@ pub fn standard_step(
 ) -> StandardStep {
     let mine: Vec<&AssignedIdentityInfo> = aais
         .iter()
-        .filter(|a| a.pod == pod.name && a.pod_namespace == pod.namespace)
+        .filter(|a| {
+            crate::mutant!(AaiOfAnyPod) || (a.pod == pod.name && a.pod_namespace == pod.namespace)
+        })
         .collect();
-    let legacy = sorted_bucket(&mine, "");
-    let assigned = sorted_bucket(&mine, "Assigned");
+    let legacy = if crate::mutant!(LegacyIgnored) {
+        Vec::new()
+    } else {
+        sorted_bucket(&mine, "")
+    };
+    let mut assigned = sorted_bucket(&mine, "Assigned");
+    if crate::mutant!(CreatedServed) {
+        assigned.extend(sorted_bucket(&mine, "Created"));
+    }
+    if crate::mutant!(UnassignedServed) {
+        assigned.extend(sorted_bucket(&mine, "Unassigned"));
+    }
     let created = sorted_bucket(&mine, "Created");
     let past_created = attempt >= budget.attempts_for_created;
     if req.unspecified() {
@@ -503,7 +541,7 @@ pub fn standard_step(
         if legacy.iter().any(|i| req.matches(i)) {
             return StandardStep::Found(legacy);
         }
-        if assigned.iter().any(|i| req.matches(i)) {
+        if assigned.iter().any(|i| req.matches(i)) || (falls_back() && !assigned.is_empty()) {
             return StandardStep::Found(assigned);
         }
         if !created.iter().any(|i| req.matches(i)) && past_created {
@@ -511,6 +549,30 @@ pub fn standard_step(
         }
     }
     StandardStep::Wait
+}
+
+/// The failure when `--identity-wait-bound-sec` passed during the wait loop: says whether any
+/// AzureAssignedIdentity names the pod at all (the common "pod has no identity" case) or none is usable yet.
+pub fn wait_bound_failure(
+    aais: &[AssignedIdentityInfo],
+    pod: &PodInfo,
+    req: &IdentityRequest,
+    bound_secs: u64,
+) -> NoIdentity {
+    let any = aais
+        .iter()
+        .any(|a| a.pod == pod.name && a.pod_namespace == pod.namespace);
+    NoIdentity::WaitBound {
+        client_id: (!req.unspecified()).then(|| redact_client_id(&req.client_id)),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        bound_secs,
+        state: if any {
+            WaitState::NotAssigned
+        } else {
+            WaitState::NoneForPod
+        },
+    }
 }
 
 fn no_identity_found(req: &IdentityRequest) -> NoIdentity {
@@ -534,10 +596,21 @@ pub fn pick_standard(
         .filter(|id| !(force_namespaced || id.namespaced) || id.namespace == pod.namespace);
     let found = if req.unspecified() {
         filtered.next()
+    } else if falls_back() {
+        let all: Vec<&IdentityInfo> = filtered.collect();
+        all.iter()
+            .find(|id| req.matches(id))
+            .or(all.first())
+            .copied()
     } else {
         filtered.find(|id| req.matches(id))
     };
     found.cloned().ok_or_else(|| no_identity_found(req))
+}
+
+/// Mutation suite: a selector that matches nothing falls back to the pod's first identity.
+fn falls_back() -> bool {
+    crate::mutant!(UnknownClientIdFallsBack | SelectorCaseFallsBack)
 }
 
 /// Managed mode (A.6): bindings in the pod's namespace whose `selector` equals the pod's `aadpodidbinding`

@@ -32,6 +32,7 @@ use crate::errors::{CallerError, FetchError, PodMatchError, SelectError, ViewUna
 use crate::metrics::{Metrics, RequestRecord};
 use crate::model::{IDENTITY_TYPE_USER_ASSIGNED_MSI, IdentityInfo, PodInfo};
 use crate::policy::{self, Decision, IdentityRequest, RetryBudget, Route, StandardStep};
+use crate::sdk_friendly;
 use crate::upstream::{MAX_BODY, MsiToken, Upstream};
 
 /// Pod lookups by IP: NMI tries 5 times, 300 ms apart, so a pod that just started is found (A.5).
@@ -94,11 +95,26 @@ pub fn go_error(status: u16, msg: &str) -> Response {
     resp
 }
 
+/// An error of the pod-facing token handler: Go's `http.Error`, or with `--sdk-friendly-errors` IMDS's
+/// JSON shape (same status; `sdk_friendly`).
+fn token_error(st: &AppState, status: u16, msg: &str) -> Response {
+    if st.settings.sdk_friendly_errors {
+        let (status, e) = sdk_friendly::generic(status, msg);
+        sdk_friendly::response(status, &e)
+    } else {
+        go_error(status, msg)
+    }
+}
+
 fn metadata_required() -> Response {
     let mut resp = (StatusCode::BAD_REQUEST, policy::METADATA_REQUIRED_BODY).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
+        HeaderValue::from_static(if crate::mutant!(HeaderRefusalPlainText) {
+            "text/plain; charset=utf-8"
+        } else {
+            "application/json; charset=utf-8"
+        }),
     );
     resp
 }
@@ -140,12 +156,20 @@ pub fn query_get(query: &str, key: &str) -> String {
 }
 
 fn identity_request(query: &str) -> IdentityRequest {
-    let mut resource_id = query_get(query, "msi_res_id");
-    if resource_id.is_empty() {
+    let mut resource_id = if crate::mutant!(MsiResIdIgnored) {
+        String::new()
+    } else {
+        query_get(query, "msi_res_id")
+    };
+    if resource_id.is_empty() && !crate::mutant!(MiResIdIgnored) {
         resource_id = query_get(query, "mi_res_id");
     }
     IdentityRequest {
-        client_id: query_get(query, "client_id"),
+        client_id: if crate::mutant!(ClientIdIgnored) {
+            String::new()
+        } else {
+            query_get(query, "client_id")
+        },
         resource_id,
     }
 }
@@ -172,7 +196,10 @@ async fn handle(
     let uri = req.uri().clone();
     let raw_path = uri.path();
     let query = uri.query().unwrap_or("");
-    let routed = policy::route(raw_path, st.settings.block_instance_metadata);
+    let routed = policy::route(
+        raw_path,
+        st.settings.block_instance_metadata && !crate::mutant!(BlockOff),
+    );
     // Debug level, like the `handled` line it carries: at info level it would be built (fields formatted,
     // span allocated) for every request and never shown.
     let span = tracing::debug_span!(
@@ -194,10 +221,15 @@ async fn handle(
                 Decision::InvalidTokenPath,
             ),
             Route::HostToken => host_token(&st, peer, req.headers(), query).await,
-            Route::BlockedInstance => Outcome::new(
-                go_error(403, policy::BLOCKED_MESSAGE),
-                Decision::BlockedInstance,
-            ),
+            Route::BlockedInstance => {
+                if crate::mutant!(BlockAfterForward) {
+                    let _ = pass_through(&st, req, &routed.forward_path, query).await;
+                }
+                Outcome::new(
+                    go_error(403, policy::BLOCKED_MESSAGE),
+                    Decision::BlockedInstance,
+                )
+            }
             Route::PassThrough => pass_through(&st, req, &routed.forward_path, query).await,
         }
     }
@@ -296,7 +328,9 @@ async fn find_pod(st: &AppState, ip: IpAddr) -> Result<PodInfo, CallerError> {
             Ok(p) => {
                 // The cached view may lag (by up to the staleness bound) behind a pod deleted and its
                 // address reused: the API server confirms the caller before anything is handed out.
-                st.view.confirm_caller(&p, ip).await?;
+                if !crate::mutant!(CallerNotConfirmed | CacheServedWhenStale) {
+                    st.view.confirm_caller(&p, ip).await?;
+                }
                 return Ok(p);
             }
             Err(e) => last = CallerError::NoMatch(e),
@@ -326,6 +360,10 @@ async fn select_identity(
         attempts_for_assigned: s.retry_attempts_for_assigned,
         interval_secs: s.find_identity_retry_interval,
     };
+    // `--identity-wait-bound-sec` (beyond NMI): the loop ends with "no identity" once the bound has passed.
+    let bound =
+        (s.identity_wait_bound_sec > 0).then(|| Duration::from_secs(s.identity_wait_bound_sec));
+    let started = Instant::now();
     for attempt in 0..budget.total_attempts() {
         // Re-checked every round: an outage during the wait must not let a stale cache answer.
         st.view.ready()?;
@@ -341,8 +379,21 @@ async fn select_identity(
             }
             StandardStep::Fail(e) => return Err(SelectError::NotFound(e)),
             StandardStep::Wait => {
+                let mut pause = Duration::from_secs(budget.interval_secs);
+                if let Some(bound) = bound {
+                    let left = bound.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(SelectError::NotFound(policy::wait_bound_failure(
+                            &aais,
+                            pod,
+                            req,
+                            bound.as_secs(),
+                        )));
+                    }
+                    pause = pause.min(left);
+                }
                 tracing::debug!(attempt, "no assigned identity yet; waiting");
-                tokio::time::sleep(Duration::from_secs(budget.interval_secs)).await;
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -376,22 +427,34 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let s = &st.settings;
     // 1. Metadata header.
     if s.metadata_header_required
+        && !crate::mutant!(HeaderIgnoredOnToken)
         && !policy::metadata_header_ok(headers.get_all("metadata").iter().map(|v| v.as_bytes()))
     {
+        if crate::mutant!(HeaderRefusalForwarded) {
+            let _ = st.upstream.token(None, &query_get(query, "resource")).await;
+        }
         return Outcome::new(metadata_required(), Decision::MetadataHeaderMissing);
     }
     // 2. Caller address.
-    let Some(ip) = caller_ip(peer) else {
+    let forwarded_for = header_str(headers, "x-forwarded-for")
+        .split(',')
+        .next()
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let peer_ip = match forwarded_for {
+        Some(ip) if crate::mutant!(ForwardedForTrusted) => Some(ip),
+        _ => caller_ip(peer),
+    };
+    let Some(ip) = peer_ip else {
         return Outcome::new(
-            go_error(500, "request remote address is empty"),
+            token_error(st, 500, "request remote address is empty"),
             Decision::NoCallerAddress,
         );
     };
     // 3. resource.
     let resource = query_get(query, "resource");
-    if resource.is_empty() {
+    if resource.is_empty() && !crate::mutant!(ResourceNotRequired) {
         return Outcome::new(
-            go_error(400, "parameter resource cannot be empty"),
+            token_error(st, 400, "parameter resource cannot be empty"),
             Decision::ResourceMissing,
         );
     }
@@ -399,7 +462,10 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let pod = match find_pod(st, ip).await {
         Ok(p) => p,
         Err(e) => {
-            return Outcome::new(go_error(500, &e.to_string()), Decision::UnknownCaller);
+            return Outcome::new(
+                token_error(st, 500, &e.to_string()),
+                Decision::UnknownCaller,
+            );
         }
     };
     tracing::Span::current().record("pod", format!("{}/{}", pod.namespace, pod.name));
@@ -411,7 +477,8 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
         return match st.upstream.token(client_id, &resource).await {
             Ok(t) => Outcome::new(json_ok(&t), Decision::ExceptionToken).pod(&pod),
             Err(e) => Outcome::new(
-                go_error(
+                token_error(
+                    st,
                     403,
                     &format!("failed to get service principal token, error: {e}"),
                 ),
@@ -424,12 +491,34 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     let identity = match select_identity(st, &pod, &req).await {
         Ok(i) => i,
         Err(SelectError::View(e)) => {
-            return view_unavailable(&e).pod(&pod);
+            return Outcome::new(
+                token_error(st, 500, &e.to_string()),
+                Decision::ClusterViewUnavailable,
+            )
+            .pod(&pod);
         }
         Err(SelectError::NotFound(e)) => {
+            if crate::mutant!(NoIdentityForwarded)
+                && let Ok(t) = st.upstream.token(None, &resource).await
+            {
+                return Outcome::new(json_ok(&t), Decision::Token).pod(&pod);
+            }
             let (status, retry_after) = policy::identity_failure_status(s.set_retry_after_header);
-            let mut resp = go_error(status, &e.to_string());
-            if let Some(secs) = retry_after {
+            let mut resp = if s.sdk_friendly_errors {
+                let (status, body) =
+                    sdk_friendly::identity_not_found(&e.to_string(), retry_after.is_some());
+                sdk_friendly::response(status, &body)
+            } else {
+                go_error(status, &e.to_string())
+            };
+            if let Some(secs) = retry_after
+                && !crate::mutant!(RetryAfterMissing)
+            {
+                let secs = if crate::mutant!(RetryAfterWrongValue) {
+                    "30"
+                } else {
+                    secs
+                };
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
             }
@@ -438,7 +527,24 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
     };
     // 8./9. Token acquisition.
     match fetch_token(st, &identity, &resource).await {
+        Ok(t) if crate::mutant!(TokenBodyNumbers) => {
+            let mut body = serde_json::to_value(&t).unwrap_or_default();
+            body["expires_in"] = serde_json::json!(t.expires_in.parse::<u64>().unwrap_or(0));
+            Outcome::new(json_ok(&body), Decision::Token).pod(&pod)
+        }
         Ok(t) => Outcome::new(json_ok(&t), Decision::Token).pod(&pod),
+        Err(e) if crate::mutant!(RetryAfterOnTokenErrors) => {
+            let mut resp = go_error(503, &e.to_string());
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(policy::RETRY_AFTER_SECS),
+            );
+            Outcome::new(resp, Decision::TokenError).pod(&pod)
+        }
+        Err(e) if s.sdk_friendly_errors => {
+            let (status, body) = sdk_friendly::fetch_failed(&e);
+            Outcome::new(sdk_friendly::response(status, &body), Decision::TokenError).pod(&pod)
+        }
         Err(e) => {
             Outcome::new(go_error(e.status(), &e.to_string()), Decision::TokenError).pod(&pod)
         }
@@ -461,7 +567,8 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
             Decision::HostHeadersMissing,
         );
     }
-    if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) {
+    if caller_ip(peer) != Some(IpAddr::from([127, 0, 0, 1])) && !crate::mutant!(HostTokenAnyCaller)
+    {
         return Outcome::new(
             go_error(500, "request remote address is not from a host"),
             Decision::HostNotLocal,
@@ -508,6 +615,14 @@ async fn host_token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query:
         Err(SelectError::View(e)) => {
             return view_unavailable(&e).host_pod(&podns, &podname);
         }
+        Err(SelectError::NotFound(e)) if crate::mutant!(RetryAfterOnHostToken) => {
+            let mut resp = go_error(503, &e.to_string());
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(policy::RETRY_AFTER_SECS),
+            );
+            return Outcome::new(resp, Decision::IdentityNotFound).host_pod(&podns, &podname);
+        }
         Err(SelectError::NotFound(e)) => {
             return Outcome::new(go_error(404, &e.to_string()), Decision::IdentityNotFound)
                 .host_pod(&podns, &podname);
@@ -535,6 +650,7 @@ async fn pass_through(
     query: &str,
 ) -> Outcome {
     if st.settings.metadata_header_required
+        && !crate::mutant!(HeaderIgnoredOnPassThrough)
         && !policy::metadata_header_ok(
             req.headers()
                 .get_all("metadata")
@@ -566,12 +682,22 @@ async fn pass_through(
             );
         }
     };
-    let path_and_query = if query.is_empty() {
+    if crate::mutant!(UnknownPathsRefused)
+        && forward_path != "/metadata/versions"
+        && !forward_path.starts_with("/metadata/instance")
+    {
+        return Outcome::new(go_error(404, "404 page not found"), Decision::PassThrough);
+    }
+    let path_and_query = if query.is_empty() || crate::mutant!(QueryDropped) {
         forward_path.to_string()
     } else {
         format!("{forward_path}?{query}")
     };
-    let method: Method = parts.method;
+    let method: Method = if crate::mutant!(PostAsGet) {
+        Method::GET
+    } else {
+        parts.method
+    };
     match st
         .upstream
         .forward(method, &path_and_query, &parts.headers, body)
@@ -614,83 +740,4 @@ pub fn metrics_router(metrics: Metrics) -> Router {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_get_is_go_like() {
-        assert_eq!(
-            query_get(
-                "resource=https%3A%2F%2Fvault.azure.net&client_id=a",
-                "resource"
-            ),
-            "https://vault.azure.net"
-        );
-        assert_eq!(query_get("client_id=a&client_id=b", "client_id"), "a");
-        assert_eq!(query_get("resource=a+b", "resource"), "a b");
-        assert_eq!(query_get("resource", "resource"), "");
-        assert_eq!(query_get("", "resource"), "");
-    }
-
-    async fn render(resp: Response) -> String {
-        let status = resp.status().as_u16();
-        let mut headers: Vec<String> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-            .collect();
-        headers.sort();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        format!(
-            "{status}\n{}\n\n{}",
-            headers.join("\n"),
-            String::from_utf8_lossy(&body)
-        )
-    }
-
-    fn token() -> MsiToken {
-        MsiToken {
-            access_token: "eyJ0eXAiOiJKV1QifQ.e30.sig".into(),
-            refresh_token: String::new(),
-            expires_in: "86399".into(),
-            expires_on: "1700086399".into(),
-            not_before: "1700000000".into(),
-            resource: "https://management.azure.com/".into(),
-            token_type: "Bearer".into(),
-        }
-    }
-
-    /// Byte-exact NMI answers (REFERENCE A.3/A.4), pinned as snapshots.
-    #[tokio::test]
-    async fn nmi_response_bodies() {
-        insta::assert_snapshot!("metadata_required", render(metadata_required()).await);
-        insta::assert_snapshot!(
-            "instance_blocked",
-            render(go_error(403, policy::BLOCKED_MESSAGE)).await
-        );
-        insta::assert_snapshot!(
-            "invalid_request",
-            render(go_error(400, policy::INVALID_REQUEST_MESSAGE)).await
-        );
-        insta::assert_snapshot!("token", render(json_ok(&token())).await);
-        insta::assert_snapshot!(
-            "host_token",
-            render(json_ok(&HostTokenResponse {
-                token: token(),
-                clientid: "11111111-2222-3333-4444-555555555555".into()
-            }))
-            .await
-        );
-    }
-
-    #[test]
-    fn mi_res_id_is_a_fallback() {
-        assert_eq!(identity_request("mi_res_id=x").resource_id, "x");
-        assert_eq!(
-            identity_request("msi_res_id=y&mi_res_id=x").resource_id,
-            "y"
-        );
-    }
-}
+mod tests;

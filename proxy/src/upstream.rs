@@ -141,7 +141,9 @@ fn strip_header(name: &HeaderName) -> bool {
 }
 
 fn strip_client_header(name: &HeaderName) -> bool {
-    strip_header(name) || matches!(name.as_str(), "x-forwarded-for" | "forwarded" | "x-real-ip")
+    strip_header(name)
+        || (matches!(name.as_str(), "x-forwarded-for" | "forwarded" | "x-real-ip")
+            && !crate::mutant!(ForwardedForForwarded))
 }
 
 impl Upstream {

@@ -281,3 +281,25 @@ async fn sigterm_after_the_grace_cuts_logs_and_exits_3() -> TestResult {
     assert!(outcome.is_err(), "a cut request got an answer: {outcome:?}");
     Ok(())
 }
+
+/// The shipped build (no cargo feature `mutants`) carries none of the mutation suite's defects: it does
+/// not know `--list-mutants`, ignores `IMDS_PROXY_MUTANT`, and its binary holds neither the variable's name
+/// nor any defect's name.
+#[test]
+fn the_shipped_build_has_no_deliberate_defects() -> TestResult {
+    let out = Command::new(BIN).arg("--list-mutants").output()?;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let bytes = std::fs::read(BIN)?;
+    for needle in [
+        b"IMDS_PROXY_MUTANT".as_slice(),
+        b"header-refusal-forwarded",
+        b"token-route-case-sensitive",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} found in {BIN}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    Ok(())
+}

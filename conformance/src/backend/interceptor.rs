@@ -16,10 +16,14 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use super::BackendError;
+use super::startup::{Answers, LOG_TAIL_LINES, StartFailure};
 
 /// Comment AgentBaker puts on its IMDS restriction rule (REFERENCE C).
 pub const AKS_RULE_COMMENT: &str =
     "AKS managed: added by AgentBaker ensureIMDSRestriction for IMDS restriction feature";
+
+/// How long a vendor interceptor that listens may take until its `GET /healthz` answers `Active`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Line the built-in interceptor logs once it serves (after its first iptables reconcile).
 pub const BUILTIN_READY_LINE: &str = "imds-proxy ready";
@@ -220,7 +224,9 @@ impl Supervised {
         let err = file
             .try_clone()
             .map_err(|e| BackendError::env(format!("opening {}", log.display()), e))?;
-        cmd.stdin(Stdio::null())
+        // The log is a file: ask for no colour (imds-proxy also checks for a terminal itself).
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
@@ -237,6 +243,17 @@ impl Supervised {
     /// PID while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// The exit status once the process has exited (as the OS words it: `exit status: 3`,
+    /// `signal: 9 (SIGKILL)`); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(format!("unknown ({e})")),
+            None => Some("not started".into()),
+        }
     }
 
     /// Whether the process is still alive.
@@ -321,44 +338,83 @@ impl NodeInterceptor {
     }
 
     /// Spawns `cmd` unless the process runs already, then waits until it is ready: the built-in
-    /// interceptor's ready line within `ready_line_timeout`; any other interceptor (no agreed ready line)
-    /// until `listening()` holds, polled every 50 ms at most 400 times while the process lives. When it
-    /// never listens, `not_listening(exited, log_tail)` is the error.
-    pub async fn start<F: Future<Output = bool>>(
+    /// interceptor's ready line within `ready_line_timeout`; any other interceptor (docs/VENDORS.md §4)
+    /// until `listening()` holds — polled every 50 ms at most 400 times while the process lives — and
+    /// then until `ready()` (its `GET /healthz`) answers `Active`, for at most [`READY_TIMEOUT`]. What
+    /// it saw when it did not start is the [`StartFailure`] (the backend words it with
+    /// [`super::startup::start_error`]); when it never listened, `sockets()` lists what listens in the
+    /// node while the process still runs (`None`: not observable).
+    pub async fn start<F, R, S>(
         &self,
         spec: &InterceptorSpec,
         cmd: Command,
         ready_line_timeout: Duration,
         mut listening: impl FnMut() -> F,
-        not_listening: impl FnOnce(bool, String) -> BackendError,
-    ) -> Result<(), BackendError> {
+        mut ready: impl FnMut() -> R,
+        sockets: impl FnOnce() -> S,
+    ) -> Result<(), StartFailure>
+    where
+        F: Future<Output = bool>,
+        R: Future<Output = Result<(), String>>,
+        S: Future<Output = Option<Vec<String>>>,
+    {
         let mut guard = self.proc.lock().await;
         if let Some(p) = guard.as_mut()
             && p.running()
         {
             return Ok(());
         }
-        let mut sup = Supervised::spawn(cmd, &self.log)?;
+        let started = tokio::time::Instant::now();
+        let mut sup = Supervised::spawn(cmd, &self.log).map_err(StartFailure::Other)?;
+        let tail = |sup: &Supervised| sup.log_tail(LOG_TAIL_LINES);
         if matches!(spec, InterceptorSpec::Builtin { .. }) {
             sup.wait_log_line(BUILTIN_READY_LINE, ready_line_timeout)
-                .await?;
-        } else {
-            let mut exited = false;
-            let mut ok = false;
-            for _ in 0..400 {
-                if listening().await {
-                    ok = true;
-                    break;
-                }
-                if !sup.running() {
-                    exited = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                .await
+                .map_err(StartFailure::Other)?;
+            *guard = Some(sup);
+            return Ok(());
+        }
+        let mut ok = false;
+        for _ in 0..400 {
+            if listening().await {
+                ok = true;
+                break;
             }
-            if !ok {
-                return Err(not_listening(exited, sup.log_tail(15)));
+            if let Some(status) = sup.exit_status() {
+                return Err(StartFailure::Exited {
+                    status,
+                    after: started.elapsed(),
+                    log_tail: tail(&sup),
+                });
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !ok {
+            let waited = started.elapsed();
+            return Err(StartFailure::NotListening {
+                waited,
+                listening: sockets().await,
+                log_tail: tail(&sup),
+            });
+        }
+        let ready_started = tokio::time::Instant::now();
+        let mut answers = Answers::default();
+        loop {
+            match ready().await {
+                Ok(()) => break,
+                Err(a) => answers.push(a),
+            }
+            if let Some(status) = sup.exit_status() {
+                answers.push(format!("then the process exited ({status})"));
+            }
+            if !sup.running() || ready_started.elapsed() >= READY_TIMEOUT {
+                return Err(StartFailure::NotReady {
+                    waited: ready_started.elapsed(),
+                    answers: answers.into_vec(),
+                    log_tail: tail(&sup),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         *guard = Some(sup);
         Ok(())

@@ -18,6 +18,7 @@ use tokio::process::Command;
 
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
+use super::startup;
 use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
 use crate::case::{BackendKind, BoxFut};
 use crate::cluster;
@@ -118,26 +119,38 @@ impl Loopback {
         };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        // Vendor interceptors have no agreed ready line: wait until something accepts on the port.
+        // Vendor interceptors have no agreed ready line: wait until something accepts on the port, then
+        // until their /healthz says Active.
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
+        let probe = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.probe_port));
         rt.interceptor
             .start(
                 &self.spec,
                 cmd,
                 Duration::from_secs(20),
                 move || async move { TcpStream::connect(addr).await.is_ok() },
-                |exited, tail| {
-                    if exited {
-                        BackendError::env("interceptor exited before listening", tail)
-                    } else {
-                        BackendError::env(
-                            format!("interceptor not listening on {addr} after 20s"),
-                            tail,
-                        )
-                    }
+                move || async move {
+                    startup::healthz(
+                        TcpStream::connect(probe)
+                            .await
+                            .map_err(|e| crate::http::SendError::from_connect(&e)),
+                    )
+                    .await
                 },
+                // Loopback has no namespace of its own: the machine's sockets are not the node's.
+                || async { None },
             )
             .await
+            .map_err(|f| {
+                startup::start_error(
+                    f,
+                    &startup::NodeFacts {
+                        node,
+                        listen: addr.to_string(),
+                        probe: probe.to_string(),
+                    },
+                )
+            })
     }
 
     /// Where a non-host pod's IMDS traffic lands right now.

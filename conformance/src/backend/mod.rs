@@ -22,6 +22,7 @@ pub mod loopback;
 pub mod netns;
 pub mod relay;
 pub mod services;
+pub mod startup;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -107,6 +108,29 @@ pub struct ExecOutput {
     pub stdout: String,
     /// Captured stderr.
     pub stderr: String,
+}
+
+/// A program to run inside a pod's network namespace, as an application of the pod would (the SDK area's
+/// real clients). The environment is exactly `env` (nothing is inherited).
+#[derive(Debug, Clone)]
+pub struct PodCommand {
+    /// The program (an absolute path, or a name looked up in `env`'s `PATH`).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its whole environment.
+    pub env: Vec<(String, String)>,
+    /// Killed after this long.
+    pub timeout: Duration,
+}
+
+/// What became of a [`PodCommand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRun {
+    /// It exited (or was killed by a signal: code -1).
+    Finished(ExecOutput),
+    /// It was still running at its timeout and was killed.
+    TimedOut,
 }
 
 /// One request seen by a mock IMDS: mock-imds's own type, read in-process or decoded from its
@@ -314,6 +338,22 @@ pub trait Backend: Send + Sync {
         node: &'a str,
         argv: Vec<String>,
     ) -> BoxFut<'a, Result<ExecOutput, BackendError>>;
+
+    /// Runs a program inside pod `pod`'s network namespace (its traffic to 169.254.169.254 is the pod's).
+    /// Only backends whose pods are network namespaces of this machine can.
+    fn run_in_pod<'a>(
+        &'a self,
+        pod: &'a str,
+        cmd: PodCommand,
+    ) -> BoxFut<'a, Result<PodRun, BackendError>> {
+        let _ = (pod, cmd);
+        Box::pin(async move {
+            Err(BackendError::Unsupported {
+                backend: self.kind(),
+                what: "running a program inside a pod".into(),
+            })
+        })
+    }
 
     /// The last lines of the interceptor's log on `node` (for FAIL messages and `env up`).
     fn interceptor_log<'a>(&'a self, node: &'a str) -> BoxFut<'a, String>;

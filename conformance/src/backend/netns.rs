@@ -18,7 +18,11 @@ use tokio::sync::Mutex;
 
 use super::interceptor::{self, InterceptorSpec, LaunchParams, NodeInterceptor};
 use super::services;
-use super::{Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodView, Target, World};
+use super::startup;
+use super::{
+    Backend, BackendError, ExecOutput, JournalEntry, NodeView, PodCommand, PodRun, PodView, Target,
+    World,
+};
 use crate::case::{BackendKind, BoxFut};
 use crate::cluster;
 use crate::http::SendError;
@@ -238,7 +242,9 @@ impl Netns {
         let mut cmd = netns::command_in(&rt.ns, &argv[0]);
         cmd.args(&argv[1..]);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.listen_port));
-        rt.interceptor
+        let probe = SocketAddr::from((Ipv4Addr::LOCALHOST, rt.params.probe_port));
+        let started = rt
+            .interceptor
             .start(
                 &self.spec,
                 cmd,
@@ -248,14 +254,35 @@ impl Netns {
                         .await
                         .is_ok()
                 },
-                |_, tail| {
-                    BackendError::env(
-                        format!("interceptor on {node} not listening on {addr}"),
-                        tail,
+                || async {
+                    startup::healthz(
+                        netns::connect_in(&rt.ns, probe, Duration::from_millis(500))
+                            .await
+                            .map_err(send_err),
                     )
+                    .await
+                },
+                // What listens in the node while it runs (everything there is the interceptor's: the
+                // harness's own services live in other namespaces).
+                || async {
+                    netns::exec_in_unchecked(&rt.ns, &["ss", "-Htln"], netns::DEFAULT_TIMEOUT)
+                        .await
+                        .ok()
+                        .filter(|o| o.code == Some(0))
+                        .map(|o| startup::listening_sockets(&String::from_utf8_lossy(&o.stdout)))
                 },
             )
-            .await
+            .await;
+        started.map_err(|failure| {
+            startup::start_error(
+                failure,
+                &startup::NodeFacts {
+                    node,
+                    listen: addr.to_string(),
+                    probe: probe.to_string(),
+                },
+            )
+        })
     }
 
     async fn stop_inner(&self, node: &str, graceful: bool) -> Result<(), BackendError> {
@@ -439,6 +466,38 @@ impl Backend for Netns {
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             })
+        })
+    }
+
+    fn run_in_pod<'a>(
+        &'a self,
+        pod: &'a str,
+        cmd: PodCommand,
+    ) -> BoxFut<'a, Result<PodRun, BackendError>> {
+        Box::pin(async move {
+            let ns = self.pod_netns(pod).ok_or_else(|| BackendError::Unknown {
+                kind: "pod",
+                name: pod.into(),
+            })?;
+            // `command_in`: killed when dropped (here: at the timeout), in its own process group.
+            let mut c = netns::command_in(ns, &cmd.program);
+            c.args(&cmd.args)
+                .env_clear()
+                .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let what = format!("running {} in pod {pod}", cmd.program);
+            let child = c.spawn().map_err(|e| BackendError::env(&what, e))?;
+            match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
+                Ok(Ok(out)) => Ok(PodRun::Finished(ExecOutput {
+                    code: out.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })),
+                Ok(Err(e)) => Err(BackendError::env(what, e)),
+                Err(_) => Ok(PodRun::TimedOut),
+            }
         })
     }
 

@@ -1,6 +1,7 @@
 //! In-process services every backend runs: one mock-imds per VM and the shared test API server.
 //!
-//! Owns how a scenario becomes mock-imds state (the scenario's identities are assigned to every VM's mock)
+//! Owns how a scenario becomes mock-imds state (each VM's identity layout, [`Scenario::vm_layout`]: its
+//! system-assigned identity and the scenario identities assigned to it)
 //! and how the API server is seeded with the scenario's objects and hands each node its kubeconfig. Sockets
 //! come from the caller (bound on loopback, or inside a namespace by the netns backend), so this module
 //! never decides where anything listens and never touches the kernel.
@@ -23,7 +24,7 @@ use kube_test_apiserver::ApiServer;
 pub const MOCK_SEED: u64 = 42;
 
 /// Starts one mock IMDS on `listener`, its control API on `control` (bound where only the harness reaches),
-/// with the scenario's on-VM identities assigned.
+/// with the VM's identity layout from the scenario.
 pub async fn start_mock(
     listener: TcpListener,
     control: TcpListener,
@@ -34,7 +35,14 @@ pub async fn start_mock(
         l.set_nonblocking(true)
             .map_err(|e| BackendError::env("mock-imds listener", e))?;
     }
+    let layout = scenario.vm_layout(vm_name);
+    let mut config = mock_imds::config::Config::generate(Some(MOCK_SEED));
+    config.identities.system_assigned = layout.system_assigned;
+    if !layout.seeded_user_assigned {
+        config.identities.user_assigned.clear();
+    }
     let mock = MockImds::builder()
+        .config(config)
         .seed(MOCK_SEED)
         .rate_limits(false)
         .listener(listener)
@@ -42,7 +50,7 @@ pub async fn start_mock(
         .start()
         .await
         .map_err(|e| BackendError::env(format!("starting mock-imds for {vm_name}"), e))?;
-    for id in scenario.identities.iter().filter(|i| i.on_vm) {
+    for id in layout.user_assigned {
         mock.assign_identity(mock_imds::config::UserAssignedIdentity {
             client_id: id.client_id(),
             object_id: id.object_id(),
@@ -82,4 +90,95 @@ pub fn write_kubeconfig(api: &ApiServer, dir: &Path, node: &str) -> Result<PathB
     api.write_kubeconfig(&path, node)
         .map_err(|e| BackendError::env(format!("writing {}", path.display()), e))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Conn, Request};
+
+    /// A token request without a selector from the VM `node` of `scenario`: (status, body).
+    async fn token_without_selector(scenario: &Scenario, node: &str) -> (u16, String) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let control = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mock = start_mock(l, control, scenario, node).await.unwrap();
+        let stream = tokio::net::TcpStream::connect(mock.addr()).await.unwrap();
+        let r = Conn::new(stream, mock.addr().to_string())
+            .send(
+                &Request::get(
+                    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/",
+                )
+                .metadata(),
+                false,
+                std::time::Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        (r.status, r.text())
+    }
+
+    /// Every identity answer IMDS gives a request without a selector is reachable from a scenario's
+    /// `nodes[].vm` layout (REFERENCE B.4), byte for byte.
+    #[tokio::test]
+    async fn vm_layouts_reach_every_imds_identity_answer() {
+        let s = Scenario::parse(
+            "name: layouts\nnodes:\n\
+             - { name: multi, vm: { systemAssigned: false, userAssigned: [a, b] } }\n\
+             - { name: bare, vm: { systemAssigned: false, userAssigned: [] } }\n\
+             - { name: one, vm: { systemAssigned: false, userAssigned: [b] } }\n\
+             - { name: system, vm: { userAssigned: [a, b] } }\n\
+             - { name: default }\n\
+             identities: [ { name: a }, { name: b } ]\n",
+            "test",
+        )
+        .unwrap();
+        let (status, body) = token_without_selector(&s, "multi").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"}"#
+            )
+        );
+        assert_eq!(body.len(), 168);
+        let (status, body) = token_without_selector(&s, "bare").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"Identity not found"}"#
+            )
+        );
+        let appid = |body: &str| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["client_id"].as_str().unwrap().to_string()
+        };
+        let (status, body) = token_without_selector(&s, "one").await;
+        assert_eq!((status, appid(&body)), (200, s.identities[1].client_id()));
+        // With a system identity, no selector means the system identity (not a user-assigned one).
+        for node in ["system", "default"] {
+            let (status, body) = token_without_selector(&s, node).await;
+            assert_eq!(status, 200, "{node}: {body}");
+            let id = appid(&body);
+            assert!(
+                s.identities.iter().all(|i| i.client_id() != id),
+                "{node}: the system identity answers, got {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn vm_layout_validation() {
+        for (bad, why) in [
+            ("vm: { userAssigned: [nope] }", "not in identities"),
+            ("vm: { userAssigned: [a, a] }", "twice"),
+            ("vm: { userAssigned: [off] }", "onVm is false"),
+        ] {
+            let text = format!(
+                "name: x\nnodes: [ {{ name: n1, {bad} }} ]\nidentities: [ {{ name: a }}, {{ name: off, onVm: false }} ]\n"
+            );
+            let e = Scenario::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -31,8 +31,9 @@ async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
     let pod = plain_pod(ctx)?;
     let node = pod.node.clone();
     let mut conn = connect_without_interceptor(ctx, &pod).await?;
+    let selector = crate::catalog::direct_selector(ctx);
     let first = ctx
-        .send_on(&mut conn, Request::get(token_target("")).metadata())
+        .send_on(&mut conn, Request::get(token_target(&selector)).metadata())
         .await;
     if !first.response().is_some_and(has_token) {
         return Err(Outcome::skip(format!(
@@ -42,7 +43,7 @@ async fn old_connection(ctx: &mut Ctx) -> Result<After, Outcome> {
     }
     start_interceptor(ctx, &node, "the interceptor to start").await?;
     let second: Sent = ctx
-        .send_on(&mut conn, Request::get(token_target("")).metadata())
+        .send_on(&mut conn, Request::get(token_target(&selector)).metadata())
         .await;
     let in_journal = !ctx.tagged(&node, &second.tag).await.is_empty();
     Ok(match second.response() {
@@ -73,7 +74,8 @@ declare_case!(
             After::Cut(_) => {
                 // And a new connection is intercepted.
                 let pod = ctx.plain_pod().map(|p| p.name).unwrap_or_default();
-                let sent = ctx.send_token(&pod, "").await;
+                let selector = crate::catalog::direct_selector(ctx);
+                let sent = ctx.send_token(&pod, &selector).await;
                 match sent.response() {
                     Some(r) if has_token(r) => Err(Outcome::fail(
                         "a new connection after the restart is intercepted",

@@ -40,22 +40,24 @@ fn redirects(nat: &str) -> bool {
 }
 
 /// Whether an `iptables-save` line appends a DNAT/REDIRECT rule for 169.254.169.254.
-fn is_redirect(line: &str) -> bool {
+pub(crate) fn is_redirect(line: &str) -> bool {
     line.starts_with("-A ")
         && line.contains("169.254.169.254")
         && (line.contains("DNAT") || line.contains("REDIRECT"))
 }
 
 /// Whether a pod without identity's token request is answered without a token now. Directly, IMDS would
-/// hand it the VM's system-assigned token. This is the answer the pod sees, not where its packets went:
+/// hand it the VM's default token (on a VM without one, the request names a VM identity:
+/// [`crate::catalog::direct_selector`]). This is the answer the pod sees, not where its packets went:
 /// FAIL messages say what was seen (a token), not why. Observing the path itself (the IMDS journal sees
 /// masqueraded node addresses on this topology; conntrack reply tuples) is issue 12's open item.
 async fn intercepted(ctx: &mut Ctx, pod: &PodView) -> Result<bool, Outcome> {
+    let selector = crate::catalog::direct_selector(ctx);
     let sent = ctx
         .send_timeout(
             &pod.name,
             Target::Imds,
-            Request::get(token_target("")).metadata(),
+            Request::get(token_target(&selector)).metadata(),
             Duration::from_secs(3),
             Duration::from_secs(30),
         )
@@ -82,7 +84,8 @@ declare_case!(
             || "it received a token: either its traffic was not intercepted or the interceptor handed out a VM identity",
         )?;
         let host = ctx.host_pod(&pod.node);
-        let sent = ctx.send_token(&host, "").await;
+        let selector = crate::catalog::direct_selector(ctx);
+        let sent = ctx.send_token(&host, &selector).await;
         let r = response(&sent, "a token for host traffic")?;
         fail_if(
             r.status != 200,
@@ -120,28 +123,50 @@ declare_case!(
             "a DNAT/REDIRECT rule for 169.254.169.254 in the nat table to tamper with",
             || "none found",
         )?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
-        loop {
-            let nat = nat_rules(ctx, &node).await?;
-            if redirects(&nat) && intercepted(ctx, &pod).await? {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Outcome::fail(
-                    format!(
-                        "redirect rules restored within the reconcile interval ({interval}s + 5s)"
-                    ),
-                    if redirects(&nat) {
-                        "the rules are back but the pod without identity still receives a token"
-                    } else {
-                        "no DNAT/REDIRECT rule for 169.254.169.254 in the nat table"
-                    },
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        await_repair(
+            ctx,
+            &pod,
+            interval,
+            "redirect rules restored within the reconcile interval".into(),
+            |nat| {
+                redirects(nat).then_some(()).ok_or_else(|| {
+                    "no DNAT/REDIRECT rule for 169.254.169.254 in the nat table".to_string()
+                })
+            },
+        )
+        .await
     }
 );
+
+/// Polls `pod`'s node until the interceptor has repaired what a case tampered with — `repaired` accepts
+/// the node's nat table (or says what it lacks) and the pod is intercepted again — or until the reconcile
+/// `interval` + 5 s has passed: then FAIL, expecting `expected` and observing the last poll.
+async fn await_repair(
+    ctx: &mut Ctx,
+    pod: &PodView,
+    interval: u64,
+    expected: String,
+    repaired: impl Fn(&str) -> Result<(), String>,
+) -> Result<(), Outcome> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
+    loop {
+        let nat = nat_rules(ctx, &pod.node).await?;
+        let rules = repaired(&nat);
+        if rules.is_ok() && intercepted(ctx, pod).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Outcome::fail(
+                format!("{expected} ({interval}s + 5s)"),
+                rules.err().unwrap_or_else(|| {
+                    "the rules are back, but the pod without identity still receives a token"
+                        .to_string()
+                }),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
 
 /// Deletes every nat rule of `node` that DNATs/REDIRECTs 169.254.169.254; returns how many.
 pub(crate) async fn remove_redirects(ctx: &Ctx, node: &str) -> Result<usize, Outcome> {
@@ -320,8 +345,9 @@ declare_case!(
             .send_on(&mut conn, Request::get("/metadata/versions").metadata())
             .await;
         start_interceptor(ctx, &node, "the interceptor to restart").await?;
+        let selector = crate::catalog::direct_selector(ctx);
         let second = ctx
-            .send_on(&mut conn, Request::get(token_target("")).metadata())
+            .send_on(&mut conn, Request::get(token_target(&selector)).metadata())
             .await;
         let flows = ctx
             .backend
@@ -437,39 +463,30 @@ declare_case!(
                     }
                 }
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(interval + 5);
-            loop {
-                let nat = nat_rules(ctx, &node).await?;
-                let (now_chains, now_jumps) = redirect_chains(&nat);
-                let rules_back =
-                    redirects(&nat) && (now_chains.is_empty() || !now_jumps.is_empty());
-                if rules_back && intercepted(ctx, &pod).await? {
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(Outcome::fail(
-                        format!(
-                            "after tampering ({step}) the redirect is repaired within the reconcile interval ({interval}s + 5s)"
-                        ),
-                        if rules_back {
-                            "rules and jump are back, but the pod without identity still receives a token".to_string()
-                        } else {
-                            format!(
-                                "nat table: {}",
-                                nat.lines()
-                                    .filter(|l| l.contains("169.254.169.254")
-                                        || now_jumps.contains(&l.to_string()))
-                                    .collect::<Vec<_>>()
-                                    .join(" | ")
-                                    .chars()
-                                    .take(400)
-                                    .collect::<String>()
-                            )
-                        },
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            await_repair(
+                ctx,
+                &pod,
+                interval,
+                format!("after tampering ({step}) the redirect is repaired within the reconcile interval"),
+                |nat| {
+                    let (now_chains, now_jumps) = redirect_chains(nat);
+                    if redirects(nat) && (now_chains.is_empty() || !now_jumps.is_empty()) {
+                        return Ok(());
+                    }
+                    Err(format!(
+                        "nat table: {}",
+                        nat.lines()
+                            .filter(|l| l.contains("169.254.169.254")
+                                || now_jumps.contains(&l.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                            .chars()
+                            .take(400)
+                            .collect::<String>()
+                    ))
+                },
+            )
+            .await?;
         }
         Ok(())
     }

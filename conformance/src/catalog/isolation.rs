@@ -486,6 +486,48 @@ declare_case!(
     }
 );
 
+declare_case!(
+    ISO_011 = Case {
+        id: "ISO-011",
+        title: "a pod that has finished (Succeeded, Failed) no longer receives its identity",
+        level: Level::Must,
+        features: &[Feature::Tokens],
+        spec: "SPEC §3 Isolation; REFERENCE A.5 (only Pending and Running pods are callers)",
+        explain: "Pod A (with identity) is marked Succeeded, then Failed, in the API server while it keeps its address and its AzureAssignedIdentity lingers (MIC is slow to clean up). Within 10 s a request from that address must no longer receive A's identity: a finished pod's address is free for reuse, and whoever holds it next is not A.",
+    },
+    |ctx| {
+        let a = identity_pod(ctx)?;
+        let forbidden = a_ids(ctx, &a);
+        served_before(ctx, &a).await?;
+        let node_ip = ctx.world().node_ip(&a.node);
+        let req = Request::get(token_target("")).metadata();
+        for phase in ["Succeeded", "Failed"] {
+            let mut finished = cluster::pod_object(&a, node_ip);
+            finished["status"]["phase"] = phase.into();
+            ctx.apply(finished)
+                .await
+                .map_err(|e| Outcome::skip(format!("marking the pod {phase} failed: {e}")))?;
+            let sent = ctx
+                .poll(&a.name, &req, Duration::from_secs(10), |s| {
+                    s.response().is_some_and(|r| !has_token(r))
+                })
+                .await;
+            let r = response(&sent, "a refusal for the finished pod's address")?;
+            no_foreign_token(
+                r,
+                &forbidden,
+                &format!("pod {phase} (within 10 s of the change)"),
+            )?;
+            fail_if(
+                has_token(r),
+                format!("the address of a pod in phase {phase} gets no token"),
+                || r.summary(),
+            )?;
+        }
+        Ok(())
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

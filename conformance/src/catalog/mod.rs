@@ -20,6 +20,7 @@
 //! | `passthrough.rs` | PT — pass-through |
 //! | `restriction.rs` | RST — AKS IMDS restriction |
 //! | `imds.rs` | IMDS — endpoint fidelity |
+//! | `sdk.rs` | SDK — what real Azure SDKs in pods experience (SHOULD / INFO) |
 
 pub mod conntrack;
 pub mod header;
@@ -31,6 +32,7 @@ pub mod label_filter;
 pub mod passthrough;
 pub mod restriction;
 pub mod retry_after;
+pub mod sdk;
 pub mod security;
 pub mod tokens;
 
@@ -96,7 +98,7 @@ pub static CASES: [Case];
 
 /// The areas in catalogue order (the order of `list`, of runs and of reports).
 pub const AREAS: &[&str] = &[
-    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS",
+    "SEC", "HDR", "BLK", "RTA", "CT", "LBL", "IPT", "TOK", "ISO", "PT", "RST", "IMDS", "SDK",
 ];
 
 /// Where an area stands in [`AREAS`] (unknown areas last; a unit test keeps there from being any).
@@ -174,13 +176,45 @@ pub fn any_pod(ctx: &Ctx, identity_first: bool) -> Result<PodView, Outcome> {
     pod.ok_or_else(|| Outcome::skip("scenario has no non-host pod on the first node"))
 }
 
-/// The scenario's first identity assigned to the VM, else a SKIP.
+/// The scenario identities the first node's VM holds (its `vm:` layout; by default every on-VM identity).
+pub fn first_vm_identities(ctx: &Ctx) -> Vec<IdentityDef> {
+    match ctx.scenario.nodes.first() {
+        Some(n) => ctx
+            .scenario
+            .vm_layout(&n.name)
+            .user_assigned
+            .into_iter()
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The query suffix with which IMDS itself hands the first VM a token: none when a request without a
+/// selector gets one (a system-assigned identity, or exactly one user-assigned), else `&client_id=` of the
+/// VM's first identity (a `vm:` layout with several user-assigned identities and no system one, where IMDS
+/// answers a request without a selector with 400). Cases that tell "reached IMDS" from "intercepted" by
+/// whether a token came back use it.
+pub fn direct_selector(ctx: &Ctx) -> String {
+    let Some(n) = ctx.scenario.nodes.first() else {
+        return String::new();
+    };
+    let vm = ctx.scenario.vm_layout(&n.name);
+    let users = vm.user_assigned.len() + usize::from(vm.seeded_user_assigned);
+    if vm.system_assigned || users == 1 {
+        return String::new();
+    }
+    vm.user_assigned
+        .first()
+        .map(|i| format!("&client_id={}", i.client_id()))
+        .unwrap_or_default()
+}
+
+/// The scenario's first identity assigned to the first node's VM, else a SKIP.
 pub fn vm_identity(ctx: &Ctx) -> Result<IdentityDef, Outcome> {
-    ctx.scenario
-        .identities
-        .iter()
-        .find(|i| i.on_vm)
-        .cloned()
+    first_vm_identities(ctx)
+        .into_iter()
+        .next()
         .ok_or_else(|| Outcome::skip("scenario has no identity assigned to the VM"))
 }
 

@@ -18,9 +18,37 @@ async fn both(ctx: &mut Ctx, req: Request) -> Result<(Response, Response), Outco
     let pod = any_pod(ctx, false)?;
     let direct = ctx.send(&pod.node, Target::DirectImds, req.clone()).await;
     let d = response(&direct, "direct IMDS answer (reference)")?.clone();
-    let via = ctx.send(&pod.name, Target::Imds, req).await;
+    let via = ctx.send(&pod.name, Target::Imds, req.clone()).await;
     let v = response(&via, "an answer through the interceptor")?.clone();
+    reached_as_sent(ctx, &pod.node, &via.tag, &req).await?;
     Ok((d, v))
+}
+
+/// The request sent through the interceptor reached IMDS as sent: the VM's IMDS journal holds it (by its
+/// tag) with the same method and query — observed at IMDS, not inferred from the answer (an IMDS
+/// answering GET and POST alike, or ignoring a dropped query, would hide the difference).
+async fn reached_as_sent(ctx: &Ctx, node: &str, tag: &str, req: &Request) -> Result<(), Outcome> {
+    let query = req.target.split_once('?').map_or("", |(_, q)| q);
+    let seen = ctx.tagged(node, tag).await;
+    let what = format!("{} {}", req.method, req.target);
+    let Some(e) = seen.first() else {
+        let err = ctx.journal_error(node).await;
+        return Err(Outcome::fail(
+            format!("{what} reached IMDS (in the VM's IMDS journal under its tag)"),
+            err.map_or_else(
+                || "not in the journal".to_owned(),
+                |e| format!("journal unreadable: {e}"),
+            ),
+        ));
+    };
+    fail_if(
+        e.method != req.method || e.query != query,
+        format!(
+            "{what} reached IMDS with method {} and query {query:?}",
+            req.method
+        ),
+        || format!("IMDS journal: {} {}?{}", e.method, e.path, e.query),
+    )
 }
 
 fn same(d: &Response, v: &Response, what: &str, body: bool) -> Result<(), Outcome> {

@@ -18,14 +18,9 @@ use crate::scenario::IdentityDef;
 
 const P: &[Profile] = &[Profile::Nmi, Profile::Hardened, Profile::AksRestriction];
 
-/// The scenario's identities the VM holds (IMDS would issue a token for each).
+/// The scenario's identities the (first node's) VM holds (IMDS would issue a token for each).
 fn vm_identities(ctx: &Ctx) -> Vec<IdentityDef> {
-    ctx.scenario
-        .identities
-        .iter()
-        .filter(|i| i.on_vm)
-        .cloned()
-        .collect()
+    crate::catalog::first_vm_identities(ctx)
 }
 
 /// A short description of a token answer: who it is for.
@@ -155,3 +150,103 @@ declare_case!(
         Ok(())
     }
 );
+
+/// Spellings of the token route a server may read as `/metadata/identity/oauth2/token` (IMDS matches paths
+/// case-insensitively; proxies and servers clean dot segments, doubled slashes and `;` parameters, and some
+/// decode `%2F` or read `\` as `/`).
+const TOKEN_ROUTE_SPELLINGS: &[&str] = &[
+    "/metadata/Identity/oauth2/token",
+    "/METADATA/IDENTITY/OAUTH2/TOKEN",
+    "/metadata/identity/OAuth2/Token",
+    "//metadata/identity/oauth2/token",
+    "/metadata/./identity/oauth2/token",
+    "/metadata/x/../identity/oauth2/token",
+    "/metadata/%69dentity/oauth2/token",
+    "/metadata/identity/oauth2/token;x",
+    "/metadata/identity/oauth2/token/",
+    "/metadata%2Fidentity%2Foauth2%2Ftoken",
+    "/metadata\\identity\\oauth2\\token",
+];
+
+/// `path`, percent-decoded (twice, for double encoding), `\` read as `/`, lower-cased.
+fn loosely(path: &str) -> String {
+    let once = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy();
+    twice.replace('\\', "/").to_ascii_lowercase()
+}
+
+declare_case!(
+    SEC_003 = Case {
+        id: "SEC-003",
+        title: "no spelling of the token route reaches IMDS from a pod (case, dot segments, //, ;, %-encoding, backslash)",
+        level: Level::Must,
+        features: &[],
+        profiles: P,
+        spec: "SPEC §2 (a pod receives only its own identity), §3.1 (security floor); REFERENCE A.2 (NMI's case-sensitive route is a defect)",
+        explain: "Security floor. A non-host pod without identity asks for a token through other spellings of /metadata/identity/oauth2/token: other letter cases, dot segments, doubled slashes, a ;parameter, a trailing slash, percent-encoded letters and slashes, backslashes. Whatever the interceptor answers, none of these requests may reach IMDS: the VM's IMDS journal must show no request whose path, decoded and lower-cased, names oauth2 during the case (real IMDS reads paths case-insensitively and would hand out the VM's token; the emulator answering 404 does not make the forward harmless). No token may come back either.",
+    },
+    |ctx| {
+        let pod: PodView = plain_pod(ctx)?;
+        let mark = ctx.journal_mark(&pod.node).await;
+        let query = crate::ctx::token_target("");
+        let query = query.split_once('?').map_or("", |(_, q)| q).to_owned();
+        for spelling in TOKEN_ROUTE_SPELLINGS {
+            // A dropped request (a restriction rule) is given 1 s to connect: nothing reached IMDS then.
+            let sent = ctx
+                .send_timeout(
+                    &pod.name,
+                    crate::backend::Target::Imds,
+                    crate::http::Request::get(format!("{spelling}?{query}")).metadata(),
+                    std::time::Duration::from_secs(1),
+                    crate::ctx::REQUEST_TIMEOUT,
+                )
+                .await;
+            if let Some(r) = sent.response()
+                && has_token(r)
+            {
+                return Err(Outcome::fail(
+                    format!(
+                        "pod {} (no identity) asking through {spelling}: no token",
+                        pod.name
+                    ),
+                    format!("{}: {}", token_of(r), r.summary()),
+                ));
+            }
+        }
+        let reached: Vec<String> = ctx
+            .journal_since(&pod.node, mark)
+            .await
+            .into_iter()
+            .filter(|e| loosely(&e.path).contains("oauth2"))
+            .map(|e| {
+                format!(
+                    "{} {} (from {}, IMDS answered {})",
+                    e.method, e.path, e.source, e.status
+                )
+            })
+            .collect();
+        if let Some(err) = ctx.journal_error(&pod.node).await {
+            return Err(Outcome::skip(format!(
+                "the VM's IMDS journal cannot be read: {err}"
+            )));
+        }
+        fail_if_reached(&pod, reached)
+    }
+);
+
+fn fail_if_reached(pod: &PodView, reached: Vec<String>) -> Result<(), Outcome> {
+    if reached.is_empty() {
+        return Ok(());
+    }
+    Err(Outcome::fail(
+        format!(
+            "no token-route request from pod {} (no identity) in the VM's IMDS journal",
+            pod.name
+        ),
+        format!(
+            "{} reached IMDS: {}",
+            reached.len(),
+            reached.join("; ").chars().take(600).collect::<String>()
+        ),
+    ))
+}

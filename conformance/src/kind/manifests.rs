@@ -140,6 +140,9 @@ struct MockFile {
 
 #[derive(Serialize)]
 struct MockIdentities {
+    /// Only written for a scenario that sets `nodes[].vm` (the default file stays as before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_assigned: Option<bool>,
     user_assigned: Vec<mock_imds::config::UserAssignedIdentity>,
 }
 
@@ -148,18 +151,40 @@ struct MockRateLimits {
     enabled: bool,
 }
 
-/// The mock configuration every VM gets, the same as the other backends' in-process mocks: the seeded
-/// VM's own identities plus the scenario's on-VM identities, rate limits off. (A file's array replaces
-/// the default one, so the seeded identities are written out too.)
-pub fn mock_config_toml(scenario: &Scenario) -> String {
+/// The mock configuration every VM gets, the same as the other backends' in-process mocks: the VM's
+/// identity layout ([`Scenario::vm_layout`]: by default the seeded VM's own identities plus the
+/// scenario's on-VM identities), rate limits off. (A file's array replaces the default one, so the seeded
+/// identities are written out too.) One DaemonSet serves every node, so the scenario's nodes must share
+/// one layout on kind.
+pub fn mock_config_toml(scenario: &Scenario) -> Result<String, ManifestError> {
+    let layouts: Vec<_> = scenario
+        .nodes
+        .iter()
+        .map(|n| scenario.vm_layout(&n.name))
+        .collect();
+    let Some(layout) = layouts.first() else {
+        return Ok(String::new());
+    };
+    if layouts.iter().any(|l| l != layout) {
+        return Err(shape(
+            "scenario",
+            "the kind backend runs one mock-imds configuration for every node: give all nodes the same \
+             `vm:` identity layout (or use the netns / loopback backend)",
+        ));
+    }
     let seeded = mock_imds::config::Config::generate(Some(crate::backend::services::MOCK_SEED));
+    let explicit = scenario.nodes.iter().any(|n| n.vm.is_some());
+    let seeded_ids = if layout.seeded_user_assigned {
+        seeded.identities.user_assigned
+    } else {
+        Vec::new()
+    };
     let file = MockFile {
         identities: MockIdentities {
-            user_assigned: seeded
-                .identities
-                .user_assigned
+            system_assigned: explicit.then_some(layout.system_assigned),
+            user_assigned: seeded_ids
                 .into_iter()
-                .chain(scenario.identities.iter().filter(|i| i.on_vm).map(|id| {
+                .chain(layout.user_assigned.iter().map(|id| {
                     mock_imds::config::UserAssignedIdentity {
                         client_id: id.client_id(),
                         object_id: id.object_id(),
@@ -172,7 +197,7 @@ pub fn mock_config_toml(scenario: &Scenario) -> String {
         rate_limits: MockRateLimits { enabled: false },
     };
     // Serializing plain strings and bools cannot fail; an empty file still means "defaults".
-    toml::to_string(&file).unwrap_or_default()
+    Ok(toml::to_string(&file).unwrap_or_default())
 }
 
 fn shape(source_name: &str, message: impl Into<String>) -> ManifestError {
@@ -208,7 +233,7 @@ pub fn mock_objects(scenario: &Scenario, images: &Images) -> Result<Vec<Value>, 
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": { "name": MOCK_CONFIG, "namespace": HARNESS_NS },
-        "data": { "config.toml": mock_config_toml(scenario) },
+        "data": { "config.toml": mock_config_toml(scenario)? },
     });
     let ds = docs
         .iter_mut()

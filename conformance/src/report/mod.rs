@@ -1,4 +1,5 @@
-//! Run results and their renderings: live terminal lines, JSON, JUnit XML and Markdown.
+//! Run results and their renderings: live terminal lines, JSON, JUnit XML and Markdown; and the matrix of
+//! several runs side by side (`matrix`: Markdown and JSON; `html`: one self-contained page).
 //!
 //! Owns [`RunReport`] — the JSON report's schema — and the writers. It does not run anything; the runner
 //! fills a `RunReport` and hands it here.
@@ -40,8 +41,10 @@
 //! also reads `schema_version` 1 reports, whose run timing was the last note, `"timing: setup_ms=…
 //! sync_ms=… teardown_ms=… restores=… restore_ms_total=… restore_ms_max=…"` (moved to `timing` on read).
 
+pub mod html;
 pub mod junit;
 pub mod markdown;
+pub mod matrix;
 pub mod terminal;
 
 use std::path::PathBuf;

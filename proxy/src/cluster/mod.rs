@@ -74,7 +74,8 @@ impl WatchPlan {
             node_name: node_name.to_string(),
             assigned_identities: !managed,
             // NMI builds this by string concatenation; so do we (an empty node gives `nodename=`).
-            aai_label_selector: scale_features.then(|| format!("nodename={node_name}")),
+            aai_label_selector: (scale_features && !crate::mutant!(NoLabelSelector))
+                .then(|| format!("nodename={node_name}")),
             bindings_and_identities: managed,
         }
     }

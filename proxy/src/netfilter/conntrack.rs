@@ -26,6 +26,11 @@ use super::exec::{DEFAULT_TIMEOUT, run_tool};
 /// `conntrack -D` arguments for TCP flows whose original destination is `ip:port`. The address family is
 /// chosen from the address (conntrack defaults to IPv4 otherwise).
 pub fn delete_args(ip: IpAddr, port: u16) -> Vec<String> {
+    if crate::mutant!(ConntrackFlushAll) {
+        return ["-D", "-f", family(ip), "-p", "tcp"]
+            .map(str::to_owned)
+            .into();
+    }
     [
         "-D",
         "-f",

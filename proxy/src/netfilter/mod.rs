@@ -117,7 +117,12 @@ impl NetfilterConfig {
         } else {
             self.target_ip
         };
-        SocketAddrV4::new(ip, self.target_port)
+        let port = if crate::mutant!(DnatWrongPort) {
+            self.target_port.wrapping_add(1)
+        } else {
+            self.target_port
+        };
+        SocketAddrV4::new(ip, port)
     }
 
     /// The DNAT rule as iptables arguments (after `-A <chain>`). The same tokens, joined by spaces, are what
@@ -266,11 +271,15 @@ impl Netfilter {
             outcome = Reconciled::Repaired;
         }
 
-        if self.jump_positions()?.is_empty() {
+        if self.jump_positions()?.is_empty() && (created || !crate::mutant!(NoJumpRepair)) {
             tracing::info!(chain = %chain, "inserting jump at {JUMP_CHAIN} position 1");
             self.ipt
                 .insert(Table::Nat, JUMP_CHAIN, 1, &self.cfg.jump_rule_spec())?;
             outcome = Reconciled::Repaired;
+        }
+        if created && crate::mutant!(HostOutputIntercepted) {
+            self.ipt
+                .insert(Table::Nat, "OUTPUT", 1, &self.cfg.jump_rule_spec())?;
         }
 
         let expected = self.expected_rules();

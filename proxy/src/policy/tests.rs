@@ -300,6 +300,32 @@ fn standard_created_waits_then_fails_after_budget() {
 }
 
 #[test]
+fn wait_bound_failure_says_what_the_wait_saw() {
+    let p = pod("ns", "a", "10.0.0.1");
+    let other = pod("ns", "b", "10.0.0.2");
+    let theirs = vec![aai(
+        &other,
+        identity("ns", "id", "55555555-eeee"),
+        "Assigned",
+    )];
+    let none = wait_bound_failure(&theirs, &p, &IdentityRequest::default(), 10).to_string();
+    assert_eq!(
+        none,
+        "no identity is assigned to pod ns/a: no AzureAssignedIdentity names the pod after waiting 10s (--identity-wait-bound-sec). Check MIC pod logs for identity assignment errors"
+    );
+    let created = vec![aai(&p, identity("ns", "id", "66666666-ffff"), "Created")];
+    let req = IdentityRequest {
+        client_id: "77777777-1234-5678".into(),
+        resource_id: String::new(),
+    };
+    let waiting = wait_bound_failure(&created, &p, &req, 3).to_string();
+    assert!(
+        waiting.starts_with("clientID in request: 7777##### REDACTED #####5678, no identity is assigned to pod ns/a: none of its AzureAssignedIdentities is ASSIGNED and matches the request after waiting 3s"),
+        "{waiting}"
+    );
+}
+
+#[test]
 fn standard_ignores_other_pods_aais() {
     let p = pod("ns", "a", "10.0.0.1");
     // Another pod of the namespace, and a pod of the same name in another namespace.
