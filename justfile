@@ -95,7 +95,7 @@ controller *ARGS:
     cargo run -p imds-controller -- {{ARGS}}
 
 # Benchmarks: ratios measured side by side in one run (root for the netns part); writes docs/BENCHMARKS.md.
-# `just bench --quick` takes about 30 s.
+# `just bench --quick` takes about 80 s (6 interleaved rounds of 0.5 s per HTTP target).
 bench *ARGS:
     # One cargo invocation for all three (they share most dependencies: one build graph, both cores busy).
     cargo build --release -p imds-proxy -p imds-conformance -p imds-bench --bins

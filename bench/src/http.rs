@@ -251,7 +251,7 @@ pub fn sections(
         ),
         format!("{mi:.0}"),
         format!("bare hyper {bi:.0}"),
-        format!("{:.2}× (goal ≥ 0.80×) {}", mi / bi, verdict(mi / bi >= 0.8)),
+        format!("{:.2}× (goal ≥ 0.90×) {}", mi / bi, verdict(mi / bi >= 0.9)),
     ));
     report.push(row(
         s1,
@@ -266,9 +266,9 @@ pub fn sections(
         format!("{mt:.0}"),
         format!("bare hyper {bt:.0}"),
         format!(
-            "{:.2}× (goal ≥ 0.70×) {}; {:.2}× the instance rate",
+            "{:.2}× (goal ≥ 0.90×) {}; {:.2}× the instance rate",
             mt / bt,
-            verdict(mt / bt >= 0.7),
+            verdict(mt / bt >= 0.9),
             mt / mi.max(1e-9)
         ),
     ));
@@ -293,33 +293,42 @@ pub fn sections(
         format!("{:.2}× bare", bz / bi.max(1e-9)),
     ));
     let s2 = "2 imds-proxy";
+    let (fi, _, _, _) = get(&thr, "forwarder-instance");
+    let (_, fi50, fi99, _) = get(&lat, "forwarder-instance");
+    // Added latency of a hop = via the hop − direct to the mock, for imds-proxy and for the bare forwarder.
     let add50 = us(pi50) - us(mi50);
     let add99 = us(pi99) - us(mi99);
+    let fwd50 = us(fi50) - us(mi50);
+    let fwd99 = us(fi99) - us(mi99);
     report.push(row(
         s2,
         "pass-through added p50 / p99 (c=1)",
         format!("{add50:+.1} / {add99:+.1} µs"),
         format!(
-            "direct {:.1} / {:.1} µs; via proxy {:.1} / {:.1} µs",
+            "bare forwarder {fwd50:+.1} / {fwd99:+.1} µs; direct {:.1} / {:.1} µs; via proxy {:.1} / {:.1} µs",
             us(mi50),
             us(mi99),
             us(pi50),
             us(pi99)
         ),
         format!(
-            "goal ≤ 50 / 250 µs {}",
-            verdict(add50 <= 50.0 && add99 <= 250.0)
+            "p50 {:+.1} µs over the forwarder's (goal ≤ +10 µs) {}",
+            add50 - fwd50,
+            verdict(add50 - fwd50 <= 10.0)
         ),
     ));
     report.push(row(
         s2,
         format!("pass-through req/s (c={c})"),
         format!("{pi:.0}"),
-        format!("direct to mock {mi:.0}"),
-        format!("{:.2}× (goal ≥ 0.60×) {}", pi / mi, verdict(pi / mi >= 0.6)),
+        format!("bare forwarder {fi:.0}; direct to mock {mi:.0}"),
+        format!(
+            "{:.2}× the forwarder (goal ≥ 0.90×) {}; {:.2}× direct",
+            pi / fi.max(1e-9),
+            verdict(pi / fi.max(1e-9) >= 0.9),
+            pi / mi.max(1e-9)
+        ),
     ));
-    let (fi, _, _, _) = get(&thr, "forwarder-instance");
-    let (_, fi50, fi99, _) = get(&lat, "forwarder-instance");
     report.push(row(
         s2,
         format!("baseline: bare hyper forwarder → mock req/s (c={c})"),
@@ -330,9 +339,8 @@ pub fn sections(
         ),
         format!("direct to mock {mi:.0}"),
         format!(
-            "forwarder {:.2}× direct; imds-proxy {:.2}× the forwarder",
-            fi / mi.max(1e-9),
-            pi / fi.max(1e-9)
+            "forwarder {:.2}× direct (the ceiling of any pass-through on these cores)",
+            fi / mi.max(1e-9)
         ),
     ));
     Ok(mt)

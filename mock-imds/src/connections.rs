@@ -173,8 +173,13 @@ pub struct Conn {
     head_started_ms: AtomicU64,
     /// Notified when the table evicts this connection.
     pub close: Notify,
-    /// Notified when a request head starts (the watchdog's deadline moves to the header read timeout).
+    /// Notified when a request head starts and its header read deadline comes before the one the watchdog
+    /// sleeps for (see [`Conn::arm`]); otherwise the watchdog finds the head when it wakes.
     pub head_started: Notify,
+    /// Milliseconds after `accepted` the watchdog sleeps until (NONE: not yet sleeping).
+    armed_ms: AtomicU64,
+    /// The header read timeout in milliseconds (for `on_read` to compare with `armed_ms`).
+    header_read_ms: u64,
     /// The request in flight (the latest one, when pipelining), for the shutdown report.
     current: Mutex<Option<(Method, Uri, Instant)>>,
 }
@@ -201,10 +206,14 @@ impl Conn {
             && self.head_started_ms.load(Ordering::Acquire) == NONE
         {
             let now = self.millis_since_accept(at);
+            // SeqCst pairs with `arm`: either the watchdog sees this head when it re-checks after arming, or
+            // this load sees what it armed. Waking it for every head cost a task wake-up and a timer re-arm
+            // per request (measured by `just bench`); only a deadline earlier than the armed one needs it.
             if self
                 .head_started_ms
-                .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(NONE, now, Ordering::SeqCst, Ordering::Acquire)
                 .is_ok()
+                && self.armed_ms.load(Ordering::SeqCst) > now.saturating_add(self.header_read_ms)
             {
                 self.head_started.notify_one();
             }
@@ -235,6 +244,13 @@ impl Conn {
                 now.saturating_duration_since(*at).as_millis()
             )
         })
+    }
+
+    /// Records that the watchdog sleeps until `at`; it then re-reads the state (`next_deadline`) and re-arms
+    /// if a head started meanwhile.
+    pub fn arm(&self, at: Instant) {
+        self.armed_ms
+            .store(self.millis_since_accept(at), Ordering::SeqCst);
     }
 
     /// When the watchdog should look again, given the current state.
@@ -373,6 +389,9 @@ impl ConnTable {
             head_started_ms: AtomicU64::new(NONE),
             close: Notify::new(),
             head_started: Notify::new(),
+            armed_ms: AtomicU64::new(NONE),
+            header_read_ms: u64::try_from(self.limits.header_read_timeout().as_millis())
+                .unwrap_or(NONE - 1),
             current: Mutex::new(None),
         });
         inner.next_id += 1;

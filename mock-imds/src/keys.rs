@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use rcgen::{
@@ -69,6 +70,15 @@ pub enum KeyError {
     /// jsonwebtoken could not serialise or sign the token.
     #[error("could not sign the JWT: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
+    /// The claims (or the JWT header) could not be serialised.
+    #[error("could not serialise the JWT claims: {0}")]
+    Claims(#[from] serde_json::Error),
+    /// aws-lc refused the token signing key.
+    #[error("the token signing key was rejected: {0}")]
+    KeyRejected(#[from] aws_lc_rs::error::KeyRejected),
+    /// The RSA signature itself failed.
+    #[error("RSA signing failed: {0}")]
+    Sign(#[from] aws_lc_rs::error::Unspecified),
     /// Building the PKCS#7 SignedData of the attested document failed.
     #[error("could not build the PKCS#7 attested signature: {0}")]
     Pkcs7(#[from] crate::pkcs7::Pkcs7Error),
@@ -92,7 +102,11 @@ struct Inner {
     /// DER of that self-signed certificate (published as `x5c`).
     token_cert_der: Vec<u8>,
     token_public: RsaPublicKey,
-    encoding_key: EncodingKey,
+    /// The token key, parsed once for aws-lc (native RSA: several times the pure-Rust `rsa` crate's rate,
+    /// and parsing per signature, as jsonwebtoken's aws-lc backend does, would cost more than the signature).
+    token_key: RsaKeyPair,
+    /// base64url of the JWT header (`typ`, `alg`, `kid`, `x5t`): the same for every token of this key.
+    jwt_header_b64: String,
     attested: Arc<AttestedChain>,
 }
 
@@ -379,7 +393,12 @@ impl SigningKeys {
                 what: "token signing",
                 message: e.to_string(),
             })?;
-        let encoding_key = EncodingKey::from_rsa_der(pkcs1.as_bytes());
+        let signing_key = RsaKeyPair::from_der(pkcs1.as_bytes())?;
+        let mut header = Header::new(Algorithm::RS256);
+        header.typ = Some("JWT".to_owned());
+        header.kid = Some(kid.clone());
+        header.x5t = Some(x5t.clone());
+        let jwt_header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -387,7 +406,8 @@ impl SigningKeys {
                 x5t,
                 token_cert_der,
                 token_public,
-                encoding_key,
+                token_key: signing_key,
+                jwt_header_b64,
                 attested,
             }),
         })
@@ -399,16 +419,28 @@ impl SigningKeys {
     }
 
     /// Signs `claims` as an RS256 JWT whose header carries `typ: JWT`, `kid` and `x5t` like Entra's tokens.
+    /// RSASSA-PKCS1-v1_5 is deterministic: the token is byte for byte what `jsonwebtoken::encode` gives for
+    /// the same header, claims and key (a test pins that), only signed natively.
     pub fn sign_jwt<C: serde::Serialize>(&self, claims: &C) -> Result<String, KeyError> {
-        let mut header = Header::new(Algorithm::RS256);
-        header.typ = Some("JWT".to_owned());
-        header.kid = Some(self.inner.kid.clone());
-        header.x5t = Some(self.inner.x5t.clone());
-        Ok(jsonwebtoken::encode(
-            &header,
-            claims,
-            &self.inner.encoding_key,
-        )?)
+        let inner = &*self.inner;
+        let claims = serde_json::to_vec(claims)?;
+        let sig_len = inner.token_key.public_modulus_len();
+        let b64_len = |n: usize| n.div_ceil(3) * 4;
+        let mut token = String::with_capacity(
+            inner.jwt_header_b64.len() + b64_len(claims.len()) + b64_len(sig_len) + 2,
+        );
+        token.push_str(&inner.jwt_header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let mut signature = vec![0u8; sig_len];
+        // PKCS#1 v1.5 draws no randomness; the generator is only part of the signature of `sign`.
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        inner
+            .token_key
+            .sign(&RSA_PKCS1_SHA256, &rng, token.as_bytes(), &mut signature)?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(token)
     }
 
     /// The JWKS publishing the token key: `{"keys":[{kty,use,kid,x5t,n,e,x5c,alg}]}` (Entra's member order).
@@ -576,6 +608,37 @@ mod tests {
         let other_set: JwkSet = serde_json::from_value(other.jwks()).expect("jwks");
         let other_key = DecodingKey::from_jwk(&other_set.keys[0]).expect("key");
         assert!(jsonwebtoken::decode::<Claims>(&token, &other_key, &validation).is_err());
+    }
+
+    /// The native signer gives exactly jsonwebtoken's token for the same header, claims and key.
+    #[test]
+    fn jwt_is_byte_for_byte_jsonwebtokens() {
+        let keys = seeded();
+        let token_key = generate_rsa(
+            KeySource::Seeded {
+                seed: 7,
+                stream: TOKEN_STREAM,
+            },
+            "token",
+        )
+        .expect("key");
+        let der = token_key.to_pkcs1_der().expect("der");
+        let mut header = Header::new(Algorithm::RS256);
+        header.typ = Some("JWT".to_owned());
+        header.kid = Some(keys.kid().to_owned());
+        header.x5t = Some(keys.inner.x5t.clone());
+        let claims = Claims {
+            aud: "https://vault.azure.net".into(),
+            iss: "https://sts.windows.net/t/".into(),
+            exp: 4_000_000_001,
+        };
+        let expected = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+        )
+        .expect("jsonwebtoken signs");
+        assert_eq!(keys.sign_jwt(&claims).expect("sign"), expected);
     }
 
     #[test]

@@ -130,10 +130,7 @@ fn app(state: AppState) -> Router {
         })
         .with_state(state.clone());
     // The rules wrap the whole IMDS router (not each route) so they can rewrite the path before routing.
-    let imds = tower::Layer::layer(
-        &axum::middleware::from_fn_with_state(state.clone(), rules::enforce),
-        imds,
-    );
+    let imds = rules::Rules::new(state.clone(), imds);
     let mut outer = Router::new();
     if state.config.server.control && state.config.server.control_listen.is_none() {
         outer = outer.nest("/_mock", control::router(state.clone()));

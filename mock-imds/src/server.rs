@@ -226,7 +226,13 @@ async fn connection(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     loop {
-        let deadline = activity.next_deadline(&limits, Instant::now());
+        let now = Instant::now();
+        let deadline = activity.next_deadline(&limits, now);
+        activity.arm(deadline);
+        if activity.next_deadline(&limits, now) < deadline {
+            // A head started while arming: arm for its header read deadline instead.
+            continue;
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {

@@ -14,9 +14,10 @@
 //! counted as [`OTHER`] (and in `imds_proxy_label_values_folded_total`). This module only records and
 //! encodes; it never decides anything.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -51,27 +52,53 @@ impl LabelBudget {
         }
     }
 
-    /// The value to record for `value`, and whether it was folded into [`OTHER`].
-    fn admit(&self, value: &str) -> (String, bool) {
+    /// The value to record for `value` (`value` itself or [`OTHER`]), and whether it was folded. A value's
+    /// fate never changes: once kept it stays kept, and once the budget is spent it never frees.
+    fn admit<'v>(&self, value: &'v str) -> (&'v str, bool) {
         if value.is_empty() {
-            return (String::new(), false);
+            return ("", false);
         }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(value) {
-            return (value.to_string(), false);
+            return (value, false);
         }
         if seen.len() < self.max {
             seen.insert(value.to_string());
-            return (value.to_string(), false);
+            return (value, false);
         }
-        (OTHER.to_string(), true)
+        (OTHER, true)
     }
 }
+
+/// The series one handled request records into: built once per distinct label set (the label `Vec`s, their
+/// `String`s and two family lookups were a per-request cost), then found again without allocating.
+#[derive(Clone)]
+struct RequestSeries {
+    duration: Histogram,
+    requests: Counter,
+}
+
+/// The label-set parts of a request that are fixed strings or numbers.
+type FixedKey = (&'static str, u16, &'static str, Decision);
+
+/// [`RequestSeries`] by fixed parts, then namespace, then resource (each already bounded by its budget, so
+/// this holds exactly one entry per series the families hold).
+type SeriesCache = HashMap<FixedKey, HashMap<String, HashMap<String, RequestSeries>>>;
 
 /// The `resource` label's spelling: ASCII lower case (Azure AD reads resource URIs case-insensitively, so
 /// `HTTPS://Vault.Azure.Net` and `https://vault.azure.net` are one series).
 pub fn normalise_resource(resource: &str) -> String {
-    resource.trim().to_ascii_lowercase()
+    normalised_resource(resource).into_owned()
+}
+
+/// [`normalise_resource`], borrowing when the value is already in that spelling (the common case).
+fn normalised_resource(resource: &str) -> Cow<'_, str> {
+    let trimmed = resource.trim();
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -92,18 +119,24 @@ struct Inner {
     conn_timeouts: Family<Labels, Counter>,
     resources: LabelBudget,
     namespaces: LabelBudget,
+    /// The request series seen so far (see [`RequestSeries`]).
+    series: RwLock<SeriesCache>,
+    /// `imds_proxy_label_values_folded_total{label}` for namespace and resource, created at the first fold
+    /// (a series that never counted anything is not exported).
+    folded_namespace: OnceLock<Counter>,
+    folded_resource: OnceLock<Counter>,
     /// Requests per decision since the last [`Metrics::take_decision_tally`] (the periodic log summary).
     tally: [AtomicU64; Decision::ALL.len()],
 }
 
-/// What is recorded about one handled request.
+/// What is recorded about one handled request. `path` and `route` come from closed sets (hence `'static`).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestRecord<'a> {
-    pub path: &'a str,
+    pub path: &'static str,
     pub status: u16,
     pub namespace: &'a str,
     pub resource: &'a str,
-    pub route: &'a str,
+    pub route: &'static str,
     pub decision: Decision,
     pub secs: f64,
 }
@@ -211,17 +244,31 @@ impl Metrics {
                 conn_timeouts,
                 resources: LabelBudget::new(MAX_RESOURCE_LABELS),
                 namespaces: LabelBudget::new(MAX_NAMESPACE_LABELS),
+                series: RwLock::new(HashMap::new()),
+                folded_namespace: OnceLock::new(),
+                folded_resource: OnceLock::new(),
                 tally: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         }
     }
 
-    fn bounded(&self, label: &str, budget: &LabelBudget, value: &str) -> String {
-        let (kept, folded) = budget.admit(value);
-        if folded {
-            self.inner
-                .folded
-                .get_or_create(&vec![("label".to_string(), label.to_string())])
+    /// The value `budget` lets `value` be recorded as; a fold is counted in `folded`.
+    fn bounded<'v>(
+        &self,
+        label: &str,
+        budget: &LabelBudget,
+        folded: &OnceLock<Counter>,
+        value: &'v str,
+    ) -> &'v str {
+        let (kept, was_folded) = budget.admit(value);
+        if was_folded {
+            folded
+                .get_or_init(|| {
+                    self.inner
+                        .folded
+                        .get_or_create(&vec![("label".to_string(), label.to_string())])
+                        .clone()
+                })
                 .inc();
         }
         kept
@@ -230,29 +277,67 @@ impl Metrics {
     /// One handled request (NMI labels: operation_type = path, status_code, namespace, resource).
     /// `namespace` and `resource` are bounded here (see the module documentation).
     pub fn request(&self, r: &RequestRecord<'_>) {
-        let namespace = self.bounded("namespace", &self.inner.namespaces, r.namespace);
+        let inner = &*self.inner;
+        let namespace = self.bounded(
+            "namespace",
+            &inner.namespaces,
+            &inner.folded_namespace,
+            r.namespace,
+        );
+        let resource = normalised_resource(r.resource);
         let resource = self.bounded(
             "resource",
-            &self.inner.resources,
-            &normalise_resource(r.resource),
+            &inner.resources,
+            &inner.folded_resource,
+            &resource,
         );
+        let fixed: FixedKey = (r.path, r.status, r.route, r.decision);
+        let found = {
+            let cache = inner.series.read().unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(&fixed)
+                .and_then(|by_ns| by_ns.get(namespace))
+                .and_then(|by_res| by_res.get(resource))
+                .cloned()
+        };
+        let series = match found {
+            Some(s) => s,
+            None => {
+                let series = self.new_series(r, namespace, resource);
+                inner
+                    .series
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(fixed)
+                    .or_default()
+                    .entry(namespace.to_string())
+                    .or_default()
+                    .entry(resource.to_string())
+                    .or_insert(series)
+                    .clone()
+            }
+        };
+        series.duration.observe(r.secs);
+        series.requests.inc();
+        inner.tally[r.decision.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The families' series for one request label set (created when new).
+    fn new_series(&self, r: &RequestRecord<'_>, namespace: &str, resource: &str) -> RequestSeries {
         let labels = vec![
             ("operation_type".to_string(), r.path.to_string()),
             ("status_code".to_string(), r.status.to_string()),
-            ("namespace".to_string(), namespace),
-            ("resource".to_string(), resource),
+            ("namespace".to_string(), namespace.to_string()),
+            ("resource".to_string(), resource.to_string()),
         ];
-        self.inner
-            .nmi_duration
-            .get_or_create(&labels)
-            .observe(r.secs);
+        let duration = self.inner.nmi_duration.get_or_create(&labels).clone();
         let labels = vec![
             ("route".to_string(), r.route.to_string()),
             ("decision".to_string(), r.decision.label().to_string()),
             ("status_code".to_string(), r.status.to_string()),
         ];
-        self.inner.requests.get_or_create(&labels).inc();
-        self.inner.tally[r.decision.index()].fetch_add(1, Ordering::Relaxed);
+        let requests = self.inner.requests.get_or_create(&labels).clone();
+        RequestSeries { duration, requests }
     }
 
     /// Requests per decision since the previous call (decisions with none left out), and resets the tally.

@@ -152,6 +152,34 @@ fn classification_path(forward: &str) -> String {
     clean_path(&p).to_ascii_lowercase()
 }
 
+/// The canonical path and the two classification forms of `raw` (plain and with backslashes as slashes).
+fn path_forms(raw_path: &str) -> (String, String, String) {
+    let forward_path = canonical_path(raw_path);
+    let c1 = classification_path(&forward_path);
+    let c2 = clean_path(&c1.replace('\\', "/"));
+    (forward_path, c1, c2)
+}
+
+/// Whether canonicalising and classifying `raw` would change nothing but letter case: it starts with `/`,
+/// holds only unreserved characters and `/` (no escapes, `;params` or backslashes), and has no empty, `.` or
+/// `..` segment other than a final empty one (a trailing `/`, which cleaning keeps).
+fn is_plain_path(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if !rest.bytes().all(|b| b == b'/' || is_unreserved(b)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
+}
+
 const TOKEN_PREFIX: &str = "/metadata/identity/oauth2/token";
 const HOST_TOKEN_PREFIX: &str = "/host/token";
 const INSTANCE_PREFIX: &str = "/metadata/instance";
@@ -180,9 +208,15 @@ fn is_instance(raw_path: &str, forward_path: &str, classified: &str) -> bool {
 /// to IMDS, which would hand the caller a VM identity's token), backslash spellings of the token and instance
 /// paths are caught, and non-clean paths are canonicalised and routed instead of answered with a 301.
 pub fn route(raw_path: &str, block_instance_metadata: bool) -> Routed {
-    let forward_path = canonical_path(raw_path);
-    let c1 = classification_path(&forward_path);
-    let c2 = clean_path(&c1.replace('\\', "/"));
+    let (forward_path, c1, c2) = if is_plain_path(raw_path) {
+        // Nothing to decode or clean (see `is_plain_path`): the canonical path is the raw one, and both
+        // classification forms are its lower-case spelling. Same result as `path_forms`, without its ~10
+        // allocations (a per-request cost `just bench` measured).
+        let lower = raw_path.to_ascii_lowercase();
+        (raw_path.to_string(), lower.clone(), lower)
+    } else {
+        path_forms(raw_path)
+    };
     let route = if crate::mutant!(TokenRouteCaseSensitive)
         && c1.starts_with(TOKEN_PREFIX)
         && !forward_path.starts_with(TOKEN_PREFIX)

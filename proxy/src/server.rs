@@ -135,14 +135,20 @@ fn json_ok<T: Serialize>(value: &T) -> Response {
 
 /// First value of query parameter `key`, form-decoded (Go `url.Values.Get`).
 pub fn query_get(query: &str, key: &str) -> String {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
+        // A key without escapes is its own decoding: compared as is, without allocating.
+        let matches = if k.bytes().any(|b| b == b'%' || b == b'+') {
+            decode(k) == key
+        } else {
+            k == key
         };
-        if decode(k) == key {
+        if matches {
             return decode(v);
         }
     }
@@ -186,13 +192,17 @@ async fn handle(
     req: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
-    let raw_path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
+    // A clone of the URI shares its bytes (no copy); it outlives `req`, which the pass-through moves.
+    let uri = req.uri().clone();
+    let raw_path = uri.path();
+    let query = uri.query().unwrap_or("");
     let routed = policy::route(
-        &raw_path,
+        raw_path,
         st.settings.block_instance_metadata && !crate::mutant!(BlockOff),
     );
-    let span = tracing::info_span!(
+    // Debug level, like the `handled` line it carries: at info level it would be built (fields formatted,
+    // span allocated) for every request and never shown.
+    let span = tracing::debug_span!(
         "request",
         method = %req.method(),
         path = %raw_path,
@@ -203,25 +213,24 @@ async fn handle(
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
-    let resource = query_get(&query, "resource");
     let outcome = async {
         match routed.route {
-            Route::Token => token(&st, peer, req.headers(), &query).await,
+            Route::Token => token(&st, peer, req.headers(), query).await,
             Route::InvalidTokenPath => Outcome::new(
                 go_error(400, policy::INVALID_REQUEST_MESSAGE),
                 Decision::InvalidTokenPath,
             ),
-            Route::HostToken => host_token(&st, peer, req.headers(), &query).await,
+            Route::HostToken => host_token(&st, peer, req.headers(), query).await,
             Route::BlockedInstance => {
                 if crate::mutant!(BlockAfterForward) {
-                    let _ = pass_through(&st, req, &routed.forward_path, &query).await;
+                    let _ = pass_through(&st, req, &routed.forward_path, query).await;
                 }
                 Outcome::new(
                     go_error(403, policy::BLOCKED_MESSAGE),
                     Decision::BlockedInstance,
                 )
             }
-            Route::PassThrough => pass_through(&st, req, &routed.forward_path, &query).await,
+            Route::PassThrough => pass_through(&st, req, &routed.forward_path, query).await,
         }
     }
     .instrument(span.clone())
@@ -240,7 +249,7 @@ async fn handle(
     // resource label is kept only for answered tokens (IMDS vouched for the resource).
     let metric_path = metric_path(routed.route, &routed.forward_path);
     let resource = if status == 200 {
-        resource
+        query_get(query, "resource")
     } else {
         String::new()
     };
@@ -281,14 +290,17 @@ fn metric_path(route: Route, forward_path: &str) -> &'static str {
         Route::HostToken => "/host/token",
         Route::BlockedInstance => "/metadata/instance",
         Route::InvalidTokenPath => "invalid_token_path",
-        Route::PassThrough => {
-            let lower = forward_path.to_ascii_lowercase();
-            KNOWN
-                .iter()
-                .copied()
-                .find(|k| lower.starts_with(k))
-                .unwrap_or("other")
-        }
+        // Case-insensitive prefix match, without lower-casing a copy of the path.
+        Route::PassThrough => KNOWN
+            .iter()
+            .copied()
+            .find(|k| {
+                forward_path
+                    .as_bytes()
+                    .get(..k.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+            })
+            .unwrap_or("other"),
     }
 }
 

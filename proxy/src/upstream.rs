@@ -10,10 +10,13 @@
 //! caller must not be able to claim another address). This module decides nothing about who may ask.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -70,11 +73,17 @@ pub fn backoff(attempt: u32, unit: Duration) -> Duration {
     unit.saturating_mul(total.min(60) as u32)
 }
 
-/// The IMDS client. Cheap to clone.
+/// The IMDS client. Cheap to clone: one reference count (handlers get a clone of the state per request).
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub struct Upstream(Arc<UpstreamInner>);
+
+#[derive(Debug)]
+struct UpstreamInner {
     client: Client<HttpConnector, Full<Bytes>>,
     imds: SocketAddr,
+    /// `http://IP:PORT` and the `Host` value of forwarded requests, formatted once.
+    base_url: String,
+    host: HeaderValue,
     user_agent: HeaderValue,
     backoff_unit: Duration,
     metrics: Metrics,
@@ -150,17 +159,21 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let user_agent = HeaderValue::from_str(user_agent)
             .unwrap_or_else(|_| HeaderValue::from_static("imds-proxy"));
-        Self {
+        let host = HeaderValue::from_str(&imds.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("169.254.169.254"));
+        Self(Arc::new(UpstreamInner {
             client,
             imds,
+            base_url: format!("http://{imds}"),
+            host,
             user_agent,
             backoff_unit,
             metrics,
-        }
+        }))
     }
 
     pub fn imds(&self) -> SocketAddr {
-        self.imds
+        self.0.imds
     }
 
     async fn send(
@@ -168,12 +181,13 @@ impl Upstream {
         req: Request<Full<Bytes>>,
     ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
         let method = req.method().clone();
-        let url = req.uri().to_string();
+        // Shares the URI's bytes; rendered only for an error message.
+        let uri = req.uri().clone();
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| {
+            let resp = self.0.client.request(req).await.map_err(|e| {
                 if e.is_connect() {
                     UpstreamCause::Connect {
-                        addr: self.imds,
+                        addr: self.0.imds,
                         source: e,
                     }
                 } else {
@@ -191,7 +205,7 @@ impl Upstream {
         tokio::time::timeout(ATTEMPT_TIMEOUT, fut)
             .await
             .unwrap_or(Err(UpstreamCause::Timeout))
-            .map_err(|cause| UpstreamError::new(&method, url, cause))
+            .map_err(|cause| UpstreamError::new(&method, uri.to_string(), cause))
     }
 
     /// The token URL, query keys sorted as Go's `url.Values.Encode` does.
@@ -203,7 +217,7 @@ impl Upstream {
         }
         q.push_str("&resource=");
         q.push_str(&query_escape(resource));
-        format!("http://{}/metadata/identity/oauth2/token?{q}", self.imds)
+        format!("http://{}/metadata/identity/oauth2/token?{q}", self.0.imds)
     }
 
     /// Fetches a managed-identity token (user-assigned when `client_id` is given, else system-assigned).
@@ -220,7 +234,8 @@ impl Upstream {
         };
         let started = Instant::now();
         let result = self.token_with_retries(&url).await;
-        self.metrics
+        self.0
+            .metrics
             .imds_token(op, result.is_ok(), started.elapsed().as_secs_f64());
         result
     }
@@ -232,7 +247,7 @@ impl Upstream {
                 .method(Method::GET)
                 .uri(url)
                 .header("Metadata", "true")
-                .header(header::USER_AGENT, self.user_agent.clone())
+                .header(header::USER_AGENT, self.0.user_agent.clone())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| {
                     TokenError::Transport(UpstreamError::new(
@@ -258,7 +273,7 @@ impl Upstream {
                     }),
                 };
             }
-            let wait = backoff(attempt, self.backoff_unit);
+            let wait = backoff(attempt, self.0.backoff_unit);
             tracing::debug!(
                 attempt,
                 wait_ms = wait.as_millis() as u64,
@@ -277,26 +292,40 @@ impl Upstream {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Full<Bytes>>, UpstreamError> {
-        let uri = format!("http://{}{}", self.imds, path_and_query);
-        let mut builder = Request::builder().method(method.clone()).uri(&uri);
+        let mut uri = String::with_capacity(self.0.base_url.len() + path_and_query.len());
+        uri.push_str(&self.0.base_url);
+        uri.push_str(path_and_query);
+        let parsed = Uri::try_from(uri.as_str())
+            .map_err(|e| UpstreamError::new(&method, &uri, UpstreamCause::Request(e.into())))?;
+        // Header maps built directly (not header by header through `http`'s builders), order kept.
+        let mut out = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
             if !strip_client_header(name) {
-                builder = builder.header(name, value);
+                out.append(name.clone(), value.clone());
             }
         }
-        builder = builder.header(header::HOST, self.imds.to_string());
-        let req = builder
-            .body(Full::new(body))
-            .map_err(|e| UpstreamError::new(&method, &uri, UpstreamCause::Request(e)))?;
+        out.append(header::HOST, self.0.host.clone());
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = parsed;
+        *req.headers_mut() = out;
         let (parts, body) = self.send(req).await?;
-        let mut resp = Response::builder().status(parts.status);
-        for (name, value) in &parts.headers {
-            if !strip_header(name) {
-                resp = resp.header(name, value);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        let mut current: Option<HeaderName> = None;
+        // Owned iteration: a name is given once, followed by `None` for its further values.
+        for (name, value) in parts.headers {
+            if let Some(name) = name {
+                current = Some(name);
+            }
+            if let Some(name) = current.as_ref().filter(|n| !strip_header(n)) {
+                headers.append(name.clone(), value);
             }
         }
-        resp.body(Full::new(body))
-            .map_err(|e| UpstreamError::new(&method, uri, UpstreamCause::Response(e)))
+        // A fresh response (status and headers only), as before: nothing else of the upstream's is kept.
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = parts.status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
     }
 }
 

@@ -44,7 +44,7 @@ fn clock_deadlines_follow_the_connection_state() {
         max_connections: 1,
         max_connections_per_ip: 1,
     };
-    let clock = ConnClock::new();
+    let clock = ConnClock::new(&limits);
     assert_eq!(
         clock.deadline(&limits).map(|d| d.1),
         Some(Timeout::HeaderRead)

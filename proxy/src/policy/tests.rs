@@ -522,6 +522,16 @@ fn spelling() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    /// The fast path for plain paths gives exactly the general computation's forms (hence the same route
+    /// and forward path); the alphabet is biased towards plain paths and the spellings that are not.
+    #[test]
+    fn plain_path_fast_path_matches_the_general_forms(p in "/?[/a-zA-Z0-9.%;\\\\_~-]{0,30}") {
+        if is_plain_path(&p) {
+            let lower = p.to_ascii_lowercase();
+            prop_assert_eq!(path_forms(&p), (p.clone(), lower.clone(), lower), "{}", p);
+        }
+    }
+
     #[test]
     fn no_spelling_of_instance_escapes_the_block(p in spelling()) {
         prop_assert_eq!(route(&p, true).route, Route::BlockedInstance, "{}", p);
@@ -602,5 +612,34 @@ fn decisions_are_a_closed_set_with_unique_labels() {
                 .all(|b| b.is_ascii_lowercase() || b == b'_'),
             "{d:?}: labels are snake_case"
         );
+    }
+}
+
+#[test]
+fn plain_paths_are_recognised() {
+    for p in [
+        "/",
+        "/metadata/instance",
+        "/Metadata/Instance/",
+        "/a/.../b",
+        "/a-b_c~d.e",
+    ] {
+        assert!(is_plain_path(p), "{p}");
+    }
+    for p in [
+        "",
+        "metadata",
+        "//metadata",
+        "/a//b",
+        "/a/./b",
+        "/a/..",
+        "/a/.",
+        "/a%2Fb",
+        "/a;x",
+        "/a\\b",
+        "/a b",
+        "/ä",
+    ] {
+        assert!(!is_plain_path(p), "{p}");
     }
 }
