@@ -154,8 +154,7 @@ fn run(opts: &Opts, mutant: Option<&str>, focus: Option<&str>, dir: &Path) -> Re
     if !matches!(out.status.code(), Some(0 | 1)) {
         let said = String::from_utf8_lossy(&out.stderr)
             .lines()
-            .filter(|l| l.starts_with("imds-conformance:"))
-            .last()
+            .rfind(|l| l.starts_with("imds-conformance:"))
             .unwrap_or("(no message)")
             .to_owned();
         if mutant.is_none() || out.status.code() != Some(2) {
