@@ -279,11 +279,11 @@ fn matrix_of_five_interceptors_on_netns() {
             assert_eq!(status(&m, label, id), w, "{label} {id}\n{log}");
         }
     }
-    // imds-proxy fails nothing: its only reason is the security floor's SEC-002, not selected here.
+    // imds-proxy fails nothing: its only reason is the security floor's SEC-002 and SEC-003, not selected here.
     let proxy = m.columns[0].report.as_ref().expect("report").verdict();
     assert_eq!(
         proxy.reasons,
-        ["security floor not run: SEC-002 (not selected)"],
+        ["security floor not run: SEC-002 (not selected); SEC-003 (not selected)"],
         "{log}"
     );
     assert_eq!(m.columns[3].verdict_word(), "NOT CONFORMANT");

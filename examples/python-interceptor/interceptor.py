@@ -113,11 +113,11 @@ def check_route_localnet():
 
 def canonical_segments(target):
     """The path of a request target as IMDS would route it: percent-decoded (%2f included), lower case,
-    `;params` dropped, empty and `.` segments dropped, `..` applied. Policy decisions use this form, so no
-    spelling (`//`, `/./`, `%69`, `;x`, upper case) slips past them."""
+    backslashes read as slashes, `;params` dropped, empty and `.` segments dropped, `..` applied. Policy
+    decisions use this form, so no spelling (`//`, `/./`, `%69`, `;x`, `\\`, upper case) slips past them."""
     path = target.split("?", 1)[0]
     out = []
-    for seg in urllib.parse.unquote(path).lower().split("/"):
+    for seg in urllib.parse.unquote(path).lower().replace("\\", "/").split("/"):
         seg = seg.split(";", 1)[0]
         if seg in ("", "."):
             continue
