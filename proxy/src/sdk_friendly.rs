@@ -120,23 +120,7 @@ pub fn fetch_failed(e: &FetchError) -> (u16, ImdsError) {
 mod tests {
     use super::*;
 
-    async fn render(resp: Response) -> String {
-        let status = resp.status().as_u16();
-        let mut headers: Vec<String> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-            .collect();
-        headers.sort();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        format!(
-            "{status}\n{}\n\n{}",
-            headers.join("\n"),
-            String::from_utf8_lossy(&body)
-        )
-    }
+    use crate::server::tests::render;
 
     fn rendered(parts: (u16, ImdsError)) -> Response {
         response(parts.0, &parts.1)

@@ -654,4 +654,4 @@ use host_token::HostTokenResponse;
 use host_token::host_token;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -17,7 +17,8 @@ fn query_get_is_go_like() {
     assert_eq!(query_get("", "resource"), "");
 }
 
-async fn render(resp: Response) -> String {
+/// A response as text (status, sorted headers, body) for snapshots; shared with `sdk_friendly`'s tests.
+pub(crate) async fn render(resp: Response) -> String {
     let status = resp.status().as_u16();
     let mut headers: Vec<String> = resp
         .headers()
