@@ -436,13 +436,17 @@ async fn token(st: &AppState, peer: SocketAddr, headers: &HeaderMap, query: &str
         return Outcome::new(metadata_required(), Decision::MetadataHeaderMissing);
     }
     // 2. Caller address.
-    let forwarded_for = header_str(headers, "x-forwarded-for")
-        .split(',')
-        .next()
-        .and_then(|v| v.trim().parse::<IpAddr>().ok());
-    let peer_ip = match forwarded_for {
-        Some(ip) if crate::mutant!(ForwardedForTrusted) => Some(ip),
-        _ => caller_ip(peer),
+    // The header is read only by the mutation suite's defect; the shipped build never parses it.
+    let forwarded_for = || {
+        header_str(headers, "x-forwarded-for")
+            .split(',')
+            .next()
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    };
+    let peer_ip = if crate::mutant!(ForwardedForTrusted) {
+        forwarded_for().or_else(|| caller_ip(peer))
+    } else {
+        caller_ip(peer)
     };
     let Some(ip) = peer_ip else {
         return Outcome::new(
