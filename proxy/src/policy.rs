@@ -6,6 +6,8 @@
 //! I/O, sleeps, reads the clock or knows about HTTP servers or the Kubernetes client: `server` gathers the data
 //! and applies the decision. That is what lets the unit and property tests below pin the behaviour of
 //! REFERENCE A.2–A.8 without a network.
+//! (The `mutant!` conditions are the constant `false` in every build but the mutation suite's, which reads
+//! `IMDS_PROXY_MUTANT` once per process: see `crate::mutant`.)
 
 use std::net::IpAddr;
 
